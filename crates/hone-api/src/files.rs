@@ -1,0 +1,286 @@
+//! `/v1/files`: datasets are validated while they stream in and written to the
+//! artifact store as they arrive; the row is added only once the whole file passed, so
+//! a refused or interrupted upload leaves neither a row nor bytes behind.
+
+use axum::body::Body;
+use axum::extract::{Multipart, Path, Query, State};
+use axum::http::{header, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::Json;
+use hone_domain::dataset::{DatasetFormat, DatasetValidator};
+use hone_domain::resources::FileObject;
+use hone_domain::{FileId, Page};
+use serde::Serialize;
+use tokio_util::io::ReaderStream;
+use utoipa::ToSchema;
+use utoipa_axum::router::OpenApiRouter;
+use utoipa_axum::routes;
+
+use crate::error::{ApiError, ErrorResponse};
+use crate::params::ListParams;
+use crate::AppState;
+
+pub fn router() -> OpenApiRouter<AppState> {
+    OpenApiRouter::new()
+        .routes(routes!(upload_file, list_files))
+        .routes(routes!(get_file, delete_file))
+        .routes(routes!(file_content))
+}
+
+/// The multipart form of an upload (documentation only: the handler streams it).
+#[allow(dead_code)]
+#[derive(ToSchema)]
+struct UploadForm {
+    /// The dataset: JSONL with one `{"text": ..., "label": ...}` object per line
+    /// (`.jsonl`), or CSV with a header that has `text` and `label` columns (`.csv`).
+    #[schema(value_type = String, format = Binary)]
+    file: Vec<u8>,
+    /// Must be `fine-tune`.
+    #[schema(example = "fine-tune")]
+    purpose: String,
+    /// `jsonl` or `csv`; by default taken from the file name's extension.
+    format: Option<DatasetFormat>,
+}
+
+#[derive(Serialize, ToSchema)]
+struct DeletedFile {
+    id: String,
+    #[schema(example = "file")]
+    object: &'static str,
+    deleted: bool,
+}
+
+/// Upload a dataset.
+///
+/// Single-label text classification data, as JSONL (`{"text": "...", "label": "..."}`
+/// per line) or CSV (`text,label` header). The file is checked while it streams in:
+/// a bad file is refused with the line and field at fault, and nothing of it is kept.
+#[utoipa::path(post, path = "/v1/files", tag = "files",
+    request_body(content = UploadForm, content_type = "multipart/form-data"),
+    responses(
+        (status = 200, description = "The stored file", body = FileObject),
+        (status = 400, description = "Invalid file or form; `message` names the line", body = ErrorResponse,
+            example = json!({"error": {"message": "line 3: field `label`: missing", "type": "invalid_request_error", "param": "file", "code": "missing_field"}})),
+        (status = 413, description = "Over the upload size limit", body = ErrorResponse)))]
+async fn upload_file(
+    State(state): State<AppState>,
+    mut multipart: Multipart,
+) -> Result<Json<FileObject>, ApiError> {
+    let id = FileId::generate();
+    let mut purpose: Option<String> = None;
+    let mut format_field: Option<String> = None;
+    let mut stored: Option<(String, hone_domain::dataset::DatasetSummary)> = None;
+    let key = hone_store::files::storage_key(&id);
+
+    while let Some(mut field) = multipart.next_field().await? {
+        match field.name() {
+            Some("purpose") => purpose = Some(field.text().await?),
+            Some("format") => format_field = Some(field.text().await?),
+            Some("file") => {
+                if stored.is_some() {
+                    return Err(ApiError::invalid(
+                        "file",
+                        "duplicate_field",
+                        "send one `file` per upload",
+                    ));
+                }
+                let filename = field.file_name().unwrap_or("upload").to_owned();
+                let format = match format_field.as_deref() {
+                    Some(f) => DatasetFormat::parse(f).ok_or_else(|| {
+                        ApiError::invalid("format", "invalid_value", "format must be `jsonl` or `csv`")
+                    })?,
+                    None => DatasetFormat::from_filename(&filename).ok_or_else(|| {
+                        ApiError::invalid(
+                            "file",
+                            "unknown_format",
+                            format!("cannot tell the format of {filename:?}: name it .jsonl or .csv, or send a `format` field before the file"),
+                        )
+                    })?,
+                };
+                let mut validator =
+                    DatasetValidator::new(format, state.settings.dataset_limits.clone());
+                let mut object = state.artifacts.create(&key).await?;
+                while let Some(chunk) = field.chunk().await? {
+                    validator.push(&chunk)?;
+                    object.write(&chunk).await?;
+                }
+                let summary = validator.finish()?;
+                object.commit().await?;
+                stored = Some((filename, summary));
+            }
+            Some(other) => {
+                let other = other.to_owned();
+                return discard(&state, &key, stored.is_some(), ApiError::invalid(
+                    other.clone(),
+                    "unknown_field",
+                    format!("unknown form field {other:?}; expected `file`, `purpose` and optionally `format`"),
+                ))
+                .await;
+            }
+            None => {}
+        }
+    }
+    let Some((filename, summary)) = stored else {
+        return Err(ApiError::invalid(
+            "file",
+            "missing_field",
+            "the form has no `file` field",
+        ));
+    };
+    match purpose.as_deref() {
+        Some("fine-tune") => {}
+        Some(p) => {
+            return discard(
+                &state,
+                &key,
+                true,
+                ApiError::invalid(
+                    "purpose",
+                    "invalid_value",
+                    format!("purpose {p:?} is not supported; use `fine-tune`"),
+                ),
+            )
+            .await
+        }
+        None => {
+            return discard(
+                &state,
+                &key,
+                true,
+                ApiError::invalid(
+                    "purpose",
+                    "missing_field",
+                    "the form has no `purpose` field",
+                ),
+            )
+            .await
+        }
+    }
+    match state
+        .db
+        .insert_file(&id, &filename, "fine-tune", &summary)
+        .await
+    {
+        Ok(file) => {
+            tracing::info!(file.id = %id, bytes = summary.bytes, examples = summary.examples, "stored dataset");
+            Ok(Json(file.object))
+        }
+        Err(e) => discard(&state, &key, true, e.into()).await,
+    }
+}
+
+/// Removes the bytes of an upload that was refused after they were committed.
+async fn discard<T>(
+    state: &AppState,
+    key: &str,
+    committed: bool,
+    error: ApiError,
+) -> Result<T, ApiError> {
+    if committed {
+        if let Err(e) = state.artifacts.delete(key).await {
+            tracing::error!(error = %e, key, "could not remove a refused upload");
+        }
+    }
+    Err(error)
+}
+
+/// List files, newest first.
+#[utoipa::path(get, path = "/v1/files", tag = "files", params(ListParams),
+    responses((status = 200, description = "A page of files", body = inline(Page<FileObject>))))]
+async fn list_files(
+    State(state): State<AppState>,
+    query: Result<Query<ListParams>, axum::extract::rejection::QueryRejection>,
+) -> Result<Json<Page<FileObject>>, ApiError> {
+    let page = query?.0.page()?;
+    let rows = state.db.list_files(&page).await?;
+    Ok(Json(Page::from_rows(rows, page.limit, |f| f.id.clone())))
+}
+
+fn file_id(raw: &str) -> Result<FileId, ApiError> {
+    FileId::parse(raw).ok_or_else(|| ApiError::not_found("file", raw))
+}
+
+async fn find(state: &AppState, raw: &str) -> Result<hone_store::files::StoredFile, ApiError> {
+    let id = file_id(raw)?;
+    state.db.get_file(id.as_str()).await.map_err(|e| match e {
+        hone_store::StoreError::NotFound => ApiError::not_found("file", raw),
+        other => other.into(),
+    })
+}
+
+/// Get a file's metadata.
+#[utoipa::path(get, path = "/v1/files/{file_id}", tag = "files",
+    params(("file_id" = String, Path, description = "The file's id")),
+    responses(
+        (status = 200, description = "The file", body = FileObject),
+        (status = 404, description = "No such file", body = ErrorResponse)))]
+async fn get_file(
+    State(state): State<AppState>,
+    Path(file_id): Path<String>,
+) -> Result<Json<FileObject>, ApiError> {
+    Ok(Json(find(&state, &file_id).await?.object))
+}
+
+/// Download a file's content, as uploaded.
+#[utoipa::path(get, path = "/v1/files/{file_id}/content", tag = "files",
+    params(("file_id" = String, Path, description = "The file's id")),
+    responses(
+        (status = 200, description = "The bytes", content_type = "application/octet-stream", body = Vec<u8>),
+        (status = 404, description = "No such file", body = ErrorResponse)))]
+async fn file_content(
+    State(state): State<AppState>,
+    Path(file_id): Path<String>,
+) -> Result<Response, ApiError> {
+    let file = find(&state, &file_id).await?;
+    let reader = state.artifacts.open(&file.storage_key).await?;
+    let content_type = match file.object.format {
+        DatasetFormat::Jsonl => "application/jsonl",
+        DatasetFormat::Csv => "text/csv",
+    };
+    Ok((
+        StatusCode::OK,
+        [
+            (header::CONTENT_TYPE, content_type.to_owned()),
+            (header::CONTENT_LENGTH, file.object.bytes.to_string()),
+            (
+                header::CONTENT_DISPOSITION,
+                format!(
+                    "attachment; filename=\"{}\"",
+                    file.object.filename.replace(['"', '\\', '\r', '\n'], "_")
+                ),
+            ),
+        ],
+        Body::from_stream(ReaderStream::new(reader)),
+    )
+        .into_response())
+}
+
+/// Delete a file. Refused (409) while a job that has not finished uses it.
+#[utoipa::path(delete, path = "/v1/files/{file_id}", tag = "files",
+    params(("file_id" = String, Path, description = "The file's id")),
+    responses(
+        (status = 200, description = "Deleted", body = DeletedFile),
+        (status = 404, description = "No such file", body = ErrorResponse),
+        (status = 409, description = "A queued or running job uses the file", body = ErrorResponse)))]
+async fn delete_file(
+    State(state): State<AppState>,
+    Path(raw): Path<String>,
+) -> Result<Json<DeletedFile>, ApiError> {
+    let id = file_id(&raw)?;
+    let file = state
+        .db
+        .delete_file(id.as_str())
+        .await
+        .map_err(|e| match e {
+            hone_store::StoreError::NotFound => ApiError::not_found("file", &raw),
+            other => other.into(),
+        })?;
+    if let Err(e) = state.artifacts.delete(&file.storage_key).await {
+        tracing::error!(error = %e, file.id = %id, "file row deleted but its bytes could not be removed");
+    }
+    Ok(Json(DeletedFile {
+        id: file.object.id,
+        object: "file",
+        deleted: true,
+    }))
+}

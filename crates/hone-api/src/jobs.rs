@@ -1,0 +1,291 @@
+//! `/v1/fine_tuning/jobs`: everything about a job is validated here, before it is
+//! queued, so that a worker only ever fails a job for reasons it could not foresee.
+
+use axum::extract::rejection::QueryRejection;
+use axum::extract::{Path, Query, State};
+use axum::Json;
+use hone_domain::job::{validate_suffix, HyperparametersInput, JobStatus, Method};
+use hone_domain::resources::{FineTuningJob, JobEvent};
+use hone_domain::{JobId, Page};
+use hone_store::jobs::NewJob;
+use hone_store::StoreError;
+use serde::Deserialize;
+use utoipa::{IntoParams, ToSchema};
+use utoipa_axum::router::OpenApiRouter;
+use utoipa_axum::routes;
+
+use crate::error::{ApiError, ErrorResponse};
+use crate::extract::ApiJson;
+use crate::params::ListParams;
+use crate::AppState;
+
+pub fn router() -> OpenApiRouter<AppState> {
+    OpenApiRouter::new()
+        .routes(routes!(create_job, list_jobs))
+        .routes(routes!(get_job))
+        .routes(routes!(cancel_job))
+        .routes(routes!(list_events))
+}
+
+#[derive(Debug, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct CreateJobRequest {
+    /// A base model id from `GET /v1/base-models`.
+    #[serde(alias = "model")]
+    #[schema(example = "all-MiniLM-L6-v2")]
+    pub base_model: String,
+    /// The id of an uploaded file with the training examples.
+    #[schema(example = "file-0192f3c4a1b27c3e8d5f6a7b8c9d0e1f")]
+    pub training_file: String,
+    /// An uploaded file with held-out examples, evaluated after every epoch. Its labels
+    /// must all occur in the training file.
+    pub validation_file: Option<String>,
+    /// How to transfer the model; `{"type": "full"}` fine-tunes every weight.
+    #[serde(default)]
+    pub method: Method,
+    #[serde(default)]
+    pub hyperparameters: HyperparametersInput,
+    /// Seeds shuffling, dropout and the head's initialisation; a job with the same
+    /// seed, data and hyperparameters trains the same model. Random when left out.
+    pub seed: Option<i64>,
+    /// Up to 40 letters, digits, `-` or `_`, added to the fine-tuned model's id.
+    #[schema(example = "reviews")]
+    pub suffix: Option<String>,
+    /// Up to 16 string key-value pairs of the user's own.
+    #[schema(value_type = Option<Object>, example = json!({"team": "support"}))]
+    pub metadata: Option<serde_json::Value>,
+}
+
+#[derive(Debug, Deserialize, IntoParams)]
+#[into_params(parameter_in = Query)]
+pub struct ListJobsParams {
+    /// Items per page, 1–100 (default 20).
+    pub limit: Option<i64>,
+    /// The id of the last job of the previous page.
+    pub after: Option<String>,
+    /// Only jobs with this status.
+    pub status: Option<String>,
+}
+
+fn check_metadata(metadata: &Option<serde_json::Value>) -> Result<(), ApiError> {
+    let Some(value) = metadata else { return Ok(()) };
+    let bad = |m: &str| ApiError::invalid("metadata", "invalid_value", m.to_owned());
+    let map = value
+        .as_object()
+        .ok_or_else(|| bad("metadata must be an object of string values"))?;
+    if map.len() > 16 {
+        return Err(bad("metadata has more than 16 keys"));
+    }
+    for (k, v) in map {
+        let Some(s) = v.as_str() else {
+            return Err(bad(&format!("metadata.{k} must be a string")));
+        };
+        if k.chars().count() > 64 || s.chars().count() > 512 {
+            return Err(bad(
+                "metadata keys are at most 64 and values at most 512 characters",
+            ));
+        }
+    }
+    Ok(())
+}
+
+/// Create a fine-tuning job.
+///
+/// Validates the base model, the files and every hyperparameter, then queues the
+/// job and returns at once with status `queued`. Poll `GET /v1/fine_tuning/jobs/{id}`.
+#[utoipa::path(post, path = "/v1/fine_tuning/jobs", tag = "fine-tuning",
+    request_body(content = CreateJobRequest, example = json!({
+        "base_model": "all-MiniLM-L6-v2",
+        "training_file": "file-0192f3c4a1b27c3e8d5f6a7b8c9d0e1f",
+        "method": {"type": "full"},
+        "hyperparameters": {"epochs": 3, "batch_size": 16, "learning_rate": 5e-5},
+        "seed": 42,
+        "suffix": "reviews"})),
+    responses(
+        (status = 200, description = "The queued job", body = FineTuningJob),
+        (status = 400, description = "Invalid request; `param` names the field", body = ErrorResponse,
+            example = json!({"error": {"message": "no file with id \"file-…\"", "type": "invalid_request_error", "param": "training_file", "code": "file_not_found"}}))))]
+async fn create_job(
+    State(state): State<AppState>,
+    ApiJson(req): ApiJson<CreateJobRequest>,
+) -> Result<Json<FineTuningJob>, ApiError> {
+    let base = hone_serving::catalog::find_base_model(&state.settings.models_dir, &req.base_model)
+        .ok_or_else(|| {
+            ApiError::invalid(
+                "base_model",
+                "model_not_found",
+                format!(
+                    "no base model {:?}; see GET /v1/base-models",
+                    req.base_model
+                ),
+            )
+        })?;
+    let hyperparameters = req
+        .hyperparameters
+        .validate(u32::try_from(base.max_seq_len).unwrap_or(u32::MAX))?;
+    if let Some(suffix) = &req.suffix {
+        validate_suffix(suffix)?;
+    }
+    check_metadata(&req.metadata)?;
+
+    let training = lookup_file(&state, &req.training_file, "training_file").await?;
+    if let Some(validation_file) = &req.validation_file {
+        let validation = lookup_file(&state, validation_file, "validation_file").await?;
+        let unknown: Vec<&String> = validation
+            .label_counts
+            .keys()
+            .filter(|l| !training.label_counts.contains_key(*l))
+            .collect();
+        if !unknown.is_empty() {
+            return Err(ApiError::invalid(
+                "validation_file",
+                "unknown_labels",
+                format!("the validation file has labels the training file lacks: {unknown:?}"),
+            ));
+        }
+    }
+    let seed = req.seed.unwrap_or_else(|| i64::from(rand_seed()));
+    let new = NewJob {
+        id: JobId::generate(),
+        base_model: base.id,
+        training_file: training.id,
+        validation_file: req.validation_file,
+        method: req.method,
+        hyperparameters,
+        seed,
+        suffix: req.suffix,
+        metadata: req.metadata,
+        max_attempts: state.settings.job_max_attempts,
+    };
+    let job = state.db.create_job(&new).await.map_err(|e| match e {
+        StoreError::Conflict(m) => ApiError::invalid("training_file", "file_not_found", m),
+        other => other.into(),
+    })?;
+    tracing::info!(job.id = %job.id, "job queued");
+    Ok(Json(job))
+}
+
+/// A seed for jobs that did not choose one; 31 bits so that every client's JSON
+/// number type holds it exactly.
+fn rand_seed() -> u32 {
+    (uuid::Uuid::new_v4().as_u128() as u32) >> 1
+}
+
+async fn lookup_file(
+    state: &AppState,
+    raw: &str,
+    param: &str,
+) -> Result<hone_domain::resources::FileObject, ApiError> {
+    let not_found =
+        || ApiError::invalid(param, "file_not_found", format!("no file with id {raw:?}"));
+    let id = hone_domain::FileId::parse(raw).ok_or_else(not_found)?;
+    match state.db.get_file(id.as_str()).await {
+        Ok(f) => Ok(f.object),
+        Err(StoreError::NotFound) => Err(not_found()),
+        Err(e) => Err(e.into()),
+    }
+}
+
+/// List fine-tuning jobs, newest first.
+#[utoipa::path(get, path = "/v1/fine_tuning/jobs", tag = "fine-tuning", params(ListJobsParams),
+    responses(
+        (status = 200, description = "A page of jobs", body = inline(Page<FineTuningJob>)),
+        (status = 400, description = "Invalid query", body = ErrorResponse)))]
+async fn list_jobs(
+    State(state): State<AppState>,
+    query: Result<Query<ListJobsParams>, QueryRejection>,
+) -> Result<Json<Page<FineTuningJob>>, ApiError> {
+    let q = query?.0;
+    let status = match q.status.as_deref() {
+        None => None,
+        Some(s) => Some(JobStatus::parse(s).ok_or_else(|| {
+            ApiError::invalid(
+                "status",
+                "invalid_value",
+                format!("unknown status {s:?}; one of validating_files, queued, running, succeeded, failed, cancelled"),
+            )
+        })?),
+    };
+    let page = ListParams {
+        limit: q.limit,
+        after: q.after,
+    }
+    .page()?;
+    let rows = state.db.list_jobs(&page, status).await?;
+    Ok(Json(Page::from_rows(rows, page.limit, |j| j.id.clone())))
+}
+
+fn job_id(raw: &str) -> Result<JobId, ApiError> {
+    JobId::parse(raw).ok_or_else(|| ApiError::not_found("fine-tuning job", raw))
+}
+
+fn not_found_as(raw: &str) -> impl Fn(StoreError) -> ApiError + '_ {
+    move |e| match e {
+        StoreError::NotFound => ApiError::not_found("fine-tuning job", raw),
+        other => other.into(),
+    }
+}
+
+/// Get a job: status, progress (epoch, step, ETA), result and error.
+#[utoipa::path(get, path = "/v1/fine_tuning/jobs/{job_id}", tag = "fine-tuning",
+    params(("job_id" = String, Path, description = "The job's id")),
+    responses(
+        (status = 200, description = "The job", body = FineTuningJob),
+        (status = 404, description = "No such job", body = ErrorResponse)))]
+async fn get_job(
+    State(state): State<AppState>,
+    Path(raw): Path<String>,
+) -> Result<Json<FineTuningJob>, ApiError> {
+    let id = job_id(&raw)?;
+    Ok(Json(
+        state
+            .db
+            .get_job(id.as_str())
+            .await
+            .map_err(not_found_as(&raw))?,
+    ))
+}
+
+/// Cancel a job. A queued job is cancelled at once; a running one stops at its next
+/// training step.
+#[utoipa::path(post, path = "/v1/fine_tuning/jobs/{job_id}/cancel", tag = "fine-tuning",
+    params(("job_id" = String, Path, description = "The job's id")),
+    responses(
+        (status = 200, description = "The job, `cancelled` or still `running` until the worker stops", body = FineTuningJob),
+        (status = 404, description = "No such job", body = ErrorResponse),
+        (status = 409, description = "The job has already finished", body = ErrorResponse)))]
+async fn cancel_job(
+    State(state): State<AppState>,
+    Path(raw): Path<String>,
+) -> Result<Json<FineTuningJob>, ApiError> {
+    let id = job_id(&raw)?;
+    Ok(Json(
+        state
+            .db
+            .cancel_job(id.as_str())
+            .await
+            .map_err(not_found_as(&raw))?,
+    ))
+}
+
+/// A job's events, newest first: messages and per-step/per-epoch metrics.
+#[utoipa::path(get, path = "/v1/fine_tuning/jobs/{job_id}/events", tag = "fine-tuning",
+    params(("job_id" = String, Path, description = "The job's id"), ListParams),
+    responses(
+        (status = 200, description = "A page of events", body = inline(Page<JobEvent>)),
+        (status = 404, description = "No such job", body = ErrorResponse)))]
+async fn list_events(
+    State(state): State<AppState>,
+    Path(raw): Path<String>,
+    query: Result<Query<ListParams>, QueryRejection>,
+) -> Result<Json<Page<JobEvent>>, ApiError> {
+    let id = job_id(&raw)?;
+    let page = query?.0.page()?;
+    state
+        .db
+        .get_job(id.as_str())
+        .await
+        .map_err(not_found_as(&raw))?;
+    let rows = state.db.list_events(id.as_str(), &page).await?;
+    Ok(Json(Page::from_rows(rows, page.limit, |e| e.id.clone())))
+}

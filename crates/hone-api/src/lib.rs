@@ -1,0 +1,107 @@
+//! The HTTP API: one module per resource, each exposing `router()`, merged here into
+//! one `OpenApiRouter` so the OpenAPI document is generated from the same route list
+//! that serves requests and cannot drift from it.
+
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use axum::Router;
+use hone_domain::dataset::DatasetLimits;
+use hone_serving::Predictor;
+use hone_store::{ArtifactStore, Db};
+use tower_http::catch_panic::CatchPanicLayer;
+use tower_http::trace::TraceLayer;
+use utoipa::OpenApi;
+use utoipa_axum::router::OpenApiRouter;
+use utoipa_swagger_ui::SwaggerUi;
+
+mod base_models;
+pub mod error;
+mod extract;
+mod files;
+mod health;
+mod jobs;
+mod models;
+mod params;
+
+/// Everything the handlers need, built once by the binary.
+#[derive(Clone)]
+pub struct AppState {
+    pub db: Db,
+    pub artifacts: Arc<dyn ArtifactStore>,
+    pub predictor: Predictor,
+    pub settings: Arc<ApiSettings>,
+}
+
+#[derive(Clone, Debug)]
+pub struct ApiSettings {
+    /// Folder of base-model directories.
+    pub models_dir: PathBuf,
+    pub dataset_limits: DatasetLimits,
+    /// Inputs accepted in one predict request.
+    pub max_predict_inputs: usize,
+    /// Characters accepted in one predict input.
+    pub max_predict_chars: usize,
+    /// Attempts a job gets before it is failed for good.
+    pub job_max_attempts: i32,
+}
+
+#[derive(OpenApi)]
+#[openapi(
+    info(
+        title = "hone",
+        description = "Fine-tuning as a service: upload a labeled dataset, fine-tune a \
+            pretrained model on it, and call predict on the result.\n\nErrors are \
+            `{\"error\": {\"message\", \"type\", \"param\", \"code\"}}`; lists are \
+            `{\"object\": \"list\", \"data\": [...], \"has_more\"}` with `limit`/`after` cursors.",
+        license(name = "Apache-2.0")
+    ),
+    tags(
+        (name = "files", description = "Upload and manage datasets"),
+        (name = "base-models", description = "Pretrained backbones to start from"),
+        (name = "fine-tuning", description = "Create and follow fine-tuning jobs"),
+        (name = "models", description = "Fine-tuned models and predictions"),
+        (name = "health", description = "Liveness and readiness")
+    )
+)]
+struct ApiDoc;
+
+/// The routes and their OpenAPI document.
+pub fn routes() -> (Router<AppState>, utoipa::openapi::OpenApi) {
+    OpenApiRouter::with_openapi(ApiDoc::openapi())
+        .merge(files::router())
+        .merge(base_models::router())
+        .merge(jobs::router())
+        .merge(models::router())
+        .merge(health::router())
+        .split_for_parts()
+}
+
+/// The OpenAPI document, as `/openapi.json` serves it.
+pub fn openapi() -> utoipa::openapi::OpenApi {
+    routes().1
+}
+
+/// The whole application: API routes, `/openapi.json`, Swagger UI at `/docs` (served
+/// from the binary, so the docs work offline), request tracing, and panics turned
+/// into 500s instead of dropped connections.
+/// `max_upload_bytes` bounds request bodies (uploads get a little room for the
+/// multipart framing; the dataset validator enforces the exact limit on the file).
+pub fn app(state: AppState, max_upload_bytes: u64) -> Router {
+    let (router, api) = routes();
+    let body_limit =
+        usize::try_from(max_upload_bytes.saturating_add(1 << 20)).unwrap_or(usize::MAX);
+    router
+        .with_state(state)
+        .layer(axum::extract::DefaultBodyLimit::max(body_limit))
+        .merge(SwaggerUi::new("/docs").url("/openapi.json", api))
+        .fallback(|| async {
+            error::ApiError::new(
+                axum::http::StatusCode::NOT_FOUND,
+                "unknown_route",
+                "no such endpoint; see /docs",
+            )
+        })
+        .layer(CatchPanicLayer::new())
+        .layer(TraceLayer::new_for_http())
+}

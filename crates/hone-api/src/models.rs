@@ -1,0 +1,188 @@
+//! `/v1/models`: published fine-tuned models, and predictions with them.
+
+use axum::extract::rejection::QueryRejection;
+use axum::extract::{Path, Query, State};
+use axum::Json;
+use hone_domain::resources::ModelObject;
+use hone_domain::Page;
+use hone_store::StoreError;
+use serde::{Deserialize, Serialize};
+use utoipa::ToSchema;
+use utoipa_axum::router::OpenApiRouter;
+use utoipa_axum::routes;
+
+use crate::error::{ApiError, ErrorResponse};
+use crate::extract::ApiJson;
+use crate::params::ListParams;
+use crate::AppState;
+
+pub fn router() -> OpenApiRouter<AppState> {
+    OpenApiRouter::new()
+        .routes(routes!(list_models))
+        .routes(routes!(get_model, delete_model))
+        .routes(routes!(predict))
+}
+
+#[derive(Serialize, ToSchema)]
+struct DeletedModel {
+    id: String,
+    #[schema(example = "model")]
+    object: &'static str,
+    deleted: bool,
+}
+
+#[derive(Debug, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct PredictRequest {
+    /// Texts to classify.
+    #[schema(example = json!(["A gripping, beautifully acted film.", "Two hours I will never get back."]))]
+    pub inputs: Vec<String>,
+}
+
+#[derive(Debug, Serialize, ToSchema)]
+pub struct PredictionOut {
+    /// The most probable label.
+    #[schema(example = "fresh")]
+    pub label: String,
+    /// Its probability.
+    #[schema(example = 0.93)]
+    pub score: f32,
+    /// Every label's probability.
+    #[schema(example = json!({"fresh": 0.93, "rotten": 0.07}))]
+    pub scores: std::collections::BTreeMap<String, f32>,
+}
+
+#[derive(Debug, Serialize, ToSchema)]
+pub struct PredictResponse {
+    #[schema(example = "ft:all-MiniLM-L6-v2:reviews:9d0e1f2a")]
+    pub model: String,
+    /// One prediction per input, in input order.
+    pub predictions: Vec<PredictionOut>,
+}
+
+fn not_found_as(raw: &str) -> impl Fn(StoreError) -> ApiError + '_ {
+    move |e| match e {
+        StoreError::NotFound => ApiError::not_found("model", raw),
+        other => other.into(),
+    }
+}
+
+/// List fine-tuned models, newest first.
+#[utoipa::path(get, path = "/v1/models", tag = "models", params(ListParams),
+    responses((status = 200, description = "A page of models", body = inline(Page<ModelObject>))))]
+async fn list_models(
+    State(state): State<AppState>,
+    query: Result<Query<ListParams>, QueryRejection>,
+) -> Result<Json<Page<ModelObject>>, ApiError> {
+    let page = query?.0.page()?;
+    let rows = state.db.list_models(&page).await?;
+    Ok(Json(Page::from_rows(rows, page.limit, |m| m.id.clone())))
+}
+
+/// Get a fine-tuned model.
+#[utoipa::path(get, path = "/v1/models/{model}", tag = "models",
+    params(("model" = String, Path, description = "The model's id, `ft:...`")),
+    responses(
+        (status = 200, description = "The model", body = ModelObject),
+        (status = 404, description = "No such model", body = ErrorResponse)))]
+async fn get_model(
+    State(state): State<AppState>,
+    Path(id): Path<String>,
+) -> Result<Json<ModelObject>, ApiError> {
+    Ok(Json(
+        state
+            .db
+            .get_model(&id)
+            .await
+            .map_err(not_found_as(&id))?
+            .object,
+    ))
+}
+
+/// Delete a fine-tuned model and its files.
+#[utoipa::path(delete, path = "/v1/models/{model}", tag = "models",
+    params(("model" = String, Path, description = "The model's id, `ft:...`")),
+    responses(
+        (status = 200, description = "Deleted", body = DeletedModel),
+        (status = 404, description = "No such model", body = ErrorResponse)))]
+async fn delete_model(
+    State(state): State<AppState>,
+    Path(id): Path<String>,
+) -> Result<Json<DeletedModel>, ApiError> {
+    let model = state
+        .db
+        .delete_model(&id)
+        .await
+        .map_err(not_found_as(&id))?;
+    state.predictor.evict(&id);
+    if let Err(e) = state.artifacts.delete(&model.storage_key).await {
+        tracing::error!(error = %e, model = %id, "model row deleted but its files could not be removed");
+    }
+    Ok(Json(DeletedModel {
+        id,
+        object: "model",
+        deleted: true,
+    }))
+}
+
+/// Classify texts with a fine-tuned model.
+///
+/// Returns, for each input, the most probable label, its probability and every
+/// label's probability. The model is loaded on first use and kept in memory.
+#[utoipa::path(post, path = "/v1/models/{model}/predict", tag = "models",
+    params(("model" = String, Path, description = "The model's id, `ft:...`")),
+    request_body = PredictRequest,
+    responses(
+        (status = 200, description = "One prediction per input", body = PredictResponse),
+        (status = 400, description = "Invalid inputs", body = ErrorResponse),
+        (status = 404, description = "No such model", body = ErrorResponse),
+        (status = 429, description = "Too many predictions in flight; retry after `Retry-After` seconds", body = ErrorResponse)))]
+async fn predict(
+    State(state): State<AppState>,
+    Path(id): Path<String>,
+    ApiJson(req): ApiJson<PredictRequest>,
+) -> Result<Json<PredictResponse>, ApiError> {
+    let settings = &state.settings;
+    if req.inputs.is_empty() {
+        return Err(ApiError::invalid(
+            "inputs",
+            "empty",
+            "send at least one input",
+        ));
+    }
+    if req.inputs.len() > settings.max_predict_inputs {
+        return Err(ApiError::invalid(
+            "inputs",
+            "too_many_inputs",
+            format!("at most {} inputs per request", settings.max_predict_inputs),
+        ));
+    }
+    if let Some(i) = req
+        .inputs
+        .iter()
+        .position(|t| t.chars().count() > settings.max_predict_chars)
+    {
+        return Err(ApiError::invalid(
+            format!("inputs[{i}]"),
+            "input_too_long",
+            format!(
+                "inputs are at most {} characters",
+                settings.max_predict_chars
+            ),
+        ));
+    }
+    let model = state.db.get_model(&id).await.map_err(not_found_as(&id))?;
+    let dir = state.artifacts.local_dir(&model.storage_key).await?;
+    let predictions = state.predictor.predict(&id, dir, req.inputs).await?;
+    Ok(Json(PredictResponse {
+        model: id,
+        predictions: predictions
+            .into_iter()
+            .map(|p| PredictionOut {
+                label: p.label,
+                score: p.score,
+                scores: p.scores.into_iter().collect(),
+            })
+            .collect(),
+    }))
+}

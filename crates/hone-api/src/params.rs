@@ -1,0 +1,23 @@
+//! Query parameters shared by the list endpoints.
+
+use hone_domain::PageRequest;
+use serde::Deserialize;
+use utoipa::IntoParams;
+
+use crate::error::ApiError;
+
+#[derive(Debug, Deserialize, IntoParams)]
+#[into_params(parameter_in = Query)]
+pub struct ListParams {
+    /// Items per page, 1–100 (default 20).
+    pub limit: Option<i64>,
+    /// The id of the last item of the previous page.
+    pub after: Option<String>,
+}
+
+impl ListParams {
+    pub fn page(self) -> Result<PageRequest, ApiError> {
+        PageRequest::new(self.limit, self.after)
+            .map_err(|m| ApiError::invalid("limit", "invalid_value", format!("limit {m}")))
+    }
+}

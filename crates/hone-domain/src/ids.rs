@@ -1,0 +1,103 @@
+//! Resource identifiers with a type prefix, as the OpenAI API uses them, so that an id
+//! pasted into the wrong endpoint is recognised as such instead of looked up.
+
+use std::fmt;
+
+use serde::{Deserialize, Serialize};
+use uuid::Uuid;
+
+macro_rules! prefixed_id {
+    ($name:ident, $prefix:literal, $doc:literal) => {
+        #[doc = $doc]
+        #[derive(Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+        #[serde(transparent)]
+        pub struct $name(String);
+
+        impl $name {
+            pub const PREFIX: &'static str = $prefix;
+
+            /// A new id; UUIDv7 keeps ids roughly ordered by creation time.
+            pub fn generate() -> Self {
+                Self(format!("{}{}", $prefix, Uuid::now_v7().simple()))
+            }
+
+            /// Accepts only ids this server could have issued.
+            pub fn parse(raw: &str) -> Option<Self> {
+                let rest = raw.strip_prefix($prefix)?;
+                (rest.len() == 32 && rest.bytes().all(|b| b.is_ascii_hexdigit()))
+                    .then(|| Self(raw.to_owned()))
+            }
+
+            pub fn as_str(&self) -> &str {
+                &self.0
+            }
+
+            /// The id's last eight characters, short enough for model names.
+            pub fn short(&self) -> &str {
+                &self.0[self.0.len() - 8..]
+            }
+        }
+
+        impl fmt::Display for $name {
+            fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str(&self.0)
+            }
+        }
+    };
+}
+
+prefixed_id!(FileId, "file-", "An uploaded file, `file-<32 hex>`.");
+prefixed_id!(JobId, "ftjob-", "A fine-tuning job, `ftjob-<32 hex>`.");
+
+/// A fine-tuned model: `ft:<base model>:<suffix>:<job short id>`, or without the
+/// suffix part when the job had none.
+#[derive(Clone, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(transparent)]
+pub struct ModelId(String);
+
+impl ModelId {
+    pub fn for_job(base_model: &str, suffix: Option<&str>, job: &JobId) -> Self {
+        match suffix {
+            Some(s) => Self(format!("ft:{base_model}:{s}:{}", job.short())),
+            None => Self(format!("ft:{base_model}:{}", job.short())),
+        }
+    }
+
+    pub fn parse(raw: &str) -> Option<Self> {
+        (raw.starts_with("ft:") && raw.len() <= 256).then(|| Self(raw.to_owned()))
+    }
+
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+impl fmt::Display for ModelId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn generated_ids_parse_back_and_foreign_ones_do_not() {
+        let id = FileId::generate();
+        assert_eq!(FileId::parse(id.as_str()), Some(id.clone()));
+        assert_eq!(JobId::parse(id.as_str()), None);
+        assert_eq!(FileId::parse("file-xyz"), None);
+        assert_eq!(FileId::parse("file-0123456789abcdef0123456789abcdeg"), None);
+    }
+
+    #[test]
+    fn model_ids_name_base_suffix_and_job() {
+        let job = JobId::parse("ftjob-0123456789abcdef0123456789abcdef").expect("valid");
+        assert_eq!(
+            ModelId::for_job("all-MiniLM-L6-v2", Some("reviews"), &job).as_str(),
+            "ft:all-MiniLM-L6-v2:reviews:89abcdef"
+        );
+        assert_eq!(ModelId::for_job("m", None, &job).as_str(), "ft:m:89abcdef");
+    }
+}

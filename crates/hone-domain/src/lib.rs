@@ -1,0 +1,16 @@
+//! hone's domain: the validated values that cross every layer, with no IO.
+//!
+//! Inputs from users are parsed into these types at the edge (`parse`/`validate`), so
+//! the storage, queue and training layers never see an unchecked value.
+
+pub mod dataset;
+pub mod ids;
+pub mod job;
+pub mod page;
+pub mod resources;
+
+pub use ids::{FileId, JobId, ModelId};
+pub use job::{
+    Hyperparameters, HyperparametersInput, JobStatus, Method, MethodType, ValidationError,
+};
+pub use page::{Page, PageRequest};

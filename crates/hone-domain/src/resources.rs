@@ -1,0 +1,185 @@
+//! The objects the API returns, shared by the storage layer that builds them and the
+//! API that documents and serialises them.
+
+use std::collections::BTreeMap;
+
+use serde::{Deserialize, Serialize};
+use utoipa::ToSchema;
+
+use crate::dataset::DatasetFormat;
+use crate::job::{Hyperparameters, JobStatus, Method};
+
+/// An uploaded, validated dataset.
+#[derive(Clone, Debug, Serialize, ToSchema)]
+pub struct FileObject {
+    #[schema(example = "file-0192f3c4a1b27c3e8d5f6a7b8c9d0e1f")]
+    pub id: String,
+    #[schema(example = "file")]
+    pub object: &'static str,
+    /// Size in bytes.
+    pub bytes: i64,
+    /// Unix seconds.
+    pub created_at: i64,
+    #[schema(example = "reviews.jsonl")]
+    pub filename: String,
+    #[schema(example = "fine-tune")]
+    pub purpose: String,
+    pub format: DatasetFormat,
+    /// Lowercase hex SHA-256 of the stored bytes.
+    pub sha256: String,
+    /// Number of labeled examples.
+    pub examples: i64,
+    /// Examples per label.
+    pub label_counts: BTreeMap<String, u64>,
+    /// Always `processed`: a file that failed validation is never stored.
+    #[schema(example = "processed")]
+    pub status: &'static str,
+}
+
+/// Where a running job is, and when it should be done.
+#[derive(Clone, Debug, Default, Serialize, Deserialize, ToSchema, PartialEq)]
+pub struct JobProgress {
+    pub epoch: u32,
+    pub total_epochs: u32,
+    pub step: u64,
+    pub total_steps: u64,
+    /// Training loss of the last step.
+    pub train_loss: Option<f64>,
+    pub elapsed_seconds: f64,
+    /// Estimated seconds left, from the mean step time so far.
+    pub eta_seconds: Option<f64>,
+}
+
+/// Validation metrics of one epoch (or of the final model).
+#[derive(Clone, Debug, Serialize, Deserialize, ToSchema, PartialEq)]
+pub struct EvalReport {
+    pub loss: f64,
+    pub accuracy: f64,
+    pub macro_f1: f64,
+    pub examples: u64,
+}
+
+/// What a finished job achieved.
+#[derive(Clone, Debug, Serialize, Deserialize, ToSchema, PartialEq)]
+pub struct JobResult {
+    /// Mean training loss of the last epoch.
+    pub train_loss: f64,
+    /// Metrics on the validation file after the last epoch, when one was given.
+    pub validation: Option<EvalReport>,
+    pub trained_examples: u64,
+    pub training_seconds: f64,
+}
+
+/// Why a job failed.
+#[derive(Clone, Debug, Serialize, Deserialize, ToSchema, PartialEq)]
+pub struct JobError {
+    /// `invalid_training_file`, `base_model_unavailable`, `training_error`, `worker_lost`, ...
+    pub code: String,
+    pub message: String,
+    pub param: Option<String>,
+}
+
+#[derive(Clone, Debug, Serialize, ToSchema)]
+pub struct FineTuningJob {
+    #[schema(example = "ftjob-0192f3c4a1b27c3e8d5f6a7b8c9d0e1f")]
+    pub id: String,
+    #[schema(example = "fine_tuning.job")]
+    pub object: &'static str,
+    pub created_at: i64,
+    pub started_at: Option<i64>,
+    pub finished_at: Option<i64>,
+    /// The base model.
+    #[schema(example = "all-MiniLM-L6-v2")]
+    pub base_model: String,
+    /// The published model's id, once the job succeeded.
+    pub fine_tuned_model: Option<String>,
+    pub status: JobStatus,
+    pub training_file: String,
+    pub validation_file: Option<String>,
+    pub method: Method,
+    pub hyperparameters: Hyperparameters,
+    pub seed: i64,
+    pub suffix: Option<String>,
+    pub metadata: Option<serde_json::Value>,
+    pub progress: Option<JobProgress>,
+    pub result: Option<JobResult>,
+    pub error: Option<JobError>,
+    /// Attempts so far; a job whose worker died is retried up to `max_attempts`.
+    pub attempt: i32,
+    pub max_attempts: i32,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+#[serde(rename_all = "lowercase")]
+pub enum EventLevel {
+    Info,
+    Warn,
+    Error,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+#[serde(rename_all = "lowercase")]
+pub enum EventType {
+    Message,
+    Metrics,
+}
+
+#[derive(Clone, Debug, Serialize, ToSchema)]
+pub struct JobEvent {
+    #[schema(example = "ftevent-0192f3c4a1b27c3e8d5f6a7b8c9d0e1f")]
+    pub id: String,
+    #[schema(example = "fine_tuning.job.event")]
+    pub object: &'static str,
+    pub created_at: i64,
+    pub level: EventLevel,
+    #[serde(rename = "type")]
+    pub kind: EventType,
+    #[schema(example = "Epoch 1/3 done: train loss 0.5312, validation accuracy 0.781")]
+    pub message: String,
+    /// For `metrics` events: step, epoch, losses, metrics.
+    pub data: Option<serde_json::Value>,
+}
+
+/// A published fine-tuned model.
+#[derive(Clone, Debug, Serialize, ToSchema)]
+pub struct ModelObject {
+    #[schema(example = "ft:all-MiniLM-L6-v2:reviews:9d0e1f2a")]
+    pub id: String,
+    #[schema(example = "model")]
+    pub object: &'static str,
+    pub created: i64,
+    #[schema(example = "user")]
+    pub owned_by: &'static str,
+    pub base_model: String,
+    pub job_id: String,
+    /// The labels predict can return, in the head's order.
+    pub labels: Vec<String>,
+    pub metrics: Option<JobResult>,
+}
+
+/// A pretrained backbone this server can fine-tune, found in the base-models folder.
+#[derive(Clone, Debug, Serialize, ToSchema)]
+pub struct BaseModelObject {
+    /// The folder's name.
+    #[schema(example = "all-MiniLM-L6-v2")]
+    pub id: String,
+    #[schema(example = "base_model")]
+    pub object: &'static str,
+    #[schema(example = "text")]
+    pub modality: &'static str,
+    /// `model_type` from the model's config.json.
+    #[schema(example = "bert")]
+    pub architecture: String,
+    #[schema(example = 22713216)]
+    pub parameters: u64,
+    #[schema(example = 384)]
+    pub hidden_size: u64,
+    #[schema(example = 6)]
+    pub layers: u64,
+    /// The longest input, in tokens, the model accepts.
+    #[schema(example = 512)]
+    pub max_seq_len: u64,
+    /// Where the model came from.
+    #[schema(example = "local directory all-MiniLM-L6-v2")]
+    pub source: String,
+}

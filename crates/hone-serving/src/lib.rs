@@ -1,0 +1,154 @@
+//! Serving predictions from published models.
+//!
+//! libtorch models are not `Sync` and inference is CPU-heavy, so models live on a
+//! dedicated OS thread that owns a bounded LRU cache of loaded classifiers; requests
+//! reach it over a channel and answer over a oneshot, and the async runtime never runs
+//! a forward pass. A semaphore bounds the requests waiting for that thread: when it is
+//! full the caller is told at once (the API answers 429) instead of queueing without end.
+
+pub mod catalog;
+
+use std::num::NonZeroUsize;
+use std::path::PathBuf;
+use std::sync::{mpsc, Arc};
+
+use hone_train::predict::{Classifier, Prediction};
+use lru::LruCache;
+use tokio::sync::{oneshot, OwnedSemaphorePermit, Semaphore};
+
+#[derive(Clone, Debug)]
+pub struct ServingConfig {
+    /// Loaded models kept in memory.
+    pub cache_size: usize,
+    /// Requests admitted at once (running or waiting for the inference thread).
+    pub max_pending: usize,
+    /// Inputs per forward pass.
+    pub batch_size: usize,
+    pub device: tch::Device,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum ServingError {
+    #[error("too many prediction requests in flight; retry shortly")]
+    Overloaded,
+    #[error("the inference thread has stopped")]
+    Stopped,
+    #[error("model {model} could not be loaded: {message}")]
+    Load { model: String, message: String },
+    #[error("prediction failed: {0}")]
+    Predict(String),
+}
+
+struct Request {
+    model_id: String,
+    model_dir: PathBuf,
+    texts: Vec<String>,
+    reply: oneshot::Sender<Result<Vec<Prediction>, ServingError>>,
+    _permit: OwnedSemaphorePermit,
+}
+
+enum Message {
+    Predict(Request),
+    Evict(String),
+}
+
+/// Handle to the inference thread; cheap to clone.
+#[derive(Clone)]
+pub struct Predictor {
+    tx: mpsc::Sender<Message>,
+    admission: Arc<Semaphore>,
+}
+
+impl std::fmt::Debug for Predictor {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Predictor").finish_non_exhaustive()
+    }
+}
+
+impl Predictor {
+    pub fn start(config: ServingConfig) -> std::io::Result<Self> {
+        let (tx, rx) = mpsc::channel::<Message>();
+        let admission = Arc::new(Semaphore::new(config.max_pending.max(1)));
+        let span = tracing::Span::current();
+        std::thread::Builder::new()
+            .name("hone-inference".into())
+            .spawn(move || {
+                let _entered = span.enter();
+                run(config, rx)
+            })?;
+        Ok(Self { tx, admission })
+    }
+
+    /// Predicts with the model published in `model_dir`, loading it on first use.
+    pub async fn predict(
+        &self,
+        model_id: &str,
+        model_dir: PathBuf,
+        texts: Vec<String>,
+    ) -> Result<Vec<Prediction>, ServingError> {
+        let permit = self
+            .admission
+            .clone()
+            .try_acquire_owned()
+            .map_err(|_| ServingError::Overloaded)?;
+        let (reply, answer) = oneshot::channel();
+        self.tx
+            .send(Message::Predict(Request {
+                model_id: model_id.to_owned(),
+                model_dir,
+                texts,
+                reply,
+                _permit: permit,
+            }))
+            .map_err(|_| ServingError::Stopped)?;
+        answer.await.map_err(|_| ServingError::Stopped)?
+    }
+
+    /// Drops a model from the cache (after it was deleted).
+    pub fn evict(&self, model_id: &str) {
+        let _ = self.tx.send(Message::Evict(model_id.to_owned()));
+    }
+}
+
+fn run(config: ServingConfig, rx: mpsc::Receiver<Message>) {
+    let capacity = NonZeroUsize::new(config.cache_size.max(1)).unwrap_or(NonZeroUsize::MIN);
+    let mut cache: LruCache<String, Classifier> = LruCache::new(capacity);
+    while let Ok(message) = rx.recv() {
+        let request = match message {
+            Message::Evict(id) => {
+                cache.pop(&id);
+                continue;
+            }
+            Message::Predict(r) => r,
+        };
+        if request.reply.is_closed() {
+            continue; // the client went away while waiting
+        }
+        let result = predict_one(&config, &mut cache, &request);
+        let _ = request.reply.send(result);
+    }
+}
+
+fn predict_one(
+    config: &ServingConfig,
+    cache: &mut LruCache<String, Classifier>,
+    request: &Request,
+) -> Result<Vec<Prediction>, ServingError> {
+    if !cache.contains(&request.model_id) {
+        let started = std::time::Instant::now();
+        let classifier = Classifier::load(&request.model_dir, config.device).map_err(|e| {
+            ServingError::Load {
+                model: request.model_id.clone(),
+                message: e.to_string(),
+            }
+        })?;
+        tracing::info!(model = %request.model_id, ms = started.elapsed().as_millis() as u64, "loaded model");
+        cache.put(request.model_id.clone(), classifier);
+    }
+    let classifier = cache
+        .get(&request.model_id)
+        .ok_or_else(|| ServingError::Predict("model vanished from the cache".into()))?;
+    classifier
+        .predict(&request.texts, config.batch_size)
+        .map_err(|e| ServingError::Predict(e.to_string()))
+}

@@ -1,0 +1,150 @@
+//! Dataset file metadata.
+
+use std::collections::BTreeMap;
+
+use chrono::{DateTime, Utc};
+use hone_domain::dataset::{DatasetFormat, DatasetSummary};
+use hone_domain::resources::FileObject;
+use hone_domain::{FileId, PageRequest};
+use sqlx::types::Json;
+
+use crate::{Db, StoreError};
+
+#[derive(sqlx::FromRow)]
+struct FileRow {
+    id: String,
+    filename: String,
+    purpose: String,
+    format: String,
+    bytes: i64,
+    sha256: String,
+    examples: i64,
+    label_counts: Json<BTreeMap<String, u64>>,
+    storage_key: String,
+    created_at: DateTime<Utc>,
+}
+
+/// A stored file: what the API shows plus where its bytes are.
+#[derive(Clone, Debug)]
+pub struct StoredFile {
+    pub object: FileObject,
+    pub storage_key: String,
+}
+
+impl TryFrom<FileRow> for StoredFile {
+    type Error = StoreError;
+
+    fn try_from(r: FileRow) -> Result<Self, StoreError> {
+        let format = DatasetFormat::parse(&r.format)
+            .ok_or_else(|| StoreError::Corrupt(format!("file {} has format {}", r.id, r.format)))?;
+        Ok(StoredFile {
+            object: FileObject {
+                id: r.id,
+                object: "file",
+                bytes: r.bytes,
+                created_at: r.created_at.timestamp(),
+                filename: r.filename,
+                purpose: r.purpose,
+                format,
+                sha256: r.sha256,
+                examples: r.examples,
+                label_counts: r.label_counts.0,
+                status: "processed",
+            },
+            storage_key: r.storage_key,
+        })
+    }
+}
+
+const COLUMNS: &str =
+    "id, filename, purpose, format, bytes, sha256, examples, label_counts, storage_key, created_at";
+
+pub fn storage_key(id: &FileId) -> String {
+    format!("files/{id}")
+}
+
+impl Db {
+    pub async fn insert_file(
+        &self,
+        id: &FileId,
+        filename: &str,
+        purpose: &str,
+        summary: &DatasetSummary,
+    ) -> Result<StoredFile, StoreError> {
+        let row: FileRow = sqlx::query_as(&format!(
+            "INSERT INTO files (id, filename, purpose, format, bytes, sha256, examples, label_counts, storage_key)
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9) RETURNING {COLUMNS}"
+        ))
+        .bind(id.as_str())
+        .bind(filename)
+        .bind(purpose)
+        .bind(summary.format.as_str())
+        .bind(i64::try_from(summary.bytes).unwrap_or(i64::MAX))
+        .bind(&summary.sha256)
+        .bind(i64::try_from(summary.examples).unwrap_or(i64::MAX))
+        .bind(Json(&summary.label_counts))
+        .bind(storage_key(id))
+        .fetch_one(&self.pool)
+        .await?;
+        row.try_into()
+    }
+
+    pub async fn get_file(&self, id: &str) -> Result<StoredFile, StoreError> {
+        let row: FileRow = sqlx::query_as(&format!("SELECT {COLUMNS} FROM files WHERE id = $1"))
+            .bind(id)
+            .fetch_optional(&self.pool)
+            .await?
+            .ok_or(StoreError::NotFound)?;
+        row.try_into()
+    }
+
+    /// Newest first; `after` is the id of the last file of the previous page.
+    pub async fn list_files(&self, page: &PageRequest) -> Result<Vec<FileObject>, StoreError> {
+        let rows: Vec<FileRow> = sqlx::query_as(&format!(
+            "SELECT {COLUMNS} FROM files
+             WHERE $1::text IS NULL
+                OR (created_at, id) < (SELECT created_at, id FROM files WHERE id = $1)
+             ORDER BY created_at DESC, id DESC LIMIT $2"
+        ))
+        .bind(page.after.as_deref())
+        .bind(page.limit + 1)
+        .fetch_all(&self.pool)
+        .await?;
+        rows.into_iter()
+            .map(|r| StoredFile::try_from(r).map(|f| f.object))
+            .collect()
+    }
+
+    /// Deletes the row unless a job that has not finished still needs the file; the
+    /// caller removes the bytes after this succeeded.
+    pub async fn delete_file(&self, id: &str) -> Result<StoredFile, StoreError> {
+        let mut tx = self.pool.begin().await?;
+        let row: FileRow = sqlx::query_as(&format!(
+            "SELECT {COLUMNS} FROM files WHERE id = $1 FOR UPDATE"
+        ))
+        .bind(id)
+        .fetch_optional(&mut *tx)
+        .await?
+        .ok_or(StoreError::NotFound)?;
+        let user: Option<String> = sqlx::query_scalar(
+            "SELECT id FROM fine_tuning_jobs
+             WHERE (training_file = $1 OR validation_file = $1)
+               AND status IN ('validating_files', 'queued', 'running')
+             LIMIT 1",
+        )
+        .bind(id)
+        .fetch_optional(&mut *tx)
+        .await?;
+        if let Some(job) = user {
+            return Err(StoreError::Conflict(format!(
+                "file {id} is used by job {job}, which has not finished"
+            )));
+        }
+        sqlx::query("DELETE FROM files WHERE id = $1")
+            .bind(id)
+            .execute(&mut *tx)
+            .await?;
+        tx.commit().await?;
+        row.try_into()
+    }
+}

@@ -1,0 +1,12 @@
+//! Storage: Postgres (the system of record and the job queue) and the artifact store
+//! (dataset bytes, published model directories). No HTTP and no training here.
+
+pub mod artifacts;
+mod db;
+pub mod files;
+pub mod jobs;
+pub mod listener;
+pub mod models;
+
+pub use artifacts::{ArtifactStore, LocalArtifactStore, PendingObject};
+pub use db::{connect, ensure_database, migrate, Db, StoreError};

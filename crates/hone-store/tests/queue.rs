@@ -1,0 +1,397 @@
+//! The queue against the real Postgres, a fresh database per test.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+use hone_domain::dataset::{DatasetFormat, DatasetSummary};
+use hone_domain::job::{Hyperparameters, JobStatus, Method};
+use hone_domain::resources::{JobError, JobProgress, JobResult};
+use hone_domain::{FileId, JobId, PageRequest};
+use hone_store::jobs::{Lease, NewJob};
+use hone_store::models::NewModel;
+use hone_store::Db;
+use sqlx::{Connection, Executor, PgConnection};
+
+const ADMIN_URL: &str = "postgres://postgres@127.0.0.1:5432/postgres";
+const LEASE: Duration = Duration::from_secs(30);
+
+struct Fresh {
+    db: Db,
+    name: String,
+}
+
+impl Drop for Fresh {
+    fn drop(&mut self) {
+        let name = self.name.clone();
+        let _ = std::thread::spawn(move || {
+            let Ok(rt) = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+            else {
+                return;
+            };
+            rt.block_on(async {
+                if let Ok(mut c) = PgConnection::connect(ADMIN_URL).await {
+                    let _ = c
+                        .execute(format!("DROP DATABASE IF EXISTS {name} WITH (FORCE)").as_str())
+                        .await;
+                }
+            });
+        })
+        .join();
+    }
+}
+
+/// A new database, created by `ensure_database` itself and migrated.
+async fn fresh() -> Fresh {
+    let name = format!("hone_store_test_{}", uuid::Uuid::new_v4().simple());
+    let url = format!("postgres://postgres@127.0.0.1:5432/{name}");
+    hone_store::ensure_database(&url)
+        .await
+        .expect("create database");
+    hone_store::ensure_database(&url)
+        .await
+        .expect("creating twice is fine");
+    let db = hone_store::connect(&url, 8).await.expect("connect");
+    hone_store::migrate(&db).await.expect("migrate");
+    Fresh { db, name }
+}
+
+async fn file(db: &Db) -> String {
+    let id = FileId::generate();
+    let summary = DatasetSummary {
+        format: DatasetFormat::Jsonl,
+        bytes: 10,
+        sha256: "00".repeat(32),
+        examples: 2,
+        label_counts: BTreeMap::from([("a".to_owned(), 1), ("b".to_owned(), 1)]),
+    };
+    db.insert_file(&id, "f.jsonl", "fine-tune", &summary)
+        .await
+        .expect("file");
+    id.to_string()
+}
+
+async fn job(db: &Db, file: &str, max_attempts: i32) -> String {
+    let new = NewJob {
+        id: JobId::generate(),
+        base_model: "m".into(),
+        training_file: file.into(),
+        validation_file: None,
+        method: Method::default(),
+        hyperparameters: Hyperparameters::default(),
+        seed: 1,
+        suffix: None,
+        metadata: None,
+        max_attempts,
+    };
+    db.create_job(&new).await.expect("job").id
+}
+
+async fn status(db: &Db, id: &str) -> JobStatus {
+    db.get_job(id).await.expect("job").status
+}
+
+async fn expire_leases(db: &Db) {
+    sqlx::query("UPDATE fine_tuning_jobs SET lease_expires_at = now() - interval '1 second' WHERE status = 'running'")
+        .execute(&db.pool)
+        .await
+        .expect("expire");
+}
+
+#[tokio::test]
+async fn concurrent_workers_never_claim_the_same_job() {
+    let f = fresh().await;
+    let file = file(&f.db).await;
+    let mut ids = Vec::new();
+    for _ in 0..20 {
+        ids.push(job(&f.db, &file, 3).await);
+    }
+    let barrier = Arc::new(tokio::sync::Barrier::new(6));
+    let mut workers = Vec::new();
+    for w in 0..6 {
+        let db = f.db.clone();
+        let barrier = barrier.clone();
+        workers.push(tokio::spawn(async move {
+            barrier.wait().await;
+            let mut mine = Vec::new();
+            while let Some(c) = db.claim_job(&format!("w{w}"), LEASE).await.expect("claim") {
+                assert_eq!(c.attempt, 1);
+                mine.push(c.job.id);
+            }
+            mine
+        }));
+    }
+    let mut claimed = Vec::new();
+    for w in workers {
+        claimed.extend(w.await.expect("worker"));
+    }
+    claimed.sort();
+    ids.sort();
+    assert_eq!(claimed, ids, "every job claimed exactly once");
+}
+
+#[tokio::test]
+async fn a_worker_that_lost_its_lease_cannot_write() {
+    let f = fresh().await;
+    let file = file(&f.db).await;
+    let id = job(&f.db, &file, 3).await;
+    let first =
+        f.db.claim_job("a", LEASE)
+            .await
+            .expect("claim")
+            .expect("a job");
+    assert_eq!(
+        f.db.heartbeat(&id, 1, LEASE).await.expect("hb"),
+        Lease::Held {
+            cancel_requested: false
+        }
+    );
+
+    expire_leases(&f.db).await;
+    assert_eq!(f.db.rescue_expired().await.expect("rescue"), 1);
+    assert_eq!(status(&f.db, &id).await, JobStatus::Queued);
+    let second =
+        f.db.claim_job("b", LEASE)
+            .await
+            .expect("claim")
+            .expect("requeued");
+    assert_eq!(second.attempt, 2);
+
+    // The first worker's writes are all refused now.
+    assert_eq!(
+        f.db.heartbeat(&id, first.attempt, LEASE).await.expect("hb"),
+        Lease::Lost
+    );
+    assert!(!f
+        .db
+        .set_progress(&id, first.attempt, &JobProgress::default())
+        .await
+        .expect("progress"));
+    let model = NewModel {
+        id: "ft:m:x".into(),
+        job_id: id.clone(),
+        base_model: "m".into(),
+        storage_key: "models/x".into(),
+        labels: vec!["a".into(), "b".into()],
+    };
+    let result = JobResult {
+        train_loss: 0.1,
+        validation: None,
+        trained_examples: 2,
+        training_seconds: 1.0,
+    };
+    assert!(!f
+        .db
+        .succeed_job(&id, first.attempt, &model, &result)
+        .await
+        .expect("succeed"));
+    assert!(
+        f.db.get_model("ft:m:x").await.is_err(),
+        "a fenced-off success registered a model"
+    );
+
+    assert!(f
+        .db
+        .succeed_job(&id, second.attempt, &model, &result)
+        .await
+        .expect("succeed"));
+    let done = f.db.get_job(&id).await.expect("job");
+    assert_eq!(done.status, JobStatus::Succeeded);
+    assert_eq!(done.fine_tuned_model.as_deref(), Some("ft:m:x"));
+    assert!(done.finished_at.is_some());
+    assert_eq!(
+        f.db.get_model("ft:m:x").await.expect("model").object.job_id,
+        id
+    );
+}
+
+#[tokio::test]
+async fn attempts_are_bounded_and_user_errors_are_not_retried() {
+    let f = fresh().await;
+    let file = file(&f.db).await;
+    let err = JobError {
+        code: "training_error".into(),
+        message: "boom".into(),
+        param: None,
+    };
+
+    let id = job(&f.db, &file, 2).await;
+    f.db.claim_job("a", LEASE)
+        .await
+        .expect("claim")
+        .expect("job");
+    assert_eq!(
+        f.db.fail_job(&id, 1, &err, true).await.expect("fail"),
+        JobStatus::Queued
+    );
+    let j = f.db.get_job(&id).await.expect("job");
+    assert_eq!(j.status, JobStatus::Queued);
+    assert!(
+        f.db.claim_job("a", LEASE).await.expect("claim").is_none(),
+        "backoff delays the retry"
+    );
+    sqlx::query("UPDATE fine_tuning_jobs SET scheduled_at = now()")
+        .execute(&f.db.pool)
+        .await
+        .expect("skip backoff");
+    let again =
+        f.db.claim_job("a", LEASE)
+            .await
+            .expect("claim")
+            .expect("retry");
+    assert_eq!(again.attempt, 2);
+    assert_eq!(
+        f.db.fail_job(&id, 2, &err, true).await.expect("fail"),
+        JobStatus::Failed
+    );
+    let j = f.db.get_job(&id).await.expect("job");
+    assert_eq!(
+        j.error.as_ref().map(|e| e.code.as_str()),
+        Some("training_error")
+    );
+
+    let id = job(&f.db, &file, 3).await;
+    f.db.claim_job("a", LEASE)
+        .await
+        .expect("claim")
+        .expect("job");
+    assert_eq!(
+        f.db.fail_job(&id, 1, &err, false).await.expect("fail"),
+        JobStatus::Failed
+    );
+
+    // A dead worker on the last attempt fails the job instead of requeueing it.
+    let id = job(&f.db, &file, 1).await;
+    f.db.claim_job("a", LEASE)
+        .await
+        .expect("claim")
+        .expect("job");
+    expire_leases(&f.db).await;
+    f.db.rescue_expired().await.expect("rescue");
+    let j = f.db.get_job(&id).await.expect("job");
+    assert_eq!(j.status, JobStatus::Failed);
+    assert_eq!(j.error.map(|e| e.code), Some("worker_lost".into()));
+}
+
+#[tokio::test]
+async fn cancellation_and_release() {
+    let f = fresh().await;
+    let file = file(&f.db).await;
+    let queued = job(&f.db, &file, 3).await;
+    assert_eq!(
+        f.db.cancel_job(&queued).await.expect("cancel").status,
+        JobStatus::Cancelled
+    );
+    assert!(
+        f.db.cancel_job(&queued).await.is_err(),
+        "cancelling twice is a conflict"
+    );
+
+    let running = job(&f.db, &file, 3).await;
+    let c =
+        f.db.claim_job("a", LEASE)
+            .await
+            .expect("claim")
+            .expect("job");
+    assert_eq!(
+        f.db.cancel_job(&running).await.expect("cancel").status,
+        JobStatus::Running
+    );
+    assert_eq!(
+        f.db.heartbeat(&running, c.attempt, LEASE)
+            .await
+            .expect("hb"),
+        Lease::Held {
+            cancel_requested: true
+        }
+    );
+    assert!(f
+        .db
+        .finish_cancelled(&running, c.attempt)
+        .await
+        .expect("finish"));
+    assert_eq!(status(&f.db, &running).await, JobStatus::Cancelled);
+
+    // A worker shutting down hands its job back without spending an attempt.
+    let handed = job(&f.db, &file, 3).await;
+    let c =
+        f.db.claim_job("a", LEASE)
+            .await
+            .expect("claim")
+            .expect("job");
+    assert!(f.db.release_job(&handed, c.attempt).await.expect("release"));
+    let c =
+        f.db.claim_job("b", LEASE)
+            .await
+            .expect("claim")
+            .expect("job");
+    assert_eq!((c.job.id.as_str(), c.attempt), (handed.as_str(), 1));
+
+    let page = PageRequest::new(Some(100), None).expect("page");
+    let events = f.db.list_events(&handed, &page).await.expect("events");
+    assert!(events
+        .iter()
+        .any(|e| e.message.contains("returned to the queue")));
+}
+
+#[tokio::test]
+async fn files_in_use_cannot_be_deleted_and_deleted_files_cannot_be_used() {
+    let f = fresh().await;
+    let file = file(&f.db).await;
+    let id = job(&f.db, &file, 3).await;
+    assert!(matches!(
+        f.db.delete_file(&file).await,
+        Err(hone_store::StoreError::Conflict(_))
+    ));
+    f.db.cancel_job(&id).await.expect("cancel");
+    f.db.delete_file(&file)
+        .await
+        .expect("delete once the job finished");
+    let new = NewJob {
+        id: JobId::generate(),
+        base_model: "m".into(),
+        training_file: file.clone(),
+        validation_file: None,
+        method: Method::default(),
+        hyperparameters: Hyperparameters::default(),
+        seed: 1,
+        suffix: None,
+        metadata: None,
+        max_attempts: 3,
+    };
+    assert!(matches!(
+        f.db.create_job(&new).await,
+        Err(hone_store::StoreError::Conflict(_))
+    ));
+}
+
+#[tokio::test]
+async fn queued_jobs_wake_listening_workers() {
+    let f = fresh().await;
+    let file = file(&f.db).await;
+    let wake = Arc::new(tokio::sync::Notify::new());
+    let stop = tokio_util::sync::CancellationToken::new();
+    // Wait for the listener's first wake-up: it is listening from then on.
+    let up = wake.notified();
+    tokio::pin!(up);
+    up.as_mut().enable();
+    let listener = tokio::spawn(hone_store::listener::listen_for_jobs(
+        f.db.clone(),
+        wake.clone(),
+        stop.clone(),
+    ));
+    tokio::time::timeout(Duration::from_secs(10), up)
+        .await
+        .expect("listener up");
+    let notified = wake.notified();
+    tokio::pin!(notified);
+    notified.as_mut().enable();
+    job(&f.db, &file, 3).await;
+    tokio::time::timeout(Duration::from_secs(5), notified)
+        .await
+        .expect("NOTIFY woke the worker");
+    stop.cancel();
+    listener.await.expect("listener");
+}

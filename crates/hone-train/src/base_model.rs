@@ -1,0 +1,125 @@
+//! The catalogue of base models: what a Hugging Face directory holds, read cheaply
+//! enough to answer `GET /v1/base-models` on every call — config.json and the
+//! safetensors header only, never the weights.
+
+use std::io::Read;
+use std::path::Path;
+
+use serde::Serialize;
+
+use crate::bert::BertConfig;
+use crate::classifier::{CONFIG_FILE, WEIGHTS_FILE};
+use crate::error::TrainError;
+use crate::tokenize::TOKENIZER_FILE;
+
+/// A base model directory as the API describes it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct BaseModelInfo {
+    /// config.json's `model_type`, e.g. `"bert"`.
+    pub architecture: String,
+    pub hidden_size: usize,
+    pub num_layers: usize,
+    pub num_heads: usize,
+    pub max_position_embeddings: usize,
+    pub vocab_size: usize,
+    /// Floating-point values in the checkpoint (integer buffers such as `position_ids`
+    /// are not parameters), pooler included when the checkpoint has one.
+    pub parameters: u64,
+}
+
+/// Reads `dir`'s config.json, checks that the architecture is one hone implements and
+/// that the weights and tokenizer are there, and counts the parameters from the
+/// safetensors header.
+pub fn inspect_base_model(dir: &Path) -> Result<BaseModelInfo, TrainError> {
+    let config = BertConfig::from_file(&dir.join(CONFIG_FILE))?;
+    let tokenizer = dir.join(TOKENIZER_FILE);
+    if !tokenizer.is_file() {
+        return Err(TrainError::io(
+            &tokenizer,
+            std::io::Error::new(std::io::ErrorKind::NotFound, "tokenizer.json not found"),
+        ));
+    }
+    let parameters = count_parameters(&dir.join(WEIGHTS_FILE))?;
+    Ok(BaseModelInfo {
+        architecture: config.model_type,
+        hidden_size: config.hidden_size,
+        num_layers: config.num_hidden_layers,
+        num_heads: config.num_attention_heads,
+        max_position_embeddings: config.max_position_embeddings,
+        vocab_size: config.vocab_size,
+        parameters,
+    })
+}
+
+/// Every subdirectory of `root` (hidden ones skipped) with its description or the
+/// reason it cannot be used, sorted by name; the name is the base model's id. An
+/// unreadable `root` lists nothing.
+pub fn list_base_models(root: &Path) -> Vec<(String, Result<BaseModelInfo, TrainError>)> {
+    let entries = match std::fs::read_dir(root) {
+        Ok(entries) => entries,
+        Err(e) => {
+            tracing::warn!(root = %root.display(), error = %e, "cannot list base models");
+            return Vec::new();
+        }
+    };
+    let mut models: Vec<_> = entries
+        .filter_map(Result::ok)
+        .filter(|e| e.path().is_dir())
+        .filter_map(|e| e.file_name().into_string().ok())
+        .filter(|name| !name.starts_with('.'))
+        .map(|name| {
+            let info = inspect_base_model(&root.join(&name));
+            (name, info)
+        })
+        .collect();
+    models.sort_by(|a, b| a.0.cmp(&b.0));
+    models
+}
+
+/// The largest header accepted; real ones are tens of kilobytes.
+const MAX_HEADER_BYTES: u64 = 100 << 20;
+
+/// Sums the element counts of the floating-point tensors listed in a safetensors
+/// header (8-byte little-endian length, then that many bytes of JSON).
+pub fn count_parameters(path: &Path) -> Result<u64, TrainError> {
+    let bad = |message: String| TrainError::config(path, message);
+    let mut file = std::fs::File::open(path).map_err(|e| TrainError::io(path, e))?;
+    let mut len = [0u8; 8];
+    file.read_exact(&mut len)
+        .map_err(|e| TrainError::io(path, e))?;
+    let len = u64::from_le_bytes(len);
+    if len > MAX_HEADER_BYTES {
+        return Err(bad(format!("safetensors header of {len} bytes")));
+    }
+    let mut header = Vec::with_capacity(len as usize);
+    file.take(len)
+        .read_to_end(&mut header)
+        .map_err(|e| TrainError::io(path, e))?;
+    if header.len() as u64 != len {
+        return Err(bad("truncated safetensors header".into()));
+    }
+    let header: serde_json::Map<String, serde_json::Value> = serde_json::from_slice(&header)
+        .map_err(|e| bad(format!("malformed safetensors header: {e}")))?;
+    let mut total = 0u64;
+    for (name, entry) in &header {
+        if name == "__metadata__" {
+            continue;
+        }
+        let dtype = entry.get("dtype").and_then(serde_json::Value::as_str);
+        let shape = entry.get("shape").and_then(serde_json::Value::as_array);
+        let (Some(dtype), Some(shape)) = (dtype, shape) else {
+            return Err(bad(format!("tensor {name} has no dtype or shape")));
+        };
+        if !matches!(
+            dtype,
+            "F16" | "BF16" | "F32" | "F64" | "F8_E4M3" | "F8_E5M2"
+        ) {
+            continue;
+        }
+        let numel = shape
+            .iter()
+            .try_fold(1u64, |acc, d| d.as_u64().and_then(|d| acc.checked_mul(d)));
+        total += numel.ok_or_else(|| bad(format!("tensor {name} has a malformed shape")))?;
+    }
+    Ok(total)
+}

@@ -1,0 +1,31 @@
+//! Training and inference for hone, on libtorch through tch.
+//!
+//! This crate knows nothing about HTTP, the database or the queue: the worker calls
+//! [`train::fine_tune`] on a dedicated OS thread and publishes the directory that
+//! [`train::TrainedModel::save`] writes; the server loads it with
+//! [`predict::Classifier::load`]. Every call takes the device it runs on, and the
+//! library never sets libtorch's thread count — the binary decides both.
+//!
+//! Reproducibility: training seeds libtorch's global generator. Loading models for
+//! inference draws no random numbers, so serving in the same process does not disturb
+//! a seeded run; two trainings at once in one process would.
+
+pub mod base_model;
+pub mod bert;
+pub mod classifier;
+pub mod error;
+pub mod predict;
+pub mod tokenize;
+pub mod train;
+pub mod weights;
+
+pub use base_model::{inspect_base_model, list_base_models, BaseModelInfo};
+pub use bert::{BertConfig, BertModel, WeightInit};
+pub use classifier::{ModelMeta, SequenceClassifier};
+pub use error::TrainError;
+pub use predict::{Classifier, Prediction};
+pub use tokenize::{Batch, TextTokenizer};
+pub use train::{
+    fine_tune, fine_tune_with, EncoderInit, EpochMetrics, EvalMetrics, StepProgress, TrainConfig,
+    TrainData, TrainJob, TrainObserver, TrainedModel,
+};

@@ -1,0 +1,140 @@
+//! Configuration: built-in defaults, then `config/default.toml` (or the file named by
+//! `HONE_CONFIG`), then `HONE_*` environment variables, later ones winning.
+
+use std::path::PathBuf;
+
+use figment::providers::{Env, Format, Serialized, Toml};
+use figment::Figment;
+use serde::{Deserialize, Serialize};
+
+/// The repository this binary was built from; the set-up script installs base models
+/// there, so a development build finds them wherever it is started from.
+const REPO_DIR: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/../..");
+
+#[derive(Clone, Debug, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Config {
+    /// Postgres URL; the database is created when missing (`hone all`, `hone migrate`).
+    pub database_url: String,
+    /// Address the API listens on.
+    pub listen: String,
+    /// Uploaded files, checkpoints and published models.
+    pub data_dir: PathBuf,
+    /// Base models: one Hugging Face directory each.
+    pub models_dir: PathBuf,
+    /// `auto` (CUDA when present), `cpu` or `cuda`.
+    pub device: String,
+    /// Jobs trained at once by one worker process.
+    pub worker_concurrency: usize,
+    /// libtorch intra-op threads; 0 lets libtorch use every core.
+    pub threads: usize,
+    /// A running job's lease; a worker that misses heartbeats this long loses its job
+    /// to the queue.
+    pub lease_seconds: u64,
+    /// How often idle workers look for jobs when no notification arrives.
+    pub poll_interval_ms: u64,
+    /// Attempts per job before it fails for good.
+    pub job_max_attempts: i32,
+    /// Largest accepted dataset upload, in bytes.
+    pub max_upload_bytes: u64,
+    /// Most examples in one dataset.
+    pub max_examples: u64,
+    /// Fine-tuned models kept loaded for predictions.
+    pub predict_cache_size: usize,
+    /// Predict requests admitted at once; more get 429.
+    pub predict_max_pending: usize,
+    /// Inputs per forward pass when predicting.
+    pub predict_batch_size: usize,
+    /// Inputs per predict request.
+    pub max_predict_inputs: usize,
+    /// `text` or `json` logs.
+    pub log_format: String,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Self {
+            database_url: "postgres://postgres@127.0.0.1:5432/hone".into(),
+            listen: "127.0.0.1:8080".into(),
+            data_dir: PathBuf::from(REPO_DIR).join(".data"),
+            models_dir: PathBuf::from(REPO_DIR).join(".deps/models"),
+            device: "auto".into(),
+            worker_concurrency: 1,
+            threads: 0,
+            lease_seconds: 60,
+            poll_interval_ms: 2000,
+            job_max_attempts: 3,
+            max_upload_bytes: 512 * 1024 * 1024,
+            max_examples: 1_000_000,
+            predict_cache_size: 4,
+            predict_max_pending: 64,
+            predict_batch_size: 32,
+            max_predict_inputs: 256,
+            log_format: "text".into(),
+        }
+    }
+}
+
+impl Config {
+    pub fn load() -> Result<Self, figment::Error> {
+        let mut figment = Figment::from(Serialized::defaults(Config::default()));
+        match std::env::var_os("HONE_CONFIG") {
+            Some(path) => figment = figment.merge(Toml::file_exact(PathBuf::from(path))),
+            None => {
+                figment = figment.merge(Toml::file(
+                    PathBuf::from(REPO_DIR).join("config/default.toml"),
+                ))
+            }
+        }
+        figment
+            .merge(Env::prefixed("HONE_").ignore(&["config"]))
+            .extract()
+    }
+
+    /// The database URL without its password, for messages.
+    pub fn database_url_redacted(&self) -> String {
+        match url_password_span(&self.database_url) {
+            Some((start, end)) => format!(
+                "{}***{}",
+                &self.database_url[..start],
+                &self.database_url[end..]
+            ),
+            None => self.database_url.clone(),
+        }
+    }
+}
+
+/// The byte range of the password in `scheme://user:password@host/...`.
+fn url_password_span(url: &str) -> Option<(usize, usize)> {
+    let authority_start = url.find("://")? + 3;
+    let at = authority_start + url[authority_start..].find('@')?;
+    let colon = authority_start + url[authority_start..at].find(':')?;
+    Some((colon + 1, at))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn passwords_are_redacted() {
+        let mut c = Config::default();
+        assert_eq!(c.database_url_redacted(), c.database_url);
+        c.database_url = "postgres://u:secret@h:5432/db".into();
+        assert_eq!(c.database_url_redacted(), "postgres://u:***@h:5432/db");
+    }
+
+    #[test]
+    fn environment_overrides_defaults() {
+        figment::Jail::expect_with(|jail| {
+            jail.set_env("HONE_LISTEN", "127.0.0.1:9999");
+            jail.set_env("HONE_WORKER_CONCURRENCY", "3");
+            jail.set_env("HONE_MODELS_DIR", "/m");
+            let c = Config::load()?;
+            assert_eq!(c.listen, "127.0.0.1:9999");
+            assert_eq!(c.worker_concurrency, 3);
+            assert_eq!(c.models_dir, PathBuf::from("/m"));
+            Ok(())
+        });
+    }
+}

@@ -1,0 +1,57 @@
+//! The API server.
+
+use std::sync::Arc;
+
+use anyhow::Context;
+use hone_api::{ApiSettings, AppState};
+use hone_domain::dataset::DatasetLimits;
+use hone_serving::{Predictor, ServingConfig};
+use hone_store::{ArtifactStore, Db};
+use tokio_util::sync::CancellationToken;
+
+use crate::config::Config;
+
+pub async fn run(
+    config: &Config,
+    db: Db,
+    artifacts: Arc<dyn ArtifactStore>,
+    device: tch::Device,
+    shutdown: CancellationToken,
+) -> anyhow::Result<()> {
+    let predictor = Predictor::start(ServingConfig {
+        cache_size: config.predict_cache_size,
+        max_pending: config.predict_max_pending,
+        batch_size: config.predict_batch_size,
+        device,
+    })
+    .context("cannot start the inference thread")?;
+    let dataset_limits = DatasetLimits {
+        max_bytes: config.max_upload_bytes,
+        max_examples: config.max_examples,
+        ..DatasetLimits::default()
+    };
+    let state = AppState {
+        db,
+        artifacts,
+        predictor,
+        settings: Arc::new(ApiSettings {
+            models_dir: config.models_dir.clone(),
+            dataset_limits,
+            max_predict_inputs: config.max_predict_inputs,
+            max_predict_chars: 100_000,
+            job_max_attempts: config.job_max_attempts,
+        }),
+    };
+    let app = hone_api::app(state, config.max_upload_bytes);
+    let listener = tokio::net::TcpListener::bind(&config.listen)
+        .await
+        .with_context(|| format!("cannot listen on {}", config.listen))?;
+    let addr = listener.local_addr()?;
+    // Tests and scripts read this line to learn the port when listening on port 0.
+    tracing::info!(%addr, "listening on http://{addr}");
+    println!("hone listening on http://{addr}");
+    axum::serve(listener, app)
+        .with_graceful_shutdown(async move { shutdown.cancelled().await })
+        .await
+        .context("server error")
+}

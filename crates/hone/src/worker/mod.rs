@@ -1,0 +1,220 @@
+//! The worker: claims queued jobs from Postgres and runs them, keeping each claim
+//! alive with a heartbeat. The runner knows nothing of training; `finetune` does.
+//!
+//! Wake-ups come from LISTEN/NOTIFY with polling as the fallback; a rescuer requeues
+//! jobs whose worker died (lease expired). On shutdown a worker stops its job at the
+//! next training step and hands it back to the queue.
+
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use hone_store::jobs::{ClaimedJob, Lease};
+use hone_store::{ArtifactStore, Db};
+use tokio::sync::Notify;
+use tokio_util::sync::CancellationToken;
+
+use crate::config::Config;
+
+mod finetune;
+
+#[derive(Clone, Debug)]
+pub struct WorkerSettings {
+    pub id: String,
+    pub concurrency: usize,
+    pub poll_interval: Duration,
+    pub lease: Duration,
+    pub models_dir: std::path::PathBuf,
+    pub scratch_dir: std::path::PathBuf,
+    pub device: tch::Device,
+}
+
+impl WorkerSettings {
+    pub fn from_config(config: &Config, device: tch::Device) -> Self {
+        let host = std::env::var("HOSTNAME").unwrap_or_else(|_| "localhost".into());
+        Self {
+            id: format!(
+                "{host}:{}:{}",
+                std::process::id(),
+                &uuid::Uuid::new_v4().simple().to_string()[..8]
+            ),
+            concurrency: config.worker_concurrency.max(1),
+            poll_interval: Duration::from_millis(config.poll_interval_ms.max(50)),
+            lease: Duration::from_secs(config.lease_seconds.max(2)),
+            models_dir: config.models_dir.clone(),
+            scratch_dir: config.data_dir.join("scratch"),
+            device,
+        }
+    }
+}
+
+/// Why a job's training should stop early.
+#[derive(Debug, Default)]
+pub struct StopFlags {
+    /// The user cancelled the job.
+    pub cancelled: AtomicBool,
+    /// This worker lost the job's lease: someone else owns it now.
+    pub lease_lost: AtomicBool,
+    /// The worker is shutting down.
+    pub shutdown: AtomicBool,
+}
+
+impl StopFlags {
+    pub fn any(&self) -> bool {
+        self.cancelled.load(Ordering::Relaxed)
+            || self.lease_lost.load(Ordering::Relaxed)
+            || self.shutdown.load(Ordering::Relaxed)
+    }
+}
+
+pub async fn run(
+    db: Db,
+    artifacts: Arc<dyn ArtifactStore>,
+    settings: WorkerSettings,
+    shutdown: CancellationToken,
+) {
+    tracing::info!(worker = %settings.id, concurrency = settings.concurrency, device = ?settings.device, "worker started");
+    let wake = Arc::new(Notify::new());
+    let listener = tokio::spawn(hone_store::listener::listen_for_jobs(
+        db.clone(),
+        wake.clone(),
+        shutdown.clone(),
+    ));
+    let rescuer = tokio::spawn(rescue_loop(db.clone(), settings.lease, shutdown.clone()));
+    let mut slots = Vec::new();
+    for slot in 0..settings.concurrency {
+        slots.push(tokio::spawn(slot_loop(
+            slot,
+            db.clone(),
+            artifacts.clone(),
+            settings.clone(),
+            wake.clone(),
+            shutdown.clone(),
+        )));
+    }
+    for s in slots {
+        let _ = s.await;
+    }
+    let _ = listener.await;
+    let _ = rescuer.await;
+    tracing::info!(worker = %settings.id, "worker stopped");
+}
+
+async fn slot_loop(
+    slot: usize,
+    db: Db,
+    artifacts: Arc<dyn ArtifactStore>,
+    settings: WorkerSettings,
+    wake: Arc<Notify>,
+    shutdown: CancellationToken,
+) {
+    let mut backoff = Duration::from_millis(500);
+    while !shutdown.is_cancelled() {
+        // Register for wake-ups before looking, so a job queued in between is not missed.
+        let notified = wake.notified();
+        tokio::pin!(notified);
+        notified.as_mut().enable();
+        match db.claim_job(&settings.id, settings.lease).await {
+            Ok(Some(claimed)) => {
+                backoff = Duration::from_millis(500);
+                run_claimed(&db, &artifacts, &settings, claimed, &shutdown).await;
+            }
+            Ok(None) => {
+                tokio::select! {
+                    _ = &mut notified => {}
+                    _ = tokio::time::sleep(settings.poll_interval) => {}
+                    _ = shutdown.cancelled() => {}
+                }
+            }
+            Err(e) => {
+                tracing::warn!(slot, error = %e, "cannot claim jobs; retrying");
+                tokio::select! {
+                    _ = tokio::time::sleep(backoff) => {}
+                    _ = shutdown.cancelled() => {}
+                }
+                backoff = (backoff * 2).min(Duration::from_secs(30));
+            }
+        }
+    }
+}
+
+/// Runs one claimed job while a heartbeat keeps its lease and watches for cancellation.
+async fn run_claimed(
+    db: &Db,
+    artifacts: &Arc<dyn ArtifactStore>,
+    settings: &WorkerSettings,
+    claimed: ClaimedJob,
+    shutdown: &CancellationToken,
+) {
+    let flags = Arc::new(StopFlags::default());
+    let heartbeat = tokio::spawn(heartbeat_loop(
+        db.clone(),
+        claimed.job.id.clone(),
+        claimed.attempt,
+        settings.lease,
+        flags.clone(),
+        shutdown.clone(),
+    ));
+    finetune::run_job(db, artifacts, settings, &claimed, flags.clone()).await;
+    heartbeat.abort();
+}
+
+/// Renews the lease every third of it and polls for cancellation every second, so a
+/// cancel takes effect within about a second plus one training step.
+async fn heartbeat_loop(
+    db: Db,
+    job_id: String,
+    attempt: i32,
+    lease: Duration,
+    flags: Arc<StopFlags>,
+    shutdown: CancellationToken,
+) {
+    let tick = Duration::from_secs(1).min(lease / 3);
+    let renew_every = (lease / 3).max(tick);
+    let mut since_renew = Duration::ZERO;
+    loop {
+        tokio::select! {
+            _ = tokio::time::sleep(tick) => {}
+            _ = shutdown.cancelled() => {
+                flags.shutdown.store(true, Ordering::Relaxed);
+                // Keep renewing while the job winds down.
+                tokio::time::sleep(tick).await;
+            }
+        }
+        since_renew += tick;
+        let result = if since_renew >= renew_every {
+            since_renew = Duration::ZERO;
+            db.heartbeat(&job_id, attempt, lease).await
+        } else {
+            db.cancel_requested(&job_id, attempt).await
+        };
+        match result {
+            Ok(Lease::Held { cancel_requested }) => {
+                if cancel_requested {
+                    flags.cancelled.store(true, Ordering::Relaxed);
+                }
+            }
+            Ok(Lease::Lost) => {
+                tracing::warn!(job.id = %job_id, "lease lost; stopping the job");
+                flags.lease_lost.store(true, Ordering::Relaxed);
+                return;
+            }
+            Err(e) => tracing::warn!(job.id = %job_id, error = %e, "heartbeat failed"),
+        }
+    }
+}
+
+/// Requeues jobs of dead workers, checking twice per lease.
+async fn rescue_loop(db: Db, lease: Duration, shutdown: CancellationToken) {
+    loop {
+        match db.rescue_expired().await {
+            Ok(0) => {}
+            Ok(n) => tracing::warn!(jobs = n, "requeued jobs whose worker stopped responding"),
+            Err(e) => tracing::warn!(error = %e, "rescuer failed"),
+        }
+        tokio::select! {
+            _ = tokio::time::sleep(lease / 2) => {}
+            _ = shutdown.cancelled() => return,
+        }
+    }
+}

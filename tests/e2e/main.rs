@@ -1,0 +1,7 @@
+//! End-to-end tests: the real `hone` binary on a free port, against the real Postgres
+//! (a fresh database per test), real libtorch and the real pretrained base model.
+//! Set TEST_LOG=1 to see the server's logs.
+
+mod api;
+mod sentiment;
+mod support;
