@@ -451,6 +451,7 @@ async fn docs_openapi_and_health_are_served() {
         "/v1/files/{file_id}",
         "/v1/files/{file_id}/content",
         "/v1/base-models",
+        "/v1/transferability",
         "/v1/fine_tuning/jobs",
         "/v1/fine_tuning/jobs/{job_id}",
         "/v1/fine_tuning/jobs/{job_id}/cancel",

@@ -3,5 +3,8 @@
 //! Set TEST_LOG=1 to see the server's logs.
 
 mod api;
+mod docs;
 mod sentiment;
+mod strategies;
 mod support;
+mod transferability;

@@ -8,6 +8,7 @@ use axum::http::{header, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
 use hone_domain::dataset::{DatasetError, DatasetErrorKind};
 use hone_domain::ValidationError;
+use hone_serving::transferability::EstimateError;
 use hone_serving::ServingError;
 use hone_store::StoreError;
 use serde::Serialize;
@@ -88,7 +89,7 @@ impl ApiError {
         }
     }
 
-    fn internal(context: &str, error: &dyn std::fmt::Display) -> Self {
+    pub(crate) fn internal(context: &str, error: &dyn std::fmt::Display) -> Self {
         tracing::error!(error = %error, "{context}");
         Self::new(
             StatusCode::INTERNAL_SERVER_ERROR,
@@ -154,6 +155,17 @@ impl From<ServingError> for ApiError {
                 Self::new(StatusCode::TOO_MANY_REQUESTS, "overloaded", e.to_string())
             }
             other => Self::internal("prediction error", &other),
+        }
+    }
+}
+
+impl From<EstimateError> for ApiError {
+    fn from(e: EstimateError) -> Self {
+        match e {
+            EstimateError::Overloaded => {
+                Self::new(StatusCode::TOO_MANY_REQUESTS, "overloaded", e.to_string())
+            }
+            other => Self::internal("transferability estimate failed", &other),
         }
     }
 }

@@ -5,7 +5,7 @@ use axum::extract::rejection::QueryRejection;
 use axum::extract::{Path, Query, State};
 use axum::Json;
 use hone_domain::job::{validate_suffix, HyperparametersInput, JobStatus, Method};
-use hone_domain::resources::{FineTuningJob, JobEvent};
+use hone_domain::resources::{FineTuningJob, JobCurves, JobEvent, JobMetrics};
 use hone_domain::{JobId, Page};
 use hone_store::jobs::NewJob;
 use hone_store::StoreError;
@@ -25,6 +25,7 @@ pub fn router() -> OpenApiRouter<AppState> {
         .routes(routes!(get_job))
         .routes(routes!(cancel_job))
         .routes(routes!(list_events))
+        .routes(routes!(get_metrics))
 }
 
 #[derive(Debug, Deserialize, ToSchema)]
@@ -40,7 +41,9 @@ pub struct CreateJobRequest {
     /// An uploaded file with held-out examples, evaluated after every epoch. Its labels
     /// must all occur in the training file.
     pub validation_file: Option<String>,
-    /// How to transfer the model; `{"type": "full"}` fine-tunes every weight.
+    /// How to transfer the model: `full` (default) fine-tunes every weight, `partial`
+    /// freezes the bottom `frozen_layers`, `feature_extraction` trains only a head on
+    /// cached features of the frozen encoder, `auto` lets the server choose and say why.
     #[serde(default)]
     pub method: Method,
     #[serde(default)]
@@ -120,9 +123,13 @@ async fn create_job(
                 ),
             )
         })?;
-    let hyperparameters = req
-        .hyperparameters
-        .validate(u32::try_from(base.max_seq_len).unwrap_or(u32::MAX))?;
+    let method = req
+        .method
+        .validate(u32::try_from(base.layers).unwrap_or(u32::MAX))?;
+    let hyperparameters = req.hyperparameters.validate(
+        u32::try_from(base.max_seq_len).unwrap_or(u32::MAX),
+        method.kind,
+    )?;
     if let Some(suffix) = &req.suffix {
         validate_suffix(suffix)?;
     }
@@ -150,7 +157,7 @@ async fn create_job(
         base_model: base.id,
         training_file: training.id,
         validation_file: req.validation_file,
-        method: req.method,
+        method,
         hyperparameters,
         seed,
         suffix: req.suffix,
@@ -266,6 +273,50 @@ async fn cancel_job(
             .await
             .map_err(not_found_as(&raw))?,
     ))
+}
+
+/// A job's metrics: the per-step training loss and per-epoch validation curves (while
+/// it runs), and once it is done the data report, the transferability estimate and the
+/// evaluation report (per-class metrics, confusion matrix, calibration, train/validation
+/// gap) of the published epoch.
+#[utoipa::path(get, path = "/v1/fine_tuning/jobs/{job_id}/metrics", tag = "fine-tuning",
+    params(("job_id" = String, Path, description = "The job's id")),
+    responses(
+        (status = 200, description = "The job's metrics", body = JobMetrics),
+        (status = 404, description = "No such job", body = ErrorResponse)))]
+async fn get_metrics(
+    State(state): State<AppState>,
+    Path(raw): Path<String>,
+) -> Result<Json<JobMetrics>, ApiError> {
+    let id = job_id(&raw)?;
+    let job = state
+        .db
+        .get_job(id.as_str())
+        .await
+        .map_err(not_found_as(&raw))?;
+    let curves: JobCurves = match state
+        .db
+        .get_metrics(id.as_str())
+        .await
+        .map_err(not_found_as(&raw))?
+    {
+        Some(value) => serde_json::from_value(value)
+            .map_err(|e| ApiError::internal("unreadable job metrics", &e))?,
+        None => JobCurves::default(),
+    };
+    let result = job.result.unwrap_or_default();
+    Ok(Json(JobMetrics {
+        object: "fine_tuning.job.metrics",
+        job_id: job.id,
+        status: job.status,
+        steps: curves.steps,
+        epochs: curves.epochs,
+        best_epoch: result.best_epoch,
+        stopped_early: result.stopped_early,
+        evaluation: result.evaluation,
+        data_report: result.data_report,
+        transferability: result.transferability,
+    }))
 }
 
 /// A job's events, newest first: messages and per-step/per-epoch metrics.

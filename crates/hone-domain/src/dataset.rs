@@ -1,19 +1,27 @@
-//! Training datasets for single-label text classification, checked while they stream in.
+//! Training datasets for text classification, checked while they stream in: one label
+//! per example, several labels per example, or one label per task of a multi-task
+//! model, each on single texts or on text pairs.
 //!
 //! An upload is validated chunk by chunk as it arrives, so that a bad file is refused
 //! with its line and reason before anything is kept, and memory stays bounded by the
 //! longest record rather than by the file. The trainer reads stored files back through
 //! [`parse_examples`], which drives the very same parser: a file that passed at upload
 //! cannot fail, or mean something else, at training time.
+//!
+//! What a file trains is stated by its first example (or by the caller, see
+//! [`DatasetValidator::expecting`]) and every later example must agree: a file that
+//! mixes task types nearly always means two files were concatenated, and a trainer
+//! could only guess which rows to drop.
 
 use std::borrow::Cow;
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashSet};
 use std::fmt;
 
-use serde::de::{self, Deserializer, IgnoredAny, MapAccess, SeqAccess, Visitor};
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 use utoipa::ToSchema;
+
+mod jsonl;
 
 const BOM: &[u8] = b"\xEF\xBB\xBF";
 
@@ -21,9 +29,12 @@ const BOM: &[u8] = b"\xEF\xBB\xBF";
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize, ToSchema)]
 #[serde(rename_all = "lowercase")]
 pub enum DatasetFormat {
-    /// JSON Lines: one `{"text": …, "label": …}` object per line.
+    /// JSON Lines: one object per line with a `text`, an optional `text_pair`, and
+    /// either a `label` or a `labels` (a list, or an object of task → label).
     Jsonl,
-    /// RFC 4180 CSV whose header row names a `text` and a `label` column.
+    /// RFC 4180 CSV whose header row names a `text` and a `label` column, and a
+    /// `text_pair` column for text pairs. One label per example only: a cell holds one
+    /// string, and any separator for lists would collide with some label's text.
     Csv,
 }
 
@@ -51,9 +62,87 @@ impl DatasetFormat {
             _ => None,
         }
     }
+
+    /// CSV holds one label per example (see [`DatasetFormat::Csv`]).
+    pub fn supports(self, task_type: TaskType) -> bool {
+        self == DatasetFormat::Jsonl || task_type == TaskType::Classification
+    }
 }
 
 impl fmt::Display for DatasetFormat {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// What the examples of a file teach, which decides the model's heads and loss.
+/// Whether inputs are text pairs is separate ([`DatasetSummary::text_pairs`]): any task
+/// type can be trained on pairs.
+#[derive(
+    Clone,
+    Copy,
+    Debug,
+    Default,
+    PartialEq,
+    Eq,
+    PartialOrd,
+    Ord,
+    Hash,
+    Serialize,
+    Deserialize,
+    ToSchema,
+)]
+#[serde(rename_all = "snake_case")]
+pub enum TaskType {
+    /// Exactly one label per example, from `label`. The default because it is what
+    /// every file was before the other types existed.
+    #[default]
+    Classification,
+    /// Any number of labels per example, none included, from `labels` as a list.
+    MultiLabel,
+    /// One label for each of several tasks, from `labels` as an object of task →
+    /// label; one shared backbone with a head per task.
+    MultiTask,
+}
+
+impl TaskType {
+    pub const ALL: [TaskType; 3] = [
+        TaskType::Classification,
+        TaskType::MultiLabel,
+        TaskType::MultiTask,
+    ];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            TaskType::Classification => "classification",
+            TaskType::MultiLabel => "multi_label",
+            TaskType::MultiTask => "multi_task",
+        }
+    }
+
+    pub fn parse(raw: &str) -> Option<Self> {
+        Self::ALL.into_iter().find(|t| t.as_str() == raw)
+    }
+
+    /// How examples of this type look, for error messages.
+    fn shape(self) -> &'static str {
+        match self {
+            TaskType::Classification => "single-label examples (one label in `label`)",
+            TaskType::MultiLabel => "multi-label examples (a list of labels in `labels`)",
+            TaskType::MultiTask => "multi-task examples (an object of task → label in `labels`)",
+        }
+    }
+
+    /// The field that holds this type's target.
+    fn field(self) -> &'static str {
+        match self {
+            TaskType::Classification => "label",
+            TaskType::MultiLabel | TaskType::MultiTask => "labels",
+        }
+    }
+}
+
+impl fmt::Display for TaskType {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str(self.as_str())
     }
@@ -66,11 +155,17 @@ pub struct DatasetLimits {
     /// Checked as bytes arrive, so an oversized upload is cut off early.
     pub max_bytes: u64,
     pub max_examples: u64,
-    /// In Unicode scalar values, which is what a user can count in an editor.
+    /// In Unicode scalar values, which is what a user can count in an editor. For
+    /// `text_pair` too.
     pub max_text_chars: usize,
+    /// For task names too: they are labels of a sort, and show up in the same places.
     pub max_label_chars: usize,
-    /// Distinct labels; a "label" column holding free text shows up here.
+    /// Distinct labels, per task for multi-task files; a "label" column holding free
+    /// text shows up here.
     pub max_classes: usize,
+    /// Distinct tasks of a multi-task file; each costs a head, and free text used as a
+    /// task name shows up here.
+    pub max_tasks: usize,
 }
 
 impl Default for DatasetLimits {
@@ -83,6 +178,7 @@ impl Default for DatasetLimits {
             max_text_chars: 100_000,
             max_label_chars: 200,
             max_classes: 1_000,
+            max_tasks: 100,
         }
     }
 }
@@ -97,6 +193,7 @@ impl DatasetLimits {
             max_text_chars: usize::MAX,
             max_label_chars: usize::MAX,
             max_classes: usize::MAX,
+            max_tasks: usize::MAX,
         }
     }
 }
@@ -110,16 +207,56 @@ pub struct DatasetSummary {
     /// Lowercase hex SHA-256 of exactly those bytes, so a stored copy can be verified.
     pub sha256: String,
     pub examples: u64,
-    /// Examples per label (labels trimmed), for the class-balance report.
+    /// Defaults when absent, so summaries recorded before task types existed still read.
+    #[serde(default)]
+    pub task_type: TaskType,
+    /// Every example has a `text_pair` (paraphrase, entailment); no example has one
+    /// otherwise.
+    #[serde(default)]
+    pub text_pairs: bool,
+    /// For the class-balance report (labels trimmed): examples per label for
+    /// single-label files, examples carrying the label for multi-label files. Empty for
+    /// multi-task files, whose counts are in `task_label_counts`: a union would merge
+    /// unrelated classes that share a name, such as two tasks' `yes`.
     pub label_counts: BTreeMap<String, u64>,
+    /// Multi-task files only: task → label → examples with that label for the task.
+    /// An example that leaves a task out counts for none of its labels.
+    #[serde(default)]
+    pub task_label_counts: BTreeMap<String, BTreeMap<String, u64>>,
+}
+
+/// What one example should be classified as. Serialized as in the upload: a string, a
+/// list of strings, or an object of task → label.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+#[serde(untagged)]
+pub enum Target {
+    /// [`TaskType::Classification`]; trimmed, so that `"pos"` and `"pos "` are one class.
+    Single(String),
+    /// [`TaskType::MultiLabel`]: distinct, trimmed, in the file's order; may be empty.
+    Multi(Vec<String>),
+    /// [`TaskType::MultiTask`]: at least one task, names and labels trimmed.
+    Tasks(BTreeMap<String, String>),
+}
+
+impl Target {
+    pub fn task_type(&self) -> TaskType {
+        match self {
+            Target::Single(_) => TaskType::Classification,
+            Target::Multi(_) => TaskType::MultiLabel,
+            Target::Tasks(_) => TaskType::MultiTask,
+        }
+    }
 }
 
 /// One labelled input, as the trainer consumes it.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Example {
     pub text: String,
-    /// Trimmed, so that `"pos"` and `"pos "` are one class.
-    pub label: String,
+    /// The second text of a pair; in every example of a file or in none.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub text_pair: Option<String>,
+    /// Of the same [`TaskType`] in every example of a file.
+    pub target: Target,
 }
 
 /// Why a file was refused, precise enough for the user to fix it without guessing.
@@ -129,7 +266,8 @@ pub struct DatasetError {
     /// byte is for [`DatasetErrorKind::InvalidUtf8`] and CSV quoting errors. `None` for
     /// rules about the whole file.
     pub line: Option<u64>,
-    /// `"text"` or `"label"` when one field is at fault.
+    /// `"text"`, `"text_pair"`, `"label"` or `"labels"` when one field is at fault;
+    /// the message names the task or the label within `labels`.
     pub field: Option<String>,
     pub kind: DatasetErrorKind,
     /// The reason alone; [`fmt::Display`] prefixes the line and the field.
@@ -191,10 +329,24 @@ pub enum DatasetErrorKind {
     TooFewClasses,
     TooManyClasses,
     Empty,
+    /// An example of another task type than the first one or the requested one, or
+    /// with a `text_pair` where the first had none (or the other way round).
+    TaskMismatch,
+    /// Both `label` and `labels`: which one is meant cannot be told.
+    ConflictingFields,
+    /// A multi-label example lists a label twice, which usually means a typo for
+    /// another label.
+    DuplicateLabel,
+    /// A multi-task example names a task twice, after trimming.
+    DuplicateTask,
+    TaskNameTooLong,
+    TooManyTasks,
+    /// The requested task type cannot be written in this format (CSV is single-label).
+    UnsupportedTaskType,
 }
 
 impl DatasetErrorKind {
-    pub const ALL: [DatasetErrorKind; 15] = [
+    pub const ALL: [DatasetErrorKind; 22] = [
         DatasetErrorKind::InvalidUtf8,
         DatasetErrorKind::InvalidJson,
         DatasetErrorKind::NotAnObject,
@@ -210,6 +362,13 @@ impl DatasetErrorKind {
         DatasetErrorKind::TooFewClasses,
         DatasetErrorKind::TooManyClasses,
         DatasetErrorKind::Empty,
+        DatasetErrorKind::TaskMismatch,
+        DatasetErrorKind::ConflictingFields,
+        DatasetErrorKind::DuplicateLabel,
+        DatasetErrorKind::DuplicateTask,
+        DatasetErrorKind::TaskNameTooLong,
+        DatasetErrorKind::TooManyTasks,
+        DatasetErrorKind::UnsupportedTaskType,
     ];
 
     pub fn code(self) -> &'static str {
@@ -229,6 +388,13 @@ impl DatasetErrorKind {
             DatasetErrorKind::TooFewClasses => "too_few_classes",
             DatasetErrorKind::TooManyClasses => "too_many_classes",
             DatasetErrorKind::Empty => "empty",
+            DatasetErrorKind::TaskMismatch => "task_mismatch",
+            DatasetErrorKind::ConflictingFields => "conflicting_fields",
+            DatasetErrorKind::DuplicateLabel => "duplicate_label",
+            DatasetErrorKind::DuplicateTask => "duplicate_task",
+            DatasetErrorKind::TaskNameTooLong => "task_name_too_long",
+            DatasetErrorKind::TooManyTasks => "too_many_tasks",
+            DatasetErrorKind::UnsupportedTaskType => "unsupported_task_type",
         }
     }
 }
@@ -247,6 +413,7 @@ pub struct DatasetValidator {
 }
 
 impl DatasetValidator {
+    /// Takes the task type from the first example.
     pub fn new(format: DatasetFormat, limits: DatasetLimits) -> Self {
         Self {
             format,
@@ -256,6 +423,25 @@ impl DatasetValidator {
             bytes: 0,
             failed: None,
         }
+    }
+
+    /// Requires `task_type` of the first example too, for a caller who knows what the
+    /// file is for: a wrong file is then refused at its first line rather than
+    /// accepted as another task. Call it before the first [`DatasetValidator::push`].
+    /// A type the format cannot hold fails every later call.
+    pub fn expecting(mut self, task_type: TaskType) -> Self {
+        self.parser.rules.expected = Some(task_type);
+        if !self.format.supports(task_type) {
+            self.failed.get_or_insert(DatasetError::new(
+                DatasetErrorKind::UnsupportedTaskType,
+                format!(
+                    "{} files hold one label per example (optionally with a text pair); \
+                     upload {task_type} data as JSON Lines",
+                    self.format.as_str().to_ascii_uppercase()
+                ),
+            ));
+        }
+        self
     }
 
     /// Validates every record the chunk completes; an incomplete last record waits for
@@ -300,33 +486,72 @@ impl DatasetValidator {
             return Err(e);
         }
         self.parser.finish(&mut ignore)?;
+        let rules = self.parser.rules;
+        let (task_type, text_pairs) = rules.shape.map_or((TaskType::Classification, false), |s| {
+            (s.task_type, s.text_pairs)
+        });
         Ok(DatasetSummary {
             format: self.format,
             bytes: self.bytes,
             sha256: hex::encode(self.hasher.finalize()),
-            examples: self.parser.rules.examples,
-            label_counts: self.parser.rules.label_counts,
+            examples: rules.examples,
+            task_type,
+            text_pairs,
+            label_counts: rules.label_counts,
+            task_label_counts: rules.task_label_counts,
         })
     }
 }
 
 /// Reads a stored file with the upload's rules but without its limits (see
-/// [`DatasetLimits`]): a file that passed [`DatasetValidator`] yields its examples here.
+/// [`DatasetLimits`]): a file that passed [`DatasetValidator`] yields its examples here,
+/// of the task type the validator reported.
 pub fn parse_examples(format: DatasetFormat, bytes: &[u8]) -> Result<Vec<Example>, DatasetError> {
     let mut parser = Parser::new(format, DatasetLimits::unlimited());
     let mut examples = Vec::new();
-    let mut collect = |text: &str, label: &str| {
-        examples.push(Example {
-            text: text.to_owned(),
-            label: label.to_owned(),
-        });
-    };
+    let mut collect = |row: Row<'_>| examples.push(row.into_example());
     parser.feed(bytes, &mut collect)?;
     parser.finish(&mut collect)?;
     Ok(examples)
 }
 
-fn ignore(_text: &str, _label: &str) {}
+fn ignore(_row: Row<'_>) {}
+
+/// An example as the parser hands it on: borrowed from the input where it can be, so
+/// that validating allocates no texts.
+struct Row<'a> {
+    text: Cow<'a, str>,
+    text_pair: Option<Cow<'a, str>>,
+    target: RowTarget<'a>,
+}
+
+enum RowTarget<'a> {
+    Single(Cow<'a, str>),
+    Multi(Vec<Cow<'a, str>>),
+    /// In the file's order; duplicates are refused by [`Rules::accept`].
+    Tasks(Vec<(Cow<'a, str>, Cow<'a, str>)>),
+}
+
+impl Row<'_> {
+    fn into_example(self) -> Example {
+        Example {
+            text: self.text.into_owned(),
+            text_pair: self.text_pair.map(Cow::into_owned),
+            target: match self.target {
+                RowTarget::Single(label) => Target::Single(label.into_owned()),
+                RowTarget::Multi(labels) => {
+                    Target::Multi(labels.into_iter().map(Cow::into_owned).collect())
+                }
+                RowTarget::Tasks(tasks) => Target::Tasks(
+                    tasks
+                        .into_iter()
+                        .map(|(task, label)| (task.into_owned(), label.into_owned()))
+                        .collect(),
+                ),
+            },
+        }
+    }
+}
 
 /// The one parser behind both the validator and [`parse_examples`]. It cuts the stream
 /// into records, keeps only an unfinished record between chunks, and hands each
@@ -361,8 +586,11 @@ impl Parser {
             syntax,
             rules: Rules {
                 limits,
+                expected: None,
+                shape: None,
                 examples: 0,
                 label_counts: BTreeMap::new(),
+                task_label_counts: BTreeMap::new(),
             },
             pending: Vec::new(),
             next_line: 1,
@@ -370,7 +598,7 @@ impl Parser {
         }
     }
 
-    fn feed<F: FnMut(&str, &str)>(
+    fn feed<F: FnMut(Row<'_>)>(
         &mut self,
         mut chunk: &[u8],
         sink: &mut F,
@@ -404,7 +632,7 @@ impl Parser {
         Ok(())
     }
 
-    fn finish<F: FnMut(&str, &str)>(&mut self, sink: &mut F) -> Result<(), DatasetError> {
+    fn finish<F: FnMut(Row<'_>)>(&mut self, sink: &mut F) -> Result<(), DatasetError> {
         if let Syntax::Csv(csv) = &self.syntax {
             csv.scanner.finish().map_err(|e| e.at(self.next_line))?;
         }
@@ -416,11 +644,7 @@ impl Parser {
     }
 
     /// `raw` is one whole record with its line terminator, if it has one.
-    fn record<F: FnMut(&str, &str)>(
-        &mut self,
-        raw: &[u8],
-        sink: &mut F,
-    ) -> Result<(), DatasetError> {
+    fn record<F: FnMut(Row<'_>)>(&mut self, raw: &[u8], sink: &mut F) -> Result<(), DatasetError> {
         let line = self.next_line;
         self.next_line += match self.syntax {
             Syntax::Jsonl { .. } => u64::from(raw.last() == Some(&b'\n')),
@@ -442,55 +666,138 @@ impl Parser {
         })?;
         match &mut self.syntax {
             Syntax::Jsonl { first_blank } => {
-                jsonl_record(first_blank, &mut self.rules, line, body, sink)
+                jsonl::record(first_blank, &mut self.rules, line, body, sink)
             }
             Syntax::Csv(csv) => csv.record(&mut self.rules, line, body, sink),
         }
     }
 }
 
+/// What the first example (or the caller) set for the whole file.
+#[derive(Clone, Copy)]
+struct Shape {
+    task_type: TaskType,
+    text_pairs: bool,
+    /// Of the first example, to point the user at it.
+    line: u64,
+}
+
 /// The content rules, the same for both formats.
 struct Rules {
     limits: DatasetLimits,
+    /// Stated by the caller; checked against the first example.
+    expected: Option<TaskType>,
+    /// Set by the first example that got as far as its shape.
+    shape: Option<Shape>,
     examples: u64,
     label_counts: BTreeMap<String, u64>,
+    task_label_counts: BTreeMap<String, BTreeMap<String, u64>>,
 }
 
 impl Rules {
-    fn accept<F: FnMut(&str, &str)>(
+    /// The task type the next example must have, if that is known yet.
+    fn task_type(&self) -> Option<TaskType> {
+        self.shape.map(|s| s.task_type).or(self.expected)
+    }
+
+    /// Checked before the example's content, because a row of another type is better
+    /// explained as such than by whatever its content breaks.
+    fn check_shape(
         &mut self,
         line: u64,
-        text: &str,
-        label: &str,
+        task_type: TaskType,
+        text_pairs: bool,
+    ) -> Result<(), DatasetError> {
+        let mismatch = |message: String, field| {
+            DatasetError::new(DatasetErrorKind::TaskMismatch, message)
+                .at(line)
+                .on(field)
+        };
+        let Some(shape) = self.shape else {
+            if let Some(expected) = self.expected.filter(|&e| e != task_type) {
+                return Err(mismatch(
+                    format!(
+                        "expected {}, the task type requested for this file, but found {}",
+                        expected.shape(),
+                        task_type.shape()
+                    ),
+                    task_type.field(),
+                ));
+            }
+            self.shape = Some(Shape {
+                task_type,
+                text_pairs,
+                line,
+            });
+            return Ok(());
+        };
+        if shape.task_type != task_type {
+            return Err(mismatch(
+                format!(
+                    "expected {} like the first example (line {}), but found {}",
+                    shape.task_type.shape(),
+                    shape.line,
+                    task_type.shape()
+                ),
+                task_type.field(),
+            ));
+        }
+        match (shape.text_pairs, text_pairs) {
+            (true, false) => Err(mismatch(
+                format!(
+                    "missing; the first example (line {}) has a `text_pair`, so every \
+                     example needs one",
+                    shape.line
+                ),
+                "text_pair",
+            )),
+            (false, true) => Err(mismatch(
+                format!(
+                    "the first example (line {}) has no `text_pair`; text pairs must be in \
+                     every example or in none",
+                    shape.line
+                ),
+                "text_pair",
+            )),
+            _ => Ok(()),
+        }
+    }
+
+    fn accept<F: FnMut(Row<'_>)>(
+        &mut self,
+        line: u64,
+        row: Row<'_>,
         sink: &mut F,
     ) -> Result<(), DatasetError> {
         let error =
             |kind, message: String, field| DatasetError::new(kind, message).at(line).on(field);
-        let label = label.trim();
+        let Row {
+            text,
+            text_pair,
+            target,
+        } = row;
+        let empty = |field| {
+            error(
+                DatasetErrorKind::EmptyField,
+                "must not be empty".into(),
+                field,
+            )
+        };
         if text.trim().is_empty() {
-            return Err(error(
-                DatasetErrorKind::EmptyField,
-                "must not be empty".into(),
-                "text",
-            ));
+            return Err(empty("text"));
         }
-        if label.is_empty() {
-            return Err(error(
-                DatasetErrorKind::EmptyField,
-                "must not be empty".into(),
-                "label",
-            ));
+        if text_pair.as_deref().is_some_and(|p| p.trim().is_empty()) {
+            return Err(empty("text_pair"));
         }
+        let target = clean(target).map_err(|e| e.at(line))?;
         let max = self.limits.max_text_chars;
-        if let Some(chars) = over(text, max) {
-            let message = format!("is {chars} characters long; the limit is {max}");
-            return Err(error(DatasetErrorKind::TextTooLong, message, "text"));
+        for (field, value) in [("text", Some(&text)), ("text_pair", text_pair.as_ref())] {
+            if let Some(chars) = value.and_then(|v| over(v, max)) {
+                let message = format!("is {chars} characters long; the limit is {max}");
+                return Err(error(DatasetErrorKind::TextTooLong, message, field));
+            }
         }
-        let max = self.limits.max_label_chars;
-        if let Some(chars) = over(label, max) {
-            let message = format!("is {chars} characters long; the limit is {max}");
-            return Err(error(DatasetErrorKind::LabelTooLong, message, "label"));
-        }
+        self.check_lengths(&target).map_err(|e| e.at(line))?;
         if self.examples >= self.limits.max_examples {
             return Err(DatasetError::new(
                 DatasetErrorKind::TooManyExamples,
@@ -498,19 +805,105 @@ impl Rules {
             )
             .at(line));
         }
-        if let Some(count) = self.label_counts.get_mut(label) {
-            *count += 1;
-        } else if self.label_counts.len() >= self.limits.max_classes {
-            let message = format!(
-                "a label beyond the limit of {} distinct labels",
-                self.limits.max_classes
-            );
-            return Err(error(DatasetErrorKind::TooManyClasses, message, "label"));
-        } else {
-            self.label_counts.insert(label.to_owned(), 1);
-        }
+        self.count(&target).map_err(|e| e.at(line))?;
         self.examples += 1;
-        sink(text, label);
+        sink(Row {
+            text,
+            text_pair,
+            target,
+        });
+        Ok(())
+    }
+
+    fn check_lengths(&self, target: &RowTarget<'_>) -> Result<(), DatasetError> {
+        let max = self.limits.max_label_chars;
+        let too_long = |kind, what: String, chars| {
+            let message = format!("{what} is {chars} characters long; the limit is {max}");
+            Err(DatasetError::new(kind, message))
+        };
+        match target {
+            RowTarget::Single(label) => {
+                if let Some(chars) = over(label, max) {
+                    let message = format!("is {chars} characters long; the limit is {max}");
+                    return Err(
+                        DatasetError::new(DatasetErrorKind::LabelTooLong, message).on("label")
+                    );
+                }
+            }
+            RowTarget::Multi(labels) => {
+                for (i, label) in labels.iter().enumerate() {
+                    if let Some(chars) = over(label, max) {
+                        let kind = DatasetErrorKind::LabelTooLong;
+                        return too_long(kind, format!("the label at index {i}"), chars)
+                            .map_err(|e| e.on("labels"));
+                    }
+                }
+            }
+            RowTarget::Tasks(tasks) => {
+                for (task, label) in tasks {
+                    if let Some(chars) = over(task, max) {
+                        let kind = DatasetErrorKind::TaskNameTooLong;
+                        let prefix: String = task.chars().take(20).collect();
+                        return too_long(kind, format!("the task name {prefix:?}…"), chars)
+                            .map_err(|e| e.on("labels"));
+                    }
+                    if let Some(chars) = over(label, max) {
+                        let kind = DatasetErrorKind::LabelTooLong;
+                        return too_long(kind, format!("the label of task {task:?}"), chars)
+                            .map_err(|e| e.on("labels"));
+                    }
+                }
+            }
+        }
+        Ok(())
+    }
+
+    fn count(&mut self, target: &RowTarget<'_>) -> Result<(), DatasetError> {
+        let max = self.limits.max_classes;
+        let beyond = |what: String, field| {
+            DatasetError::new(
+                DatasetErrorKind::TooManyClasses,
+                format!("{what} beyond the limit of {max} distinct labels"),
+            )
+            .on(field)
+        };
+        match target {
+            RowTarget::Single(label) => {
+                if !add(&mut self.label_counts, label, max) {
+                    return Err(beyond("a label".into(), "label"));
+                }
+            }
+            RowTarget::Multi(labels) => {
+                for label in labels {
+                    if !add(&mut self.label_counts, label, max) {
+                        return Err(beyond(format!("the label {label:?} is"), "labels"));
+                    }
+                }
+            }
+            RowTarget::Tasks(tasks) => {
+                for (task, label) in tasks {
+                    if !self.task_label_counts.contains_key(task.as_ref()) {
+                        if self.task_label_counts.len() >= self.limits.max_tasks {
+                            return Err(DatasetError::new(
+                                DatasetErrorKind::TooManyTasks,
+                                format!(
+                                    "the task {task:?} is beyond the limit of {} distinct tasks",
+                                    self.limits.max_tasks
+                                ),
+                            )
+                            .on("labels"));
+                        }
+                        self.task_label_counts
+                            .insert(task.to_string(), BTreeMap::new());
+                    }
+                    let counts = self.task_label_counts.get_mut(task.as_ref());
+                    if !counts.is_some_and(|counts| add(counts, label, max)) {
+                        let what = format!("task {task:?}: the label {label:?} is");
+                        return Err(beyond(what, "labels"));
+                    }
+                }
+            }
+        }
         Ok(())
     }
 
@@ -521,16 +914,146 @@ impl Rules {
                 "the file contains no examples",
             ));
         }
-        if let (1, Some(only)) = (self.label_counts.len(), self.label_counts.keys().next()) {
-            return Err(DatasetError::new(
-                DatasetErrorKind::TooFewClasses,
-                format!(
-                    "every example has the label {only:?}; a classifier needs at least two labels"
-                ),
-            )
-            .on("label"));
+        let too_few = |message: String, field| {
+            Err(DatasetError::new(DatasetErrorKind::TooFewClasses, message).on(field))
+        };
+        let mut labels = self.label_counts.keys();
+        match self.task_type() {
+            Some(TaskType::Classification) | None => {
+                if let (1, Some(only)) = (self.label_counts.len(), labels.next()) {
+                    return too_few(
+                        format!(
+                            "every example has the label {only:?}; a classifier needs at least \
+                             two labels"
+                        ),
+                        "label",
+                    );
+                }
+            }
+            Some(TaskType::MultiLabel) => match (self.label_counts.len(), labels.next()) {
+                (0, _) => {
+                    return too_few(
+                        "no example has a label; a multi-label classifier needs at least two"
+                            .into(),
+                        "labels",
+                    )
+                }
+                (1, Some(only)) => {
+                    return too_few(
+                        format!(
+                            "every label is {only:?}; a multi-label classifier needs at least \
+                             two labels"
+                        ),
+                        "labels",
+                    )
+                }
+                _ => {}
+            },
+            Some(TaskType::MultiTask) => {
+                for (task, counts) in &self.task_label_counts {
+                    if let (1, Some(only)) = (counts.len(), counts.keys().next()) {
+                        return too_few(
+                            format!(
+                                "task {task:?}: every example that labels it has the label \
+                                 {only:?}; each task needs at least two labels"
+                            ),
+                            "labels",
+                        );
+                    }
+                }
+            }
         }
         Ok(())
+    }
+}
+
+/// Counts `label`, unless it would be one distinct label more than `max`.
+fn add(counts: &mut BTreeMap<String, u64>, label: &str, max: usize) -> bool {
+    if let Some(count) = counts.get_mut(label) {
+        *count += 1;
+    } else if counts.len() >= max {
+        return false;
+    } else {
+        counts.insert(label.to_owned(), 1);
+    }
+    true
+}
+
+/// Trims labels and task names and refuses what trimming leaves empty or repeated.
+fn clean(target: RowTarget<'_>) -> Result<RowTarget<'_>, DatasetError> {
+    let refuse = |kind, message: String, field| Err(DatasetError::new(kind, message).on(field));
+    let empty = DatasetErrorKind::EmptyField;
+    Ok(match target {
+        RowTarget::Single(label) => {
+            let label = trimmed(label);
+            if label.is_empty() {
+                return refuse(empty, "must not be empty".into(), "label");
+            }
+            RowTarget::Single(label)
+        }
+        RowTarget::Multi(labels) => {
+            let labels: Vec<_> = labels.into_iter().map(trimmed).collect();
+            let mut seen = HashSet::with_capacity(labels.len());
+            for (i, label) in labels.iter().enumerate() {
+                if label.is_empty() {
+                    return refuse(
+                        empty,
+                        format!("the label at index {i} must not be empty"),
+                        "labels",
+                    );
+                }
+                if !seen.insert(label.as_ref()) {
+                    return refuse(
+                        DatasetErrorKind::DuplicateLabel,
+                        format!("lists the label {label:?} twice"),
+                        "labels",
+                    );
+                }
+            }
+            RowTarget::Multi(labels)
+        }
+        RowTarget::Tasks(tasks) => {
+            if tasks.is_empty() {
+                return refuse(
+                    empty,
+                    "must label at least one task; leave out only the tasks an example has \
+                     no label for"
+                        .into(),
+                    "labels",
+                );
+            }
+            let tasks: Vec<_> = tasks
+                .into_iter()
+                .map(|(task, label)| (trimmed(task), trimmed(label)))
+                .collect();
+            let mut seen = HashSet::with_capacity(tasks.len());
+            for (task, label) in &tasks {
+                if task.is_empty() {
+                    return refuse(empty, "a task name must not be empty".into(), "labels");
+                }
+                if label.is_empty() {
+                    let message = format!("task {task:?}: the label must not be empty");
+                    return refuse(empty, message, "labels");
+                }
+                if !seen.insert(task.as_ref()) {
+                    return refuse(
+                        DatasetErrorKind::DuplicateTask,
+                        format!("names the task {task:?} twice"),
+                        "labels",
+                    );
+                }
+            }
+            RowTarget::Tasks(tasks)
+        }
+    })
+}
+
+/// Trims without copying unless there is something to trim in an owned string.
+fn trimmed(s: Cow<'_, str>) -> Cow<'_, str> {
+    match s {
+        Cow::Borrowed(s) => Cow::Borrowed(s.trim()),
+        Cow::Owned(s) if s.trim().len() == s.len() => Cow::Owned(s),
+        Cow::Owned(s) => Cow::Owned(s.trim().to_owned()),
     }
 }
 
@@ -542,229 +1065,6 @@ fn over(s: &str, max: usize) -> Option<usize> {
     }
     let chars = s.chars().count();
     (chars > max).then_some(chars)
-}
-
-fn jsonl_record<F: FnMut(&str, &str)>(
-    first_blank: &mut Option<u64>,
-    rules: &mut Rules,
-    line: u64,
-    body: &str,
-    sink: &mut F,
-) -> Result<(), DatasetError> {
-    if body.bytes().all(|b| matches!(b, b' ' | b'\t' | b'\r')) {
-        first_blank.get_or_insert(line);
-        return Ok(());
-    }
-    if let Some(blank) = *first_blank {
-        return Err(DatasetError::new(
-            DatasetErrorKind::InvalidJson,
-            "blank line; JSON Lines allows blank lines only at the end of the file",
-        )
-        .at(blank));
-    }
-    let value: Value<'_> = serde_json::from_str(body).map_err(|e| {
-        let message = e.to_string();
-        let suffix = format!(" at line {} column {}", e.line(), e.column());
-        let reason = message.strip_suffix(&suffix).unwrap_or(&message);
-        DatasetError::new(
-            DatasetErrorKind::InvalidJson,
-            format!("invalid JSON at column {}: {reason}", e.column()),
-        )
-        .at(line)
-    })?;
-    let Value::Object(object) = value else {
-        return Err(DatasetError::new(
-            DatasetErrorKind::NotAnObject,
-            format!(
-                "expected a JSON object like {{\"text\": …, \"label\": …}}, found {}",
-                value.kind()
-            ),
-        )
-        .at(line));
-    };
-    let Object {
-        text,
-        label,
-        duplicate,
-    } = *object;
-    let error = |kind, message: String, field| DatasetError::new(kind, message).at(line).on(field);
-    if let Some(field) = duplicate {
-        return Err(error(
-            DatasetErrorKind::InvalidJson,
-            "appears twice".into(),
-            field,
-        ));
-    }
-    let text = match text {
-        None => {
-            return Err(error(
-                DatasetErrorKind::MissingField,
-                "missing".into(),
-                "text",
-            ))
-        }
-        Some(Value::Str(text)) => text,
-        Some(other) => {
-            let message = format!("must be a string, found {}", other.kind());
-            return Err(error(DatasetErrorKind::WrongType, message, "text"));
-        }
-    };
-    let label = match label {
-        None => {
-            return Err(error(
-                DatasetErrorKind::MissingField,
-                "missing".into(),
-                "label",
-            ))
-        }
-        Some(Value::Str(label)) => label,
-        Some(Value::Integer(label)) => Cow::Owned(label),
-        Some(Value::Bool(label)) => Cow::Borrowed(if label { "true" } else { "false" }),
-        Some(other) => {
-            let message = format!(
-                "must be a string, an integer or a boolean, found {}",
-                other.kind()
-            );
-            return Err(error(DatasetErrorKind::WrongType, message, "label"));
-        }
-    };
-    rules.accept(line, &text, &label, sink)
-}
-
-/// A JSON value reduced to what the rules look at: strings borrowed from the line when
-/// they have no escapes, and of an object only `text` and `label`, so that other fields
-/// cost no allocation.
-enum Value<'a> {
-    Str(Cow<'a, str>),
-    Integer(String),
-    Bool(bool),
-    Object(Box<Object<'a>>),
-    Other(&'static str),
-}
-
-struct Object<'a> {
-    text: Option<Value<'a>>,
-    label: Option<Value<'a>>,
-    /// JSON leaves duplicate names undefined and parsers disagree on which one wins.
-    duplicate: Option<&'static str>,
-}
-
-impl Value<'_> {
-    fn kind(&self) -> &'static str {
-        match self {
-            Value::Str(_) => "a string",
-            Value::Integer(_) => "an integer",
-            Value::Bool(_) => "a boolean",
-            Value::Object(_) => "an object",
-            Value::Other(kind) => kind,
-        }
-    }
-}
-
-impl<'de> Deserialize<'de> for Value<'de> {
-    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
-        deserializer.deserialize_any(ValueVisitor)
-    }
-}
-
-struct ValueVisitor;
-
-impl<'de> Visitor<'de> for ValueVisitor {
-    type Value = Value<'de>;
-
-    fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str("a JSON value")
-    }
-
-    fn visit_borrowed_str<E>(self, v: &'de str) -> Result<Self::Value, E> {
-        Ok(Value::Str(Cow::Borrowed(v)))
-    }
-
-    fn visit_str<E>(self, v: &str) -> Result<Self::Value, E> {
-        Ok(Value::Str(Cow::Owned(v.to_owned())))
-    }
-
-    fn visit_string<E>(self, v: String) -> Result<Self::Value, E> {
-        Ok(Value::Str(Cow::Owned(v)))
-    }
-
-    fn visit_i64<E>(self, v: i64) -> Result<Self::Value, E> {
-        Ok(Value::Integer(v.to_string()))
-    }
-
-    fn visit_u64<E>(self, v: u64) -> Result<Self::Value, E> {
-        Ok(Value::Integer(v.to_string()))
-    }
-
-    fn visit_f64<E>(self, _: f64) -> Result<Self::Value, E> {
-        Ok(Value::Other("a number with a fraction or an exponent"))
-    }
-
-    fn visit_bool<E>(self, v: bool) -> Result<Self::Value, E> {
-        Ok(Value::Bool(v))
-    }
-
-    fn visit_unit<E>(self) -> Result<Self::Value, E> {
-        Ok(Value::Other("null"))
-    }
-
-    fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<Self::Value, A::Error> {
-        while seq.next_element::<IgnoredAny>()?.is_some() {}
-        Ok(Value::Other("an array"))
-    }
-
-    fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Self::Value, A::Error> {
-        let mut object = Object {
-            text: None,
-            label: None,
-            duplicate: None,
-        };
-        while let Some(key) = map.next_key::<Key>()? {
-            let (slot, name) = match key {
-                Key::Text => (&mut object.text, "text"),
-                Key::Label => (&mut object.label, "label"),
-                Key::Other => {
-                    map.next_value::<IgnoredAny>()?;
-                    continue;
-                }
-            };
-            if slot.is_some() {
-                object.duplicate.get_or_insert(name);
-                map.next_value::<IgnoredAny>()?;
-            } else {
-                *slot = Some(map.next_value()?);
-            }
-        }
-        Ok(Value::Object(Box::new(object)))
-    }
-}
-
-enum Key {
-    Text,
-    Label,
-    Other,
-}
-
-impl<'de> Deserialize<'de> for Key {
-    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
-        struct KeyVisitor;
-        impl Visitor<'_> for KeyVisitor {
-            type Value = Key;
-
-            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-                f.write_str("a field name")
-            }
-
-            fn visit_str<E: de::Error>(self, v: &str) -> Result<Key, E> {
-                Ok(match v {
-                    "text" => Key::Text,
-                    "label" => Key::Label,
-                    _ => Key::Other,
-                })
-            }
-        }
-        deserializer.deserialize_identifier(KeyVisitor)
-    }
 }
 
 /// CSV state across records. Record boundaries are found by [`CsvScanner`]; the fields
@@ -780,6 +1080,7 @@ struct Csv {
 struct Header {
     width: usize,
     text: usize,
+    text_pair: Option<usize>,
     label: usize,
 }
 
@@ -797,7 +1098,7 @@ impl Csv {
         }
     }
 
-    fn record<F: FnMut(&str, &str)>(
+    fn record<F: FnMut(Row<'_>)>(
         &mut self,
         rules: &mut Rules,
         line: u64,
@@ -827,16 +1128,32 @@ impl Csv {
             .at(line));
         }
         let text = self.field(header.text, line)?;
+        let text_pair = match header.text_pair {
+            Some(i) => Some(Cow::Borrowed(self.field(i, line)?)),
+            None => None,
+        };
         let label = self.field(header.label, line)?;
-        rules.accept(line, text, label, sink)
+        rules.check_shape(line, TaskType::Classification, text_pair.is_some())?;
+        let row = Row {
+            text: Cow::Borrowed(text),
+            text_pair,
+            target: RowTarget::Single(Cow::Borrowed(label)),
+        };
+        rules.accept(line, row, sink)
     }
 
     fn header(&self, line: u64, width: usize) -> Result<Header, DatasetError> {
-        let (mut text, mut label) = (None, None);
+        let (mut text, mut text_pair, mut label) = (None, None, None);
+        let mut labels = false;
         for i in 0..width {
             let (slot, name) = match self.field(i, line)?.trim() {
                 "text" => (&mut text, "text"),
+                "text_pair" => (&mut text_pair, "text_pair"),
                 "label" => (&mut label, "label"),
+                "labels" => {
+                    labels = true;
+                    continue;
+                }
                 _ => continue,
             };
             if slot.replace(i).is_some() {
@@ -849,16 +1166,20 @@ impl Csv {
             }
         }
         let missing = |name: &str| {
-            DatasetError::new(
-                DatasetErrorKind::MissingColumn,
-                "the header row has no such column (names are case-sensitive)",
-            )
-            .at(line)
-            .on(name)
+            let mut message =
+                "the header row has no such column (names are case-sensitive)".to_owned();
+            if name == "label" && labels {
+                message += "; a CSV file holds one label per example: upload multi-label \
+                            or multi-task data as JSON Lines";
+            }
+            DatasetError::new(DatasetErrorKind::MissingColumn, message)
+                .at(line)
+                .on(name)
         };
         Ok(Header {
             width,
             text: text.ok_or_else(|| missing("text"))?,
+            text_pair,
             label: label.ok_or_else(|| missing("label"))?,
         })
     }

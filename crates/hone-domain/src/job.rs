@@ -50,19 +50,239 @@ impl JobStatus {
 }
 
 /// How the pretrained model is transferred to the user's task.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, Serialize, Deserialize, ToSchema)]
 #[serde(rename_all = "snake_case")]
 pub enum MethodType {
     /// Fine-tune every weight of the encoder and the new head.
     #[default]
     Full,
+    /// Freeze the embeddings and the first `frozen_layers` encoder layers; train the
+    /// rest and the head. Cheaper than `full` and less prone to overfit small data.
+    Partial,
+    /// The pretrained encoder is a fixed feature extractor: it runs once over the data
+    /// (the features are cached for later jobs on the same file and base model) and only
+    /// the head trains. By far the fastest; best when data is scarce.
+    FeatureExtraction,
+    /// The server picks one of the others from the data and a quick probe, and says why.
+    Auto,
 }
 
+impl MethodType {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            MethodType::Full => "full",
+            MethodType::Partial => "partial",
+            MethodType::FeatureExtraction => "feature_extraction",
+            MethodType::Auto => "auto",
+        }
+    }
+
+    /// Whether only the head trains, which changes the sensible defaults.
+    fn head_only(self) -> bool {
+        self == MethodType::FeatureExtraction
+    }
+}
+
+/// The transfer strategy of a job.
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
+#[schema(example = json!({"type": "partial", "frozen_layers": 3}))]
 pub struct Method {
     #[serde(rename = "type", default)]
     pub kind: MethodType,
+    /// `partial` only: encoder layers frozen from the bottom (0 to the model's layer
+    /// count). Default: half of the layers, rounded down.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub frozen_layers: Option<u32>,
+    /// `auto` only, set by the worker: the strategy it chose and why.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schema(read_only)]
+    pub chosen: Option<ChosenMethod>,
+}
+
+/// What `auto` decided.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, ToSchema)]
+pub struct ChosenMethod {
+    #[serde(rename = "type")]
+    pub kind: MethodType,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub frozen_layers: Option<u32>,
+    /// The evidence, in words and numbers.
+    pub reason: String,
+}
+
+impl Method {
+    /// Checks the strategy against the base model's depth and fills in the default
+    /// number of frozen layers, so the stored job says exactly what will run.
+    pub fn validate(mut self, model_layers: u32) -> Result<Self, ValidationError> {
+        if self.chosen.is_some() {
+            return Err(ValidationError::new(
+                "method.chosen",
+                "is set by the server for `auto` jobs; leave it out",
+            ));
+        }
+        match (self.kind, self.frozen_layers) {
+            (MethodType::Partial, None) => self.frozen_layers = Some(model_layers / 2),
+            (MethodType::Partial, Some(k)) if k > model_layers => {
+                return Err(ValidationError::new(
+                    "method.frozen_layers",
+                    format!("must be between 0 and {model_layers} (the base model's layers)"),
+                ))
+            }
+            (MethodType::Partial, Some(_)) => {}
+            (_, Some(_)) => {
+                return Err(ValidationError::new(
+                    "method.frozen_layers",
+                    "only applies to `partial`",
+                ))
+            }
+            (_, None) => {}
+        }
+        Ok(self)
+    }
+
+    /// The strategy that runs: `auto`'s choice once made.
+    pub fn effective(&self) -> (MethodType, Option<u32>) {
+        match &self.chosen {
+            Some(c) => (c.kind, c.frozen_layers),
+            None => (self.kind, self.frozen_layers),
+        }
+    }
+}
+
+/// What `auto` decides from: the training data and a quick probe.
+#[derive(Clone, Debug, PartialEq)]
+pub struct AutoEvidence {
+    pub examples: usize,
+    pub classes: usize,
+    pub smallest_class: usize,
+    /// Mean tokens per input under the base model's tokenizer.
+    pub mean_tokens: f64,
+    /// Macro-F1 on the validation data of a linear head trained on the frozen
+    /// encoder's features (the `feature_extraction` recipe), when there was validation data.
+    pub probe_macro_f1: Option<f64>,
+    pub model_layers: u32,
+}
+
+/// Below this many examples in the smallest class, updating the encoder overfits more
+/// than it adapts (the usual advice for BERT fine-tuning on tiny data).
+pub const AUTO_MIN_CLASS_EXAMPLES: usize = 16;
+/// A probe this good leaves little for fine-tuning to add.
+pub const AUTO_PROBE_GOOD_ENOUGH: f64 = 0.95;
+/// Below this many examples, adapt only the top half of the encoder.
+pub const AUTO_PARTIAL_BELOW: usize = 2000;
+/// Inputs this long make every step of full fine-tuning expensive.
+pub const AUTO_LONG_TOKENS: f64 = 256.0;
+
+/// The strategy `auto` runs, with its reason in words and numbers.
+pub fn choose_method(e: &AutoEvidence) -> ChosenMethod {
+    let probe = e.probe_macro_f1.map_or(String::new(), |f| {
+        format!("; a linear probe on frozen features reaches macro-F1 {f:.3}")
+    });
+    let data = format!(
+        "{} training examples in {} classes, {} in the smallest, {:.0} tokens on average{probe}",
+        e.examples, e.classes, e.smallest_class, e.mean_tokens
+    );
+    let half = e.model_layers / 2;
+    let (kind, frozen_layers, why) = if e.smallest_class < AUTO_MIN_CLASS_EXAMPLES {
+        (
+            MethodType::FeatureExtraction,
+            None,
+            format!("too few examples per class (< {AUTO_MIN_CLASS_EXAMPLES}) to update the encoder without overfitting, so only a head trains on its frozen features"),
+        )
+    } else if e
+        .probe_macro_f1
+        .is_some_and(|f| f >= AUTO_PROBE_GOOD_ENOUGH)
+    {
+        (
+            MethodType::FeatureExtraction,
+            None,
+            format!("the frozen features already separate the classes (probe ≥ {AUTO_PROBE_GOOD_ENOUGH}), so only a head trains"),
+        )
+    } else if e.examples < AUTO_PARTIAL_BELOW {
+        (
+            MethodType::Partial,
+            Some(half),
+            format!("with fewer than {AUTO_PARTIAL_BELOW} examples the lower {half} of {} layers stay frozen and the top ones adapt", e.model_layers),
+        )
+    } else if e.mean_tokens > AUTO_LONG_TOKENS {
+        (
+            MethodType::Partial,
+            Some(half),
+            format!("inputs are long (> {AUTO_LONG_TOKENS:.0} tokens on average), so freezing the lower {half} layers halves the cost of each step"),
+        )
+    } else {
+        (
+            MethodType::Full,
+            None,
+            "there is enough data to fine-tune every layer".to_owned(),
+        )
+    };
+    ChosenMethod {
+        kind,
+        frozen_layers,
+        reason: format!("{}: {data}; {why}", kind.as_str()),
+    }
+}
+
+/// The classifier put on top of the pooled encoder output.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, Serialize, Deserialize, ToSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum HeadType {
+    /// One linear layer: the standard head, and the one LogME scores.
+    #[default]
+    Linear,
+    /// Linear, tanh, dropout, linear (transformers' RoBERTa head): more capacity for
+    /// feature extraction, where the encoder cannot adapt.
+    Mlp,
+}
+
+/// How token states become one vector per input.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, Serialize, Deserialize, ToSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum PoolingType {
+    /// Mean over the real tokens, as sentence-transformers models were trained.
+    #[default]
+    Mean,
+    /// The first token's state, as BERT's classification recipe.
+    Cls,
+}
+
+impl PoolingType {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            PoolingType::Mean => "mean",
+            PoolingType::Cls => "cls",
+        }
+    }
+}
+
+/// Per-class loss weights.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, Serialize, Deserialize, ToSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum ClassWeights {
+    #[default]
+    None,
+    /// `n / (classes · count)` per class, as scikit-learn's `class_weight="balanced"`:
+    /// rare classes weigh more, against imbalance.
+    Balanced,
+}
+
+/// What early stopping and best-epoch selection watch on the validation data.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, Serialize, Deserialize, ToSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum MonitorMetric {
+    /// Validation loss (lower is better).
+    #[default]
+    Loss,
+    Accuracy,
+    MacroF1,
+}
+
+impl MonitorMetric {
+    pub fn higher_is_better(self) -> bool {
+        !matches!(self, MonitorMetric::Loss)
+    }
 }
 
 /// A field the user got wrong, named as in the request body.
@@ -86,13 +306,14 @@ impl ValidationError {
 #[derive(Clone, Debug, Default, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct HyperparametersInput {
-    /// Passes over the training data (1–100). Default 3.
+    /// Passes over the training data (1–100). Default 3; 10 for `feature_extraction`.
     #[schema(example = 3)]
     pub epochs: Option<u32>,
     /// Examples per optimisation step (1–512). Default 16.
     #[schema(example = 16)]
     pub batch_size: Option<u32>,
-    /// Peak learning rate of AdamW (0 < lr ≤ 0.1). Default 5e-5.
+    /// Peak learning rate of AdamW (0 < lr ≤ 0.1). Default 5e-5; 1e-3 for
+    /// `feature_extraction`, where only the new head trains.
     #[schema(example = 5e-5)]
     pub learning_rate: Option<f64>,
     /// Fraction of the steps spent warming the learning rate up linearly (0–0.5). Default 0.1.
@@ -104,6 +325,33 @@ pub struct HyperparametersInput {
     /// Inputs are truncated to this many tokens (8 to the model's maximum). Default 128.
     #[schema(example = 128)]
     pub max_seq_len: Option<u32>,
+    /// Layer-wise learning-rate decay (0 < d ≤ 1): the head trains at `learning_rate`,
+    /// the top encoder layer at `learning_rate·d`, the next at `·d²`, down to the
+    /// embeddings. Lower layers hold more general features and should move less.
+    /// Default 1 (one rate for all).
+    #[schema(example = 0.9)]
+    pub layer_lr_decay: Option<f64>,
+    /// Default `linear`.
+    pub head: Option<HeadType>,
+    /// Default `mean`.
+    pub pooling: Option<PoolingType>,
+    /// Label smoothing of the cross-entropy (0 ≤ ε < 0.5). Default 0.
+    #[schema(example = 0.1)]
+    pub label_smoothing: Option<f64>,
+    /// Default `none`.
+    pub class_weights: Option<ClassWeights>,
+    /// Fraction of the training file held out, stratified by label, when no
+    /// `validation_file` is given (0 disables; at most 0.5). Default: 0.2 below 1,000
+    /// examples, 0.1 above; none below 20 examples.
+    #[schema(example = 0.2)]
+    pub validation_split: Option<f64>,
+    /// Stop after this many epochs without improvement of `early_stopping_metric`
+    /// (0 disables; 1–100). Whatever stops training, the best epoch's weights are the
+    /// ones published. Default 0.
+    #[schema(example = 2)]
+    pub early_stopping_patience: Option<u32>,
+    /// What picks the best epoch and drives early stopping. Default `loss`.
+    pub early_stopping_metric: Option<MonitorMetric>,
 }
 
 /// Hyperparameters with every default filled in and every bound checked; stored with
@@ -116,27 +364,110 @@ pub struct Hyperparameters {
     pub warmup_ratio: f64,
     pub weight_decay: f64,
     pub max_seq_len: u32,
+    #[serde(default = "one")]
+    pub layer_lr_decay: f64,
+    #[serde(default)]
+    pub head: HeadType,
+    #[serde(default)]
+    pub pooling: PoolingType,
+    #[serde(default)]
+    pub label_smoothing: f64,
+    #[serde(default)]
+    pub class_weights: ClassWeights,
+    /// `None`: chosen by the size of the training file (see the request field).
+    #[serde(default)]
+    pub validation_split: Option<f64>,
+    #[serde(default)]
+    pub early_stopping_patience: u32,
+    #[serde(default)]
+    pub early_stopping_metric: MonitorMetric,
+    /// The fields that took their default rather than a value from the request. An
+    /// `auto` job re-derives these once it has chosen its strategy.
+    #[serde(default)]
+    pub defaulted: Vec<String>,
+}
+
+fn one() -> f64 {
+    1.0
 }
 
 impl Default for Hyperparameters {
     fn default() -> Self {
+        Self::defaults_for(MethodType::Full)
+    }
+}
+
+impl Hyperparameters {
+    /// The recipe for a strategy when the user states nothing: transformers' defaults
+    /// for fine-tuning, and for a head alone the higher rate and longer schedule that a
+    /// freshly initialised linear model needs.
+    pub fn defaults_for(method: MethodType) -> Self {
+        let head_only = method.head_only();
         Self {
-            epochs: 3,
+            epochs: if head_only { 10 } else { 3 },
             batch_size: 16,
-            learning_rate: 5e-5,
+            learning_rate: if head_only { 1e-3 } else { 5e-5 },
             warmup_ratio: 0.1,
             weight_decay: 0.01,
             max_seq_len: 128,
+            layer_lr_decay: 1.0,
+            head: HeadType::Linear,
+            pooling: PoolingType::Mean,
+            label_smoothing: 0.0,
+            class_weights: ClassWeights::None,
+            validation_split: None,
+            early_stopping_patience: 0,
+            early_stopping_metric: MonitorMetric::Loss,
+            defaulted: Vec::new(),
+        }
+    }
+
+    /// These hyperparameters with the method-dependent defaults of `method` in every
+    /// field the user left out: how `auto` adopts the recipe of its choice.
+    pub fn rebased_on(&self, method: MethodType) -> Self {
+        let d = Self::defaults_for(method);
+        let mut out = self.clone();
+        for field in &self.defaulted {
+            match field.as_str() {
+                "epochs" => out.epochs = d.epochs,
+                "learning_rate" => out.learning_rate = d.learning_rate,
+                _ => {}
+            }
+        }
+        out
+    }
+
+    /// The validation fraction to hold out of `examples` training examples.
+    pub fn validation_fraction(&self, examples: usize) -> f64 {
+        match self.validation_split {
+            Some(f) => f,
+            None if examples < 20 => 0.0,
+            None if examples < 1000 => 0.2,
+            None => 0.1,
         }
     }
 }
 
 impl HyperparametersInput {
-    /// `model_max_len` is the base model's position limit, the upper bound of `max_seq_len`.
-    pub fn validate(&self, model_max_len: u32) -> Result<Hyperparameters, ValidationError> {
-        let d = Hyperparameters::default();
+    /// `model_max_len` is the base model's position limit, the upper bound of
+    /// `max_seq_len`; `method` picks the defaults.
+    pub fn validate(
+        &self,
+        model_max_len: u32,
+        method: MethodType,
+    ) -> Result<Hyperparameters, ValidationError> {
+        let d = Hyperparameters::defaults_for(method);
         let p = |name: &str| format!("hyperparameters.{name}");
-        let epochs = self.epochs.unwrap_or(d.epochs);
+        // Only the method-dependent fields need remembering (see `rebased_on`).
+        let mut defaulted = Vec::new();
+        let epochs = self.epochs.unwrap_or_else(|| {
+            defaulted.push("epochs".to_owned());
+            d.epochs
+        });
+        let learning_rate = self.learning_rate.unwrap_or_else(|| {
+            defaulted.push("learning_rate".to_owned());
+            d.learning_rate
+        });
         if !(1..=100).contains(&epochs) {
             return Err(ValidationError::new(
                 p("epochs"),
@@ -150,7 +481,6 @@ impl HyperparametersInput {
                 "must be between 1 and 512",
             ));
         }
-        let learning_rate = self.learning_rate.unwrap_or(d.learning_rate);
         if !(learning_rate > 0.0 && learning_rate <= 0.1) {
             return Err(ValidationError::new(
                 p("learning_rate"),
@@ -178,6 +508,37 @@ impl HyperparametersInput {
                 format!("must be between 8 and {model_max_len} (the base model's limit)"),
             ));
         }
+        let layer_lr_decay = self.layer_lr_decay.unwrap_or(d.layer_lr_decay);
+        if !(layer_lr_decay > 0.0 && layer_lr_decay <= 1.0) {
+            return Err(ValidationError::new(
+                p("layer_lr_decay"),
+                "must be greater than 0 and at most 1",
+            ));
+        }
+        let label_smoothing = self.label_smoothing.unwrap_or(d.label_smoothing);
+        if !(0.0..0.5).contains(&label_smoothing) {
+            return Err(ValidationError::new(
+                p("label_smoothing"),
+                "must be at least 0 and below 0.5",
+            ));
+        }
+        if let Some(f) = self.validation_split {
+            if !(0.0..=0.5).contains(&f) {
+                return Err(ValidationError::new(
+                    p("validation_split"),
+                    "must be between 0 and 0.5",
+                ));
+            }
+        }
+        let early_stopping_patience = self
+            .early_stopping_patience
+            .unwrap_or(d.early_stopping_patience);
+        if early_stopping_patience > 100 {
+            return Err(ValidationError::new(
+                p("early_stopping_patience"),
+                "must be between 0 and 100",
+            ));
+        }
         Ok(Hyperparameters {
             epochs,
             batch_size,
@@ -185,6 +546,17 @@ impl HyperparametersInput {
             warmup_ratio,
             weight_decay,
             max_seq_len,
+            layer_lr_decay,
+            head: self.head.unwrap_or(d.head),
+            pooling: self.pooling.unwrap_or(d.pooling),
+            label_smoothing,
+            class_weights: self.class_weights.unwrap_or(d.class_weights),
+            validation_split: self.validation_split,
+            early_stopping_patience,
+            early_stopping_metric: self
+                .early_stopping_metric
+                .unwrap_or(d.early_stopping_metric),
+            defaulted,
         })
     }
 }
@@ -214,13 +586,118 @@ mod tests {
     #[test]
     fn defaults_fill_missing_fields() {
         let hp = HyperparametersInput::default()
-            .validate(512)
+            .validate(512, MethodType::Full)
             .expect("defaults are valid");
-        assert_eq!(hp, Hyperparameters::default());
+        assert_eq!(
+            hp,
+            Hyperparameters {
+                defaulted: vec!["epochs".into(), "learning_rate".into()],
+                ..Hyperparameters::default()
+            }
+        );
         let hp = HyperparametersInput::default()
-            .validate(64)
+            .validate(64, MethodType::Full)
             .expect("clamped to model");
         assert_eq!(hp.max_seq_len, 64);
+        let head = HyperparametersInput::default()
+            .validate(512, MethodType::FeatureExtraction)
+            .expect("valid");
+        assert_eq!((head.epochs, head.learning_rate), (10, 1e-3));
+    }
+
+    #[test]
+    fn auto_adopts_the_defaults_of_its_choice_but_keeps_what_the_user_set() {
+        let hp = HyperparametersInput {
+            epochs: Some(4),
+            ..Default::default()
+        }
+        .validate(512, MethodType::Auto)
+        .expect("valid");
+        let rebased = hp.rebased_on(MethodType::FeatureExtraction);
+        assert_eq!(rebased.epochs, 4);
+        assert_eq!(rebased.learning_rate, 1e-3);
+        assert_eq!(hp.rebased_on(MethodType::Full).learning_rate, 5e-5);
+    }
+
+    #[test]
+    fn auto_follows_the_data() {
+        let base = AutoEvidence {
+            examples: 500,
+            classes: 2,
+            smallest_class: 200,
+            mean_tokens: 30.0,
+            probe_macro_f1: Some(0.8),
+            model_layers: 6,
+        };
+        let choose = |e: AutoEvidence| {
+            let c = choose_method(&e);
+            (c.kind, c.frozen_layers)
+        };
+        assert_eq!(choose(base.clone()), (MethodType::Partial, Some(3)));
+        let tiny = AutoEvidence {
+            smallest_class: 10,
+            ..base.clone()
+        };
+        assert_eq!(choose(tiny), (MethodType::FeatureExtraction, None));
+        let easy = AutoEvidence {
+            probe_macro_f1: Some(0.97),
+            ..base.clone()
+        };
+        assert_eq!(choose(easy), (MethodType::FeatureExtraction, None));
+        let big = AutoEvidence {
+            examples: 5000,
+            ..base.clone()
+        };
+        assert_eq!(choose(big.clone()), (MethodType::Full, None));
+        let long = AutoEvidence {
+            mean_tokens: 300.0,
+            ..big
+        };
+        assert_eq!(choose(long), (MethodType::Partial, Some(3)));
+        let reason = choose_method(&base).reason;
+        assert!(
+            reason.contains("500 training examples") && reason.contains("0.800"),
+            "{reason}"
+        );
+    }
+
+    #[test]
+    fn methods_check_frozen_layers_against_the_model() {
+        let partial = |k| Method {
+            kind: MethodType::Partial,
+            frozen_layers: k,
+            chosen: None,
+        };
+        assert_eq!(
+            partial(None).validate(6).expect("ok").frozen_layers,
+            Some(3)
+        );
+        assert!(partial(Some(6)).validate(6).is_ok());
+        assert_eq!(
+            partial(Some(7)).validate(6).expect_err("too deep").param,
+            "method.frozen_layers"
+        );
+        let full = Method {
+            frozen_layers: Some(1),
+            ..Method::default()
+        };
+        assert_eq!(
+            full.validate(6).expect_err("full").param,
+            "method.frozen_layers"
+        );
+        let chosen = Method {
+            kind: MethodType::Auto,
+            frozen_layers: None,
+            chosen: Some(ChosenMethod {
+                kind: MethodType::Full,
+                frozen_layers: None,
+                reason: "x".into(),
+            }),
+        };
+        assert_eq!(
+            chosen.validate(6).expect_err("chosen").param,
+            "method.chosen"
+        );
     }
 
     #[test]
@@ -270,6 +747,34 @@ mod tests {
             ),
             (
                 HyperparametersInput {
+                    layer_lr_decay: Some(0.0),
+                    ..Default::default()
+                },
+                "hyperparameters.layer_lr_decay",
+            ),
+            (
+                HyperparametersInput {
+                    label_smoothing: Some(0.5),
+                    ..Default::default()
+                },
+                "hyperparameters.label_smoothing",
+            ),
+            (
+                HyperparametersInput {
+                    validation_split: Some(0.6),
+                    ..Default::default()
+                },
+                "hyperparameters.validation_split",
+            ),
+            (
+                HyperparametersInput {
+                    early_stopping_patience: Some(101),
+                    ..Default::default()
+                },
+                "hyperparameters.early_stopping_patience",
+            ),
+            (
+                HyperparametersInput {
                     max_seq_len: Some(1024),
                     ..Default::default()
                 },
@@ -277,7 +782,13 @@ mod tests {
             ),
         ];
         for (input, param) in cases {
-            assert_eq!(input.validate(512).expect_err(param).param, param);
+            assert_eq!(
+                input
+                    .validate(512, MethodType::Full)
+                    .expect_err(param)
+                    .param,
+                param
+            );
         }
     }
 

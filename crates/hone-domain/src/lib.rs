@@ -3,11 +3,14 @@
 //! Inputs from users are parsed into these types at the edge (`parse`/`validate`), so
 //! the storage, queue and training layers never see an unchecked value.
 
+pub mod data_report;
 pub mod dataset;
 pub mod ids;
 pub mod job;
+pub mod metrics;
 pub mod page;
 pub mod resources;
+pub mod split;
 
 pub use ids::{FileId, JobId, ModelId};
 pub use job::{

@@ -6,8 +6,10 @@ use std::collections::BTreeMap;
 use serde::{Deserialize, Serialize};
 use utoipa::ToSchema;
 
+use crate::data_report::DataReport;
 use crate::dataset::DatasetFormat;
 use crate::job::{Hyperparameters, JobStatus, Method};
+use crate::metrics::{ClassificationReport, GeneralizationGap};
 
 /// An uploaded, validated dataset.
 #[derive(Clone, Debug, Serialize, ToSchema)]
@@ -60,14 +62,112 @@ pub struct EvalReport {
 }
 
 /// What a finished job achieved.
-#[derive(Clone, Debug, Serialize, Deserialize, ToSchema, PartialEq)]
+#[derive(Clone, Debug, Default, Serialize, Deserialize, ToSchema, PartialEq)]
 pub struct JobResult {
-    /// Mean training loss of the last epoch.
+    /// Mean training loss of the epoch whose weights were published.
     pub train_loss: f64,
-    /// Metrics on the validation file after the last epoch, when one was given.
+    /// Validation metrics of that epoch, when there was validation data (a file, or a
+    /// split of the training file).
     pub validation: Option<EvalReport>,
     pub trained_examples: u64,
     pub training_seconds: f64,
+    /// The epoch whose weights were published: the best by the monitored validation
+    /// metric, else the last.
+    #[serde(default)]
+    pub best_epoch: Option<u32>,
+    #[serde(default)]
+    pub epochs_run: Option<u32>,
+    /// Whether early stopping ended training before `hyperparameters.epochs`.
+    #[serde(default)]
+    pub stopped_early: bool,
+    /// The published model on the validation data, in detail.
+    #[serde(default)]
+    pub evaluation: Option<EvaluationReport>,
+    /// Label balance, duplicates, leakage and truncation of the job's data.
+    #[serde(default)]
+    pub data_report: Option<DataReport>,
+    /// How well the base model's frozen features suited the data before training.
+    #[serde(default)]
+    pub transferability: Option<Transferability>,
+}
+
+/// The final evaluation of a published model.
+#[derive(Clone, Debug, Serialize, Deserialize, ToSchema, PartialEq)]
+pub struct EvaluationReport {
+    /// Accuracy, macro-F1, per-class precision/recall/F1/support, confusion matrix,
+    /// calibration error, on the validation data.
+    pub validation: ClassificationReport,
+    /// Training versus validation accuracy, with an overfitting flag.
+    pub generalization: GeneralizationGap,
+}
+
+/// A transferability estimate: LogME (You et al., ICML 2021), the log evidence per
+/// example of a Bayesian linear model on the frozen encoder's features. Higher means
+/// the pretrained features already separate the labels better; it compares base models
+/// on the same data (not across datasets). `random_init_score` is the same estimate for
+/// a randomly initialised encoder of the same shape: the no-transfer reference.
+#[derive(Clone, Debug, Serialize, Deserialize, ToSchema, PartialEq)]
+pub struct Transferability {
+    #[schema(example = "logme")]
+    pub metric: String,
+    pub score: f64,
+    pub random_init_score: Option<f64>,
+    /// Training examples the estimate used.
+    pub examples: u64,
+    /// Dimensions of the features.
+    #[serde(default)]
+    pub feature_dimensions: u64,
+    /// With no more examples than feature dimensions a linear model fits the labels
+    /// exactly and the evidence says little: such a score is only a weak hint.
+    #[serde(default)]
+    pub reliable: bool,
+}
+
+/// One point of a job's training-loss curve.
+#[derive(Clone, Debug, Serialize, Deserialize, ToSchema, PartialEq)]
+pub struct StepPoint {
+    /// The last optimizer step the point covers.
+    pub step: u64,
+    pub epoch: u32,
+    /// Mean training loss over the steps the point covers (one step, unless the job
+    /// is long enough that neighbouring steps were averaged).
+    pub train_loss: f64,
+    pub learning_rate: f64,
+}
+
+/// One epoch of a job.
+#[derive(Clone, Debug, Serialize, Deserialize, ToSchema, PartialEq)]
+pub struct EpochPoint {
+    pub epoch: u32,
+    pub train_loss: f64,
+    pub validation: Option<EvalReport>,
+}
+
+/// The curves a worker stores while a job runs.
+#[derive(Clone, Debug, Default, Serialize, Deserialize, ToSchema, PartialEq)]
+pub struct JobCurves {
+    #[serde(default)]
+    pub steps: Vec<StepPoint>,
+    #[serde(default)]
+    pub epochs: Vec<EpochPoint>,
+}
+
+/// Everything measured about a job: loss and metric curves while it runs, the data
+/// report, the transferability estimate and the final evaluation once it is done.
+#[derive(Clone, Debug, Serialize, ToSchema)]
+pub struct JobMetrics {
+    #[schema(example = "fine_tuning.job.metrics")]
+    pub object: &'static str,
+    pub job_id: String,
+    pub status: JobStatus,
+    pub steps: Vec<StepPoint>,
+    pub epochs: Vec<EpochPoint>,
+    /// The epoch whose weights were published.
+    pub best_epoch: Option<u32>,
+    pub stopped_early: bool,
+    pub evaluation: Option<EvaluationReport>,
+    pub data_report: Option<DataReport>,
+    pub transferability: Option<Transferability>,
 }
 
 /// Why a job failed.

@@ -1,4 +1,5 @@
-//! Serving predictions from published models.
+//! Serving predictions from published models, and transferability estimates of base
+//! models (see [`transferability`]).
 //!
 //! libtorch models are not `Sync` and inference is CPU-heavy, so models live on a
 //! dedicated OS thread that owns a bounded LRU cache of loaded classifiers; requests
@@ -7,6 +8,7 @@
 //! full the caller is told at once (the API answers 429) instead of queueing without end.
 
 pub mod catalog;
+pub mod transferability;
 
 use std::num::NonZeroUsize;
 use std::path::PathBuf;

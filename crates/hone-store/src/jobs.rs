@@ -127,6 +127,13 @@ impl NewEvent {
         }
     }
 
+    pub fn warn(message: impl Into<String>) -> Self {
+        Self {
+            level: EventLevel::Warn,
+            ..Self::info(message)
+        }
+    }
+
     pub fn metrics(message: impl Into<String>, data: serde_json::Value) -> Self {
         Self {
             level: EventLevel::Info,
@@ -437,6 +444,59 @@ impl Db {
         .bind(id)
         .bind(attempt)
         .bind(Json(progress))
+        .execute(&self.pool)
+        .await?;
+        Ok(done.rows_affected() == 1)
+    }
+
+    /// Replaces the loss and metric curves of a job this worker holds.
+    pub async fn set_metrics(
+        &self,
+        id: &str,
+        attempt: i32,
+        metrics: &serde_json::Value,
+    ) -> Result<bool, StoreError> {
+        let done = sqlx::query(
+            "UPDATE fine_tuning_jobs SET metrics = $3
+             WHERE id = $1 AND status = 'running' AND attempt = $2",
+        )
+        .bind(id)
+        .bind(attempt)
+        .bind(Json(metrics))
+        .execute(&self.pool)
+        .await?;
+        Ok(done.rows_affected() == 1)
+    }
+
+    /// The curves `set_metrics` stored, if any.
+    pub async fn get_metrics(&self, id: &str) -> Result<Option<serde_json::Value>, StoreError> {
+        let row: Option<Option<Json<serde_json::Value>>> =
+            sqlx::query_scalar("SELECT metrics FROM fine_tuning_jobs WHERE id = $1")
+                .bind(id)
+                .fetch_optional(&self.pool)
+                .await?;
+        match row {
+            None => Err(StoreError::NotFound),
+            Some(m) => Ok(m.map(|j| j.0)),
+        }
+    }
+
+    /// Records the strategy an `auto` job chose (fenced like every worker write).
+    pub async fn set_method(
+        &self,
+        id: &str,
+        attempt: i32,
+        method: &hone_domain::job::Method,
+        hyperparameters: &Hyperparameters,
+    ) -> Result<bool, StoreError> {
+        let done = sqlx::query(
+            "UPDATE fine_tuning_jobs SET method = $3, hyperparameters = $4
+             WHERE id = $1 AND status = 'running' AND attempt = $2",
+        )
+        .bind(id)
+        .bind(attempt)
+        .bind(Json(method))
+        .bind(Json(hyperparameters))
         .execute(&self.pool)
         .await?;
         Ok(done.rows_affected() == 1)

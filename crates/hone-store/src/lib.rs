@@ -3,6 +3,7 @@
 
 pub mod artifacts;
 mod db;
+pub mod feature_cache;
 pub mod files;
 pub mod jobs;
 pub mod listener;

@@ -4,7 +4,7 @@ use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::Duration;
 
-use hone_domain::dataset::{DatasetFormat, DatasetSummary};
+use hone_domain::dataset::{DatasetFormat, DatasetSummary, TaskType};
 use hone_domain::job::{Hyperparameters, JobStatus, Method};
 use hone_domain::resources::{JobError, JobProgress, JobResult};
 use hone_domain::{FileId, JobId, PageRequest};
@@ -65,7 +65,10 @@ async fn file(db: &Db) -> String {
         bytes: 10,
         sha256: "00".repeat(32),
         examples: 2,
+        task_type: TaskType::Classification,
+        text_pairs: false,
         label_counts: BTreeMap::from([("a".to_owned(), 1), ("b".to_owned(), 1)]),
+        task_label_counts: BTreeMap::new(),
     };
     db.insert_file(&id, "f.jsonl", "fine-tune", &summary)
         .await
@@ -181,6 +184,7 @@ async fn a_worker_that_lost_its_lease_cannot_write() {
         validation: None,
         trained_examples: 2,
         training_seconds: 1.0,
+        ..JobResult::default()
     };
     assert!(!f
         .db

@@ -30,7 +30,7 @@ use anyhow::{bail, ensure, Context};
 use clap::Parser;
 use hone_train::bert::{BertConfig, WeightInit};
 use hone_train::classifier::{
-    ModelMeta, Pooling, CONFIG_FILE, HEAD_PREFIX, MODEL_META_VERSION, WEIGHTS_FILE,
+    HeadType, ModelMeta, Pooling, CONFIG_FILE, HEAD_PREFIX, MODEL_META_VERSION, WEIGHTS_FILE,
 };
 use hone_train::tokenize::{collate, Batch, Encoded, TextTokenizer, TOKENIZER_FILE};
 use hone_train::train::{Optimizer, TrainConfig};
@@ -117,6 +117,8 @@ fn main() -> anyhow::Result<()> {
         &vs.root(),
         &bert_config,
         LABELS.len(),
+        HeadType::Linear,
+        Pooling::Mean,
         WeightInit::random(&bert_config),
     )?;
     let is_head = |name: &str| {
@@ -320,6 +322,7 @@ fn publish_and_load(
         format_version: MODEL_META_VERSION,
         architecture: bert_config.model_type.clone(),
         pooling: Pooling::Mean,
+        head: HeadType::Linear,
         labels: LABELS.iter().map(|&l| l.to_owned()).collect(),
         max_seq_len: args.seq_len,
     }

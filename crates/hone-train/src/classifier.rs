@@ -1,6 +1,7 @@
-//! The model hone trains and serves: a BERT encoder, mean pooling, dropout and a
-//! linear head — sentence-transformers' pooling, so a base model trained for sentence
-//! embeddings (all-MiniLM-L6-v2) starts from the representation it was trained to give.
+//! The model hone trains and serves: a BERT encoder, pooling (mean by default —
+//! sentence-transformers' pooling, so a base model trained for sentence embeddings such
+//! as all-MiniLM-L6-v2 starts from the representation it was trained to give — or the
+//! first token's state), dropout and a head (linear, or a small MLP).
 //!
 //! Encoder variables keep their checkpoint names at the root of the `VarStore` and the
 //! head lives under `head.`, so one safetensors file holds a whole published model and
@@ -10,6 +11,8 @@ use std::path::Path;
 
 use serde::{Deserialize, Serialize};
 use tch::{nn, Tensor};
+
+pub use hone_domain::job::{HeadType, PoolingType as Pooling};
 
 use crate::bert::{mean_pool, BertConfig, BertModel, Linear, WeightInit};
 use crate::error::TrainError;
@@ -23,16 +26,9 @@ pub const WEIGHTS_FILE: &str = "model.safetensors";
 pub const CONFIG_FILE: &str = "config.json";
 /// What hone adds to a published model directory so it can be served.
 pub const MODEL_META_FILE: &str = "hone_model.json";
-/// The `format_version` this crate writes and reads.
-pub const MODEL_META_VERSION: u32 = 1;
-
-/// How token states become one vector per text.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "snake_case")]
-pub enum Pooling {
-    /// Mean over the real (unpadded) tokens.
-    Mean,
-}
+/// The `format_version` this crate writes; it reads every version since 1 (version 1
+/// had neither `head` nor a pooling other than mean, which are the defaults).
+pub const MODEL_META_VERSION: u32 = 2;
 
 /// `hone_model.json`: what a published directory needs besides the base model's files
 /// to be served — the label order of the head and how inputs were cut. The worker
@@ -44,6 +40,8 @@ pub struct ModelMeta {
     /// The encoder family (config.json's `model_type`).
     pub architecture: String,
     pub pooling: Pooling,
+    #[serde(default)]
+    pub head: HeadType,
     /// Label names in the order of the head's outputs.
     pub labels: Vec<String>,
     pub max_seq_len: usize,
@@ -55,7 +53,7 @@ impl ModelMeta {
         let bytes = std::fs::read(&path).map_err(|e| TrainError::io(&path, e))?;
         let meta: Self = serde_json::from_slice(&bytes)
             .map_err(|e| TrainError::config(&path, format!("not a hone model file: {e}")))?;
-        if meta.format_version != MODEL_META_VERSION {
+        if !(1..=MODEL_META_VERSION).contains(&meta.format_version) {
             return Err(TrainError::config(
                 &path,
                 format!(
@@ -78,11 +76,23 @@ impl ModelMeta {
     }
 }
 
-/// Encoder + mean pooling + dropout + linear head.
+/// The classifier on top of the pooled vector.
+#[derive(Debug)]
+enum Head {
+    Linear(Linear),
+    /// `dense` → tanh → dropout → `out_proj`, named as transformers' RoBERTa head.
+    Mlp {
+        dense: Linear,
+        out_proj: Linear,
+    },
+}
+
+/// Encoder + pooling + dropout + head.
 #[derive(Debug)]
 pub struct SequenceClassifier {
     encoder: BertModel,
-    head: Linear,
+    head: Head,
+    pooling: Pooling,
     dropout: f64,
     num_labels: usize,
 }
@@ -93,16 +103,27 @@ impl SequenceClassifier {
         vs: &nn::Path,
         config: &BertConfig,
         num_labels: usize,
+        head: HeadType,
+        pooling: Pooling,
         init: WeightInit,
     ) -> Result<Self, TrainError> {
         if num_labels == 0 {
             return Err(TrainError::InvalidInput("a classifier needs labels".into()));
         }
         let encoder = BertModel::new(vs, config, init)?;
-        let head = Linear::new(&vs.sub(HEAD_PREFIX), config.hidden_size, num_labels, init)?;
+        let hidden = config.hidden_size;
+        let head_vs = vs.sub(HEAD_PREFIX);
+        let head = match head {
+            HeadType::Linear => Head::Linear(Linear::new(&head_vs, hidden, num_labels, init)?),
+            HeadType::Mlp => Head::Mlp {
+                dense: Linear::new(&head_vs.sub("dense"), hidden, hidden, init)?,
+                out_proj: Linear::new(&head_vs.sub("out_proj"), hidden, num_labels, init)?,
+            },
+        };
         Ok(Self {
             encoder,
             head,
+            pooling,
             dropout: config
                 .classifier_dropout
                 .unwrap_or(config.hidden_dropout_prob),
@@ -118,19 +139,57 @@ impl SequenceClassifier {
         self.num_labels
     }
 
+    pub fn pooling(&self) -> Pooling {
+        self.pooling
+    }
+
     /// Logits `[batch, num_labels]`. `train` enables dropout.
     pub fn forward(&self, batch: &Batch, train: bool) -> Result<Tensor, TrainError> {
+        let pooled = self.features(batch, train)?;
+        self.head_forward(&pooled, train)
+    }
+
+    /// The pooled encoder output `[batch, hidden]`: what the head sees, and what
+    /// feature extraction caches.
+    pub fn features(&self, batch: &Batch, train: bool) -> Result<Tensor, TrainError> {
         let hidden = self.encoder.forward(
             &batch.input_ids,
             &batch.attention_mask,
             Some(&batch.token_type_ids),
             train,
         )?;
-        let mut pooled = mean_pool(&hidden, &batch.attention_mask)?;
-        if train && self.dropout > 0.0 {
-            pooled = pooled.f_dropout(self.dropout, true)?;
-        }
-        Ok(self.head.forward(&pooled)?)
+        Ok(pool(&hidden, &batch.attention_mask, self.pooling)?)
+    }
+
+    /// Logits from pooled features; `train` enables dropout.
+    pub fn head_forward(&self, pooled: &Tensor, train: bool) -> Result<Tensor, TrainError> {
+        let dropout = |xs: Tensor| -> Result<Tensor, TrainError> {
+            Ok(if train && self.dropout > 0.0 {
+                xs.f_dropout(self.dropout, true)?
+            } else {
+                xs
+            })
+        };
+        let xs = dropout(pooled.shallow_clone())?;
+        Ok(match &self.head {
+            Head::Linear(linear) => linear.forward(&xs)?,
+            Head::Mlp { dense, out_proj } => {
+                let xs = dropout(dense.forward(&xs)?.f_tanh()?)?;
+                out_proj.forward(&xs)?
+            }
+        })
+    }
+}
+
+/// One vector per input from the encoder's last hidden states `[batch, seq, hidden]`.
+pub fn pool(
+    hidden: &Tensor,
+    attention_mask: &Tensor,
+    pooling: Pooling,
+) -> Result<Tensor, tch::TchError> {
+    match pooling {
+        Pooling::Mean => mean_pool(hidden, attention_mask),
+        Pooling::Cls => hidden.f_select(1, 0),
     }
 }
 

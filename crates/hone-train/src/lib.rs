@@ -14,18 +14,22 @@ pub mod base_model;
 pub mod bert;
 pub mod classifier;
 pub mod error;
+pub mod logme;
 pub mod predict;
 pub mod tokenize;
 pub mod train;
+pub mod transfer;
 pub mod weights;
 
 pub use base_model::{inspect_base_model, list_base_models, BaseModelInfo};
 pub use bert::{BertConfig, BertModel, WeightInit};
-pub use classifier::{ModelMeta, SequenceClassifier};
+pub use classifier::{HeadType, ModelMeta, Pooling, SequenceClassifier};
 pub use error::TrainError;
+pub use logme::{logme_classification, logme_multilabel};
 pub use predict::{Classifier, Prediction};
 pub use tokenize::{Batch, TextTokenizer};
 pub use train::{
-    fine_tune, fine_tune_with, EncoderInit, EpochMetrics, EvalMetrics, StepProgress, TrainConfig,
-    TrainData, TrainJob, TrainObserver, TrainedModel,
+    extract_features, fine_tune, fine_tune_with, EncoderInit, EpochMetrics, EvalMetrics,
+    Evaluation, Features, StepProgress, Strategy, TrainConfig, TrainData, TrainJob, TrainObserver,
+    TrainedModel,
 };

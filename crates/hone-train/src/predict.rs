@@ -62,8 +62,14 @@ impl Classifier {
         let tokenizer = TextTokenizer::from_dir(dir, meta.max_seq_len)?;
         check_vocab(&tokenizer, &config, dir)?;
         let vs = nn::VarStore::new(device);
-        let model =
-            SequenceClassifier::new(&vs.root(), &config, meta.labels.len(), WeightInit::Zeros)?;
+        let model = SequenceClassifier::new(
+            &vs.root(),
+            &config,
+            meta.labels.len(),
+            meta.head,
+            meta.pooling,
+            WeightInit::Zeros,
+        )?;
         load_safetensors(&vs, &dir.join(WEIGHTS_FILE), &|_| false)?;
         Ok(Self {
             vs,
@@ -195,10 +201,10 @@ impl Classifier {
             &self.model,
             &encoded,
             &data.labels,
+            &self.meta.labels,
             self.tokenizer.pad_id(),
             batch_size,
             self.device,
-            &|| false,
         )
     }
 

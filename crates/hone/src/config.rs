@@ -76,7 +76,7 @@ impl Default for Config {
 }
 
 impl Config {
-    pub fn load() -> Result<Self, figment::Error> {
+    pub fn load() -> Result<Self, Box<figment::Error>> {
         let mut figment = Figment::from(Serialized::defaults(Config::default()));
         match std::env::var_os("HONE_CONFIG") {
             Some(path) => figment = figment.merge(Toml::file_exact(PathBuf::from(path))),
@@ -89,6 +89,7 @@ impl Config {
         figment
             .merge(Env::prefixed("HONE_").ignore(&["config"]))
             .extract()
+            .map_err(Box::new)
     }
 
     /// The database URL without its password, for messages.
@@ -124,13 +125,15 @@ mod tests {
         assert_eq!(c.database_url_redacted(), "postgres://u:***@h:5432/db");
     }
 
+    // `Jail::expect_with` fixes the closure's error type to figment's own.
+    #[allow(clippy::result_large_err)]
     #[test]
     fn environment_overrides_defaults() {
         figment::Jail::expect_with(|jail| {
             jail.set_env("HONE_LISTEN", "127.0.0.1:9999");
             jail.set_env("HONE_WORKER_CONCURRENCY", "3");
             jail.set_env("HONE_MODELS_DIR", "/m");
-            let c = Config::load()?;
+            let c = Config::load().map_err(|e| *e)?;
             assert_eq!(c.listen, "127.0.0.1:9999");
             assert_eq!(c.worker_concurrency, 3);
             assert_eq!(c.models_dir, PathBuf::from("/m"));

@@ -5,6 +5,7 @@ use std::sync::Arc;
 use anyhow::Context;
 use hone_api::{ApiSettings, AppState};
 use hone_domain::dataset::DatasetLimits;
+use hone_serving::transferability::Estimator;
 use hone_serving::{Predictor, ServingConfig};
 use hone_store::{ArtifactStore, Db};
 use tokio_util::sync::CancellationToken;
@@ -34,6 +35,7 @@ pub async fn run(
         db,
         artifacts,
         predictor,
+        transferability: Estimator::new(device),
         settings: Arc::new(ApiSettings {
             models_dir: config.models_dir.clone(),
             dataset_limits,

@@ -73,16 +73,46 @@ fn check(format: DatasetFormat, data: &[u8]) -> Outcome {
 
 fn agree(format: DatasetFormat, data: &[u8], outcome: &Outcome) {
     match (outcome, parse_examples(format, data)) {
-        (Ok(summary), Ok(examples)) => {
-            assert_eq!(examples.len() as u64, summary.examples);
-            let mut counts = BTreeMap::new();
-            for e in &examples {
-                *counts.entry(e.label.clone()).or_insert(0) += 1;
-            }
-            assert_eq!(counts, summary.label_counts);
-        }
+        (Ok(summary), Ok(examples)) => assert_eq!(&summarize(summary, &examples), summary),
         (Err(expected), Err(got)) => assert_eq!(&got, expected),
         (outcome, parsed) => panic!("validator says {outcome:?}, parse_examples says {parsed:?}"),
+    }
+}
+
+/// What the validator should have said about a file holding `examples`; what is about
+/// the bytes is taken from `summary`.
+fn summarize(summary: &DatasetSummary, examples: &[Example]) -> DatasetSummary {
+    let first = examples.first().expect("a valid file has examples");
+    let mut label_counts = BTreeMap::new();
+    let mut task_label_counts: BTreeMap<String, BTreeMap<String, u64>> = BTreeMap::new();
+    for e in examples {
+        assert_eq!(e.target.task_type(), first.target.task_type(), "{e:?}");
+        assert_eq!(e.text_pair.is_some(), first.text_pair.is_some(), "{e:?}");
+        match &e.target {
+            Target::Single(label) => *label_counts.entry(label.clone()).or_insert(0) += 1,
+            Target::Multi(labels) => {
+                for label in labels {
+                    *label_counts.entry(label.clone()).or_insert(0) += 1;
+                }
+            }
+            Target::Tasks(tasks) => {
+                for (task, label) in tasks {
+                    *task_label_counts
+                        .entry(task.clone())
+                        .or_default()
+                        .entry(label.clone())
+                        .or_insert(0) += 1;
+                }
+            }
+        }
+    }
+    DatasetSummary {
+        examples: examples.len() as u64,
+        task_type: first.target.task_type(),
+        text_pairs: first.text_pair.is_some(),
+        label_counts,
+        task_label_counts,
+        ..summary.clone()
     }
 }
 
@@ -177,7 +207,10 @@ fn jsonl_summary() {
             bytes: data.len() as u64,
             sha256: hex::encode(Sha256::digest(data.as_bytes())),
             examples: 3,
+            task_type: TaskType::Classification,
+            text_pairs: false,
             label_counts: counts(&[("neg", 1), ("pos", 2)]),
+            task_label_counts: BTreeMap::new(),
         }
     );
     assert_eq!(summary.sha256.len(), 64);
@@ -196,11 +229,13 @@ fn jsonl_parse_examples_returns_texts_and_labels_in_order() {
         vec![
             Example {
                 text: "café \"ok\"".into(),
-                label: "pos".into()
+                text_pair: None,
+                target: Target::Single("pos".into()),
             },
             Example {
                 text: "  x".into(),
-                label: "0".into()
+                text_pair: None,
+                target: Target::Single("0".into()),
             },
         ]
     );
@@ -427,7 +462,8 @@ fn csv_summary_and_examples() {
         examples[2],
         Example {
             text: "great, really".into(),
-            label: "pos".into()
+            text_pair: None,
+            target: Target::Single("pos".into()),
         }
     );
 }
@@ -440,7 +476,8 @@ fn csv_columns_in_any_order_with_others_ignored() {
         examples[1],
         Example {
             text: "bad".into(),
-            label: "neg".into()
+            text_pair: None,
+            target: Target::Single("neg".into()),
         }
     );
     assert_eq!(csv(data).unwrap().examples, 2);
@@ -599,7 +636,8 @@ fn csv_labels_are_trimmed_and_texts_kept() {
         examples[1],
         Example {
             text: "other".into(),
-            label: "neg".into()
+            text_pair: None,
+            target: Target::Single("neg".into()),
         }
     );
     assert_eq!(
@@ -954,3 +992,7 @@ fn throughput_100_mb() {
         data.len() as f64 / 1e6 / secs
     );
 }
+
+// --- task types: multi-label, text pairs, multi-task --------------------------------
+
+mod tasks;

@@ -147,6 +147,7 @@ pub fn fast_config(seed: u64) -> TrainConfig {
         max_seq_len: 16,
         seed,
         grad_clip: 1.0,
+        ..TrainConfig::default()
     }
 }
 

@@ -7,4 +7,5 @@ mod base_models;
 mod common;
 mod model;
 mod parity;
+mod strategies;
 mod training;

@@ -1,7 +1,7 @@
 //! The encoder, the tokenizer and checkpoint loading.
 
 use hone_train::bert::{BertConfig, BertModel, WeightInit};
-use hone_train::classifier::SequenceClassifier;
+use hone_train::classifier::{HeadType, Pooling, SequenceClassifier};
 use hone_train::tokenize::{collate, TextTokenizer};
 use hone_train::TrainError;
 use tch::{nn, Device, Kind, Tensor};
@@ -49,8 +49,15 @@ fn shapes() {
     let _lock = torch_lock();
     let config = tiny_config();
     let vs = nn::VarStore::new(Device::Cpu);
-    let model = SequenceClassifier::new(&vs.root(), &config, 3, WeightInit::random(&config))
-        .expect("model");
+    let model = SequenceClassifier::new(
+        &vs.root(),
+        &config,
+        3,
+        HeadType::Linear,
+        Pooling::Mean,
+        WeightInit::random(&config),
+    )
+    .expect("model");
     let tokenizer = TextTokenizer::from_dir(&tiny_fixture(), 16).expect("tokenizer");
     let encoded = tokenizer
         .encode(&["good film", "a really boring plot and bad acting", "it"])

@@ -20,6 +20,7 @@ fn job(
         validation,
         config: fast_config(seed),
         device: Device::Cpu,
+        features: None,
     }
 }
 
@@ -116,8 +117,9 @@ fn save_then_load_predicts_the_same() {
             .expect("json");
     assert_eq!(
         meta,
-        serde_json::json!({"format_version": 1, "architecture": "bert", "pooling": "mean",
-                           "labels": ["negative", "positive"], "max_seq_len": 16})
+        serde_json::json!({"format_version": 2, "architecture": "bert", "pooling": "mean",
+                           "head": "linear", "labels": ["negative", "positive"],
+                           "max_seq_len": 16})
     );
     let names: Vec<String> = Tensor::read_safetensors(published.join("model.safetensors"))
         .expect("weights")

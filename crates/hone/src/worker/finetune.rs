@@ -7,18 +7,33 @@ use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use hone_domain::dataset::{parse_examples, Example};
-use hone_domain::resources::{EvalReport, JobError, JobProgress, JobResult};
+use hone_domain::data_report::{DataReport, DataReportBuilder};
+use hone_domain::dataset::{parse_examples, Example, Target};
+use hone_domain::job::{
+    choose_method, AutoEvidence, ChosenMethod, Hyperparameters, Method, MethodType,
+};
+use hone_domain::resources::{
+    EvalReport, EvaluationReport, EventLevel, FineTuningJob, JobError, JobProgress, JobResult,
+    Transferability,
+};
+use hone_domain::split::stratified_split;
 use hone_domain::ModelId;
 use hone_store::jobs::{ClaimedJob, NewEvent};
 use hone_store::models::NewModel;
 use hone_store::{ArtifactStore, Db};
 use hone_train::train::{
-    fine_tune, EpochMetrics, StepProgress, TrainConfig, TrainData, TrainError, TrainJob,
-    TrainObserver,
+    fine_tune, EpochMetrics, Evaluation, Features, StepProgress, Strategy, TrainConfig, TrainData,
+    TrainError, TrainJob, TrainObserver,
 };
+use hone_train::BertConfig;
+use rand::rngs::StdRng;
+use rand::seq::SliceRandom;
+use rand::SeedableRng;
 use sha2::{Digest, Sha256};
+use tch::Tensor;
 use tokio::sync::{mpsc, oneshot};
+
+use hone_store::feature_cache as features;
 
 use super::{StopFlags, WorkerSettings};
 
@@ -49,29 +64,68 @@ fn transient(code: &str, message: impl Into<String>) -> Failure {
 struct Prepared {
     base_dir: PathBuf,
     labels: Vec<String>,
-    train: TrainData,
-    validation: Option<TrainData>,
+    /// The training file's texts and label indices, every row.
+    file: TrainData,
+    /// Its SHA-256, part of the feature-cache key.
+    file_sha256: String,
+    /// Rows of `file` trained on.
+    train_rows: Vec<usize>,
+    validation: Validation,
+    data_report: DataReportBuilder,
+}
+
+/// Where validation data comes from.
+enum Validation {
+    None,
+    /// Rows of the training file held out (stratified).
+    Split(Vec<usize>),
+    /// A validation file, with its SHA-256.
+    File(TrainData, String),
 }
 
 enum Update {
     Step(StepProgress),
     Epoch(EpochMetrics),
+    Notice(EventLevel, String),
+    /// Token counts of the training inputs, for the data report.
+    TokenLengths(Vec<usize>),
+    /// Features were computed and written to this scratch file: cache them under the key.
+    FeaturesComputed {
+        key: String,
+        path: PathBuf,
+    },
+    Transferability(Transferability),
+    /// `auto` chose; progress now counts this many epochs.
+    Chosen(ChosenMethod, u32),
 }
 
 struct Observer {
     tx: mpsc::UnboundedSender<Update>,
     flags: Arc<StopFlags>,
+    /// A probe reports nothing but still obeys cancellation.
+    quiet: bool,
 }
 
 impl TrainObserver for Observer {
     fn on_step(&mut self, p: &StepProgress) {
-        let _ = self.tx.send(Update::Step(p.clone()));
+        if !self.quiet {
+            let _ = self.tx.send(Update::Step(p.clone()));
+        }
     }
     fn on_epoch(&mut self, m: &EpochMetrics) {
-        let _ = self.tx.send(Update::Epoch(m.clone()));
+        if !self.quiet {
+            let _ = self.tx.send(Update::Epoch(m.clone()));
+        }
     }
     fn cancelled(&self) -> bool {
         self.flags.any()
+    }
+    fn on_notice(&mut self, message: &str) {
+        if !self.quiet {
+            let _ = self
+                .tx
+                .send(Update::Notice(EventLevel::Info, message.to_owned()));
+        }
     }
 }
 
@@ -126,7 +180,7 @@ async fn read_examples(
     artifacts: &Arc<dyn ArtifactStore>,
     file_id: &str,
     param: &str,
-) -> Result<Vec<Example>, Failure> {
+) -> Result<(Vec<Example>, String), Failure> {
     let file = db.get_file(file_id).await.map_err(|e| match e {
         hone_store::StoreError::NotFound => user(
             "file_not_found",
@@ -147,8 +201,9 @@ async fn read_examples(
             Some(param),
         ));
     }
-    parse_examples(file.object.format, &bytes)
-        .map_err(|e| user("invalid_file", format!("{file_id}: {e}"), Some(param)))
+    let examples = parse_examples(file.object.format, &bytes)
+        .map_err(|e| user("invalid_file", format!("{file_id}: {e}"), Some(param)))?;
+    Ok((examples, digest))
 }
 
 async fn prepare(
@@ -169,13 +224,25 @@ async fn prepare(
             Some("base_model"),
         ));
     }
-    let train_examples = read_examples(db, artifacts, &job.training_file, "training_file").await?;
-    let labels: Vec<String> = train_examples
-        .iter()
-        .map(|e| e.label.clone())
-        .collect::<BTreeSet<_>>()
-        .into_iter()
-        .collect();
+    let (train_examples, file_sha256) =
+        read_examples(db, artifacts, &job.training_file, "training_file").await?;
+    let mut label_set = BTreeSet::new();
+    for e in &train_examples {
+        match &e.target {
+            Target::Single(label) if e.text_pair.is_none() => {
+                label_set.insert(label.clone());
+            }
+            _ => {
+                return Err(user(
+                    "unsupported_task",
+                    "this worker trains single-label classification of single texts; \
+                     text pairs, multi-label and multi-task files are not supported yet",
+                    Some("training_file"),
+                ))
+            }
+        }
+    }
+    let labels: Vec<String> = label_set.into_iter().collect();
     let index: BTreeMap<&str, usize> = labels
         .iter()
         .enumerate()
@@ -187,13 +254,20 @@ async fn prepare(
             labels: Vec::with_capacity(examples.len()),
         };
         for e in examples {
-            let Some(&i) = index.get(e.label.as_str()) else {
+            let label = match &e.target {
+                Target::Single(label) if e.text_pair.is_none() => label,
+                _ => {
+                    return Err(user(
+                        "unsupported_task",
+                        format!("the {param} is not single-label classification of single texts like the training file"),
+                        Some(param),
+                    ))
+                }
+            };
+            let Some(&i) = index.get(label.as_str()) else {
                 return Err(user(
                     "unknown_label",
-                    format!(
-                        "label {:?} of the {param} does not occur in the training file",
-                        e.label
-                    ),
+                    format!("label {label:?} of the {param} does not occur in the training file"),
                     Some(param),
                 ));
             };
@@ -202,19 +276,54 @@ async fn prepare(
         }
         Ok(data)
     };
-    let validation = match &job.validation_file {
-        Some(id) => Some(to_data(
-            read_examples(db, artifacts, id, "validation_file").await?,
-            "validation_file",
-        )?),
-        None => None,
+    let file = to_data(train_examples, "training_file")?;
+    let (train_rows, validation) = match &job.validation_file {
+        Some(id) => {
+            let (examples, sha) = read_examples(db, artifacts, id, "validation_file").await?;
+            (
+                (0..file.len()).collect(),
+                Validation::File(to_data(examples, "validation_file")?, sha),
+            )
+        }
+        None => {
+            let fraction = job.hyperparameters.validation_fraction(file.len());
+            let (train, held) = stratified_split(&file.labels, fraction, job.seed as u64);
+            if held.is_empty() {
+                (train, Validation::None)
+            } else {
+                (train, Validation::Split(held))
+            }
+        }
     };
-    let train = to_data(train_examples, "training_file")?;
+    let mut data_report = DataReportBuilder::new();
+    for &i in &train_rows {
+        data_report.add_training(
+            &file.texts[i],
+            None,
+            &[(None, labels[file.labels[i]].as_str())],
+        );
+    }
+    match &validation {
+        Validation::None => {}
+        Validation::Split(rows) => {
+            for &i in rows {
+                data_report.add_validation(&file.texts[i], None);
+            }
+        }
+        Validation::File(data, _) => {
+            for text in &data.texts {
+                data_report.add_validation(text, None);
+            }
+        }
+    }
     Ok(Prepared {
         base_dir,
         labels,
-        train,
+        file,
+        file_sha256,
+        train_rows,
         validation,
+        data_report,
     })
 }
 
@@ -231,64 +340,94 @@ async fn train_and_publish(
     let hp = &job.hyperparameters;
     let out_dir = settings.scratch_dir.join(format!("{}-{attempt}", job.id));
     let _ = std::fs::remove_dir_all(&out_dir);
-    let trained_examples = prepared.train.texts.len() as u64;
-    let total_epochs = hp.epochs;
+    std::fs::create_dir_all(&out_dir).map_err(|e| {
+        transient(
+            "worker_error",
+            format!("cannot create {}: {e}", out_dir.display()),
+        )
+    })?;
+    let trained_examples = prepared.train_rows.len() as u64;
+    let validation_note = match &prepared.validation {
+        Validation::None => "no validation data".to_owned(),
+        Validation::Split(rows) => format!("{} held out for validation", rows.len()),
+        Validation::File(data, _) => format!("{} validation examples", data.len()),
+    };
+    let (method, frozen) = job.method.effective();
     db.add_event(
         &job.id,
         attempt,
         &NewEvent::info(format!(
-            "Fine-tuning {} ({} method) on {} examples, {} labels, for {} epochs",
+            "Fine-tuning {} ({}{}) on {} examples ({validation_note}), {} labels, for {} epochs",
             job.base_model,
-            serde_json::to_value(job.method.kind)
-                .unwrap_or_default()
-                .as_str()
-                .unwrap_or("full"),
+            method.as_str(),
+            frozen.map_or(String::new(), |k| format!(", {k} layers frozen")),
             trained_examples,
             prepared.labels.len(),
-            total_epochs
+            hp.epochs
         )),
     )
     .await
     .map_err(|e| transient("storage_error", e.to_string()))?;
 
-    let config = TrainConfig {
-        epochs: hp.epochs,
-        batch_size: hp.batch_size as usize,
-        learning_rate: hp.learning_rate,
-        warmup_ratio: hp.warmup_ratio,
-        weight_decay: hp.weight_decay,
-        max_seq_len: hp.max_seq_len as usize,
+    // The feature cache: only strategies that train on frozen features fill it.
+    let needs_features = matches!(method, MethodType::FeatureExtraction | MethodType::Auto);
+    let mut cache = FeatureCacheKeys::default();
+    if needs_features {
+        let weights = features::base_weights_digest(&prepared.base_dir)
+            .await
+            .map_err(|e| transient("worker_error", format!("cannot read the base model: {e}")))?;
+        let key = |file_sha: &str| {
+            features::cache_key(
+                &job.base_model,
+                &weights,
+                file_sha,
+                hp.max_seq_len,
+                hp.pooling,
+            )
+        };
+        let train =
+            features::lookup(artifacts, key(&prepared.file_sha256), &out_dir, "train").await;
+        if train.1.is_some() {
+            db.add_event(
+                &job.id,
+                attempt,
+                &NewEvent::info(
+                    "Reusing the cached features of the training file: the frozen encoder does not run again",
+                ),
+            )
+            .await
+            .map_err(|e| transient("storage_error", e.to_string()))?;
+        }
+        cache.train = Some(train);
+        if let Validation::File(_, sha) = &prepared.validation {
+            cache.validation =
+                Some(features::lookup(artifacts, key(sha), &out_dir, "validation").await);
+        }
+    }
+
+    let input = ThreadInput {
+        base_dir: prepared.base_dir.clone(),
+        labels: prepared.labels.clone(),
+        file: prepared.file,
+        train_rows: prepared.train_rows,
+        validation: prepared.validation,
+        method: job.method.clone(),
+        hyperparameters: hp.clone(),
         seed: job.seed as u64,
-        grad_clip: 1.0,
+        device: settings.device,
+        out_dir: out_dir.clone(),
+        cache,
     };
     let (tx, mut rx) = mpsc::unbounded_channel();
     let (done_tx, done_rx) = oneshot::channel();
     let observer_flags = flags.clone();
-    let device = settings.device;
-    let thread_out = out_dir.clone();
-    let labels = prepared.labels.clone();
     let span = tracing::Span::current();
     let started = Instant::now();
     std::thread::Builder::new()
         .name(format!("hone-train-{}", &job.id))
         .spawn(move || {
             let _entered = span.enter();
-            let mut observer = Observer {
-                tx,
-                flags: observer_flags,
-            };
-            let result = fine_tune(
-                TrainJob {
-                    base_model_dir: &prepared.base_dir,
-                    label_names: labels,
-                    train: prepared.train,
-                    validation: prepared.validation,
-                    config,
-                    device,
-                },
-                &mut observer,
-            )
-            .and_then(|model| model.save(&thread_out));
+            let result = run_training(input, &tx, &observer_flags);
             let _ = done_tx.send(result);
         })
         .map_err(|e| {
@@ -298,7 +437,7 @@ async fn train_and_publish(
             )
         })?;
 
-    let mut reporter = Reporter::new(db, &job.id, attempt, total_epochs);
+    let mut reporter = Reporter::new(db, artifacts, job, attempt, prepared.data_report);
     let mut done_rx = done_rx;
     let outcome = loop {
         tokio::select! {
@@ -310,8 +449,9 @@ async fn train_and_publish(
         reporter.handle(update).await;
     }
     reporter.flush().await;
+    reporter.save_metrics().await;
     let stopped = || transient("stopped", "training stopped");
-    match outcome {
+    let output = match outcome {
         Err(_) => return Err(transient("worker_error", "the training thread died")),
         Ok(Err(TrainError::Cancelled)) => return Err(stopped()),
         Ok(Err(e)) if flags.any() => {
@@ -319,14 +459,13 @@ async fn train_and_publish(
             return Err(stopped());
         }
         Ok(Err(e)) => return Err(classify(e)),
-        Ok(Ok(())) => {}
-    }
+        Ok(Ok(output)) => output,
+    };
 
-    let last = reporter.last_epoch.clone();
+    let kept = output.kept.as_ref();
     let result = JobResult {
-        train_loss: last.as_ref().map(|m| m.train_loss).unwrap_or(f64::NAN),
-        validation: last
-            .as_ref()
+        train_loss: kept.map(|m| m.train_loss).unwrap_or(f64::NAN),
+        validation: kept
             .and_then(|m| m.validation.as_ref())
             .map(|v| EvalReport {
                 loss: v.loss,
@@ -336,18 +475,51 @@ async fn train_and_publish(
             }),
         trained_examples,
         training_seconds: started.elapsed().as_secs_f64(),
+        best_epoch: kept.map(|m| m.epoch),
+        epochs_run: Some(output.epochs_run),
+        stopped_early: output.evaluation.as_ref().is_some_and(|e| e.stopped_early),
+        evaluation: output.evaluation.map(|e| EvaluationReport {
+            validation: e.validation,
+            generalization: e.generalization,
+        }),
+        data_report: reporter.data_report.take(),
+        transferability: reporter.transferability.take(),
     };
+    if let Some(gap) = result.evaluation.as_ref().map(|e| &e.generalization) {
+        if gap.overfitting {
+            reporter
+                .event(NewEvent::warn(format!(
+                    "Possible overfitting: training accuracy {:.3} vs validation accuracy {:.3} \
+                     (gap {:.3}); consider more data, fewer epochs, early stopping or a \
+                     frozen strategy",
+                    gap.train_accuracy, gap.validation_accuracy, gap.gap
+                )))
+                .await;
+        }
+    }
+    let job_method = reporter
+        .method
+        .clone()
+        .unwrap_or_else(|| job.method.clone());
     let model_id = ModelId::for_job(
         &job.base_model,
         job.suffix.as_deref(),
         &hone_domain::JobId::parse(&job.id)
             .ok_or_else(|| transient("worker_error", "malformed job id"))?,
     );
-    write_manifest(&out_dir, job, model_id.as_str(), &prepared.labels, &result)
-        .map_err(|e| transient("storage_error", format!("cannot write the manifest: {e}")))?;
+    let model_dir = out_dir.join("model");
+    write_manifest(
+        &model_dir,
+        job,
+        &job_method,
+        model_id.as_str(),
+        &prepared.labels,
+        &result,
+    )
+    .map_err(|e| transient("storage_error", format!("cannot write the manifest: {e}")))?;
     let key = hone_store::models::storage_key(model_id.as_str());
     artifacts
-        .put_dir(&key, &out_dir)
+        .put_dir(&key, &model_dir)
         .await
         .map_err(|e| transient("storage_error", format!("cannot publish the model: {e}")))?;
     let _ = std::fs::remove_dir_all(&out_dir);
@@ -375,6 +547,320 @@ async fn train_and_publish(
     }
 }
 
+/// Cache entries of the features a job may train on: the key, and the cached file
+/// copied to scratch when there was one.
+#[derive(Default)]
+struct FeatureCacheKeys {
+    train: Option<(String, Option<PathBuf>)>,
+    validation: Option<(String, Option<PathBuf>)>,
+}
+
+/// Everything the training thread owns.
+struct ThreadInput {
+    base_dir: PathBuf,
+    labels: Vec<String>,
+    file: TrainData,
+    train_rows: Vec<usize>,
+    validation: Validation,
+    method: Method,
+    hyperparameters: Hyperparameters,
+    seed: u64,
+    device: tch::Device,
+    out_dir: PathBuf,
+    cache: FeatureCacheKeys,
+}
+
+/// What the training thread hands back besides the saved model directory.
+struct ThreadOutput {
+    /// The epoch whose weights were published.
+    kept: Option<EpochMetrics>,
+    epochs_run: u32,
+    evaluation: Option<Evaluation>,
+}
+
+/// Training examples the transferability estimate scores: LogME is cheap, the
+/// features are not, and a couple of thousand examples rank models reliably.
+const TRANSFERABILITY_EXAMPLES: usize = 2000;
+
+/// The whole tch side of a job, on its own OS thread: token counts, features and the
+/// transferability estimate, `auto`'s choice, training, saving.
+fn run_training(
+    input: ThreadInput,
+    tx: &mpsc::UnboundedSender<Update>,
+    flags: &Arc<StopFlags>,
+) -> Result<ThreadOutput, TrainError> {
+    let ThreadInput {
+        base_dir,
+        labels,
+        file,
+        train_rows,
+        validation,
+        method,
+        hyperparameters,
+        seed,
+        device,
+        out_dir,
+        cache,
+    } = input;
+    let send = |u: Update| {
+        let _ = tx.send(u);
+    };
+    let notice = |level: EventLevel, message: String| send(Update::Notice(level, message));
+    let cancelled = || flags.any();
+    let hp = &hyperparameters;
+    let max_seq_len = hp.max_seq_len as usize;
+    let bert = BertConfig::from_file(&base_dir.join("config.json"))?;
+    let hidden = bert.hidden_size;
+    let pick = |data: &TrainData, rows: &[usize]| TrainData {
+        texts: rows.iter().map(|&i| data.texts[i].clone()).collect(),
+        labels: rows.iter().map(|&i| data.labels[i]).collect(),
+    };
+    let train = pick(&file, &train_rows);
+    let validation_data = match &validation {
+        Validation::None => None,
+        Validation::Split(rows) => Some(pick(&file, rows)),
+        Validation::File(data, _) => Some(data.clone()),
+    };
+
+    let lengths = hone_train::transfer::token_lengths(&base_dir, &train.texts)?;
+    let mean_tokens = lengths.iter().sum::<usize>() as f64 / lengths.len().max(1) as f64;
+    send(Update::TokenLengths(lengths));
+
+    // Features of the frozen encoder: the whole training file (cached) when a strategy
+    // may train on them, else a sample for the transferability estimate.
+    let features_of = |entry: &Option<(String, Option<PathBuf>)>,
+                       texts: &[String],
+                       name: &str|
+     -> Result<Tensor, TrainError> {
+        if let Some((_, Some(path))) = entry {
+            match hone_train::transfer::load_features(path, texts.len(), hidden) {
+                Ok(t) => return Ok(t),
+                Err(e) => notice(
+                    EventLevel::Warn,
+                    format!("Ignoring a damaged feature cache entry: {e}"),
+                ),
+            }
+        }
+        let t = hone_train::extract_features(
+            &base_dir,
+            texts,
+            max_seq_len,
+            hp.pooling,
+            64,
+            device,
+            &cancelled,
+        )?;
+        if let Some((key, _)) = entry {
+            let path = out_dir.join(format!("{name}-features.safetensors"));
+            hone_train::transfer::save_features(&t, &path)?;
+            send(Update::FeaturesComputed {
+                key: key.clone(),
+                path,
+            });
+        }
+        Ok(t)
+    };
+    let file_features = match &cache.train {
+        Some(_) => Some(features_of(&cache.train, &file.texts, "train")?),
+        None => None,
+    };
+    let rows_tensor = |rows: &[usize]| -> Result<Tensor, TrainError> {
+        let rows: Vec<i64> = rows.iter().map(|&i| i as i64).collect();
+        Ok(Tensor::f_from_slice(&rows)?)
+    };
+
+    // Transferability on a sample of the training rows (the first ones of a seeded
+    // shuffle, so every class is likely present).
+    let mut sample: Vec<usize> = (0..train.len()).collect();
+    sample.shuffle(&mut StdRng::seed_from_u64(seed));
+    sample.truncate(TRANSFERABILITY_EXAMPLES);
+    sample.sort_unstable();
+    let sample_texts: Vec<String> = sample.iter().map(|&i| train.texts[i].clone()).collect();
+    let sample_labels: Vec<usize> = sample.iter().map(|&i| train.labels[i]).collect();
+    let sample_features = match &file_features {
+        Some(f) => {
+            let file_rows: Vec<usize> = sample.iter().map(|&i| train_rows[i]).collect();
+            f.f_index_select(0, &rows_tensor(&file_rows)?)?
+        }
+        None => hone_train::extract_features(
+            &base_dir,
+            &sample_texts,
+            max_seq_len,
+            hp.pooling,
+            64,
+            device,
+            &cancelled,
+        )?,
+    };
+    match transferability(
+        &base_dir,
+        &sample_features,
+        &sample_texts,
+        &sample_labels,
+        hp,
+        device,
+        seed,
+    ) {
+        Ok(t) => send(Update::Transferability(t)),
+        Err(TrainError::Cancelled) => return Err(TrainError::Cancelled),
+        Err(e) => notice(
+            EventLevel::Warn,
+            format!("No transferability estimate: {e}"),
+        ),
+    }
+    if cancelled() {
+        return Err(TrainError::Cancelled);
+    }
+
+    let split_features = |f: &Tensor| -> Result<Features, TrainError> {
+        let train_f = f.f_index_select(0, &rows_tensor(&train_rows)?)?;
+        let validation_f = match &validation {
+            Validation::None => None,
+            Validation::Split(rows) => Some(f.f_index_select(0, &rows_tensor(rows)?)?),
+            Validation::File(data, _) => {
+                Some(features_of(&cache.validation, &data.texts, "validation")?)
+            }
+        };
+        Ok(Features {
+            train: train_f,
+            validation: validation_f,
+        })
+    };
+    let job_for = |strategy: Strategy, hp: &Hyperparameters, features: Option<Features>| TrainJob {
+        base_model_dir: &base_dir,
+        label_names: labels.clone(),
+        train: train.clone(),
+        validation: validation_data.clone(),
+        config: train_config(hp, strategy, seed),
+        device,
+        features,
+    };
+
+    let (mut strategy, mut hp) = (strategy_of(method.effective()), hp.clone());
+    if method.kind == MethodType::Auto && method.chosen.is_none() {
+        let features = file_features
+            .as_ref()
+            .ok_or_else(|| TrainError::InvalidInput("auto needs features".into()))?;
+        let probe_hp = hp.rebased_on(MethodType::FeatureExtraction);
+        let mut quiet = Observer {
+            tx: tx.clone(),
+            flags: flags.clone(),
+            quiet: true,
+        };
+        let probe = fine_tune(
+            job_for(
+                Strategy::FeatureExtraction,
+                &probe_hp,
+                Some(split_features(features)?),
+            ),
+            &mut quiet,
+        )?;
+        let mut counts = vec![0usize; labels.len()];
+        for &l in &train.labels {
+            counts[l] += 1;
+        }
+        let chosen = choose_method(&AutoEvidence {
+            examples: train.len(),
+            classes: labels.len(),
+            smallest_class: counts.iter().copied().min().unwrap_or(0),
+            mean_tokens,
+            probe_macro_f1: probe.evaluation().map(|e| e.validation.macro_f1),
+            model_layers: bert.num_hidden_layers as u32,
+        });
+        hp = hp.rebased_on(chosen.kind);
+        strategy = strategy_of((chosen.kind, chosen.frozen_layers));
+        send(Update::Chosen(chosen, hp.epochs));
+    }
+    let features = match (strategy, &file_features) {
+        (Strategy::FeatureExtraction, Some(f)) => Some(split_features(f)?),
+        _ => None,
+    };
+    let mut observer = Observer {
+        tx: tx.clone(),
+        flags: flags.clone(),
+        quiet: false,
+    };
+    let model = fine_tune(job_for(strategy, &hp, features), &mut observer)?;
+    model.save(&out_dir.join("model"))?;
+    Ok(ThreadOutput {
+        kept: model.final_metrics().cloned(),
+        epochs_run: model.history().len() as u32,
+        evaluation: model.evaluation().cloned(),
+    })
+}
+
+/// LogME of the base model's features and of a random encoder's on the same sample.
+fn transferability(
+    base_dir: &Path,
+    features: &Tensor,
+    texts: &[String],
+    labels: &[usize],
+    hp: &Hyperparameters,
+    device: tch::Device,
+    seed: u64,
+) -> Result<Transferability, TrainError> {
+    // LogME wants every class present: renumber the ones the sample has.
+    let mut present: Vec<usize> = labels.to_vec();
+    present.sort_unstable();
+    present.dedup();
+    let remapped: Vec<usize> = labels
+        .iter()
+        .map(|l| present.binary_search(l).unwrap_or(0))
+        .collect();
+    let score = hone_train::logme_classification(features, &remapped, present.len())?;
+    let random = hone_train::transfer::random_init_features(
+        base_dir,
+        texts,
+        hp.max_seq_len as usize,
+        hp.pooling,
+        64,
+        device,
+        seed,
+    )
+    .and_then(|f| hone_train::logme_classification(&f, &remapped, present.len()));
+    let dimensions = features.size2()?.1 as u64;
+    Ok(Transferability {
+        metric: "logme".into(),
+        score,
+        random_init_score: random.ok(),
+        examples: labels.len() as u64,
+        feature_dimensions: dimensions,
+        reliable: labels.len() as u64 > dimensions,
+    })
+}
+
+fn strategy_of((kind, frozen): (MethodType, Option<u32>)) -> Strategy {
+    match kind {
+        MethodType::Partial => Strategy::Partial {
+            frozen_layers: frozen.unwrap_or(0) as usize,
+        },
+        MethodType::FeatureExtraction => Strategy::FeatureExtraction,
+        // `auto` resolves before training; a job stored before `chosen` existed trains fully.
+        MethodType::Full | MethodType::Auto => Strategy::Full,
+    }
+}
+
+fn train_config(hp: &Hyperparameters, strategy: Strategy, seed: u64) -> TrainConfig {
+    TrainConfig {
+        epochs: hp.epochs,
+        batch_size: hp.batch_size as usize,
+        learning_rate: hp.learning_rate,
+        warmup_ratio: hp.warmup_ratio,
+        weight_decay: hp.weight_decay,
+        max_seq_len: hp.max_seq_len as usize,
+        seed,
+        grad_clip: 1.0,
+        strategy,
+        head: hp.head,
+        pooling: hp.pooling,
+        layer_lr_decay: hp.layer_lr_decay,
+        label_smoothing: hp.label_smoothing,
+        class_weights: hp.class_weights,
+        early_stopping_patience: hp.early_stopping_patience,
+        monitor: hp.early_stopping_metric,
+    }
+}
+
 fn classify(e: TrainError) -> Failure {
     if e.is_user_error() {
         user("invalid_job", e.to_string(), None)
@@ -386,6 +872,7 @@ fn classify(e: TrainError) -> Failure {
 fn write_manifest(
     dir: &Path,
     job: &hone_domain::resources::FineTuningJob,
+    method: &Method,
     model_id: &str,
     labels: &[String],
     result: &JobResult,
@@ -397,7 +884,7 @@ fn write_manifest(
         "base_model": job.base_model,
         "task": "single_label_classification",
         "labels": labels,
-        "method": job.method,
+        "method": method,
         "hyperparameters": job.hyperparameters,
         "seed": job.seed,
         "training_file": job.training_file,
@@ -412,34 +899,113 @@ fn write_manifest(
     )
 }
 
-/// Turns training updates into progress and events, without flooding the database:
-/// progress at most once a second, a metrics event about fifty times per job.
+/// Points kept of the per-step loss curve; beyond it, neighbouring steps are averaged
+/// pairwise, so a long job's curve stays bounded and still covers every step.
+const MAX_CURVE_POINTS: usize = 2000;
+
+/// The per-step training loss, downsampled by averaging when it grows long.
+#[derive(Default)]
+struct LossCurve {
+    /// `(last step of the bucket, epoch, mean loss, learning rate at the last step)`.
+    points: Vec<(u64, u32, f64, f64)>,
+    /// Steps per point.
+    bucket: u64,
+    /// The bucket being filled: (sum of losses, steps).
+    open: (f64, u64),
+}
+
+impl LossCurve {
+    fn push(&mut self, p: &StepProgress) {
+        if self.bucket == 0 {
+            self.bucket = 1;
+        }
+        self.open.0 += p.loss;
+        self.open.1 += 1;
+        if self.open.1 < self.bucket && p.step != p.total_steps {
+            return;
+        }
+        self.points.push((
+            p.step,
+            p.epoch,
+            self.open.0 / self.open.1 as f64,
+            p.learning_rate,
+        ));
+        self.open = (0.0, 0);
+        if self.points.len() >= MAX_CURVE_POINTS {
+            self.points = self
+                .points
+                .chunks(2)
+                .map(|pair| {
+                    let last = pair[pair.len() - 1];
+                    let mean = pair.iter().map(|p| p.2).sum::<f64>() / pair.len() as f64;
+                    (last.0, last.1, mean, last.3)
+                })
+                .collect();
+            self.bucket *= 2;
+        }
+    }
+
+    fn to_json(&self) -> serde_json::Value {
+        serde_json::Value::Array(
+            self.points
+                .iter()
+                .map(|&(step, epoch, loss, lr)| {
+                    serde_json::json!({"step": step, "epoch": epoch, "train_loss": loss, "learning_rate": lr})
+                })
+                .collect(),
+        )
+    }
+}
+
+/// Turns training updates into progress, events and curves, without flooding the
+/// database: progress at most once a second, a metrics event about fifty times per
+/// job, curves at every epoch's end.
 struct Reporter<'a> {
     db: &'a Db,
-    job_id: &'a str,
+    artifacts: &'a Arc<dyn ArtifactStore>,
+    job: &'a FineTuningJob,
     attempt: i32,
     total_epochs: u32,
     last_write: Option<Instant>,
     pending: Option<JobProgress>,
-    last_epoch: Option<EpochMetrics>,
+    builder: Option<DataReportBuilder>,
+    data_report: Option<DataReport>,
+    transferability: Option<Transferability>,
+    /// The job's method once `auto` chose.
+    method: Option<Method>,
+    steps: LossCurve,
+    epochs: Vec<EpochMetrics>,
 }
 
 impl<'a> Reporter<'a> {
-    fn new(db: &'a Db, job_id: &'a str, attempt: i32, total_epochs: u32) -> Self {
+    fn new(
+        db: &'a Db,
+        artifacts: &'a Arc<dyn ArtifactStore>,
+        job: &'a FineTuningJob,
+        attempt: i32,
+        builder: DataReportBuilder,
+    ) -> Self {
         Self {
             db,
-            job_id,
+            artifacts,
+            job,
             attempt,
-            total_epochs,
+            total_epochs: job.hyperparameters.epochs,
             last_write: None,
             pending: None,
-            last_epoch: None,
+            builder: Some(builder),
+            data_report: None,
+            transferability: None,
+            method: None,
+            steps: LossCurve::default(),
+            epochs: Vec::new(),
         }
     }
 
     async fn handle(&mut self, update: Update) {
         match update {
             Update::Step(p) => {
+                self.steps.push(&p);
                 let elapsed = p.elapsed.as_secs_f64();
                 let eta = (p.step > 0)
                     .then(|| elapsed / p.step as f64 * p.total_steps.saturating_sub(p.step) as f64);
@@ -489,20 +1055,98 @@ impl<'a> Reporter<'a> {
                     data["validation_macro_f1"] = v.macro_f1.into();
                 }
                 self.event(NewEvent::metrics(message, data)).await;
-                self.last_epoch = Some(m);
+                self.epochs.push(m);
+                self.save_metrics().await;
+            }
+            Update::Notice(level, message) => {
+                let event = match level {
+                    EventLevel::Warn => NewEvent::warn(message),
+                    _ => NewEvent::info(message),
+                };
+                self.event(event).await;
+            }
+            Update::TokenLengths(lengths) => {
+                if let Some(mut builder) = self.builder.take() {
+                    builder.token_lengths(&lengths, self.job.hyperparameters.max_seq_len as usize);
+                    let report = builder.build();
+                    for w in &report.warnings {
+                        self.event(NewEvent::warn(format!("Data: {}", w.message)))
+                            .await;
+                    }
+                    self.data_report = Some(report);
+                }
+            }
+            Update::FeaturesComputed { key, path } => {
+                if let Err(e) = features::store(self.artifacts, &key, &path).await {
+                    tracing::warn!(error = %e, "cannot cache features");
+                }
+            }
+            Update::Transferability(t) => {
+                let reference = t.random_init_score.map_or(String::new(), |r| {
+                    format!(" (a randomly initialised encoder of the same shape: {r:.4})")
+                });
+                self.event(NewEvent::metrics(
+                    format!(
+                        "Transferability of {} to this data: LogME {:.4}{reference}, on {} \
+                         training examples; higher means the pretrained features fit the \
+                         labels better",
+                        self.job.base_model, t.score, t.examples
+                    ),
+                    serde_json::to_value(&t).unwrap_or_default(),
+                ))
+                .await;
+                if !t.reliable {
+                    self.event(NewEvent::warn(format!(
+                        "The transferability estimate is only a weak hint: {} examples are no \
+                         more than the {} feature dimensions, so a linear model fits any labels",
+                        t.examples, t.feature_dimensions
+                    )))
+                    .await;
+                }
+                self.transferability = Some(t);
+            }
+            Update::Chosen(chosen, epochs) => {
+                self.total_epochs = epochs;
+                let mut method = self.job.method.clone();
+                let hp = self.job.hyperparameters.rebased_on(chosen.kind);
+                self.event(NewEvent::info(format!("auto chose {}", chosen.reason)))
+                    .await;
+                method.chosen = Some(chosen);
+                if let Err(e) = self
+                    .db
+                    .set_method(&self.job.id, self.attempt, &method, &hp)
+                    .await
+                {
+                    tracing::warn!(error = %e, "cannot record the chosen method");
+                }
+                self.method = Some(method);
             }
         }
     }
 
     async fn event(&self, event: NewEvent) {
-        if let Err(e) = self.db.add_event(self.job_id, self.attempt, &event).await {
+        if let Err(e) = self.db.add_event(&self.job.id, self.attempt, &event).await {
             tracing::warn!(error = %e, "cannot record a job event");
+        }
+    }
+
+    async fn save_metrics(&self) {
+        let metrics = serde_json::json!({
+            "steps": self.steps.to_json(),
+            "epochs": self.epochs,
+        });
+        if let Err(e) = self
+            .db
+            .set_metrics(&self.job.id, self.attempt, &metrics)
+            .await
+        {
+            tracing::warn!(error = %e, "cannot record job metrics");
         }
     }
 
     async fn flush(&mut self) {
         if let Some(p) = self.pending.take() {
-            if let Err(e) = self.db.set_progress(self.job_id, self.attempt, &p).await {
+            if let Err(e) = self.db.set_progress(&self.job.id, self.attempt, &p).await {
                 tracing::warn!(error = %e, "cannot record job progress");
             }
             self.last_write = Some(Instant::now());
