@@ -4,6 +4,7 @@
 
 mod api;
 mod docs;
+mod pairs;
 mod sentiment;
 mod strategies;
 mod support;

@@ -80,7 +80,7 @@ async fn minilm_learns_rotten_tomatoes_sentiment_from_128_examples() {
                 "base_model": "all-MiniLM-L6-v2",
                 "training_file": file["id"],
                 "method": {"type": "full"},
-                "hyperparameters": {"epochs": 4, "batch_size": 16, "learning_rate": 5e-5,
+                "hyperparameters": {"epochs": 6, "batch_size": 16, "learning_rate": 1e-4,
                                     "max_seq_len": 128, "validation_split": 0},
                 "seed": 42,
                 "suffix": "rt"

@@ -86,8 +86,16 @@ async fn every_strategy_transfers_minilm_to_rotten_tomatoes() {
     assert!((1..=20).contains(&best), "{result}");
     let transfer = &result["transferability"];
     assert_eq!(transfer["metric"], "logme");
-    assert!(transfer["score"].as_f64().is_some_and(f64::is_finite), "{transfer}");
-    assert!(transfer["random_init_score"].as_f64().is_some_and(f64::is_finite), "{transfer}");
+    assert!(
+        transfer["score"].as_f64().is_some_and(f64::is_finite),
+        "{transfer}"
+    );
+    assert!(
+        transfer["random_init_score"]
+            .as_f64()
+            .is_some_and(f64::is_finite),
+        "{transfer}"
+    );
     // 102 examples against 384 dimensions: flagged as a weak hint, with a warning.
     assert_eq!(transfer["reliable"], false, "{transfer}");
     let report = &result["data_report"];

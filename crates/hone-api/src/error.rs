@@ -154,6 +154,7 @@ impl From<ServingError> for ApiError {
             ServingError::Overloaded => {
                 Self::new(StatusCode::TOO_MANY_REQUESTS, "overloaded", e.to_string())
             }
+            ServingError::BadInput(m) => Self::invalid("inputs", "invalid_inputs", m),
             other => Self::internal("prediction error", &other),
         }
     }

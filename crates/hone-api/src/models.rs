@@ -34,9 +34,27 @@ struct DeletedModel {
 #[derive(Debug, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct PredictRequest {
-    /// Texts to classify.
+    /// Texts to classify; for a model trained on text pairs, pairs as
+    /// `{"text": …, "text_pair": …}` (every input, in the same request).
     #[schema(example = json!(["A gripping, beautifully acted film.", "Two hours I will never get back."]))]
-    pub inputs: Vec<String>,
+    pub inputs: Vec<PredictInput>,
+}
+
+/// One input: a text, or a text pair.
+#[derive(Debug, Deserialize, ToSchema)]
+#[serde(untagged)]
+pub enum PredictInput {
+    Text(String),
+    Pair(TextPair),
+}
+
+#[derive(Debug, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct TextPair {
+    #[schema(example = "A man is playing a guitar.")]
+    pub text: String,
+    #[schema(example = "Someone plays an instrument.")]
+    pub text_pair: String,
 }
 
 #[derive(Debug, Serialize, ToSchema)]
@@ -157,11 +175,22 @@ async fn predict(
             format!("at most {} inputs per request", settings.max_predict_inputs),
         ));
     }
-    if let Some(i) = req
-        .inputs
-        .iter()
-        .position(|t| t.chars().count() > settings.max_predict_chars)
-    {
+    let is_pair = |input: &PredictInput| matches!(input, PredictInput::Pair(_));
+    let pairs = is_pair(&req.inputs[0]);
+    if let Some(i) = req.inputs.iter().position(|input| is_pair(input) != pairs) {
+        return Err(ApiError::invalid(
+            format!("inputs[{i}]"),
+            "mixed_inputs",
+            "inputs must be all texts or all text pairs",
+        ));
+    }
+    let too_long = |input: &PredictInput| match input {
+        PredictInput::Text(t) => t.chars().count() > settings.max_predict_chars,
+        PredictInput::Pair(p) => {
+            p.text.chars().count() + p.text_pair.chars().count() > settings.max_predict_chars
+        }
+    };
+    if let Some(i) = req.inputs.iter().position(too_long) {
         return Err(ApiError::invalid(
             format!("inputs[{i}]"),
             "input_too_long",
@@ -173,7 +202,29 @@ async fn predict(
     }
     let model = state.db.get_model(&id).await.map_err(not_found_as(&id))?;
     let dir = state.artifacts.local_dir(&model.storage_key).await?;
-    let predictions = state.predictor.predict(&id, dir, req.inputs).await?;
+    let (texts, text_pairs) = if pairs {
+        req.inputs
+            .into_iter()
+            .filter_map(|input| match input {
+                PredictInput::Pair(p) => Some((p.text, p.text_pair)),
+                PredictInput::Text(_) => None,
+            })
+            .unzip()
+    } else {
+        let texts = req
+            .inputs
+            .into_iter()
+            .filter_map(|input| match input {
+                PredictInput::Text(t) => Some(t),
+                PredictInput::Pair(_) => None,
+            })
+            .collect();
+        (texts, Vec::new())
+    };
+    let predictions = state
+        .predictor
+        .predict(&id, dir, texts, pairs.then_some(text_pairs))
+        .await?;
     Ok(Json(PredictResponse {
         model: id,
         predictions: predictions

@@ -474,7 +474,7 @@ async fn stage(
 }
 
 /// Caches features the estimate computed; a failure only costs the next caller time.
-async fn cache(artifacts: &Arc<dyn ArtifactStore>, key: &str, saved: &Option<std::path::PathBuf>) {
+async fn cache(artifacts: &Arc<dyn ArtifactStore>, key: &str, saved: &Option<PathBuf>) {
     if let Some(path) = saved {
         if let Err(e) = feature_cache::store(artifacts, key, path).await {
             tracing::warn!(error = %e, key, "cannot cache features");

@@ -37,6 +37,9 @@ pub enum ServingError {
     Stopped,
     #[error("model {model} could not be loaded: {message}")]
     Load { model: String, message: String },
+    /// The inputs do not suit the model (pairs for a single-text model or back).
+    #[error("{0}")]
+    BadInput(String),
     #[error("prediction failed: {0}")]
     Predict(String),
 }
@@ -45,6 +48,7 @@ struct Request {
     model_id: String,
     model_dir: PathBuf,
     texts: Vec<String>,
+    pairs: Option<Vec<String>>,
     reply: oneshot::Sender<Result<Vec<Prediction>, ServingError>>,
     _permit: OwnedSemaphorePermit,
 }
@@ -82,11 +86,13 @@ impl Predictor {
     }
 
     /// Predicts with the model published in `model_dir`, loading it on first use.
+    /// `pairs` holds the second text of every input, for models trained on pairs.
     pub async fn predict(
         &self,
         model_id: &str,
         model_dir: PathBuf,
         texts: Vec<String>,
+        pairs: Option<Vec<String>>,
     ) -> Result<Vec<Prediction>, ServingError> {
         let permit = self
             .admission
@@ -99,6 +105,7 @@ impl Predictor {
                 model_id: model_id.to_owned(),
                 model_dir,
                 texts,
+                pairs,
                 reply,
                 _permit: permit,
             }))
@@ -151,6 +158,9 @@ fn predict_one(
         .get(&request.model_id)
         .ok_or_else(|| ServingError::Predict("model vanished from the cache".into()))?;
     classifier
-        .predict(&request.texts, config.batch_size)
-        .map_err(|e| ServingError::Predict(e.to_string()))
+        .predict_inputs(&request.texts, request.pairs.as_deref(), config.batch_size)
+        .map_err(|e| match e {
+            hone_train::TrainError::InvalidInput(m) => ServingError::BadInput(m),
+            other => ServingError::Predict(other.to_string()),
+        })
 }

@@ -198,17 +198,16 @@ fn estimate_one(
 ) -> Result<ModelEstimate, TrainError> {
     let started = Instant::now();
     let hidden = BertConfig::from_file(&model.dir.join("config.json"))?.hidden_size;
+    let run = hone_train::FeatureRun {
+        base_model_dir: &model.dir,
+        max_seq_len: model.max_seq_len,
+        pooling: model.pooling,
+        batch_size: BATCH_SIZE,
+        device,
+    };
     let rows = input.texts.len();
     let (features, features_saved) = features_of(&model.features, rows, hidden, || {
-        hone_train::extract_features(
-            &model.dir,
-            &input.texts,
-            model.max_seq_len,
-            model.pooling,
-            BATCH_SIZE,
-            device,
-            cancelled,
-        )
+        hone_train::extract_features(&run, &input.texts, None, cancelled)
     })?;
     let score = hone_train::logme_classification(&features, &input.labels, input.classes)?;
     drop(features);
@@ -216,15 +215,7 @@ fn estimate_one(
         return Err(TrainError::Cancelled);
     }
     let (random, random_saved) = features_of(&model.random_features, rows, hidden, || {
-        hone_train::transfer::random_init_features(
-            &model.dir,
-            &input.texts,
-            model.max_seq_len,
-            model.pooling,
-            BATCH_SIZE,
-            device,
-            input.seed,
-        )
+        hone_train::transfer::random_init_features(&run, &input.texts, None, input.seed)
     })?;
     let random_init_score =
         hone_train::logme_classification(&random, &input.labels, input.classes)?;

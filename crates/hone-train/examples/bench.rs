@@ -323,6 +323,7 @@ fn publish_and_load(
         architecture: bert_config.model_type.clone(),
         pooling: Pooling::Mean,
         head: HeadType::Linear,
+        text_pairs: false,
         labels: LABELS.iter().map(|&l| l.to_owned()).collect(),
         max_seq_len: args.seq_len,
     }

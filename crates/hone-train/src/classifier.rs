@@ -42,6 +42,9 @@ pub struct ModelMeta {
     pub pooling: Pooling,
     #[serde(default)]
     pub head: HeadType,
+    /// Whether inputs are text pairs (`[CLS] a [SEP] b [SEP]`).
+    #[serde(default)]
+    pub text_pairs: bool,
     /// Label names in the order of the head's outputs.
     pub labels: Vec<String>,
     pub max_seq_len: usize,

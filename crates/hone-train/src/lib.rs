@@ -30,6 +30,6 @@ pub use predict::{Classifier, Prediction};
 pub use tokenize::{Batch, TextTokenizer};
 pub use train::{
     extract_features, fine_tune, fine_tune_with, EncoderInit, EpochMetrics, EvalMetrics,
-    Evaluation, Features, StepProgress, Strategy, TrainConfig, TrainData, TrainJob, TrainObserver,
-    TrainedModel,
+    Evaluation, FeatureRun, Features, StepProgress, Strategy, TrainConfig, TrainData, TrainJob,
+    TrainObserver, TrainedModel,
 };

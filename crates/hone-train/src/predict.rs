@@ -130,15 +130,53 @@ impl Classifier {
         texts: &[String],
         batch_size: usize,
     ) -> Result<Vec<Prediction>, TrainError> {
+        self.predict_inputs(texts, None, batch_size)
+    }
+
+    /// Classifies text pairs (`texts[i]` with `pairs[i]`) with a model trained on pairs.
+    pub fn predict_pairs(
+        &self,
+        texts: &[String],
+        pairs: &[String],
+        batch_size: usize,
+    ) -> Result<Vec<Prediction>, TrainError> {
+        self.predict_inputs(texts, Some(pairs), batch_size)
+    }
+
+    /// Whether the model classifies text pairs rather than single texts.
+    pub fn takes_pairs(&self) -> bool {
+        self.meta.text_pairs
+    }
+
+    /// Single texts or pairs, whichever the model was trained on.
+    pub fn predict_inputs(
+        &self,
+        texts: &[String],
+        pairs: Option<&[String]>,
+        batch_size: usize,
+    ) -> Result<Vec<Prediction>, TrainError> {
         if batch_size == 0 {
             return Err(TrainError::InvalidInput(
                 "batch_size must be positive".into(),
             ));
         }
+        match (self.meta.text_pairs, pairs.is_some()) {
+            (true, false) => {
+                return Err(TrainError::InvalidInput(
+                    "this model classifies text pairs: give every input a text_pair".into(),
+                ))
+            }
+            (false, true) => {
+                return Err(TrainError::InvalidInput(
+                    "this model classifies single texts: leave text_pair out".into(),
+                ))
+            }
+            _ => {}
+        }
         if texts.is_empty() {
             return Ok(Vec::new());
         }
-        let probabilities = self.probabilities(texts, batch_size)?;
+        let probabilities = self.probabilities(texts, pairs, batch_size)?;
         let labels = self.labels();
         Ok(probabilities
             .chunks(labels.len())
@@ -157,8 +195,13 @@ impl Classifier {
     }
 
     /// Softmax probabilities, `texts.len() × labels` row-major, in input order.
-    fn probabilities(&self, texts: &[String], batch_size: usize) -> Result<Vec<f32>, TrainError> {
-        let encoded = self.tokenizer.encode(texts)?;
+    fn probabilities(
+        &self,
+        texts: &[String],
+        pairs: Option<&[String]>,
+        batch_size: usize,
+    ) -> Result<Vec<f32>, TrainError> {
+        let encoded = self.tokenizer.encode_maybe_pairs(texts, pairs)?;
         let mut order: Vec<usize> = (0..encoded.len()).collect();
         order.sort_by_key(|&i| encoded[i].len());
         let num_labels = self.labels().len();
@@ -196,7 +239,9 @@ impl Classifier {
                 "label index {l} out of range"
             )));
         }
-        let encoded = self.tokenizer.encode(&data.texts)?;
+        let encoded = self
+            .tokenizer
+            .encode_maybe_pairs(&data.texts, data.text_pairs.as_deref())?;
         evaluate_encoded(
             &self.model,
             &encoded,

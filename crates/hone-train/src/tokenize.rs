@@ -10,7 +10,8 @@ use std::path::Path;
 
 use tch::{Device, Tensor};
 use tokenizers::{
-    PostProcessor, Tokenizer, TruncationDirection, TruncationParams, TruncationStrategy,
+    EncodeInput, PostProcessor, Tokenizer, TruncationDirection, TruncationParams,
+    TruncationStrategy,
 };
 
 use crate::error::TrainError;
@@ -114,7 +115,45 @@ impl TextTokenizer {
 
     /// Tokenizes texts (in parallel), with special tokens and truncation.
     pub fn encode<S: AsRef<str>>(&self, texts: &[S]) -> Result<Vec<Encoded>, TrainError> {
-        let inputs: Vec<&str> = texts.iter().map(AsRef::as_ref).collect();
+        let inputs: Vec<EncodeInput> = texts.iter().map(|t| t.as_ref().into()).collect();
+        self.encode_inputs(inputs)
+    }
+
+    /// Tokenizes text pairs as the model's pair template says (BERT: `[CLS] a [SEP] b
+    /// [SEP]`, token types 0 then 1), truncating the longer text first.
+    pub fn encode_pairs<S: AsRef<str>>(
+        &self,
+        texts: &[S],
+        pairs: &[S],
+    ) -> Result<Vec<Encoded>, TrainError> {
+        if texts.len() != pairs.len() {
+            return Err(TrainError::InvalidInput(format!(
+                "{} texts but {} text pairs",
+                texts.len(),
+                pairs.len()
+            )));
+        }
+        let inputs: Vec<EncodeInput> = texts
+            .iter()
+            .zip(pairs)
+            .map(|(a, b)| (a.as_ref(), b.as_ref()).into())
+            .collect();
+        self.encode_inputs(inputs)
+    }
+
+    /// [`encode`](Self::encode) or [`encode_pairs`](Self::encode_pairs), as `pairs` says.
+    pub fn encode_maybe_pairs(
+        &self,
+        texts: &[String],
+        pairs: Option<&[String]>,
+    ) -> Result<Vec<Encoded>, TrainError> {
+        match pairs {
+            Some(pairs) => self.encode_pairs(texts, pairs),
+            None => self.encode(texts),
+        }
+    }
+
+    fn encode_inputs(&self, inputs: Vec<EncodeInput>) -> Result<Vec<Encoded>, TrainError> {
         let encodings = self
             .inner
             .encode_batch_fast(inputs, true)

@@ -111,6 +111,9 @@ impl Default for TrainConfig {
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct TrainData {
     pub texts: Vec<String>,
+    /// The second text of every example, for pair tasks (paraphrase, entailment),
+    /// encoded as a BERT pair.
+    pub text_pairs: Option<Vec<String>>,
     pub labels: Vec<usize>,
 }
 
@@ -398,9 +401,9 @@ pub fn fine_tune_with(
     let frozen = freeze(&vs, config.strategy, layers)?;
 
     let pad_id = tokenizer.pad_id();
-    let train_encoded = tokenizer.encode(&train.texts)?;
+    let train_encoded = tokenizer.encode_maybe_pairs(&train.texts, train.text_pairs.as_deref())?;
     let validation_encoded = match &validation {
-        Some(v) => Some(tokenizer.encode(&v.texts)?),
+        Some(v) => Some(tokenizer.encode_maybe_pairs(&v.texts, v.text_pairs.as_deref())?),
         None => None,
     };
     let cancelled = || observer.cancelled();
@@ -612,6 +615,7 @@ pub fn fine_tune_with(
         architecture: bert_config.model_type.clone(),
         pooling: config.pooling,
         head: config.head,
+        text_pairs: train.text_pairs.is_some(),
         labels: label_names,
         max_seq_len: config.max_seq_len,
     };
@@ -817,34 +821,60 @@ pub(crate) fn pooled_features(
 /// Callers cache them (keyed by base model, data, `max_seq_len` and `pooling`) and hand
 /// them back through [`TrainJob::features`].
 pub fn extract_features(
-    base_model_dir: &Path,
+    run: &FeatureRun,
     texts: &[String],
-    max_seq_len: usize,
-    pooling: Pooling,
-    batch_size: usize,
-    device: Device,
+    pairs: Option<&[String]>,
     cancelled: &dyn Fn() -> bool,
 ) -> Result<Tensor, TrainError> {
-    let config = BertConfig::from_file(&base_model_dir.join(CONFIG_FILE))?;
-    if max_seq_len > config.max_position_embeddings {
-        return Err(TrainError::InvalidInput(format!(
-            "max_seq_len {max_seq_len} exceeds the base model's max_position_embeddings {}",
-            config.max_position_embeddings
-        )));
+    run.features(texts, pairs, cancelled, |_| {
+        BertModel::load(run.base_model_dir, run.device)
+    })
+}
+
+/// Where and how to compute pooled features of an encoder of a base model's shape.
+#[derive(Debug, Clone, Copy)]
+pub struct FeatureRun<'a> {
+    /// The base model directory (config, tokenizer, weights).
+    pub base_model_dir: &'a Path,
+    pub max_seq_len: usize,
+    pub pooling: Pooling,
+    /// Inputs per forward pass.
+    pub batch_size: usize,
+    pub device: Device,
+}
+
+impl FeatureRun<'_> {
+    /// Features of `texts` under the encoder `make` builds for the base model's config,
+    /// tokenized with the base model's tokenizer.
+    pub(crate) fn features(
+        &self,
+        texts: &[String],
+        pairs: Option<&[String]>,
+        cancelled: &dyn Fn() -> bool,
+        make: impl FnOnce(&BertConfig) -> Result<BertModel, TrainError>,
+    ) -> Result<Tensor, TrainError> {
+        let dir = self.base_model_dir;
+        let config = BertConfig::from_file(&dir.join(CONFIG_FILE))?;
+        if self.max_seq_len > config.max_position_embeddings {
+            return Err(TrainError::InvalidInput(format!(
+                "max_seq_len {} exceeds the base model's max_position_embeddings {}",
+                self.max_seq_len, config.max_position_embeddings
+            )));
+        }
+        let tokenizer = TextTokenizer::from_dir(dir, self.max_seq_len)?;
+        check_vocab(&tokenizer, &config, dir)?;
+        let encoder = make(&config)?;
+        let encoded = tokenizer.encode_maybe_pairs(texts, pairs)?;
+        pooled_features(
+            &encoder,
+            self.pooling,
+            &encoded,
+            tokenizer.pad_id(),
+            self.batch_size,
+            self.device,
+            cancelled,
+        )
     }
-    let tokenizer = TextTokenizer::from_dir(base_model_dir, max_seq_len)?;
-    check_vocab(&tokenizer, &config, base_model_dir)?;
-    let encoder = BertModel::load(base_model_dir, device)?;
-    let encoded = tokenizer.encode(texts)?;
-    pooled_features(
-        &encoder,
-        pooling,
-        &encoded,
-        tokenizer.pad_id(),
-        batch_size,
-        device,
-        cancelled,
-    )
 }
 
 /// Loss and probabilities of a model on labelled inputs.
@@ -955,6 +985,26 @@ fn check_job(
                 "{name} example {i} has label index {l}, but there are {} labels",
                 labels.len()
             ));
+        }
+    }
+    for (name, data) in
+        std::iter::once(("training", train)).chain(validation.map(|v| ("validation", v)))
+    {
+        if let Some(pairs) = &data.text_pairs {
+            if pairs.len() != data.texts.len() {
+                return invalid(format!(
+                    "the {name} set has {} texts but {} text pairs",
+                    data.texts.len(),
+                    pairs.len()
+                ));
+            }
+        }
+    }
+    if let Some(v) = validation {
+        if v.text_pairs.is_some() != train.text_pairs.is_some() {
+            return invalid(
+                "the training and validation sets must both be text pairs, or neither".into(),
+            );
         }
     }
     if validation.is_some_and(TrainData::is_empty) {

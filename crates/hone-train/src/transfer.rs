@@ -4,52 +4,47 @@
 
 use std::path::Path;
 
-use tch::{nn, Device, Tensor};
+use tch::{nn, Tensor};
 
-use crate::bert::{BertConfig, BertModel, WeightInit};
-use crate::classifier::{Pooling, CONFIG_FILE};
+use crate::bert::{BertModel, WeightInit};
 use crate::error::TrainError;
 use crate::tokenize::TextTokenizer;
-use crate::train::{check_vocab, pooled_features};
+use crate::train::FeatureRun;
 
 /// Name of the tensor in a features file.
 const FEATURES_TENSOR: &str = "features";
 
 /// Token counts of `texts` under the base model's tokenizer, special tokens included and
 /// nothing truncated: what the data report compares with `max_seq_len`.
-pub fn token_lengths(base_model_dir: &Path, texts: &[String]) -> Result<Vec<usize>, TrainError> {
+pub fn token_lengths(
+    base_model_dir: &Path,
+    texts: &[String],
+    pairs: Option<&[String]>,
+) -> Result<Vec<usize>, TrainError> {
     let tokenizer = TextTokenizer::from_dir(base_model_dir, usize::MAX / 2)?;
-    Ok(tokenizer.encode(texts)?.iter().map(|e| e.len()).collect())
+    Ok(tokenizer
+        .encode_maybe_pairs(texts, pairs)?
+        .iter()
+        .map(|e| e.len())
+        .collect())
 }
 
 /// Pooled features of `texts` under an encoder of the base model's architecture with
 /// random weights drawn from `seed`: the no-transfer reference of a transferability
 /// estimate.
 pub fn random_init_features(
-    base_model_dir: &Path,
+    run: &FeatureRun,
     texts: &[String],
-    max_seq_len: usize,
-    pooling: Pooling,
-    batch_size: usize,
-    device: Device,
+    pairs: Option<&[String]>,
     seed: u64,
 ) -> Result<Tensor, TrainError> {
-    let config = BertConfig::from_file(&base_model_dir.join(CONFIG_FILE))?;
-    let tokenizer = TextTokenizer::from_dir(base_model_dir, max_seq_len)?;
-    check_vocab(&tokenizer, &config, base_model_dir)?;
-    tch::manual_seed(seed as i64);
-    let vs = nn::VarStore::new(device);
-    let encoder = BertModel::new(&vs.root(), &config, WeightInit::random(&config))?;
-    let encoded = tokenizer.encode(texts)?;
-    pooled_features(
-        &encoder,
-        pooling,
-        &encoded,
-        tokenizer.pad_id(),
-        batch_size,
-        device,
-        &|| false,
-    )
+    let device = run.device;
+    run.features(texts, pairs, &|| false, |config| {
+        tch::manual_seed(seed as i64);
+        let vs = nn::VarStore::new(device);
+        // The model keeps its own handles on the variables; the store can go.
+        BertModel::new(&vs.root(), config, WeightInit::random(config))
+    })
 }
 
 /// Writes features as a one-tensor safetensors file.

@@ -104,16 +104,14 @@ fn feature_extraction_trains_only_the_head_and_cached_features_give_the_same_run
     // same training run.
     let train = toy_data(48, 1);
     let extract = |texts: &[String]| {
-        extract_features(
-            base.path(),
-            texts,
-            16,
-            PoolingType::Mean,
-            7,
-            Device::Cpu,
-            &|| false,
-        )
-        .expect("features")
+        let run = hone_train::FeatureRun {
+            base_model_dir: base.path(),
+            max_seq_len: 16,
+            pooling: PoolingType::Mean,
+            batch_size: 7,
+            device: Device::Cpu,
+        };
+        extract_features(&run, texts, None, &|| false).expect("features")
     };
     let features = Features {
         train: extract(&train.texts),
@@ -259,4 +257,68 @@ fn options_change_the_run_and_are_checked() {
     too_deep.config.epochs = 1;
     let err = fine_tune(too_deep, &mut Recorder::default()).expect_err("too deep");
     assert!(err.to_string().contains("frozen_layers"), "{err}");
+}
+
+/// A pair task whose label only the second text tells: the first is filler.
+fn pair_data(n: usize, seed: u64) -> TrainData {
+    let sentiment = toy_data(n, seed);
+    let filler = toy_data(n, seed + 100);
+    TrainData {
+        texts: filler.texts,
+        text_pairs: Some(sentiment.texts),
+        labels: sentiment.labels,
+    }
+}
+
+#[test]
+fn text_pairs_are_encoded_as_pairs_and_the_second_text_is_learned() {
+    let _lock = torch_lock();
+    let base = tiny_base_model(16, Naming::Plain);
+    let tokenizer = hone_train::TextTokenizer::from_dir(base.path(), 32).expect("tokenizer");
+    let encoded = tokenizer
+        .encode_pairs(&["good film"], &["bad plot"])
+        .expect("encode");
+    let types = &encoded[0].type_ids;
+    assert_eq!(types.first(), Some(&0));
+    assert_eq!(types.last(), Some(&1), "{types:?}");
+
+    let mut j = job(base.path(), Strategy::Full, Some(pair_data(40, 8)));
+    j.train = pair_data(200, 7);
+    j.config.epochs = 8;
+    j.config.batch_size = 16;
+    j.config.learning_rate = 3e-3;
+    let mut recorder = Recorder::default();
+    let model = fine_tune(j, &mut recorder).expect("train");
+    let validation = recorder
+        .epochs
+        .last()
+        .and_then(|e| e.validation.clone())
+        .expect("validation");
+    assert!(validation.accuracy >= 0.9, "{validation:?}");
+
+    let dir = tempfile::tempdir().expect("tempdir");
+    model.save(dir.path()).expect("save");
+    let loaded = Classifier::load(dir.path(), Device::Cpu).expect("load");
+    assert!(loaded.takes_pairs());
+    let test = pair_data(10, 9);
+    let pairs = test.text_pairs.clone().expect("pairs");
+    let a = model
+        .classifier()
+        .predict_pairs(&test.texts, &pairs, 4)
+        .expect("predict");
+    let b = loaded
+        .predict_pairs(&test.texts, &pairs, 3)
+        .expect("predict");
+    assert_eq!(
+        a.iter().map(|p| &p.label).collect::<Vec<_>>(),
+        b.iter().map(|p| &p.label).collect::<Vec<_>>()
+    );
+    let err = loaded.predict(&test.texts, 4).expect_err("needs pairs");
+    assert!(err.to_string().contains("text_pair"), "{err}");
+
+    // Training and validation data must agree on being pairs.
+    let mut mixed = job(base.path(), Strategy::Full, Some(toy_data(10, 1)));
+    mixed.train = pair_data(20, 2);
+    let err = fine_tune(mixed, &mut Recorder::default()).expect_err("mixed");
+    assert!(err.to_string().contains("pairs"), "{err}");
 }

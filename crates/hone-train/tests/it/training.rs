@@ -209,6 +209,7 @@ fn invalid_jobs_are_refused_before_training() {
     let bad_label = TrainData {
         texts: vec!["good".into(), "bad".into()],
         labels: vec![0, 2],
+        ..TrainData::default()
     };
     let err = fine_tune(
         job(base.path(), 1, bad_label, None),

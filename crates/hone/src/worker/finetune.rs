@@ -25,7 +25,7 @@ use hone_train::train::{
     fine_tune, EpochMetrics, Evaluation, Features, StepProgress, Strategy, TrainConfig, TrainData,
     TrainError, TrainJob, TrainObserver,
 };
-use hone_train::BertConfig;
+use hone_train::{BertConfig, FeatureRun};
 use rand::rngs::StdRng;
 use rand::seq::SliceRandom;
 use rand::SeedableRng;
@@ -229,19 +229,25 @@ async fn prepare(
     let mut label_set = BTreeSet::new();
     for e in &train_examples {
         match &e.target {
-            Target::Single(label) if e.text_pair.is_none() => {
+            Target::Single(label) => {
                 label_set.insert(label.clone());
             }
-            _ => {
+            other => {
                 return Err(user(
                     "unsupported_task",
-                    "this worker trains single-label classification of single texts; \
-                     text pairs, multi-label and multi-task files are not supported yet",
+                    format!(
+                        "task type {} is not supported by the trainer yet; it trains \
+                         single-label classification of texts or text pairs",
+                        other.task_type()
+                    ),
                     Some("training_file"),
                 ))
             }
         }
     }
+    let pairs = train_examples
+        .first()
+        .is_some_and(|e| e.text_pair.is_some());
     let labels: Vec<String> = label_set.into_iter().collect();
     let index: BTreeMap<&str, usize> = labels
         .iter()
@@ -251,17 +257,23 @@ async fn prepare(
     let to_data = |examples: Vec<Example>, param: &str| -> Result<TrainData, Failure> {
         let mut data = TrainData {
             texts: Vec::with_capacity(examples.len()),
+            text_pairs: pairs.then(|| Vec::with_capacity(examples.len())),
             labels: Vec::with_capacity(examples.len()),
         };
         for e in examples {
-            let label = match &e.target {
-                Target::Single(label) if e.text_pair.is_none() => label,
+            let label = match (&e.target, &e.text_pair, &mut data.text_pairs) {
+                (Target::Single(label), Some(pair), Some(pairs)) => {
+                    pairs.push(pair.clone());
+                    label
+                }
+                (Target::Single(label), None, None) => label,
                 _ => {
+                    let what = if pairs { "text pairs" } else { "single texts" };
                     return Err(user(
                         "unsupported_task",
-                        format!("the {param} is not single-label classification of single texts like the training file"),
+                        format!("the {param} is not single-label classification of {what} like the training file"),
                         Some(param),
-                    ))
+                    ));
                 }
             };
             let Some(&i) = index.get(label.as_str()) else {
@@ -296,10 +308,13 @@ async fn prepare(
         }
     };
     let mut data_report = DataReportBuilder::new();
+    let pair_of = |data: &TrainData, i: usize| -> Option<String> {
+        data.text_pairs.as_ref().map(|p| p[i].clone())
+    };
     for &i in &train_rows {
         data_report.add_training(
             &file.texts[i],
-            None,
+            pair_of(&file, i).as_deref(),
             &[(None, labels[file.labels[i]].as_str())],
         );
     }
@@ -307,12 +322,12 @@ async fn prepare(
         Validation::None => {}
         Validation::Split(rows) => {
             for &i in rows {
-                data_report.add_validation(&file.texts[i], None);
+                data_report.add_validation(&file.texts[i], pair_of(&file, i).as_deref());
             }
         }
         Validation::File(data, _) => {
-            for text in &data.texts {
-                data_report.add_validation(text, None);
+            for (i, text) in data.texts.iter().enumerate() {
+                data_report.add_validation(text, pair_of(data, i).as_deref());
             }
         }
     }
@@ -613,6 +628,10 @@ fn run_training(
     let hidden = bert.hidden_size;
     let pick = |data: &TrainData, rows: &[usize]| TrainData {
         texts: rows.iter().map(|&i| data.texts[i].clone()).collect(),
+        text_pairs: data
+            .text_pairs
+            .as_ref()
+            .map(|p| rows.iter().map(|&i| p[i].clone()).collect()),
         labels: rows.iter().map(|&i| data.labels[i]).collect(),
     };
     let train = pick(&file, &train_rows);
@@ -622,18 +641,26 @@ fn run_training(
         Validation::File(data, _) => Some(data.clone()),
     };
 
-    let lengths = hone_train::transfer::token_lengths(&base_dir, &train.texts)?;
+    let feature_run = FeatureRun {
+        base_model_dir: &base_dir,
+        max_seq_len,
+        pooling: hp.pooling,
+        batch_size: 64,
+        device,
+    };
+    let lengths =
+        hone_train::transfer::token_lengths(&base_dir, &train.texts, train.text_pairs.as_deref())?;
     let mean_tokens = lengths.iter().sum::<usize>() as f64 / lengths.len().max(1) as f64;
     send(Update::TokenLengths(lengths));
 
     // Features of the frozen encoder: the whole training file (cached) when a strategy
     // may train on them, else a sample for the transferability estimate.
     let features_of = |entry: &Option<(String, Option<PathBuf>)>,
-                       texts: &[String],
+                       data: &TrainData,
                        name: &str|
      -> Result<Tensor, TrainError> {
         if let Some((_, Some(path))) = entry {
-            match hone_train::transfer::load_features(path, texts.len(), hidden) {
+            match hone_train::transfer::load_features(path, data.len(), hidden) {
                 Ok(t) => return Ok(t),
                 Err(e) => notice(
                     EventLevel::Warn,
@@ -642,12 +669,9 @@ fn run_training(
             }
         }
         let t = hone_train::extract_features(
-            &base_dir,
-            texts,
-            max_seq_len,
-            hp.pooling,
-            64,
-            device,
+            &feature_run,
+            &data.texts,
+            data.text_pairs.as_deref(),
             &cancelled,
         )?;
         if let Some((key, _)) = entry {
@@ -661,7 +685,7 @@ fn run_training(
         Ok(t)
     };
     let file_features = match &cache.train {
-        Some(_) => Some(features_of(&cache.train, &file.texts, "train")?),
+        Some(_) => Some(features_of(&cache.train, &file, "train")?),
         None => None,
     };
     let rows_tensor = |rows: &[usize]| -> Result<Tensor, TrainError> {
@@ -675,32 +699,20 @@ fn run_training(
     sample.shuffle(&mut StdRng::seed_from_u64(seed));
     sample.truncate(TRANSFERABILITY_EXAMPLES);
     sample.sort_unstable();
-    let sample_texts: Vec<String> = sample.iter().map(|&i| train.texts[i].clone()).collect();
-    let sample_labels: Vec<usize> = sample.iter().map(|&i| train.labels[i]).collect();
+    let sample_data = pick(&train, &sample);
     let sample_features = match &file_features {
         Some(f) => {
             let file_rows: Vec<usize> = sample.iter().map(|&i| train_rows[i]).collect();
             f.f_index_select(0, &rows_tensor(&file_rows)?)?
         }
         None => hone_train::extract_features(
-            &base_dir,
-            &sample_texts,
-            max_seq_len,
-            hp.pooling,
-            64,
-            device,
+            &feature_run,
+            &sample_data.texts,
+            sample_data.text_pairs.as_deref(),
             &cancelled,
         )?,
     };
-    match transferability(
-        &base_dir,
-        &sample_features,
-        &sample_texts,
-        &sample_labels,
-        hp,
-        device,
-        seed,
-    ) {
+    match transferability(&feature_run, &sample_features, &sample_data, seed) {
         Ok(t) => send(Update::Transferability(t)),
         Err(TrainError::Cancelled) => return Err(TrainError::Cancelled),
         Err(e) => notice(
@@ -717,9 +729,7 @@ fn run_training(
         let validation_f = match &validation {
             Validation::None => None,
             Validation::Split(rows) => Some(f.f_index_select(0, &rows_tensor(rows)?)?),
-            Validation::File(data, _) => {
-                Some(features_of(&cache.validation, &data.texts, "validation")?)
-            }
+            Validation::File(data, _) => Some(features_of(&cache.validation, data, "validation")?),
         };
         Ok(Features {
             train: train_f,
@@ -791,14 +801,12 @@ fn run_training(
 
 /// LogME of the base model's features and of a random encoder's on the same sample.
 fn transferability(
-    base_dir: &Path,
+    run: &FeatureRun,
     features: &Tensor,
-    texts: &[String],
-    labels: &[usize],
-    hp: &Hyperparameters,
-    device: tch::Device,
+    sample: &TrainData,
     seed: u64,
 ) -> Result<Transferability, TrainError> {
+    let labels = &sample.labels;
     // LogME wants every class present: renumber the ones the sample has.
     let mut present: Vec<usize> = labels.to_vec();
     present.sort_unstable();
@@ -809,12 +817,9 @@ fn transferability(
         .collect();
     let score = hone_train::logme_classification(features, &remapped, present.len())?;
     let random = hone_train::transfer::random_init_features(
-        base_dir,
-        texts,
-        hp.max_seq_len as usize,
-        hp.pooling,
-        64,
-        device,
+        run,
+        &sample.texts,
+        sample.text_pairs.as_deref(),
         seed,
     )
     .and_then(|f| hone_train::logme_classification(&f, &remapped, present.len()));
