@@ -241,12 +241,10 @@ def train_side(plan: dict, model_dir: Path, threads, only) -> dict:
             for p in encoder.parameters():
                 p.requires_grad_(False)
             encoder.eval()
-            order = by_length(train_ids)
-            parts = []
+            order, chunk = by_length(train_ids), max(batch_size, 32)
             with torch.no_grad():
-                for s in range(0, n, max(batch_size, 32)):
-                    parts.append(pooled(encoder, collate(train_ids, order[s:s + max(batch_size, 32)],
-                                                         pad_id)))
+                parts = [pooled(encoder, collate(train_ids, order[s:s + chunk], pad_id))
+                         for s in range(0, n, chunk)]
             features = torch.empty((n, encoder.config.hidden_size), device=device)
             features[torch.tensor(order, device=device)] = torch.cat(parts)
 
@@ -255,8 +253,8 @@ def train_side(plan: dict, model_dir: Path, threads, only) -> dict:
             trainable = list(head.named_parameters())
         else:
             if name == "partial":
-                frozen = [encoder.embeddings, *encoder.encoder.layer[:strategy["frozen_layers"]]]
-                for module in frozen:
+                k = strategy["frozen_layers"]
+                for module in [encoder.embeddings, *encoder.encoder.layer[:k]]:
                     for p in module.parameters():
                         p.requires_grad_(False)
 
@@ -319,7 +317,6 @@ def train_side(plan: dict, model_dir: Path, threads, only) -> dict:
             "epoch_end_s": epoch_end_s,
             "train_losses": train_losses,
             "predict_s": predict_s,
-            "trainable_parameters": sum(p.numel() for p in params),
             "predictions": predictions,
         })
         print(f"pytorch: {name}: {total_s:.1f}s, losses "
@@ -371,7 +368,6 @@ def summarize(plan, side):
             "later_epoch_mean_s": sum(later) / len(later) if later else None,
             "predict_s": s["predict_s"],
             "final_train_loss": s["train_losses"][-1],
-            "trainable_parameters": s.get("trainable_parameters"),
         }
     return out
 

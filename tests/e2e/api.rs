@@ -55,6 +55,8 @@ async fn uploads_are_validated_listed_downloaded_and_deleted() {
     assert!(id.starts_with("file-"));
     assert_eq!(file["examples"], 12);
     assert_eq!(file["label_counts"], json!({"neg": 6, "pos": 6}));
+    assert_eq!(file["task_type"], "classification");
+    assert_eq!(file["text_pairs"], false);
     assert_eq!(file["bytes"], body.len());
     assert_eq!(file["format"], "jsonl");
 

@@ -22,6 +22,8 @@ async fn a_pair_model_trains_and_predicts_on_pairs_only() {
     let (status, file) = s.upload("pairs.jsonl", lines.into_bytes()).await;
     assert_eq!(status, 200, "{file}");
     assert_eq!(file["examples"], 60);
+    assert_eq!(file["task_type"], "classification", "{file}");
+    assert_eq!(file["text_pairs"], true, "{file}");
 
     let (status, job) = s
         .post_json(
@@ -84,4 +86,26 @@ async fn a_pair_model_trains_and_predicts_on_pairs_only() {
         .await;
     assert_eq!(status, 400, "{err}");
     assert_eq!(err["error"]["param"], "inputs[1]", "{err}");
+}
+
+#[tokio::test]
+async fn jobs_refuse_task_types_the_trainer_does_not_train_yet() {
+    let s = TestServer::start().await;
+    let mut lines = String::new();
+    for (i, labels) in [["a", "b"], ["b", "c"], ["a", "c"]].iter().enumerate() {
+        lines.push_str(&json!({"text": format!("text {i}"), "labels": labels}).to_string());
+        lines.push('\n');
+    }
+    let (status, file) = s.upload("tags.jsonl", lines.into_bytes()).await;
+    assert_eq!(status, 200, "{file}");
+    assert_eq!(file["task_type"], "multi_label", "{file}");
+    let (status, err) = s
+        .post_json(
+            "/v1/fine_tuning/jobs",
+            &json!({"base_model": "all-MiniLM-L6-v2", "training_file": file["id"]}),
+        )
+        .await;
+    assert_eq!(status, 400, "{err}");
+    assert_eq!(err["error"]["param"], "training_file", "{err}");
+    assert_eq!(err["error"]["code"], "unsupported_task", "{err}");
 }

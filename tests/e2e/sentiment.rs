@@ -73,6 +73,10 @@ async fn minilm_learns_rotten_tomatoes_sentiment_from_128_examples() {
     assert_eq!(status, 200, "{file}");
     assert_eq!(file["label_counts"], json!({"fresh": 64, "rotten": 64}));
 
+    // The recipe: 6 epochs at 1e-4. PyTorch + transformers doing the same (mean pooling,
+    // AdamW, linear warmup/decay, clip 1.0) scored 0.685, 0.745 and 0.640 on three random
+    // 64-per-class splits (measured 2026-11-29, 1 thread); 4 epochs at 5e-5 only 0.57 on
+    // average, too few steps for 128 examples.
     let (status, job) = s
         .post_json(
             "/v1/fine_tuning/jobs",

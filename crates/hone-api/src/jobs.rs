@@ -4,6 +4,7 @@
 use axum::extract::rejection::QueryRejection;
 use axum::extract::{Path, Query, State};
 use axum::Json;
+use hone_domain::dataset::TaskType;
 use hone_domain::job::{validate_suffix, HyperparametersInput, JobStatus, Method};
 use hone_domain::resources::{FineTuningJob, JobCurves, JobEvent, JobMetrics};
 use hone_domain::{JobId, Page};
@@ -136,8 +137,35 @@ async fn create_job(
     check_metadata(&req.metadata)?;
 
     let training = lookup_file(&state, &req.training_file, "training_file").await?;
+    if training.task_type != TaskType::Classification {
+        return Err(ApiError::invalid(
+            "training_file",
+            "unsupported_task",
+            format!(
+                "the file holds {} data; the trainer supports single-label classification \
+                 (of texts or text pairs) so far",
+                training.task_type
+            ),
+        ));
+    }
     if let Some(validation_file) = &req.validation_file {
         let validation = lookup_file(&state, validation_file, "validation_file").await?;
+        if (validation.task_type, validation.text_pairs)
+            != (training.task_type, training.text_pairs)
+        {
+            let kind = |t: TaskType, pairs: bool| {
+                format!("{t}{}", if pairs { " on text pairs" } else { "" })
+            };
+            return Err(ApiError::invalid(
+                "validation_file",
+                "task_mismatch",
+                format!(
+                    "the validation file holds {} but the training file {}",
+                    kind(validation.task_type, validation.text_pairs),
+                    kind(training.task_type, training.text_pairs)
+                ),
+            ));
+        }
         let unknown: Vec<&String> = validation
             .label_counts
             .keys()

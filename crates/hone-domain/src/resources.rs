@@ -7,7 +7,7 @@ use serde::{Deserialize, Serialize};
 use utoipa::ToSchema;
 
 use crate::data_report::DataReport;
-use crate::dataset::DatasetFormat;
+use crate::dataset::{DatasetFormat, TaskType};
 use crate::job::{Hyperparameters, JobStatus, Method};
 use crate::metrics::{ClassificationReport, GeneralizationGap};
 
@@ -31,8 +31,15 @@ pub struct FileObject {
     pub sha256: String,
     /// Number of labeled examples.
     pub examples: i64,
-    /// Examples per label.
+    /// Examples per label (for multi-label files: examples carrying the label; empty
+    /// for multi-task files, see `task_label_counts`).
     pub label_counts: BTreeMap<String, u64>,
+    /// What the file holds, inferred from its first example.
+    pub task_type: TaskType,
+    /// Whether every example is a text pair (`text_pair`).
+    pub text_pairs: bool,
+    /// Multi-task files: examples per label of each task.
+    pub task_label_counts: BTreeMap<String, BTreeMap<String, u64>>,
     /// Always `processed`: a file that failed validation is never stored.
     #[schema(example = "processed")]
     pub status: &'static str,

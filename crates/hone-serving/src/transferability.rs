@@ -150,8 +150,10 @@ impl Estimator {
             .name("hone-transferability".into())
             .spawn(move || {
                 let _entered = span.enter();
-                let _permit = permit;
                 let result = estimate_all(&input, device, &|| stop.load(Ordering::Relaxed));
+                // Free the slot before answering: a client that sends its next request
+                // as soon as it has this answer must not be told the estimator is busy.
+                drop(permit);
                 let _ = reply.send(result);
             })
             .map_err(|_| EstimateError::Stopped)?;

@@ -3,7 +3,7 @@
 use std::collections::BTreeMap;
 
 use chrono::{DateTime, Utc};
-use hone_domain::dataset::{DatasetFormat, DatasetSummary};
+use hone_domain::dataset::{DatasetFormat, DatasetSummary, TaskType};
 use hone_domain::resources::FileObject;
 use hone_domain::{FileId, PageRequest};
 use sqlx::types::Json;
@@ -20,6 +20,9 @@ struct FileRow {
     sha256: String,
     examples: i64,
     label_counts: Json<BTreeMap<String, u64>>,
+    task_type: String,
+    text_pairs: bool,
+    task_label_counts: Json<BTreeMap<String, BTreeMap<String, u64>>>,
     storage_key: String,
     created_at: DateTime<Utc>,
 }
@@ -37,6 +40,9 @@ impl TryFrom<FileRow> for StoredFile {
     fn try_from(r: FileRow) -> Result<Self, StoreError> {
         let format = DatasetFormat::parse(&r.format)
             .ok_or_else(|| StoreError::Corrupt(format!("file {} has format {}", r.id, r.format)))?;
+        let task_type = TaskType::parse(&r.task_type).ok_or_else(|| {
+            StoreError::Corrupt(format!("file {} has task type {}", r.id, r.task_type))
+        })?;
         Ok(StoredFile {
             object: FileObject {
                 id: r.id,
@@ -49,6 +55,9 @@ impl TryFrom<FileRow> for StoredFile {
                 sha256: r.sha256,
                 examples: r.examples,
                 label_counts: r.label_counts.0,
+                task_type,
+                text_pairs: r.text_pairs,
+                task_label_counts: r.task_label_counts.0,
                 status: "processed",
             },
             storage_key: r.storage_key,
@@ -56,8 +65,8 @@ impl TryFrom<FileRow> for StoredFile {
     }
 }
 
-const COLUMNS: &str =
-    "id, filename, purpose, format, bytes, sha256, examples, label_counts, storage_key, created_at";
+const COLUMNS: &str = "id, filename, purpose, format, bytes, sha256, examples, label_counts, \
+     task_type, text_pairs, task_label_counts, storage_key, created_at";
 
 pub fn storage_key(id: &FileId) -> String {
     format!("files/{id}")
@@ -72,8 +81,9 @@ impl Db {
         summary: &DatasetSummary,
     ) -> Result<StoredFile, StoreError> {
         let row: FileRow = sqlx::query_as(&format!(
-            "INSERT INTO files (id, filename, purpose, format, bytes, sha256, examples, label_counts, storage_key)
-             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9) RETURNING {COLUMNS}"
+            "INSERT INTO files (id, filename, purpose, format, bytes, sha256, examples, label_counts,
+                                task_type, text_pairs, task_label_counts, storage_key)
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12) RETURNING {COLUMNS}"
         ))
         .bind(id.as_str())
         .bind(filename)
@@ -83,6 +93,9 @@ impl Db {
         .bind(&summary.sha256)
         .bind(i64::try_from(summary.examples).unwrap_or(i64::MAX))
         .bind(Json(&summary.label_counts))
+        .bind(summary.task_type.as_str())
+        .bind(summary.text_pairs)
+        .bind(Json(&summary.task_label_counts))
         .bind(storage_key(id))
         .fetch_one(&self.pool)
         .await?;
