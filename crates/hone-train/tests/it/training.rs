@@ -118,7 +118,8 @@ fn save_then_load_predicts_the_same() {
     assert_eq!(
         meta,
         serde_json::json!({"format_version": 2, "architecture": "bert", "pooling": "mean",
-                           "head": "linear", "labels": ["negative", "positive"],
+                           "head": "linear", "text_pairs": false,
+                           "labels": ["negative", "positive"],
                            "max_seq_len": 16})
     );
     let names: Vec<String> = Tensor::read_safetensors(published.join("model.safetensors"))
