@@ -485,6 +485,7 @@ pub fn fine_tune_with(
     let mut best = BestEpoch::new(&vs, config.monitor)?;
     let mut step = 0u64;
     let mut stopped_early = false;
+    let mut best_probs: Option<Vec<Vec<f32>>> = None;
     for epoch in 1..=config.epochs {
         order.shuffle(&mut rng);
         let mut loss_sum = 0.0;
@@ -523,18 +524,19 @@ pub fn fine_tune_with(
                 elapsed: started.elapsed(),
             });
         }
-        let validation_metrics = match (&validation, &validation_inputs) {
-            (Some(data), Some(inputs)) => {
-                let scored = score(
-                    &model,
-                    inputs,
-                    &data.labels,
-                    config.batch_size,
-                    device,
-                    &|| observer.cancelled(),
-                )?;
-                Some(scored.metrics(&label_names, &data.labels))
-            }
+        let scored = match (&validation, &validation_inputs) {
+            (Some(data), Some(inputs)) => Some(score(
+                &model,
+                inputs,
+                &data.labels,
+                config.batch_size,
+                device,
+                &|| observer.cancelled(),
+            )?),
+            _ => None,
+        };
+        let validation_metrics = match (&validation, &scored) {
+            (Some(data), Some(scored)) => Some(scored.metrics(&label_names, &data.labels)),
             _ => None,
         };
         let metrics = EpochMetrics {
@@ -549,7 +551,11 @@ pub fn fine_tune_with(
             "epoch done"
         );
         if let Some(v) = &metrics.validation {
-            best.offer(epoch, v)?;
+            if best.offer(epoch, v)? {
+                // The final report describes these weights: keep their scores rather
+                // than score the validation data again once they are restored.
+                best_probs = scored.map(|s| s.probs);
+            }
         }
         observer.on_epoch(&metrics);
         history.push(metrics);
@@ -575,18 +581,9 @@ pub fn fine_tune_with(
         ));
     }
 
-    let evaluation = match (&validation, &validation_inputs) {
-        (Some(data), Some(inputs)) => {
-            let never = || false;
-            let scored = score(
-                &model,
-                inputs,
-                &data.labels,
-                config.batch_size,
-                device,
-                &never,
-            )?;
-            let report = ClassificationReport::compute(&label_names, &data.labels, &scored.probs);
+    let evaluation = match (&validation, &best_probs) {
+        (Some(data), Some(probs)) => {
+            let report = ClassificationReport::compute(&label_names, &data.labels, probs);
             let sample: Vec<usize> = (0..train.len()).take(TRAIN_EVAL_EXAMPLES).collect();
             let train_scored = score_subset(
                 &model,
@@ -668,8 +665,9 @@ impl BestEpoch {
         }
     }
 
-    /// Keeps this epoch's weights if they are the best so far (ties keep the earlier).
-    fn offer(&mut self, epoch: u32, metrics: &EvalMetrics) -> Result<(), TrainError> {
+    /// Keeps this epoch's weights if they are the best so far (ties keep the earlier);
+    /// whether it did.
+    fn offer(&mut self, epoch: u32, metrics: &EvalMetrics) -> Result<bool, TrainError> {
         let value = self.value(metrics);
         let better = match self.best {
             None => true,
@@ -677,7 +675,7 @@ impl BestEpoch {
             Some((_, best)) => value < best,
         };
         if !better {
-            return Ok(());
+            return Ok(false);
         }
         self.best = Some((epoch, value));
         tch::no_grad(|| -> Result<(), TrainError> {
@@ -693,7 +691,8 @@ impl BestEpoch {
                 }
             }
             Ok(())
-        })
+        })?;
+        Ok(true)
     }
 
     fn epochs_since(&self, epoch: u32) -> u32 {
