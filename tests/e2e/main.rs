@@ -8,4 +8,5 @@ mod pairs;
 mod sentiment;
 mod strategies;
 mod support;
+mod tasks;
 mod transferability;

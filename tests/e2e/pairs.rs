@@ -89,23 +89,105 @@ async fn a_pair_model_trains_and_predicts_on_pairs_only() {
 }
 
 #[tokio::test]
-async fn jobs_refuse_task_types_the_trainer_does_not_train_yet() {
+async fn multi_label_jobs_train_and_predict_label_sets() {
     let s = TestServer::start().await;
+    // Genre tags that words in the text carry; a line may have both, one or none.
+    let funny = ["hilarious", "a comedy", "laugh out loud", "witty jokes"];
+    let scary = [
+        "terrifying",
+        "a horror film",
+        "gory and creepy",
+        "nightmares",
+    ];
+    let neutral = [
+        "about a family",
+        "set in Boston",
+        "two hours long",
+        "in colour",
+    ];
     let mut lines = String::new();
-    for (i, labels) in [["a", "b"], ["b", "c"], ["a", "c"]].iter().enumerate() {
-        lines.push_str(&json!({"text": format!("text {i}"), "labels": labels}).to_string());
+    for i in 0..48 {
+        let (f, h) = (i % 4 == 1 || i % 4 == 3, i % 4 >= 2);
+        let mut parts = vec![neutral[i % 4]];
+        let mut labels = Vec::new();
+        if f {
+            parts.push(funny[(i / 4) % 4]);
+            labels.push("comedy");
+        }
+        if h {
+            parts.push(scary[(i / 3) % 4]);
+            labels.push("horror");
+        }
+        let text = format!("A movie {}.", parts.join(", "));
+        lines.push_str(&json!({"text": text, "labels": labels}).to_string());
         lines.push('\n');
     }
-    let (status, file) = s.upload("tags.jsonl", lines.into_bytes()).await;
+    let (status, file) = s.upload("tags.jsonl", lines.clone().into_bytes()).await;
     assert_eq!(status, 200, "{file}");
     assert_eq!(file["task_type"], "multi_label", "{file}");
-    let (status, err) = s
+    assert_eq!(file["label_counts"], json!({"comedy": 24, "horror": 24}));
+
+    // Stating another task type refuses the file at its first line, and keeps nothing.
+    let form = reqwest::multipart::Form::new()
+        .text("purpose", "fine-tune")
+        .text("task_type", "classification")
+        .part(
+            "file",
+            reqwest::multipart::Part::bytes(lines.into_bytes()).file_name("tags.jsonl"),
+        );
+    let r = reqwest::Client::new()
+        .post(s.url("/v1/files"))
+        .multipart(form)
+        .send()
+        .await
+        .expect("upload");
+    assert_eq!(r.status().as_u16(), 400);
+    let err: serde_json::Value = r.json().await.expect("json");
+    assert!(
+        err["error"]["message"]
+            .as_str()
+            .is_some_and(|m| m.contains("line 1")),
+        "{err}"
+    );
+
+    let (status, job) = s
         .post_json(
             "/v1/fine_tuning/jobs",
-            &json!({"base_model": "all-MiniLM-L6-v2", "training_file": file["id"]}),
+            &json!({"base_model": "all-MiniLM-L6-v2", "training_file": file["id"],
+                    "method": {"type": "feature_extraction"},
+                    "hyperparameters": {"epochs": 40, "learning_rate": 0.01,
+                                        "validation_split": 0.25}, "seed": 3}),
         )
         .await;
-    assert_eq!(status, 400, "{err}");
-    assert_eq!(err["error"]["param"], "training_file", "{err}");
-    assert_eq!(err["error"]["code"], "unsupported_task", "{err}");
+    assert_eq!(status, 200, "{job}");
+    let job = s
+        .wait_for_job(job["id"].as_str().expect("id"), Duration::from_secs(600))
+        .await;
+    assert_eq!(job["status"], "succeeded", "{job}");
+    let report = &job["result"]["evaluation"]["multi_label"];
+    assert_eq!(report["examples"], 12, "{report}");
+    assert!(
+        report["micro_f1"].as_f64().is_some_and(|f| f >= 0.8),
+        "{report}"
+    );
+    assert!(job["result"]["evaluation"]["validation"].is_null());
+
+    let model = job["fine_tuned_model"].as_str().expect("model");
+    let (status, out) = s
+        .post_json(
+            &format!("/v1/models/{model}/predict"),
+            &json!({"inputs": ["A movie in colour, a comedy, a horror film.",
+                               "A movie about a family."]}),
+        )
+        .await;
+    assert_eq!(status, 200, "{out}");
+    let p = &out["predictions"];
+    assert_eq!(p[0]["labels"], json!(["comedy", "horror"]), "{out}");
+    assert_eq!(p[1]["labels"], json!([]), "{out}");
+    let threshold = p[0]["threshold"].as_f64().expect("threshold");
+    assert_eq!(Some(threshold), report["threshold"].as_f64());
+    assert!(
+        p[0]["scores"]["comedy"].as_f64() >= Some(threshold),
+        "{out}"
+    );
 }

@@ -14,8 +14,9 @@ use crate::support::{jsonl, repo_dir, TestServer};
 pub const PER_CLASS_TRAIN: usize = 64;
 pub const PER_CLASS_TEST: usize = 100;
 
-/// (text, label) rows of the corpus, `fresh` and `rotten` only.
-pub fn rotten_tomatoes() -> Vec<(String, String)> {
+/// (text, category) of every row of the corpus: `fresh` or `rotten` (review snippets)
+/// and `plot` (plot summaries).
+pub fn corpus() -> Vec<(String, String)> {
     let path = repo_dir().join(".deps/data/rotten_tomatoes_corpus.csv.bz2");
     let file = std::fs::File::open(&path)
         .unwrap_or_else(|e| panic!("{}: {e}; run scripts/setup", path.display()));
@@ -27,13 +28,15 @@ pub fn rotten_tomatoes() -> Vec<(String, String)> {
     reader
         .deserialize::<std::collections::HashMap<String, String>>()
         .filter_map(Result::ok)
-        .filter(|r| {
-            matches!(
-                r.get("category").map(String::as_str),
-                Some("fresh" | "rotten")
-            )
-        })
-        .map(|r| (r["text"].clone(), r["category"].clone()))
+        .filter_map(|mut r| Some((r.remove("text")?, r.remove("category")?)))
+        .collect()
+}
+
+/// (text, label) rows of the corpus, `fresh` and `rotten` only.
+pub fn rotten_tomatoes() -> Vec<(String, String)> {
+    corpus()
+        .into_iter()
+        .filter(|r| matches!(r.1.as_str(), "fresh" | "rotten"))
         .collect()
 }
 
@@ -106,25 +109,32 @@ async fn minilm_learns_rotten_tomatoes_sentiment_from_128_examples() {
     assert!(accuracy >= 0.65, "held-out accuracy {accuracy:.3} < 0.65");
 }
 
-/// Accuracy of a published model on held-out rows, through the predict endpoint.
-pub async fn held_out_accuracy(s: &TestServer, model: &str, test: &[(String, String)]) -> f64 {
-    let mut correct = 0;
-    for chunk in test.chunks(50) {
-        let inputs: Vec<&str> = chunk.iter().map(|r| r.0.as_str()).collect();
+/// Every prediction of `model` for `texts`, through the predict endpoint.
+pub async fn predict_all(s: &TestServer, model: &str, texts: &[&str]) -> Vec<serde_json::Value> {
+    let mut all = Vec::with_capacity(texts.len());
+    for chunk in texts.chunks(50) {
         let (status, out) = s
             .post_json(
                 &format!("/v1/models/{model}/predict"),
-                &json!({"inputs": inputs}),
+                &json!({"inputs": chunk}),
             )
             .await;
         assert_eq!(status, 200, "{out}");
         let predictions = out["predictions"].as_array().expect("predictions");
         assert_eq!(predictions.len(), chunk.len());
-        for (p, truth) in predictions.iter().zip(chunk) {
-            if p["label"] == truth.1.as_str() {
-                correct += 1;
-            }
-        }
+        all.extend(predictions.iter().cloned());
     }
-    f64::from(correct) / test.len() as f64
+    all
+}
+
+/// Accuracy of a published model on held-out rows, through the predict endpoint.
+pub async fn held_out_accuracy(s: &TestServer, model: &str, test: &[(String, String)]) -> f64 {
+    let texts: Vec<&str> = test.iter().map(|r| r.0.as_str()).collect();
+    let predictions = predict_all(s, model, &texts).await;
+    let correct = predictions
+        .iter()
+        .zip(test)
+        .filter(|(p, truth)| p["label"] == truth.1.as_str())
+        .count();
+    correct as f64 / test.len() as f64
 }

@@ -7,7 +7,7 @@ use axum::extract::{Multipart, Path, Query, State};
 use axum::http::{header, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::Json;
-use hone_domain::dataset::{DatasetFormat, DatasetValidator};
+use hone_domain::dataset::{DatasetFormat, DatasetValidator, TaskType};
 use hone_domain::resources::FileObject;
 use hone_domain::{FileId, Page};
 use serde::Serialize;
@@ -31,8 +31,10 @@ pub fn router() -> OpenApiRouter<AppState> {
 #[allow(dead_code)]
 #[derive(ToSchema)]
 struct UploadForm {
-    /// The dataset: JSONL with one `{"text": ..., "label": ...}` object per line
-    /// (`.jsonl`), or CSV with a header that has `text` and `label` columns (`.csv`).
+    /// The dataset: JSONL with one object per line (`.jsonl`): `{"text", "label"}`
+    /// (single-label), `{"text", "labels": [...]}` (multi-label) or `{"text",
+    /// "labels": {"task": "label"}}` (multi-task), each optionally with a `text_pair`;
+    /// or single-label CSV with a header that has `text` and `label` columns (`.csv`).
     #[schema(value_type = String, format = Binary)]
     file: Vec<u8>,
     /// Must be `fine-tune`.
@@ -40,6 +42,9 @@ struct UploadForm {
     purpose: String,
     /// `jsonl` or `csv`; by default taken from the file name's extension.
     format: Option<DatasetFormat>,
+    /// What the file must hold; by default inferred from its first line (every line
+    /// must then agree). Send it before `file`.
+    task_type: Option<TaskType>,
 }
 
 #[derive(Serialize, ToSchema)]
@@ -52,9 +57,11 @@ struct DeletedFile {
 
 /// Upload a dataset.
 ///
-/// Single-label text classification data, as JSONL (`{"text": "...", "label": "..."}`
-/// per line) or CSV (`text,label` header). The file is checked while it streams in:
-/// a bad file is refused with the line and field at fault, and nothing of it is kept.
+/// Text classification data as JSONL — single-label (`{"text", "label"}`), multi-label
+/// (`{"text", "labels": [...]}`) or multi-task (`{"text", "labels": {"task": "label"}}`),
+/// optionally with a `text_pair` — or single-label CSV (`text,label` header). The file
+/// is checked while it streams in: a bad file is refused with the line and field at
+/// fault, and nothing of it is kept.
 #[utoipa::path(post, path = "/v1/files", tag = "files",
     request_body(content = UploadForm, content_type = "multipart/form-data"),
     responses(
@@ -69,6 +76,7 @@ async fn upload_file(
     let id = FileId::generate();
     let mut purpose: Option<String> = None;
     let mut format_field: Option<String> = None;
+    let mut task_type_field: Option<String> = None;
     let mut stored: Option<(String, hone_domain::dataset::DatasetSummary)> = None;
     let key = hone_store::files::storage_key(&id);
 
@@ -76,6 +84,7 @@ async fn upload_file(
         match field.name() {
             Some("purpose") => purpose = Some(field.text().await?),
             Some("format") => format_field = Some(field.text().await?),
+            Some("task_type") => task_type_field = Some(field.text().await?),
             Some("file") => {
                 if stored.is_some() {
                     return Err(ApiError::invalid(
@@ -99,6 +108,16 @@ async fn upload_file(
                 };
                 let mut validator =
                     DatasetValidator::new(format, state.settings.dataset_limits.clone());
+                if let Some(raw) = task_type_field.as_deref() {
+                    let task_type = TaskType::parse(raw).ok_or_else(|| {
+                        ApiError::invalid(
+                            "task_type",
+                            "invalid_value",
+                            "task_type must be `classification`, `multi_label` or `multi_task`",
+                        )
+                    })?;
+                    validator = validator.expecting(task_type);
+                }
                 let mut object = state.artifacts.create(&key).await?;
                 while let Some(chunk) = field.chunk().await? {
                     validator.push(&chunk)?;
@@ -113,7 +132,7 @@ async fn upload_file(
                 return discard(&state, &key, stored.is_some(), ApiError::invalid(
                     other.clone(),
                     "unknown_field",
-                    format!("unknown form field {other:?}; expected `file`, `purpose` and optionally `format`"),
+                    format!("unknown form field {other:?}; expected `file`, `purpose` and optionally `format` and `task_type`"),
                 ))
                 .await;
             }

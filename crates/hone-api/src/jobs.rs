@@ -6,7 +6,7 @@ use axum::extract::{Path, Query, State};
 use axum::Json;
 use hone_domain::dataset::TaskType;
 use hone_domain::job::{validate_suffix, HyperparametersInput, JobStatus, Method};
-use hone_domain::resources::{FineTuningJob, JobCurves, JobEvent, JobMetrics};
+use hone_domain::resources::{FileObject, FineTuningJob, JobCurves, JobEvent, JobMetrics};
 use hone_domain::{JobId, Page};
 use hone_store::jobs::NewJob;
 use hone_store::StoreError;
@@ -137,17 +137,7 @@ async fn create_job(
     check_metadata(&req.metadata)?;
 
     let training = lookup_file(&state, &req.training_file, "training_file").await?;
-    if training.task_type != TaskType::Classification {
-        return Err(ApiError::invalid(
-            "training_file",
-            "unsupported_task",
-            format!(
-                "the file holds {} data; the trainer supports single-label classification \
-                 (of texts or text pairs) so far",
-                training.task_type
-            ),
-        ));
-    }
+    check_task_weights(&hyperparameters.task_weights, &training)?;
     if let Some(validation_file) = &req.validation_file {
         let validation = lookup_file(&state, validation_file, "validation_file").await?;
         if (validation.task_type, validation.text_pairs)
@@ -166,18 +156,7 @@ async fn create_job(
                 ),
             ));
         }
-        let unknown: Vec<&String> = validation
-            .label_counts
-            .keys()
-            .filter(|l| !training.label_counts.contains_key(*l))
-            .collect();
-        if !unknown.is_empty() {
-            return Err(ApiError::invalid(
-                "validation_file",
-                "unknown_labels",
-                format!("the validation file has labels the training file lacks: {unknown:?}"),
-            ));
-        }
+        check_validation_labels(&training, &validation)?;
     }
     let seed = req.seed.unwrap_or_else(|| i64::from(rand_seed()));
     let new = NewJob {
@@ -206,11 +185,73 @@ fn rand_seed() -> u32 {
     (uuid::Uuid::new_v4().as_u128() as u32) >> 1
 }
 
-async fn lookup_file(
-    state: &AppState,
-    raw: &str,
-    param: &str,
-) -> Result<hone_domain::resources::FileObject, ApiError> {
+/// Task weights only make sense for a multi-task file, and only for its tasks.
+fn check_task_weights(
+    weights: &std::collections::BTreeMap<String, f64>,
+    training: &FileObject,
+) -> Result<(), ApiError> {
+    if weights.is_empty() {
+        return Ok(());
+    }
+    if training.task_type != TaskType::MultiTask {
+        return Err(ApiError::invalid(
+            "hyperparameters.task_weights",
+            "not_multi_task",
+            format!(
+                "task_weights need a multi-task training file; this one holds {} data",
+                training.task_type
+            ),
+        ));
+    }
+    if let Some(task) = weights
+        .keys()
+        .find(|t| !training.task_label_counts.contains_key(*t))
+    {
+        return Err(ApiError::invalid(
+            format!("hyperparameters.task_weights.{task}"),
+            "unknown_task",
+            format!(
+                "the training file has no task {task:?}; its tasks are {:?}",
+                training.task_label_counts.keys().collect::<Vec<_>>()
+            ),
+        ));
+    }
+    Ok(())
+}
+
+/// Every label (and task) of the validation file must be one the model can output.
+fn check_validation_labels(training: &FileObject, validation: &FileObject) -> Result<(), ApiError> {
+    let unknown: Vec<String> = if training.task_type == TaskType::MultiTask {
+        validation
+            .task_label_counts
+            .iter()
+            .flat_map(|(task, labels)| {
+                let known = training.task_label_counts.get(task);
+                labels
+                    .keys()
+                    .filter(move |l| known.is_none_or(|k| !k.contains_key(*l)))
+                    .map(move |l| format!("{task}: {l}"))
+            })
+            .collect()
+    } else {
+        validation
+            .label_counts
+            .keys()
+            .filter(|l| !training.label_counts.contains_key(*l))
+            .cloned()
+            .collect()
+    };
+    if unknown.is_empty() {
+        return Ok(());
+    }
+    Err(ApiError::invalid(
+        "validation_file",
+        "unknown_labels",
+        format!("the validation file has labels the training file lacks: {unknown:?}"),
+    ))
+}
+
+async fn lookup_file(state: &AppState, raw: &str, param: &str) -> Result<FileObject, ApiError> {
     let not_found =
         || ApiError::invalid(param, "file_not_found", format!("no file with id {raw:?}"));
     let id = hone_domain::FileId::parse(raw).ok_or_else(not_found)?;
@@ -250,7 +291,7 @@ async fn list_jobs(
     Ok(Json(Page::from_rows(rows, page.limit, |j| j.id.clone())))
 }
 
-fn job_id(raw: &str) -> Result<JobId, ApiError> {
+pub(crate) fn job_id(raw: &str) -> Result<JobId, ApiError> {
     JobId::parse(raw).ok_or_else(|| ApiError::not_found("fine-tuning job", raw))
 }
 

@@ -17,6 +17,7 @@ use utoipa_axum::router::OpenApiRouter;
 use utoipa_swagger_ui::SwaggerUi;
 
 mod base_models;
+mod checkpoints;
 pub mod error;
 mod extract;
 mod files;
@@ -78,6 +79,7 @@ pub fn routes() -> (Router<AppState>, utoipa::openapi::OpenApi) {
         .merge(base_models::router())
         .merge(transferability::router())
         .merge(jobs::router())
+        .merge(checkpoints::router())
         .merge(models::router())
         .merge(health::router())
         .split_for_parts()

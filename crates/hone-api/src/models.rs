@@ -3,8 +3,11 @@
 use axum::extract::rejection::QueryRejection;
 use axum::extract::{Path, Query, State};
 use axum::Json;
+use std::collections::BTreeMap;
+
 use hone_domain::resources::ModelObject;
 use hone_domain::Page;
+use hone_serving::{ClassPrediction, Prediction};
 use hone_store::StoreError;
 use serde::{Deserialize, Serialize};
 use utoipa::ToSchema;
@@ -57,17 +60,80 @@ pub struct TextPair {
     pub text_pair: String,
 }
 
+/// What the model says about one input; its shape follows the model's `task_type`.
 #[derive(Debug, Serialize, ToSchema)]
-pub struct PredictionOut {
+#[serde(untagged)]
+pub enum PredictionOut {
+    /// Single-label classification.
+    Class(ClassOut),
+    /// Multi-label classification.
+    MultiLabel(MultiLabelOut),
+    /// Multi-task: one answer per task.
+    MultiTask(MultiTaskOut),
+}
+
+#[derive(Debug, Serialize, ToSchema)]
+pub struct ClassOut {
     /// The most probable label.
     #[schema(example = "fresh")]
     pub label: String,
     /// Its probability.
     #[schema(example = 0.93)]
     pub score: f32,
-    /// Every label's probability.
+    /// Every label's probability (they sum to 1).
     #[schema(example = json!({"fresh": 0.93, "rotten": 0.07}))]
-    pub scores: std::collections::BTreeMap<String, f32>,
+    pub scores: BTreeMap<String, f32>,
+}
+
+#[derive(Debug, Serialize, ToSchema)]
+pub struct MultiLabelOut {
+    /// The labels whose probability is at least `threshold`; possibly none.
+    #[schema(example = json!(["comedy", "romance"]))]
+    pub labels: Vec<String>,
+    /// Every label's own probability (independent sigmoids: they need not sum to 1).
+    #[schema(example = json!({"comedy": 0.81, "horror": 0.04, "romance": 0.66}))]
+    pub scores: BTreeMap<String, f32>,
+    /// The decision threshold, tuned on the job's validation data.
+    #[schema(example = 0.35)]
+    pub threshold: f32,
+}
+
+#[derive(Debug, Serialize, ToSchema)]
+pub struct MultiTaskOut {
+    /// Every task's answer.
+    #[schema(example = json!({"sentiment": {"label": "fresh", "score": 0.93, "scores": {"fresh": 0.93, "rotten": 0.07}}}))]
+    pub tasks: BTreeMap<String, ClassOut>,
+}
+
+fn class_out(p: ClassPrediction) -> ClassOut {
+    ClassOut {
+        label: p.label,
+        score: p.score,
+        scores: p.scores.into_iter().collect(),
+    }
+}
+
+impl From<Prediction> for PredictionOut {
+    fn from(p: Prediction) -> Self {
+        match p {
+            Prediction::Class(c) => PredictionOut::Class(class_out(c)),
+            Prediction::MultiLabel {
+                labels,
+                scores,
+                threshold,
+            } => PredictionOut::MultiLabel(MultiLabelOut {
+                labels,
+                scores: scores.into_iter().collect(),
+                threshold,
+            }),
+            Prediction::MultiTask(tasks) => PredictionOut::MultiTask(MultiTaskOut {
+                tasks: tasks
+                    .into_iter()
+                    .map(|(task, c)| (task, class_out(c)))
+                    .collect(),
+            }),
+        }
+    }
 }
 
 #[derive(Debug, Serialize, ToSchema)]
@@ -227,13 +293,6 @@ async fn predict(
         .await?;
     Ok(Json(PredictResponse {
         model: id,
-        predictions: predictions
-            .into_iter()
-            .map(|p| PredictionOut {
-                label: p.label,
-                score: p.score,
-                scores: p.scores.into_iter().collect(),
-            })
-            .collect(),
+        predictions: predictions.into_iter().map(PredictionOut::from).collect(),
     }))
 }

@@ -1,5 +1,7 @@
 //! Fine-tuning jobs: their states and the validated training recipe.
 
+use std::collections::BTreeMap;
+
 use serde::{Deserialize, Serialize};
 use utoipa::ToSchema;
 
@@ -352,6 +354,11 @@ pub struct HyperparametersInput {
     pub early_stopping_patience: Option<u32>,
     /// What picks the best epoch and drives early stopping. Default `loss`.
     pub early_stopping_metric: Option<MonitorMetric>,
+    /// Multi-task files: the weight of each task's loss in the joint loss (each above
+    /// 0 and at most 100; relative, so only their ratios matter). Tasks left out weigh
+    /// 1. Default: every task weighs 1.
+    #[schema(example = json!({"sentiment": 1.0, "topic": 0.5}))]
+    pub task_weights: Option<BTreeMap<String, f64>>,
 }
 
 /// Hyperparameters with every default filled in and every bound checked; stored with
@@ -381,6 +388,9 @@ pub struct Hyperparameters {
     pub early_stopping_patience: u32,
     #[serde(default)]
     pub early_stopping_metric: MonitorMetric,
+    /// Multi-task: the weights the request gave; tasks not named weigh 1.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub task_weights: BTreeMap<String, f64>,
     /// The fields that took their default rather than a value from the request. An
     /// `auto` job re-derives these once it has chosen its strategy.
     #[serde(default)]
@@ -418,6 +428,7 @@ impl Hyperparameters {
             validation_split: None,
             early_stopping_patience: 0,
             early_stopping_metric: MonitorMetric::Loss,
+            task_weights: BTreeMap::new(),
             defaulted: Vec::new(),
         }
     }
@@ -435,6 +446,11 @@ impl Hyperparameters {
             }
         }
         out
+    }
+
+    /// The weight of `task`'s loss in a multi-task job.
+    pub fn task_weight(&self, task: &str) -> f64 {
+        self.task_weights.get(task).copied().unwrap_or(1.0)
     }
 
     /// The validation fraction to hold out of `examples` training examples.
@@ -539,6 +555,13 @@ impl HyperparametersInput {
                 "must be between 0 and 100",
             ));
         }
+        let task_weights = self.task_weights.clone().unwrap_or_default();
+        if let Some((task, w)) = task_weights.iter().find(|(_, &w)| !(w > 0.0 && w <= 100.0)) {
+            return Err(ValidationError::new(
+                format!("hyperparameters.task_weights.{task}"),
+                format!("is {w}; must be greater than 0 and at most 100"),
+            ));
+        }
         Ok(Hyperparameters {
             epochs,
             batch_size,
@@ -556,6 +579,7 @@ impl HyperparametersInput {
             early_stopping_metric: self
                 .early_stopping_metric
                 .unwrap_or(d.early_stopping_metric),
+            task_weights,
             defaulted,
         })
     }
@@ -617,6 +641,32 @@ mod tests {
         assert_eq!(rebased.epochs, 4);
         assert_eq!(rebased.learning_rate, 1e-3);
         assert_eq!(hp.rebased_on(MethodType::Full).learning_rate, 5e-5);
+    }
+
+    #[test]
+    fn task_weights_are_positive_and_default_to_one() {
+        let with = |weights: &[(&str, f64)]| HyperparametersInput {
+            task_weights: Some(weights.iter().map(|&(t, w)| (t.to_owned(), w)).collect()),
+            ..HyperparametersInput::default()
+        };
+        let hp = with(&[("topic", 0.5)])
+            .validate(512, MethodType::Full)
+            .expect("valid");
+        assert_eq!(hp.task_weight("topic"), 0.5);
+        assert_eq!(hp.task_weight("sentiment"), 1.0);
+        for bad in [0.0, -1.0, f64::NAN, 101.0] {
+            let err = with(&[("topic", bad)])
+                .validate(512, MethodType::Full)
+                .expect_err("refused");
+            assert_eq!(err.param, "hyperparameters.task_weights.topic", "{bad}");
+        }
+        // Stored jobs from before task weights read back with none.
+        let old: Hyperparameters = serde_json::from_value(serde_json::json!({
+            "epochs": 3, "batch_size": 16, "learning_rate": 5e-5, "warmup_ratio": 0.1,
+            "weight_decay": 0.01, "max_seq_len": 128
+        }))
+        .expect("old row");
+        assert!(old.task_weights.is_empty());
     }
 
     #[test]

@@ -167,6 +167,17 @@ impl ClassificationReport {
     }
 }
 
+/// How one task of a multi-task model did, on the examples that label that task.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, ToSchema)]
+pub struct TaskReport {
+    #[schema(example = "sentiment")]
+    pub task: String,
+    /// The task's relative weight in the joint training loss.
+    #[schema(example = 1.0)]
+    pub weight: f64,
+    pub report: ClassificationReport,
+}
+
 /// How a multi-label classifier (one sigmoid per label) did at one decision threshold.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize, ToSchema)]
 pub struct MultiLabelReport {

@@ -9,7 +9,7 @@ use utoipa::ToSchema;
 use crate::data_report::DataReport;
 use crate::dataset::{DatasetFormat, TaskType};
 use crate::job::{Hyperparameters, JobStatus, Method};
-use crate::metrics::{ClassificationReport, GeneralizationGap};
+use crate::metrics::{ClassificationReport, GeneralizationGap, MultiLabelReport, TaskReport};
 
 /// An uploaded, validated dataset.
 #[derive(Clone, Debug, Serialize, ToSchema)]
@@ -63,9 +63,15 @@ pub struct JobProgress {
 #[derive(Clone, Debug, Serialize, Deserialize, ToSchema, PartialEq)]
 pub struct EvalReport {
     pub loss: f64,
+    /// Single-label: accuracy; multi-label: subset accuracy (the exact label set);
+    /// multi-task: the mean of the tasks' accuracies.
     pub accuracy: f64,
+    /// For multi-task, the mean of the tasks' macro-F1.
     pub macro_f1: f64,
     pub examples: u64,
+    /// Multi-label: the decision threshold tuned on the validation data.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub threshold: Option<f32>,
 }
 
 /// What a finished job achieved.
@@ -101,10 +107,19 @@ pub struct JobResult {
 /// The final evaluation of a published model.
 #[derive(Clone, Debug, Serialize, Deserialize, ToSchema, PartialEq)]
 pub struct EvaluationReport {
-    /// Accuracy, macro-F1, per-class precision/recall/F1/support, confusion matrix,
-    /// calibration error, on the validation data.
-    pub validation: ClassificationReport,
-    /// Training versus validation accuracy, with an overfitting flag.
+    /// Single-label models: accuracy, macro-F1, per-class precision/recall/F1/support,
+    /// confusion matrix, calibration error, on the validation data.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub validation: Option<ClassificationReport>,
+    /// Multi-label models: micro/macro-F1, subset accuracy and per-label metrics at the
+    /// decision threshold tuned on the validation data.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub multi_label: Option<MultiLabelReport>,
+    /// Multi-task models: each task's report on the validation examples that label it.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub tasks: Vec<TaskReport>,
+    /// Training versus validation accuracy (subset accuracy for multi-label, the mean
+    /// over tasks for multi-task), with an overfitting flag.
     pub generalization: GeneralizationGap,
 }
 
@@ -148,6 +163,28 @@ pub struct EpochPoint {
     pub epoch: u32,
     pub train_loss: f64,
     pub validation: Option<EvalReport>,
+}
+
+/// The weights a job had at the end of one epoch, with that epoch's metrics.
+#[derive(Clone, Debug, Serialize, ToSchema)]
+pub struct JobCheckpoint {
+    #[schema(example = "fine_tuning.job.checkpoint")]
+    pub object: &'static str,
+    pub job_id: String,
+    #[schema(example = 2)]
+    pub epoch: u32,
+    /// Optimizer steps taken by the end of the epoch.
+    #[schema(example = 120)]
+    pub step: u64,
+    pub created_at: i64,
+    /// Size of the stored weights: only those training changed (all of them for
+    /// `full`, the unfrozen top for `partial`, the head for `feature_extraction`).
+    pub bytes: u64,
+    /// Training loss and validation metrics of the epoch.
+    pub metrics: EpochPoint,
+    /// The model published from this checkpoint, if it was.
+    #[schema(example = "ft:all-MiniLM-L6-v2:reviews:9d0e1f2a:ckpt-2")]
+    pub published_model: Option<String>,
 }
 
 /// The curves a worker stores while a job runs.
@@ -259,8 +296,17 @@ pub struct ModelObject {
     pub owned_by: &'static str,
     pub base_model: String,
     pub job_id: String,
-    /// The labels predict can return, in the head's order.
+    /// What predict returns: one label, a set of labels, or one label per task.
+    pub task_type: TaskType,
+    /// The labels predict can return, in the head's order (empty for multi-task).
     pub labels: Vec<String>,
+    /// Multi-task: each task with the labels it can return.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    #[schema(example = json!({"sentiment": ["negative", "positive"], "length": ["long", "short"]}))]
+    pub tasks: Option<BTreeMap<String, Vec<String>>>,
+    /// Set when the model was published from this epoch's checkpoint of its job.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub checkpoint_epoch: Option<u32>,
     pub metrics: Option<JobResult>,
 }
 

@@ -8,13 +8,15 @@
 //! full the caller is told at once (the API answers 429) instead of queueing without end.
 
 pub mod catalog;
+pub mod checkpoints;
 pub mod transferability;
 
 use std::num::NonZeroUsize;
 use std::path::PathBuf;
 use std::sync::{mpsc, Arc};
 
-use hone_train::predict::{Classifier, Prediction};
+use hone_train::predict::Classifier;
+pub use hone_train::predict::{ClassPrediction, Prediction};
 use lru::LruCache;
 use tokio::sync::{oneshot, OwnedSemaphorePermit, Semaphore};
 

@@ -2,6 +2,7 @@
 //! (dataset bytes, published model directories). No HTTP and no training here.
 
 pub mod artifacts;
+pub mod checkpoints;
 mod db;
 pub mod feature_cache;
 pub mod files;

@@ -1,6 +1,9 @@
 //! Published fine-tuned models.
 
+use std::collections::BTreeMap;
+
 use chrono::{DateTime, Utc};
+use hone_domain::dataset::TaskType;
 use hone_domain::resources::{JobResult, ModelObject};
 use hone_domain::PageRequest;
 use sqlx::types::Json;
@@ -13,7 +16,12 @@ pub struct NewModel {
     pub job_id: String,
     pub base_model: String,
     pub storage_key: String,
+    pub task_type: TaskType,
     pub labels: Vec<String>,
+    /// Multi-task: each task's labels.
+    pub tasks: Option<BTreeMap<String, Vec<String>>>,
+    /// Published from this epoch's checkpoint.
+    pub checkpoint_epoch: Option<u32>,
 }
 
 /// A published model: what the API shows plus where its directory is.
@@ -29,7 +37,10 @@ struct ModelRow {
     job_id: String,
     base_model: String,
     storage_key: String,
+    task_type: String,
     labels: Json<Vec<String>>,
+    tasks: Option<Json<BTreeMap<String, Vec<String>>>>,
+    checkpoint_epoch: Option<i32>,
     metrics: Option<Json<JobResult>>,
     created_at: DateTime<Utc>,
 }
@@ -44,7 +55,10 @@ impl From<ModelRow> for StoredModel {
                 owned_by: "user",
                 base_model: r.base_model,
                 job_id: r.job_id,
+                task_type: TaskType::parse(&r.task_type).unwrap_or_default(),
                 labels: r.labels.0,
+                tasks: r.tasks.map(|t| t.0),
+                checkpoint_epoch: r.checkpoint_epoch.and_then(|e| u32::try_from(e).ok()),
                 metrics: r.metrics.map(|m| m.0),
             },
             storage_key: r.storage_key,
@@ -52,7 +66,8 @@ impl From<ModelRow> for StoredModel {
     }
 }
 
-const COLUMNS: &str = "id, job_id, base_model, storage_key, labels, metrics, created_at";
+const COLUMNS: &str = "id, job_id, base_model, storage_key, task_type, labels, tasks, \
+                       checkpoint_epoch, metrics, created_at";
 
 pub fn storage_key(model_id: &str) -> String {
     // Model ids contain ':'; keep the key a plain path component.
@@ -63,23 +78,51 @@ pub(crate) async fn insert_model<'e>(
     exec: impl sqlx::PgExecutor<'e>,
     model: &NewModel,
     metrics: &JobResult,
-) -> Result<(), StoreError> {
-    sqlx::query(
-        "INSERT INTO models (id, job_id, base_model, storage_key, labels, metrics)
-         VALUES ($1, $2, $3, $4, $5, $6)",
+) -> Result<bool, StoreError> {
+    let done = sqlx::query(
+        "INSERT INTO models (id, job_id, base_model, storage_key, task_type, labels, tasks,
+                             checkpoint_epoch, metrics)
+         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)
+         ON CONFLICT (id) DO NOTHING",
     )
     .bind(&model.id)
     .bind(&model.job_id)
     .bind(&model.base_model)
     .bind(&model.storage_key)
+    .bind(model.task_type.as_str())
     .bind(Json(&model.labels))
+    .bind(model.tasks.as_ref().map(Json))
+    .bind(model.checkpoint_epoch.map(|e| e as i32))
     .bind(Json(metrics))
     .execute(exec)
     .await?;
-    Ok(())
+    Ok(done.rows_affected() == 1)
 }
 
 impl Db {
+    /// Publishes a model outside a job's success (from a checkpoint); `false` when a
+    /// model with this id exists already, which is then left as it is.
+    pub async fn add_model(
+        &self,
+        model: &NewModel,
+        metrics: &JobResult,
+    ) -> Result<bool, StoreError> {
+        insert_model(&self.pool, model, metrics).await
+    }
+
+    /// The model a job published when it succeeded (not one of its checkpoints').
+    pub async fn final_model_of(&self, job_id: &str) -> Result<StoredModel, StoreError> {
+        let row: ModelRow = sqlx::query_as(&format!(
+            "SELECT {COLUMNS} FROM models WHERE job_id = $1 AND checkpoint_epoch IS NULL
+             ORDER BY created_at DESC LIMIT 1"
+        ))
+        .bind(job_id)
+        .fetch_optional(&self.pool)
+        .await?
+        .ok_or(StoreError::NotFound)?;
+        Ok(row.into())
+    }
+
     pub async fn get_model(&self, id: &str) -> Result<StoredModel, StoreError> {
         let row: ModelRow = sqlx::query_as(&format!("SELECT {COLUMNS} FROM models WHERE id = $1"))
             .bind(id)

@@ -6,8 +6,9 @@ use std::time::Duration;
 
 use hone_domain::dataset::{DatasetFormat, DatasetSummary, TaskType};
 use hone_domain::job::{Hyperparameters, JobStatus, Method};
-use hone_domain::resources::{JobError, JobProgress, JobResult};
+use hone_domain::resources::{EpochPoint, JobError, JobProgress, JobResult};
 use hone_domain::{FileId, JobId, PageRequest};
+use hone_store::checkpoints::NewCheckpoint;
 use hone_store::jobs::{Lease, NewJob};
 use hone_store::models::NewModel;
 use hone_store::Db;
@@ -177,8 +178,50 @@ async fn a_worker_that_lost_its_lease_cannot_write() {
         job_id: id.clone(),
         base_model: "m".into(),
         storage_key: "models/x".into(),
+        task_type: TaskType::Classification,
         labels: vec!["a".into(), "b".into()],
+        tasks: None,
+        checkpoint_epoch: None,
     };
+    let checkpoint = |epoch: u32| NewCheckpoint {
+        epoch,
+        step: u64::from(epoch) * 10,
+        metrics: EpochPoint {
+            epoch,
+            train_loss: 0.5 / f64::from(epoch),
+            validation: None,
+        },
+        storage_key: hone_store::checkpoints::storage_key(&id, epoch),
+        bytes: 1234,
+    };
+    assert!(!f
+        .db
+        .put_checkpoint(&id, first.attempt, &checkpoint(1))
+        .await
+        .expect("fenced checkpoint"));
+    for epoch in [2, 1] {
+        assert!(f
+            .db
+            .put_checkpoint(&id, second.attempt, &checkpoint(epoch))
+            .await
+            .expect("checkpoint"));
+    }
+    // The same epoch again (a retried attempt) replaces the row.
+    let mut again = checkpoint(2);
+    again.bytes = 99;
+    assert!(f
+        .db
+        .put_checkpoint(&id, second.attempt, &again)
+        .await
+        .expect("again"));
+    let listed = f.db.list_checkpoints(&id).await.expect("list");
+    let epochs: Vec<u32> = listed.iter().map(|c| c.object.epoch).collect();
+    assert_eq!(epochs, [1, 2]);
+    assert_eq!(listed[1].object.bytes, 99);
+    assert_eq!(listed[0].object.step, 10);
+    assert_eq!(listed[0].object.metrics.train_loss, 0.5);
+    assert!(f.db.get_checkpoint(&id, 3).await.is_err());
+
     let result = JobResult {
         train_loss: 0.1,
         validation: None,
@@ -209,6 +252,36 @@ async fn a_worker_that_lost_its_lease_cannot_write() {
         f.db.get_model("ft:m:x").await.expect("model").object.job_id,
         id
     );
+
+    // A checkpoint published as a model: listed with the checkpoint, not as the job's own.
+    let from_checkpoint = NewModel {
+        id: "ft:m:x:ckpt-1".into(),
+        storage_key: "models/x-ckpt-1".into(),
+        checkpoint_epoch: Some(1),
+        ..model.clone()
+    };
+    assert!(f
+        .db
+        .add_model(&from_checkpoint, &result)
+        .await
+        .expect("add"));
+    assert!(!f
+        .db
+        .add_model(&from_checkpoint, &result)
+        .await
+        .expect("again"));
+    assert_eq!(
+        f.db.final_model_of(&id).await.expect("final").object.id,
+        "ft:m:x"
+    );
+    let stored = f.db.get_checkpoint(&id, 1).await.expect("checkpoint");
+    assert_eq!(
+        stored.object.published_model.as_deref(),
+        Some("ft:m:x:ckpt-1")
+    );
+    let model_object = f.db.get_model("ft:m:x:ckpt-1").await.expect("model").object;
+    assert_eq!(model_object.checkpoint_epoch, Some(1));
+    assert_eq!(model_object.task_type, TaskType::Classification);
 }
 
 #[tokio::test]

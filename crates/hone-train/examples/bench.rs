@@ -324,7 +324,10 @@ fn publish_and_load(
         pooling: Pooling::Mean,
         head: HeadType::Linear,
         text_pairs: false,
+        task_type: Default::default(),
         labels: LABELS.iter().map(|&l| l.to_owned()).collect(),
+        tasks: Vec::new(),
+        threshold: None,
         max_seq_len: args.seq_len,
     }
     .write(dir)?;

@@ -22,6 +22,7 @@ use std::time::Instant;
 use anyhow::{ensure, Context};
 use clap::Parser;
 use hone_train::train::Strategy;
+use hone_train::Objective;
 use hone_train::{
     fine_tune, EpochMetrics, StepProgress, TrainConfig, TrainData, TrainJob, TrainObserver,
 };
@@ -214,16 +215,17 @@ fn run_strategy(
     };
     let job = TrainJob {
         base_model_dir: model_dir,
-        label_names: plan.labels.clone(),
+        objective: Objective::classification(plan.labels.clone()),
         train: TrainData {
             texts: plan.train.texts.clone(),
             text_pairs: None,
-            labels: plan.train.labels.clone(),
+            labels: plan.train.labels.clone().into(),
         },
         validation: None,
         config,
         device: Device::Cpu,
         features: None,
+        checkpoint_dir: None,
     };
     let mut clock = EpochClock {
         start: Instant::now(),
@@ -241,10 +243,11 @@ fn run_strategy(
     let predictions = predictions
         .iter()
         .map(|p| {
+            let label = p.label().context("not a single-label prediction")?;
             plan.labels
                 .iter()
-                .position(|l| *l == p.label)
-                .with_context(|| format!("predicted an unknown label {:?}", p.label))
+                .position(|l| l == label)
+                .with_context(|| format!("predicted an unknown label {label:?}"))
         })
         .collect::<anyhow::Result<Vec<usize>>>()?;
     Ok(StrategyResult {

@@ -16,7 +16,9 @@ pub use hone_domain::job::{HeadType, PoolingType as Pooling};
 
 use crate::bert::{mean_pool, BertConfig, BertModel, Linear, WeightInit};
 use crate::error::TrainError;
+use crate::objective::{Objective, TaskSpec};
 use crate::tokenize::Batch;
+pub use hone_domain::dataset::TaskType;
 
 /// Variable prefix of the classification head.
 pub const HEAD_PREFIX: &str = "head";
@@ -27,8 +29,9 @@ pub const CONFIG_FILE: &str = "config.json";
 /// What hone adds to a published model directory so it can be served.
 pub const MODEL_META_FILE: &str = "hone_model.json";
 /// The `format_version` this crate writes; it reads every version since 1 (version 1
-/// had neither `head` nor a pooling other than mean, which are the defaults).
-pub const MODEL_META_VERSION: u32 = 2;
+/// had neither `head` nor a pooling other than mean, version 2 no task type: the
+/// defaults describe them).
+pub const MODEL_META_VERSION: u32 = 3;
 
 /// `hone_model.json`: what a published directory needs besides the base model's files
 /// to be served — the label order of the head and how inputs were cut. The worker
@@ -45,8 +48,17 @@ pub struct ModelMeta {
     /// Whether inputs are text pairs (`[CLS] a [SEP] b [SEP]`).
     #[serde(default)]
     pub text_pairs: bool,
-    /// Label names in the order of the head's outputs.
+    /// Single-label, multi-label, or multi-task.
+    #[serde(default)]
+    pub task_type: TaskType,
+    /// Label names in the order of the head's outputs; empty for multi-task.
     pub labels: Vec<String>,
+    /// Multi-task: one head per task, in this order.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub tasks: Vec<TaskSpec>,
+    /// Multi-label: a label is predicted when its probability is at least this.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub threshold: Option<f32>,
     pub max_seq_len: usize,
 }
 
@@ -65,10 +77,19 @@ impl ModelMeta {
                 ),
             ));
         }
-        if meta.labels.is_empty() {
-            return Err(TrainError::config(&path, "no labels"));
-        }
+        meta.objective()
+            .validate()
+            .map_err(|e| TrainError::config(&path, e.to_string()))?;
         Ok(meta)
+    }
+
+    /// What the model's heads predict.
+    pub fn objective(&self) -> Objective {
+        match self.task_type {
+            TaskType::Classification => Objective::classification(self.labels.clone()),
+            TaskType::MultiLabel => Objective::multi_label(self.labels.clone()),
+            TaskType::MultiTask => Objective::multi_task(self.tasks.clone()),
+        }
     }
 
     pub fn write(&self, dir: &Path) -> Result<(), TrainError> {
@@ -94,14 +115,15 @@ enum Head {
 #[derive(Debug)]
 pub struct SequenceClassifier {
     encoder: BertModel,
-    head: Head,
+    /// One head per task, in order; their logits are concatenated.
+    heads: Vec<Head>,
     pooling: Pooling,
     dropout: f64,
     num_labels: usize,
 }
 
 impl SequenceClassifier {
-    /// Creates the variables of encoder and head under `vs`.
+    /// Creates the variables of encoder and one head of `num_labels` outputs under `vs`.
     pub fn new(
         vs: &nn::Path,
         config: &BertConfig,
@@ -110,22 +132,51 @@ impl SequenceClassifier {
         pooling: Pooling,
         init: WeightInit,
     ) -> Result<Self, TrainError> {
-        if num_labels == 0 {
-            return Err(TrainError::InvalidInput("a classifier needs labels".into()));
+        Self::with_heads(vs, config, &[num_labels], false, head, pooling, init)
+    }
+
+    /// Creates the variables of the encoder and of one head per entry of `outputs`:
+    /// under `head.` for a single head, under `head.{i}.` for the `i`-th task's head
+    /// when `per_task`.
+    pub fn with_heads(
+        vs: &nn::Path,
+        config: &BertConfig,
+        outputs: &[usize],
+        per_task: bool,
+        head: HeadType,
+        pooling: Pooling,
+        init: WeightInit,
+    ) -> Result<Self, TrainError> {
+        if outputs.is_empty() || outputs.contains(&0) || (!per_task && outputs.len() != 1) {
+            return Err(TrainError::InvalidInput(
+                "a classifier needs labels for every head".into(),
+            ));
         }
         let encoder = BertModel::new(vs, config, init)?;
         let hidden = config.hidden_size;
-        let head_vs = vs.sub(HEAD_PREFIX);
-        let head = match head {
-            HeadType::Linear => Head::Linear(Linear::new(&head_vs, hidden, num_labels, init)?),
-            HeadType::Mlp => Head::Mlp {
-                dense: Linear::new(&head_vs.sub("dense"), hidden, hidden, init)?,
-                out_proj: Linear::new(&head_vs.sub("out_proj"), hidden, num_labels, init)?,
-            },
-        };
+        let root = vs.sub(HEAD_PREFIX);
+        let heads = outputs
+            .iter()
+            .enumerate()
+            .map(|(i, &n)| {
+                let head_vs = if per_task {
+                    root.sub(i.to_string())
+                } else {
+                    vs.sub(HEAD_PREFIX)
+                };
+                Ok(match head {
+                    HeadType::Linear => Head::Linear(Linear::new(&head_vs, hidden, n, init)?),
+                    HeadType::Mlp => Head::Mlp {
+                        dense: Linear::new(&head_vs.sub("dense"), hidden, hidden, init)?,
+                        out_proj: Linear::new(&head_vs.sub("out_proj"), hidden, n, init)?,
+                    },
+                })
+            })
+            .collect::<Result<Vec<_>, TrainError>>()?;
+        let num_labels = outputs.iter().sum();
         Ok(Self {
             encoder,
-            head,
+            heads,
             pooling,
             dropout: config
                 .classifier_dropout
@@ -164,7 +215,8 @@ impl SequenceClassifier {
         Ok(pool(&hidden, &batch.attention_mask, self.pooling)?)
     }
 
-    /// Logits from pooled features; `train` enables dropout.
+    /// Logits from pooled features, every head's side by side; `train` enables
+    /// dropout (drawn once per head, as separate heads would).
     pub fn head_forward(&self, pooled: &Tensor, train: bool) -> Result<Tensor, TrainError> {
         let dropout = |xs: Tensor| -> Result<Tensor, TrainError> {
             Ok(if train && self.dropout > 0.0 {
@@ -173,13 +225,20 @@ impl SequenceClassifier {
                 xs
             })
         };
-        let xs = dropout(pooled.shallow_clone())?;
-        Ok(match &self.head {
-            Head::Linear(linear) => linear.forward(&xs)?,
-            Head::Mlp { dense, out_proj } => {
-                let xs = dropout(dense.forward(&xs)?.f_tanh()?)?;
-                out_proj.forward(&xs)?
-            }
+        let mut logits = Vec::with_capacity(self.heads.len());
+        for head in &self.heads {
+            let xs = dropout(pooled.shallow_clone())?;
+            logits.push(match head {
+                Head::Linear(linear) => linear.forward(&xs)?,
+                Head::Mlp { dense, out_proj } => {
+                    let xs = dropout(dense.forward(&xs)?.f_tanh()?)?;
+                    out_proj.forward(&xs)?
+                }
+            });
+        }
+        Ok(match logits.len() {
+            1 => logits.remove(0),
+            _ => Tensor::f_cat(&logits, 1)?,
         })
     }
 }

@@ -59,14 +59,14 @@ fn weights_message(path: &std::path::Path, missing: &[String], mismatched: &[Str
 }
 
 impl TrainError {
-    pub(crate) fn io(path: impl Into<PathBuf>, source: std::io::Error) -> Self {
+    pub fn io(path: impl Into<PathBuf>, source: std::io::Error) -> Self {
         Self::Io {
             path: path.into(),
             source,
         }
     }
 
-    pub(crate) fn config(path: impl Into<PathBuf>, message: impl Into<String>) -> Self {
+    pub fn config(path: impl Into<PathBuf>, message: impl Into<String>) -> Self {
         Self::Config {
             path: path.into(),
             message: message.into(),

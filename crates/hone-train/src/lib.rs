@@ -15,6 +15,7 @@ pub mod bert;
 pub mod classifier;
 pub mod error;
 pub mod logme;
+pub mod objective;
 pub mod predict;
 pub mod tokenize;
 pub mod train;
@@ -25,11 +26,12 @@ pub use base_model::{inspect_base_model, list_base_models, BaseModelInfo};
 pub use bert::{BertConfig, BertModel, WeightInit};
 pub use classifier::{HeadType, ModelMeta, Pooling, SequenceClassifier};
 pub use error::TrainError;
-pub use logme::{logme_classification, logme_multilabel};
-pub use predict::{Classifier, Prediction};
+pub use logme::{logme_classification, logme_multilabel, logme_targets};
+pub use objective::{Objective, Report, Targets, TaskSpec};
+pub use predict::{ClassPrediction, Classifier, Prediction};
 pub use tokenize::{Batch, TextTokenizer};
 pub use train::{
-    extract_features, fine_tune, fine_tune_with, EncoderInit, EpochMetrics, EvalMetrics,
-    Evaluation, FeatureRun, Features, StepProgress, Strategy, TrainConfig, TrainData, TrainJob,
-    TrainObserver, TrainedModel,
+    apply_checkpoint, extract_features, fine_tune, fine_tune_with, Checkpoint, EncoderInit,
+    EpochMetrics, EvalMetrics, Evaluation, FeatureRun, Features, StepProgress, Strategy,
+    TrainConfig, TrainData, TrainJob, TrainObserver, TrainedModel,
 };

@@ -28,6 +28,7 @@
 use tch::{Device, Kind, Tensor};
 
 use crate::error::TrainError;
+use crate::objective::Targets;
 
 /// The fixed-point iteration stops after this many steps even if `α/β` still moves;
 /// the authors' code uses 11 ("should converge after at most 10 steps").
@@ -326,6 +327,74 @@ fn fit_column(n: usize, sigma: &[f64], x2: &[f64], outside: f64) -> ColumnFit {
         alpha,
         beta,
         iterations,
+    }
+}
+
+/// LogME for any task type: classes renumbered to those the rows have (LogME wants
+/// every class present); for multi-label one target per label that varies; for
+/// multi-task the mean over the tasks, each on the rows that label it.
+pub fn logme_targets(features: &Tensor, targets: &Targets) -> Result<f64, TrainError> {
+    let classification = |features: &Tensor, labels: &[usize]| {
+        let mut present: Vec<usize> = labels.to_vec();
+        present.sort_unstable();
+        present.dedup();
+        let remapped: Vec<usize> = labels
+            .iter()
+            .map(|l| present.binary_search(l).unwrap_or(0))
+            .collect();
+        logme_classification(features, &remapped, present.len())
+    };
+    match targets {
+        Targets::Single(labels) => classification(features, labels),
+        Targets::Multi(sets) => {
+            let width = sets.iter().flatten().max().map_or(0, |&m| m + 1);
+            let mut columns: Vec<Vec<bool>> = vec![vec![false; sets.len()]; width];
+            for (i, set) in sets.iter().enumerate() {
+                for &l in set {
+                    columns[l][i] = true;
+                }
+            }
+            columns.retain(|c| c.iter().any(|&b| b) && !c.iter().all(|&b| b));
+            if columns.is_empty() {
+                return Err(TrainError::InvalidInput(
+                    "no label varies across the sample".into(),
+                ));
+            }
+            let rows: Vec<Vec<bool>> = (0..sets.len())
+                .map(|i| columns.iter().map(|c| c[i]).collect())
+                .collect();
+            logme_multilabel(features, &rows)
+        }
+        Targets::Tasks(table) => {
+            let tasks = table.first().map_or(0, Vec::len);
+            let mut scores = Vec::with_capacity(tasks);
+            for t in 0..tasks {
+                let (rows, labels): (Vec<i64>, Vec<usize>) = table
+                    .iter()
+                    .enumerate()
+                    .filter_map(|(i, row)| row[t].map(|l| (i as i64, l)))
+                    .unzip();
+                if labels
+                    .iter()
+                    .collect::<std::collections::BTreeSet<_>>()
+                    .len()
+                    < 2
+                {
+                    continue;
+                }
+                let rows = Tensor::f_from_slice(&rows)?;
+                scores.push(classification(
+                    &features.f_index_select(0, &rows)?,
+                    &labels,
+                )?);
+            }
+            if scores.is_empty() {
+                return Err(TrainError::InvalidInput(
+                    "no task has two labels in the sample".into(),
+                ));
+            }
+            Ok(scores.iter().sum::<f64>() / scores.len() as f64)
+        }
     }
 }
 

@@ -9,19 +9,59 @@ use tch::{nn, Device, Kind, Tensor};
 use crate::bert::{BertConfig, WeightInit};
 use crate::classifier::{ModelMeta, SequenceClassifier, CONFIG_FILE, WEIGHTS_FILE};
 use crate::error::TrainError;
+use crate::objective::{Objective, UNTUNED_THRESHOLD};
 use crate::tokenize::{collate, Encoded, TextTokenizer};
 use crate::train::{check_vocab, evaluate_encoded, EvalMetrics, TrainData};
 use crate::weights::load_safetensors;
+use hone_domain::dataset::TaskType;
 
-/// The classification of one text.
+/// One softmax head's answer.
 #[derive(Debug, Clone, PartialEq, Serialize)]
-pub struct Prediction {
+pub struct ClassPrediction {
     /// The most probable label.
     pub label: String,
     /// Its probability.
     pub score: f32,
-    /// Every label's probability (softmax), in the model's label order.
+    /// Every label's probability (softmax), in the head's label order.
     pub scores: Vec<(String, f32)>,
+}
+
+/// What a model says about one input, by its task type.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub enum Prediction {
+    /// Single-label classification.
+    Class(ClassPrediction),
+    /// Multi-label: the labels at or above the threshold, and every label's
+    /// probability (sigmoid), in the model's label order.
+    MultiLabel {
+        labels: Vec<String>,
+        scores: Vec<(String, f32)>,
+        threshold: f32,
+    },
+    /// Multi-task: every task's answer, in the model's task order.
+    MultiTask(Vec<(String, ClassPrediction)>),
+}
+
+impl Prediction {
+    /// The label of a single-label prediction.
+    pub fn label(&self) -> Option<&str> {
+        match self {
+            Prediction::Class(p) => Some(&p.label),
+            _ => None,
+        }
+    }
+}
+
+fn class_prediction(labels: &[String], row: &[f32]) -> ClassPrediction {
+    let best = row
+        .iter()
+        .enumerate()
+        .fold(0, |best, (i, &p)| if p > row[best] { i } else { best });
+    ClassPrediction {
+        label: labels[best].clone(),
+        score: row[best],
+        scores: labels.iter().cloned().zip(row.iter().copied()).collect(),
+    }
 }
 
 /// A published model loaded for inference. Not `Sync` (libtorch tensors): keep it
@@ -32,6 +72,7 @@ pub struct Classifier {
     model: SequenceClassifier,
     tokenizer: TextTokenizer,
     meta: ModelMeta,
+    objective: Objective,
     device: Device,
 }
 
@@ -62,10 +103,12 @@ impl Classifier {
         let tokenizer = TextTokenizer::from_dir(dir, meta.max_seq_len)?;
         check_vocab(&tokenizer, &config, dir)?;
         let vs = nn::VarStore::new(device);
-        let model = SequenceClassifier::new(
+        let objective = meta.objective();
+        let model = SequenceClassifier::with_heads(
             &vs.root(),
             &config,
-            meta.labels.len(),
+            &objective.sizes(),
+            objective.task_type == TaskType::MultiTask,
             meta.head,
             meta.pooling,
             WeightInit::Zeros,
@@ -76,6 +119,7 @@ impl Classifier {
             model,
             tokenizer,
             meta,
+            objective,
             device,
         })
     }
@@ -87,11 +131,13 @@ impl Classifier {
         meta: ModelMeta,
         device: Device,
     ) -> Self {
+        let objective = meta.objective();
         Self {
             vs,
             model,
             tokenizer,
             meta,
+            objective,
             device,
         }
     }
@@ -104,9 +150,14 @@ impl Classifier {
         self.device
     }
 
-    /// Label names in the order of the head's outputs.
+    /// Label names in the order of the head's outputs (empty for multi-task).
     pub fn labels(&self) -> &[String] {
         &self.meta.labels
+    }
+
+    /// What the model's heads predict.
+    pub fn objective(&self) -> &Objective {
+        &self.objective
     }
 
     pub fn meta(&self) -> &ModelMeta {
@@ -177,24 +228,45 @@ impl Classifier {
             return Ok(Vec::new());
         }
         let probabilities = self.probabilities(texts, pairs, batch_size)?;
-        let labels = self.labels();
+        let objective = &self.objective;
+        let spans = objective.spans();
         Ok(probabilities
-            .chunks(labels.len())
-            .map(|row| {
-                let best = row
-                    .iter()
-                    .enumerate()
-                    .fold(0, |best, (i, &p)| if p > row[best] { i } else { best });
-                Prediction {
-                    label: labels[best].clone(),
-                    score: row[best],
-                    scores: labels.iter().cloned().zip(row.iter().copied()).collect(),
+            .chunks(objective.width())
+            .map(|row| match objective.task_type {
+                TaskType::Classification => {
+                    Prediction::Class(class_prediction(objective.labels(), row))
                 }
+                TaskType::MultiLabel => {
+                    let threshold = self.meta.threshold.unwrap_or(UNTUNED_THRESHOLD);
+                    let labels = objective.labels();
+                    Prediction::MultiLabel {
+                        labels: labels
+                            .iter()
+                            .zip(row)
+                            .filter(|(_, &p)| p >= threshold)
+                            .map(|(l, _)| l.clone())
+                            .collect(),
+                        scores: labels.iter().cloned().zip(row.iter().copied()).collect(),
+                        threshold,
+                    }
+                }
+                TaskType::MultiTask => Prediction::MultiTask(
+                    objective
+                        .heads
+                        .iter()
+                        .zip(&spans)
+                        .map(|(head, &(offset, size))| {
+                            let span = &row[offset as usize..(offset + size) as usize];
+                            (head.name.clone(), class_prediction(&head.labels, span))
+                        })
+                        .collect(),
+                ),
             })
             .collect())
     }
 
-    /// Softmax probabilities, `texts.len() × labels` row-major, in input order.
+    /// Probabilities (a softmax per head, or a sigmoid per label), `texts.len() ×
+    /// outputs` row-major, in input order.
     fn probabilities(
         &self,
         texts: &[String],
@@ -204,16 +276,16 @@ impl Classifier {
         let encoded = self.tokenizer.encode_maybe_pairs(texts, pairs)?;
         let mut order: Vec<usize> = (0..encoded.len()).collect();
         order.sort_by_key(|&i| encoded[i].len());
-        let num_labels = self.labels().len();
+        let num_labels = self.objective.width();
         let mut out = vec![0f32; texts.len() * num_labels];
         tch::no_grad(|| -> Result<(), TrainError> {
             for indices in order.chunks(batch_size) {
                 let items: Vec<&Encoded> = indices.iter().map(|&i| &encoded[i]).collect();
                 let batch = collate(&items, self.tokenizer.pad_id(), self.device)?;
                 let probs = self
-                    .model
-                    .forward(&batch, false)?
-                    .f_softmax(-1, Kind::Float)?
+                    .objective
+                    .probabilities(&self.model.forward(&batch, false)?)?
+                    .f_to_kind(Kind::Float)?
                     .f_to_device(Device::Cpu)?
                     .f_flatten(0, -1)?;
                 let probs = Vec::<f32>::try_from(&probs)?;
@@ -226,27 +298,23 @@ impl Classifier {
         Ok(out)
     }
 
-    /// Loss, accuracy and macro-F1 on labelled examples (`data.labels` index
-    /// [`Classifier::labels`]).
+    /// Loss, accuracy and macro-F1 on labelled examples (targets of the model's task
+    /// type, indexing its labels).
     pub fn evaluate(&self, data: &TrainData, batch_size: usize) -> Result<EvalMetrics, TrainError> {
         if batch_size == 0 || data.is_empty() || data.texts.len() != data.labels.len() {
             return Err(TrainError::InvalidInput(
-                "evaluation needs examples with one label each and a positive batch_size".into(),
+                "evaluation needs examples with targets and a positive batch_size".into(),
             ));
         }
-        if let Some(l) = data.labels.iter().find(|&&l| l >= self.labels().len()) {
-            return Err(TrainError::InvalidInput(format!(
-                "label index {l} out of range"
-            )));
-        }
+        self.objective.check(&data.labels, "evaluation")?;
         let encoded = self
             .tokenizer
             .encode_maybe_pairs(&data.texts, data.text_pairs.as_deref())?;
         evaluate_encoded(
             &self.model,
+            &self.objective,
             &encoded,
             &data.labels,
-            &self.meta.labels,
             self.tokenizer.pad_id(),
             batch_size,
             self.device,

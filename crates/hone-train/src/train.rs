@@ -21,10 +21,11 @@ use rand::rngs::StdRng;
 use rand::seq::SliceRandom;
 use rand::SeedableRng;
 use serde::{Deserialize, Serialize};
-use tch::{nn, COptimizer, Device, Kind, Reduction, Tensor};
+use tch::{nn, COptimizer, Device, Kind, Tensor};
 
+use hone_domain::dataset::TaskType;
 use hone_domain::job::{ClassWeights, MonitorMetric};
-use hone_domain::metrics::{ClassificationReport, GeneralizationGap};
+use hone_domain::metrics::GeneralizationGap;
 
 use crate::bert::{BertConfig, BertModel, WeightInit, NO_DECAY_GROUP};
 use crate::classifier::{
@@ -32,6 +33,7 @@ use crate::classifier::{
     MODEL_META_VERSION, WEIGHTS_FILE,
 };
 pub use crate::error::TrainError;
+use crate::objective::{Objective, Report, Targets, UNTUNED_THRESHOLD};
 use crate::predict::Classifier;
 use crate::tokenize::{collate, Encoded, TextTokenizer, TOKENIZER_FILE};
 use crate::weights::load_safetensors;
@@ -107,14 +109,14 @@ impl Default for TrainConfig {
     }
 }
 
-/// Examples as parallel vectors; `labels[i]` indexes [`TrainJob::label_names`].
+/// Examples as parallel vectors; `labels` index the labels of [`TrainJob::objective`].
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct TrainData {
     pub texts: Vec<String>,
     /// The second text of every example, for pair tasks (paraphrase, entailment),
     /// encoded as a BERT pair.
     pub text_pairs: Option<Vec<String>>,
-    pub labels: Vec<usize>,
+    pub labels: Targets,
 }
 
 impl TrainData {
@@ -132,8 +134,8 @@ impl TrainData {
 pub struct TrainJob<'a> {
     /// A Hugging Face model directory: config.json, model.safetensors, tokenizer.json.
     pub base_model_dir: &'a Path,
-    /// Label names, in the order of the head's outputs.
-    pub label_names: Vec<String>,
+    /// What the heads predict: the labels (single- or multi-label) or the tasks.
+    pub objective: Objective,
     pub train: TrainData,
     pub validation: Option<TrainData>,
     pub config: TrainConfig,
@@ -141,6 +143,22 @@ pub struct TrainJob<'a> {
     /// For [`Strategy::FeatureExtraction`]: the pooled encoder outputs of the inputs,
     /// as [`extract_features`] computes them, e.g. from a cache. Computed when absent.
     pub features: Option<Features>,
+    /// Where to write a checkpoint after every epoch (see [`Checkpoint`]); none when
+    /// absent.
+    pub checkpoint_dir: Option<&'a Path>,
+}
+
+/// The weights one epoch ended with, as far as training changes them: the variables
+/// that require a gradient, under their model names, in a safetensors file. The
+/// frozen ones are the published model's, so [`apply_checkpoint`] on the job's model
+/// rebuilds the model of that epoch exactly.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct Checkpoint {
+    pub epoch: u32,
+    /// Optimizer steps taken by the end of the epoch.
+    pub step: u64,
+    pub path: PathBuf,
+    pub metrics: EpochMetrics,
 }
 
 /// Pooled encoder outputs `[examples, hidden]` (f32, any device), row `i` for input `i`.
@@ -172,6 +190,8 @@ pub trait TrainObserver {
     fn cancelled(&self) -> bool;
     /// Something the user should know about the run (early stopping, the epoch kept).
     fn on_notice(&mut self, _message: &str) {}
+    /// A checkpoint was written (only with [`TrainJob::checkpoint_dir`]).
+    fn on_checkpoint(&mut self, _checkpoint: &Checkpoint) {}
 }
 
 /// Progress after one optimizer step.
@@ -210,6 +230,10 @@ pub struct EvalMetrics {
     /// the predictions (scikit-learn's `f1_score(average="macro")`).
     pub macro_f1: f64,
     pub examples: usize,
+    /// Multi-label: the decision threshold tuned on this data, at which the metrics
+    /// above were computed.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub threshold: Option<f32>,
 }
 
 /// The result of [`fine_tune`]: the weights of the last epoch, ready to [`save`] — or
@@ -233,9 +257,11 @@ pub struct Evaluation {
     /// Epochs run, fewer than configured when early stopping ended training.
     pub epochs_run: u32,
     pub stopped_early: bool,
-    /// On the validation data, with per-class metrics and the confusion matrix.
-    pub validation: ClassificationReport,
-    /// On (at most [`TRAIN_EVAL_EXAMPLES`] of) the training data, in eval mode.
+    /// On the validation data: per-class metrics and the confusion matrix (per task
+    /// for multi-task), or per-label metrics at the tuned threshold (multi-label).
+    pub validation: Report,
+    /// On (at most [`TRAIN_EVAL_EXAMPLES`] of) the training data, in eval mode; as
+    /// [`Report::accuracy`] defines it for the task type.
     pub train_accuracy: f64,
     pub generalization: GeneralizationGap,
 }
@@ -293,6 +319,11 @@ impl TrainedModel {
 
     pub fn labels(&self) -> &[String] {
         self.classifier.labels()
+    }
+
+    /// What the model predicts.
+    pub fn objective(&self) -> Objective {
+        self.classifier.meta().objective()
     }
 
     /// The trained model as a predictor, e.g. to evaluate it further before saving.
@@ -356,15 +387,15 @@ pub fn fine_tune_with(
     let started = Instant::now();
     let TrainJob {
         base_model_dir,
-        label_names,
+        objective,
         train,
         validation,
         config,
         device,
         features,
+        checkpoint_dir,
     } = job;
-    check_job(&label_names, &train, validation.as_ref(), &config)?;
-    let num_labels = label_names.len();
+    check_job(&objective, &train, validation.as_ref(), &config)?;
 
     let bert_config = BertConfig::from_file(&base_model_dir.join(CONFIG_FILE))?;
     if config.max_seq_len > bert_config.max_position_embeddings {
@@ -387,10 +418,11 @@ pub fn fine_tune_with(
     tch::manual_seed(config.seed as i64);
     let mut rng = StdRng::seed_from_u64(config.seed);
     let vs = nn::VarStore::new(device);
-    let model = SequenceClassifier::new(
+    let model = SequenceClassifier::with_heads(
         &vs.root(),
         &bert_config,
-        num_labels,
+        &objective.sizes(),
+        objective.task_type == TaskType::MultiTask,
         config.head,
         config.pooling,
         WeightInit::random(&bert_config),
@@ -468,10 +500,11 @@ pub fn fine_tune_with(
     let total_steps = steps_per_epoch * u64::from(config.epochs);
     let schedule = LinearSchedule::new(&config, total_steps);
     let mut optimizer = Optimizer::new(&vs, &config)?;
-    let class_weights = class_weight_tensor(&config, &train.labels, num_labels, device)?;
+    let loss_weights = objective.loss_weights(config.class_weights, &train.labels, device)?;
     tracing::info!(
         examples = train.len(),
-        labels = num_labels,
+        task_type = %objective.task_type,
+        outputs = objective.width(),
         total_steps,
         ?device,
         ?init,
@@ -494,14 +527,12 @@ pub fn fine_tune_with(
                 return Err(TrainError::Cancelled);
             }
             let learning_rate = schedule.at(step);
-            let targets: Vec<i64> = indices.iter().map(|&i| train.labels[i] as i64).collect();
-            let targets = Tensor::f_from_slice(&targets)?.f_to_device(device)?;
             let logits = train_inputs.logits(&model, indices, true, device)?;
-            let loss = logits.f_cross_entropy_loss(
-                &targets,
-                class_weights.as_ref(),
-                Reduction::Mean,
-                -100,
+            let loss = objective.loss(
+                &logits,
+                &train.labels,
+                indices,
+                &loss_weights,
                 config.label_smoothing,
             )?;
             optimizer.step(&loss, learning_rate)?;
@@ -527,6 +558,7 @@ pub fn fine_tune_with(
         let scored = match (&validation, &validation_inputs) {
             (Some(data), Some(inputs)) => Some(score(
                 &model,
+                &objective,
                 inputs,
                 &data.labels,
                 config.batch_size,
@@ -536,7 +568,7 @@ pub fn fine_tune_with(
             _ => None,
         };
         let validation_metrics = match (&validation, &scored) {
-            (Some(data), Some(scored)) => Some(scored.metrics(&label_names, &data.labels)),
+            (Some(data), Some(scored)) => Some(scored.metrics(&objective, &data.labels)),
             _ => None,
         };
         let metrics = EpochMetrics {
@@ -558,6 +590,16 @@ pub fn fine_tune_with(
             }
         }
         observer.on_epoch(&metrics);
+        if let Some(dir) = checkpoint_dir {
+            let path = dir.join(format!("epoch-{epoch}.safetensors"));
+            save_trainable(&vs, &path)?;
+            observer.on_checkpoint(&Checkpoint {
+                epoch,
+                step,
+                path,
+                metrics: metrics.clone(),
+            });
+        }
         history.push(metrics);
         if config.early_stopping_patience > 0
             && epoch < config.epochs
@@ -583,29 +625,39 @@ pub fn fine_tune_with(
 
     let evaluation = match (&validation, &best_probs) {
         (Some(data), Some(probs)) => {
-            let report = ClassificationReport::compute(&label_names, &data.labels, probs);
+            // A multi-label model's threshold is tuned here, on the validation data.
+            let report = objective.report(&data.labels, probs, None);
             let sample: Vec<usize> = (0..train.len()).take(TRAIN_EVAL_EXAMPLES).collect();
-            let train_scored = score_subset(
+            let train_probs = score_subset(
                 &model,
+                &objective,
                 &train_inputs,
                 &sample,
-                &train.labels,
                 config.batch_size,
                 device,
             )?;
-            let train_report =
-                ClassificationReport::compute(&label_names, &train_scored.0, &train_scored.1);
+            let train_report = objective.report(
+                &train.labels.select(&sample),
+                &train_probs,
+                report.threshold(),
+            );
             Some(Evaluation {
                 best_epoch,
                 epochs_run,
                 stopped_early,
-                generalization: GeneralizationGap::new(train_report.accuracy, report.accuracy),
-                train_accuracy: train_report.accuracy,
+                generalization: GeneralizationGap::new(train_report.accuracy(), report.accuracy()),
+                train_accuracy: train_report.accuracy(),
                 validation: report,
             })
         }
         _ => None,
     };
+    let threshold = (objective.task_type == TaskType::MultiLabel).then(|| {
+        evaluation
+            .as_ref()
+            .and_then(|e| e.validation.threshold())
+            .unwrap_or(UNTUNED_THRESHOLD)
+    });
 
     let meta = ModelMeta {
         format_version: MODEL_META_VERSION,
@@ -613,7 +665,13 @@ pub fn fine_tune_with(
         pooling: config.pooling,
         head: config.head,
         text_pairs: train.text_pairs.is_some(),
-        labels: label_names,
+        task_type: objective.task_type,
+        labels: objective.labels().to_vec(),
+        tasks: match objective.task_type {
+            TaskType::MultiTask => objective.heads.clone(),
+            _ => Vec::new(),
+        },
+        threshold,
         max_seq_len: config.max_seq_len,
     };
     Ok(TrainedModel {
@@ -711,6 +769,82 @@ impl BestEpoch {
     }
 }
 
+/// Writes the variables of `vs` that require a gradient to `path` (safetensors).
+fn save_trainable(vs: &nn::VarStore, path: &Path) -> Result<(), TrainError> {
+    if let Some(dir) = path.parent() {
+        std::fs::create_dir_all(dir).map_err(|e| TrainError::io(dir, e))?;
+    }
+    let mut named: Vec<(String, Tensor)> = vs
+        .variables()
+        .into_iter()
+        .filter(|(_, t)| t.requires_grad())
+        .collect();
+    named.sort_by(|a, b| a.0.cmp(&b.0));
+    Tensor::write_safetensors(&named, path)?;
+    Ok(())
+}
+
+/// Writes to `out_dir` the model of `model_dir` (a published model) with the weights
+/// of `checkpoint` (a [`Checkpoint`] file of the same job) in place of its own, and,
+/// for a multi-label model, `threshold` as its decision threshold. Every other file is
+/// copied as it is. Refuses a checkpoint whose variables the model lacks or shapes
+/// differently.
+pub fn apply_checkpoint(
+    model_dir: &Path,
+    checkpoint: &Path,
+    out_dir: &Path,
+    threshold: Option<f32>,
+) -> Result<(), TrainError> {
+    let mut meta = ModelMeta::read(model_dir)?;
+    let weights = model_dir.join(WEIGHTS_FILE);
+    let mut tensors: std::collections::BTreeMap<String, Tensor> =
+        Tensor::read_safetensors(&weights)?.into_iter().collect();
+    for (name, tensor) in Tensor::read_safetensors(checkpoint)? {
+        match tensors.get(&name) {
+            Some(t) if t.size() == tensor.size() && t.kind() == tensor.kind() => {
+                tensors.insert(name, tensor);
+            }
+            Some(t) => {
+                return Err(TrainError::config(
+                    checkpoint,
+                    format!(
+                        "{name} is {:?} {:?} in the checkpoint but {:?} {:?} in the model",
+                        tensor.kind(),
+                        tensor.size(),
+                        t.kind(),
+                        t.size()
+                    ),
+                ))
+            }
+            None => {
+                return Err(TrainError::config(
+                    checkpoint,
+                    format!("{name} is not a variable of the model"),
+                ))
+            }
+        }
+    }
+    std::fs::create_dir_all(out_dir).map_err(|e| TrainError::io(out_dir, e))?;
+    let entries = std::fs::read_dir(model_dir).map_err(|e| TrainError::io(model_dir, e))?;
+    for entry in entries {
+        let entry = entry.map_err(|e| TrainError::io(model_dir, e))?;
+        let name = entry.file_name();
+        if name == WEIGHTS_FILE || name == crate::classifier::MODEL_META_FILE {
+            continue;
+        }
+        if entry.path().is_file() {
+            std::fs::copy(entry.path(), out_dir.join(&name))
+                .map_err(|e| TrainError::io(entry.path(), e))?;
+        }
+    }
+    let named: Vec<(String, Tensor)> = tensors.into_iter().collect();
+    Tensor::write_safetensors(&named, out_dir.join(WEIGHTS_FILE))?;
+    if meta.task_type == TaskType::MultiLabel {
+        meta.threshold = threshold.or(meta.threshold);
+    }
+    meta.write(out_dir)
+}
+
 /// Freezes what `strategy` keeps fixed; returns the number of frozen scalars.
 fn freeze(vs: &nn::VarStore, strategy: Strategy, layers: usize) -> Result<i64, TrainError> {
     let frozen_depth = match strategy {
@@ -738,34 +872,6 @@ pub fn layer_depth(name: &str, layers: usize) -> usize {
         .and_then(|rest| rest.split('.').next())
         .and_then(|i| i.parse::<usize>().ok())
         .map_or(layers + 1, |i| i + 1)
-}
-
-/// scikit-learn's `compute_class_weight("balanced")`: `n / (classes · count)`.
-fn class_weight_tensor(
-    config: &TrainConfig,
-    labels: &[usize],
-    num_labels: usize,
-    device: Device,
-) -> Result<Option<Tensor>, TrainError> {
-    if config.class_weights == ClassWeights::None {
-        return Ok(None);
-    }
-    let mut counts = vec![0usize; num_labels];
-    for &l in labels {
-        counts[l] += 1;
-    }
-    let n = labels.len() as f64;
-    let weights: Vec<f32> = counts
-        .iter()
-        .map(|&c| {
-            if c == 0 {
-                0.0
-            } else {
-                (n / (num_labels as f64 * c as f64)) as f32
-            }
-        })
-        .collect();
-    Ok(Some(Tensor::f_from_slice(&weights)?.f_to_device(device)?))
 }
 
 /// Pooled outputs of `encoder` for `encoded`, in eval mode under `no_grad`, as f32 on
@@ -883,24 +989,26 @@ struct Scored {
 }
 
 impl Scored {
-    fn metrics(&self, label_names: &[String], truth: &[usize]) -> EvalMetrics {
-        let report = ClassificationReport::compute(label_names, truth, &self.probs);
+    fn metrics(&self, objective: &Objective, truth: &Targets) -> EvalMetrics {
+        let report = objective.report(truth, &self.probs, None);
         EvalMetrics {
             loss: self.loss,
-            accuracy: report.accuracy,
-            macro_f1: report.macro_f1,
+            accuracy: report.accuracy(),
+            macro_f1: report.macro_f1(),
             examples: truth.len(),
+            threshold: report.threshold(),
         }
     }
 }
 
-/// Mean cross-entropy (unweighted, unsmoothed: comparable across recipes) and softmax
-/// probabilities, in eval mode under `no_grad`. Results stay on the device until the
-/// end, so a GPU is not stalled once per batch.
+/// Mean loss (unweighted, unsmoothed: comparable across recipes) and probabilities, in
+/// eval mode under `no_grad`. Results stay on the device until the end, so a GPU is not
+/// stalled once per batch.
 fn score(
     model: &SequenceClassifier,
+    objective: &Objective,
     inputs: &Inputs,
-    labels: &[usize],
+    labels: &Targets,
     batch_size: usize,
     device: Device,
     cancelled: &dyn Fn() -> bool,
@@ -910,57 +1018,50 @@ fn score(
         let mut loss_sum = Tensor::f_zeros([], (Kind::Float, device))?;
         let mut probs = Vec::new();
         let all: Vec<usize> = (0..n).collect();
-        for (indices, targets) in all.chunks(batch_size).zip(labels.chunks(batch_size)) {
+        for indices in all.chunks(batch_size) {
             if cancelled() {
                 return Err(TrainError::Cancelled);
             }
-            let targets: Vec<i64> = targets.iter().map(|&l| l as i64).collect();
-            let targets = Tensor::f_from_slice(&targets)?.f_to_device(device)?;
             let logits = inputs.logits(model, indices, false, device)?;
-            loss_sum = loss_sum.f_add(&cross_entropy(&logits, &targets, Reduction::Sum)?)?;
-            probs.push(logits.f_softmax(-1, Kind::Float)?);
+            let loss = objective.loss(&logits, labels, indices, &[], 0.0)?;
+            loss_sum = loss_sum.f_add(&loss.f_mul_scalar(indices.len() as f64)?)?;
+            probs.push(objective.probabilities(&logits)?);
         }
         let probs = Tensor::f_cat(&probs, 0)?.f_to_device(Device::Cpu)?;
         let probs: Vec<Vec<f32>> = Vec::try_from(&probs)?;
-        let loss = loss_sum.f_double_value(&[])? / labels.len().max(1) as f64;
+        let loss = loss_sum.f_double_value(&[])? / n.max(1) as f64;
         Ok(Scored { loss, probs })
     })
 }
 
-/// Truth and probabilities of the examples at `indices`.
+/// Probabilities of the examples at `indices`.
 fn score_subset(
     model: &SequenceClassifier,
+    objective: &Objective,
     inputs: &Inputs,
     indices: &[usize],
-    labels: &[usize],
     batch_size: usize,
     device: Device,
-) -> Result<(Vec<usize>, Vec<Vec<f32>>), TrainError> {
+) -> Result<Vec<Vec<f32>>, TrainError> {
     tch::no_grad(|| {
         let mut probs = Vec::new();
         for chunk in indices.chunks(batch_size) {
             let logits = inputs.logits(model, chunk, false, device)?;
-            probs.push(logits.f_softmax(-1, Kind::Float)?);
+            probs.push(objective.probabilities(&logits)?);
         }
         let probs = Tensor::f_cat(&probs, 0)?.f_to_device(Device::Cpu)?;
-        let truth = indices.iter().map(|&i| labels[i]).collect();
-        Ok((truth, Vec::try_from(&probs)?))
+        Ok(Vec::try_from(&probs)?)
     })
 }
 
 fn check_job(
-    labels: &[String],
+    objective: &Objective,
     train: &TrainData,
     validation: Option<&TrainData>,
     config: &TrainConfig,
 ) -> Result<(), TrainError> {
     let invalid = |m: String| Err(TrainError::InvalidInput(m));
-    if labels.len() < 2 {
-        return invalid(format!(
-            "a classifier needs at least 2 labels, got {}",
-            labels.len()
-        ));
-    }
+    objective.validate()?;
     if train.is_empty() {
         return invalid("the training set is empty".into());
     }
@@ -974,17 +1075,7 @@ fn check_job(
                 data.labels.len()
             ));
         }
-        if let Some((i, l)) = data
-            .labels
-            .iter()
-            .enumerate()
-            .find(|(_, &l)| l >= labels.len())
-        {
-            return invalid(format!(
-                "{name} example {i} has label index {l}, but there are {} labels",
-                labels.len()
-            ));
-        }
+        objective.check(&data.labels, name)?;
     }
     for (name, data) in
         std::iter::once(("training", train)).chain(validation.map(|v| ("validation", v)))
@@ -1051,14 +1142,6 @@ pub(crate) fn check_vocab(
         ));
     }
     Ok(())
-}
-
-fn cross_entropy(
-    logits: &Tensor,
-    targets: &Tensor,
-    reduction: Reduction,
-) -> Result<Tensor, TrainError> {
-    Ok(logits.f_cross_entropy_loss::<Tensor>(targets, None, reduction, -100, 0.0)?)
 }
 
 /// transformers' `get_linear_schedule_with_warmup`: the multiplier of the `s`-th step
@@ -1220,16 +1303,24 @@ impl Optimizer {
 /// `no_grad`.
 pub(crate) fn evaluate_encoded(
     model: &SequenceClassifier,
+    objective: &Objective,
     encoded: &[Encoded],
-    labels: &[usize],
-    label_names: &[String],
+    labels: &Targets,
     pad_id: u32,
     batch_size: usize,
     device: Device,
 ) -> Result<EvalMetrics, TrainError> {
     let inputs = Inputs::Tokens { encoded, pad_id };
-    let scored = score(model, &inputs, labels, batch_size, device, &|| false)?;
-    Ok(scored.metrics(label_names, labels))
+    let scored = score(
+        model,
+        objective,
+        &inputs,
+        labels,
+        batch_size,
+        device,
+        &|| false,
+    )?;
+    Ok(scored.metrics(objective, labels))
 }
 
 #[cfg(test)]

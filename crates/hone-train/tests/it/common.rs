@@ -110,7 +110,7 @@ pub fn write_random_weights(dir: &Path, seed: i64, naming: Naming) {
 
 pub const POSITIVE: &[&str] = &["good", "great", "excellent", "wonderful", "happy", "loved"];
 pub const NEGATIVE: &[&str] = &["bad", "awful", "terrible", "boring", "sad", "hated"];
-const FILLER: &[&str] = &[
+pub const FILLER: &[&str] = &[
     "the", "movie", "film", "was", "is", "very", "really", "plot", "acting", "it", "this",
 ];
 
@@ -119,6 +119,7 @@ const FILLER: &[&str] = &[
 pub fn toy_data(n: usize, seed: u64) -> TrainData {
     let mut rng = StdRng::seed_from_u64(seed);
     let mut data = TrainData::default();
+    let mut targets = Vec::with_capacity(n);
     for i in 0..n {
         let label = i % 2;
         let words = if label == 1 { POSITIVE } else { NEGATIVE };
@@ -128,9 +129,23 @@ pub fn toy_data(n: usize, seed: u64) -> TrainData {
         let at = rng.gen_range(0..=sentence.len());
         sentence.insert(at, words.choose(&mut rng).expect("word"));
         data.texts.push(sentence.join(" "));
-        data.labels.push(label);
+        targets.push(label);
     }
+    data.labels = targets.into();
     data
+}
+
+/// The labels of single-label data.
+pub fn single(targets: &hone_train::Targets) -> &[usize] {
+    targets.as_single().expect("single-label targets")
+}
+
+/// The answer of a single-label model.
+pub fn class(p: &hone_train::Prediction) -> &hone_train::ClassPrediction {
+    match p {
+        hone_train::Prediction::Class(c) => c,
+        other => panic!("not a single-label prediction: {other:?}"),
+    }
 }
 
 pub fn labels() -> Vec<String> {

@@ -8,4 +8,5 @@ mod common;
 mod model;
 mod parity;
 mod strategies;
+mod tasks;
 mod training;

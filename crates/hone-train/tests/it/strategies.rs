@@ -6,22 +6,26 @@ use hone_domain::job::{ClassWeights, HeadType, MonitorMetric, PoolingType};
 use hone_train::train::{
     extract_features, fine_tune, Features, Strategy, TrainData, TrainJob, TrainedModel,
 };
-use hone_train::Classifier;
+use hone_train::Objective;
+use hone_train::{Classifier, Report};
 use tch::{Device, Tensor};
 
-use crate::common::{fast_config, labels, tiny_base_model, torch_lock, toy_data, Naming, Recorder};
+use crate::common::{
+    class, fast_config, labels, single, tiny_base_model, torch_lock, toy_data, Naming, Recorder,
+};
 
 fn job(base: &std::path::Path, strategy: Strategy, validation: Option<TrainData>) -> TrainJob<'_> {
     let mut config = fast_config(3);
     config.strategy = strategy;
     TrainJob {
         base_model_dir: base,
-        label_names: labels(),
+        objective: Objective::classification(labels()),
         train: toy_data(48, 1),
         validation,
         config,
         device: Device::Cpu,
         features: None,
+        checkpoint_dir: None,
     }
 }
 
@@ -173,6 +177,7 @@ fn heads_and_poolings_learn_and_serve_the_same_after_loading() {
         let a = model.classifier().predict(&texts, 4).expect("predict");
         let b = loaded.predict(&texts, 3).expect("predict");
         for (x, y) in a.iter().zip(&b) {
+            let (x, y) = (class(x), class(y));
             assert_eq!(x.label, y.label);
             assert!((x.score - y.score).abs() < 1e-5);
         }
@@ -186,9 +191,8 @@ fn early_stopping_keeps_the_best_epoch() {
     // Validation labels are the opposite of the training rule: the better the model
     // learns, the worse validation gets, so epoch 1 is the best one.
     let mut inverted = toy_data(32, 5);
-    for l in &mut inverted.labels {
-        *l = 1 - *l;
-    }
+    let flipped: Vec<usize> = single(&inverted.labels).iter().map(|l| 1 - l).collect();
+    inverted.labels = flipped.into();
     let mut j = job(base.path(), Strategy::Full, Some(inverted.clone()));
     j.train = toy_data(120, 6);
     j.config.epochs = 10;
@@ -221,8 +225,11 @@ fn early_stopping_keeps_the_best_epoch() {
         "{} vs {losses:?}",
         rescored.loss
     );
-    assert_eq!(evaluation.validation.examples, 32);
-    assert_eq!(evaluation.validation.confusion_matrix.len(), 2);
+    let Report::Classification(report) = &evaluation.validation else {
+        panic!("not a single-label report")
+    };
+    assert_eq!(report.examples, 32);
+    assert_eq!(report.confusion_matrix.len(), 2);
 }
 
 #[test]
@@ -241,9 +248,9 @@ fn options_change_the_run_and_are_checked() {
     assert_ne!(plain, run(&|j| j.config.layer_lr_decay = 0.5));
     // Balanced weights on balanced-ish data move the loss only a little, but move it.
     let mut imbalanced = toy_data(48, 1);
-    for l in imbalanced.labels.iter_mut().take(20) {
-        *l = 0;
-    }
+    let mut skewed = single(&imbalanced.labels).to_vec();
+    skewed.iter_mut().take(20).for_each(|l| *l = 0);
+    imbalanced.labels = skewed.into();
     let with = |weights| {
         let imbalanced = imbalanced.clone();
         run(&move |j: &mut TrainJob| {
@@ -310,8 +317,8 @@ fn text_pairs_are_encoded_as_pairs_and_the_second_text_is_learned() {
         .predict_pairs(&test.texts, &pairs, 3)
         .expect("predict");
     assert_eq!(
-        a.iter().map(|p| &p.label).collect::<Vec<_>>(),
-        b.iter().map(|p| &p.label).collect::<Vec<_>>()
+        a.iter().map(|p| p.label()).collect::<Vec<_>>(),
+        b.iter().map(|p| p.label()).collect::<Vec<_>>()
     );
     let err = loaded.predict(&test.texts, 4).expect_err("needs pairs");
     assert!(err.to_string().contains("text_pair"), "{err}");

@@ -2,10 +2,13 @@
 
 use hone_train::predict::Classifier;
 use hone_train::train::{fine_tune, fine_tune_with, EncoderInit, TrainData, TrainJob};
+use hone_train::Objective;
 use hone_train::TrainError;
 use tch::{Device, Tensor};
 
-use crate::common::{fast_config, labels, tiny_base_model, torch_lock, toy_data, Naming, Recorder};
+use crate::common::{
+    class, fast_config, labels, tiny_base_model, torch_lock, toy_data, Naming, Recorder,
+};
 
 fn job(
     base: &std::path::Path,
@@ -15,12 +18,13 @@ fn job(
 ) -> TrainJob<'_> {
     TrainJob {
         base_model_dir: base,
-        label_names: labels(),
+        objective: Objective::classification(labels()),
         train,
         validation,
         config: fast_config(seed),
         device: Device::Cpu,
         features: None,
+        checkpoint_dir: None,
     }
 }
 
@@ -117,8 +121,8 @@ fn save_then_load_predicts_the_same() {
             .expect("json");
     assert_eq!(
         meta,
-        serde_json::json!({"format_version": 2, "architecture": "bert", "pooling": "mean",
-                           "head": "linear", "text_pairs": false,
+        serde_json::json!({"format_version": 3, "architecture": "bert", "pooling": "mean",
+                           "head": "linear", "text_pairs": false, "task_type": "classification",
                            "labels": ["negative", "positive"],
                            "max_seq_len": 16})
     );
@@ -151,6 +155,7 @@ fn save_then_load_predicts_the_same() {
     let after = loaded.predict(&texts, 2).expect("predict");
     assert_eq!(before.len(), 4);
     for (b, a) in before.iter().zip(&after) {
+        let (b, a) = (class(b), class(a));
         assert_eq!(b.label, a.label);
         assert_eq!(b.scores.len(), 2);
         assert_eq!(b.scores[0].0, "negative");
@@ -209,7 +214,7 @@ fn invalid_jobs_are_refused_before_training() {
     let base = tiny_base_model(8, Naming::Plain);
     let bad_label = TrainData {
         texts: vec!["good".into(), "bad".into()],
-        labels: vec![0, 2],
+        labels: vec![0, 2].into(),
         ..TrainData::default()
     };
     let err = fine_tune(
@@ -231,7 +236,7 @@ fn invalid_jobs_are_refused_before_training() {
     );
 
     let mut one_label = job(base.path(), 1, toy_data(4, 1), None);
-    one_label.label_names.truncate(1);
-    one_label.train.labels = vec![0; 4];
+    one_label.objective = Objective::classification(vec!["only".into()]);
+    one_label.train.labels = vec![0; 4].into();
     assert!(fine_tune(one_label, &mut Recorder::default()).is_err());
 }

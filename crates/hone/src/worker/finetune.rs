@@ -1,20 +1,19 @@
 //! The fine-tuning job body: read and check the data, train on a dedicated OS thread
 //! (libtorch work never runs on the async runtime), report progress, publish the model.
 
-use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use hone_domain::data_report::{DataReport, DataReportBuilder};
-use hone_domain::dataset::{parse_examples, Example, Target};
+use hone_domain::dataset::{parse_examples, Example, TaskType};
 use hone_domain::job::{
     choose_method, AutoEvidence, ChosenMethod, Hyperparameters, Method, MethodType,
 };
 use hone_domain::resources::{
-    EvalReport, EvaluationReport, EventLevel, FineTuningJob, JobError, JobProgress, JobResult,
-    Transferability,
+    EpochPoint, EvalReport, EvaluationReport, EventLevel, FineTuningJob, JobError, JobProgress,
+    JobResult, Transferability,
 };
 use hone_domain::split::stratified_split;
 use hone_domain::ModelId;
@@ -22,10 +21,10 @@ use hone_store::jobs::{ClaimedJob, NewEvent};
 use hone_store::models::NewModel;
 use hone_store::{ArtifactStore, Db};
 use hone_train::train::{
-    fine_tune, EpochMetrics, Evaluation, Features, StepProgress, Strategy, TrainConfig, TrainData,
-    TrainError, TrainJob, TrainObserver,
+    fine_tune, Checkpoint, EpochMetrics, Evaluation, Features, StepProgress, Strategy, TrainConfig,
+    TrainData, TrainError, TrainJob, TrainObserver,
 };
-use hone_train::{BertConfig, FeatureRun};
+use hone_train::{BertConfig, FeatureRun, Objective, Report};
 use rand::rngs::StdRng;
 use rand::seq::SliceRandom;
 use rand::SeedableRng;
@@ -36,6 +35,9 @@ use tokio::sync::{mpsc, oneshot};
 use hone_store::feature_cache as features;
 
 use super::{StopFlags, WorkerSettings};
+
+mod targets;
+use targets::{class_evidence, describe, objective_of, report_labels, strata, Indexer};
 
 /// Why a job could not be done.
 enum Failure {
@@ -63,7 +65,7 @@ fn transient(code: &str, message: impl Into<String>) -> Failure {
 
 struct Prepared {
     base_dir: PathBuf,
-    labels: Vec<String>,
+    objective: Objective,
     /// The training file's texts and label indices, every row.
     file: TrainData,
     /// Its SHA-256, part of the feature-cache key.
@@ -95,6 +97,8 @@ enum Update {
         path: PathBuf,
     },
     Transferability(Transferability),
+    /// An epoch's weights were written; store them as the job's checkpoint.
+    Checkpoint(Checkpoint),
     /// `auto` chose; progress now counts this many epochs.
     Chosen(ChosenMethod, u32),
 }
@@ -125,6 +129,11 @@ impl TrainObserver for Observer {
             let _ = self
                 .tx
                 .send(Update::Notice(EventLevel::Info, message.to_owned()));
+        }
+    }
+    fn on_checkpoint(&mut self, checkpoint: &Checkpoint) {
+        if !self.quiet {
+            let _ = self.tx.send(Update::Checkpoint(checkpoint.clone()));
         }
     }
 }
@@ -226,67 +235,40 @@ async fn prepare(
     }
     let (train_examples, file_sha256) =
         read_examples(db, artifacts, &job.training_file, "training_file").await?;
-    let mut label_set = BTreeSet::new();
-    for e in &train_examples {
-        match &e.target {
-            Target::Single(label) => {
-                label_set.insert(label.clone());
-            }
-            other => {
-                return Err(user(
-                    "unsupported_task",
-                    format!(
-                        "task type {} is not supported by the trainer yet; it trains \
-                         single-label classification of texts or text pairs",
-                        other.task_type()
-                    ),
-                    Some("training_file"),
-                ))
-            }
-        }
-    }
+    let task_type = train_examples
+        .first()
+        .map(|e| e.target.task_type())
+        .unwrap_or_default();
     let pairs = train_examples
         .first()
         .is_some_and(|e| e.text_pair.is_some());
-    let labels: Vec<String> = label_set.into_iter().collect();
-    let index: BTreeMap<&str, usize> = labels
-        .iter()
-        .enumerate()
-        .map(|(i, l)| (l.as_str(), i))
-        .collect();
+    let objective = objective_of(&train_examples, task_type, &job.hyperparameters)?;
+    let indexer = Indexer::new(&objective);
     let to_data = |examples: Vec<Example>, param: &str| -> Result<TrainData, Failure> {
-        let mut data = TrainData {
-            texts: Vec::with_capacity(examples.len()),
-            text_pairs: pairs.then(|| Vec::with_capacity(examples.len())),
-            labels: Vec::with_capacity(examples.len()),
-        };
+        let mut texts = Vec::with_capacity(examples.len());
+        let mut text_pairs = pairs.then(|| Vec::with_capacity(examples.len()));
+        let mut targets = Vec::with_capacity(examples.len());
         for e in examples {
-            let label = match (&e.target, &e.text_pair, &mut data.text_pairs) {
-                (Target::Single(label), Some(pair), Some(pairs)) => {
-                    pairs.push(pair.clone());
-                    label
-                }
-                (Target::Single(label), None, None) => label,
+            match (&e.text_pair, &mut text_pairs) {
+                (Some(pair), Some(pairs)) => pairs.push(pair.clone()),
+                (None, None) => {}
                 _ => {
                     let what = if pairs { "text pairs" } else { "single texts" };
                     return Err(user(
-                        "unsupported_task",
-                        format!("the {param} is not single-label classification of {what} like the training file"),
+                        "task_mismatch",
+                        format!("the {param} is not made of {what} like the training file"),
                         Some(param),
                     ));
                 }
-            };
-            let Some(&i) = index.get(label.as_str()) else {
-                return Err(user(
-                    "unknown_label",
-                    format!("label {label:?} of the {param} does not occur in the training file"),
-                    Some(param),
-                ));
-            };
-            data.texts.push(e.text);
-            data.labels.push(i);
+            }
+            targets.push(indexer.index(&e.target, param)?);
+            texts.push(e.text);
         }
-        Ok(data)
+        Ok(TrainData {
+            texts,
+            text_pairs,
+            labels: indexer.collect(targets),
+        })
     };
     let file = to_data(train_examples, "training_file")?;
     let (train_rows, validation) = match &job.validation_file {
@@ -299,7 +281,7 @@ async fn prepare(
         }
         None => {
             let fraction = job.hyperparameters.validation_fraction(file.len());
-            let (train, held) = stratified_split(&file.labels, fraction, job.seed as u64);
+            let (train, held) = stratified_split(&strata(&file.labels), fraction, job.seed as u64);
             if held.is_empty() {
                 (train, Validation::None)
             } else {
@@ -315,7 +297,7 @@ async fn prepare(
         data_report.add_training(
             &file.texts[i],
             pair_of(&file, i).as_deref(),
-            &[(None, labels[file.labels[i]].as_str())],
+            &report_labels(&objective, &file.labels, i),
         );
     }
     match &validation {
@@ -333,7 +315,7 @@ async fn prepare(
     }
     Ok(Prepared {
         base_dir,
-        labels,
+        objective,
         file,
         file_sha256,
         train_rows,
@@ -372,12 +354,12 @@ async fn train_and_publish(
         &job.id,
         attempt,
         &NewEvent::info(format!(
-            "Fine-tuning {} ({}{}) on {} examples ({validation_note}), {} labels, for {} epochs",
+            "Fine-tuning {} ({}{}) on {} examples ({validation_note}), {}, for {} epochs",
             job.base_model,
             method.as_str(),
             frozen.map_or(String::new(), |k| format!(", {k} layers frozen")),
             trained_examples,
-            prepared.labels.len(),
+            describe(&prepared.objective),
             hp.epochs
         )),
     )
@@ -422,7 +404,7 @@ async fn train_and_publish(
 
     let input = ThreadInput {
         base_dir: prepared.base_dir.clone(),
-        labels: prepared.labels.clone(),
+        objective: prepared.objective.clone(),
         file: prepared.file,
         train_rows: prepared.train_rows,
         validation: prepared.validation,
@@ -480,22 +462,25 @@ async fn train_and_publish(
     let kept = output.kept.as_ref();
     let result = JobResult {
         train_loss: kept.map(|m| m.train_loss).unwrap_or(f64::NAN),
-        validation: kept
-            .and_then(|m| m.validation.as_ref())
-            .map(|v| EvalReport {
-                loss: v.loss,
-                accuracy: v.accuracy,
-                macro_f1: v.macro_f1,
-                examples: v.examples as u64,
-            }),
+        validation: kept.and_then(|m| m.validation.as_ref()).map(eval_report),
         trained_examples,
         training_seconds: started.elapsed().as_secs_f64(),
         best_epoch: kept.map(|m| m.epoch),
         epochs_run: Some(output.epochs_run),
         stopped_early: output.evaluation.as_ref().is_some_and(|e| e.stopped_early),
-        evaluation: output.evaluation.map(|e| EvaluationReport {
-            validation: e.validation,
-            generalization: e.generalization,
+        evaluation: output.evaluation.map(|e| {
+            let mut report = EvaluationReport {
+                validation: None,
+                multi_label: None,
+                tasks: Vec::new(),
+                generalization: e.generalization,
+            };
+            match e.validation {
+                Report::Classification(r) => report.validation = Some(r),
+                Report::MultiLabel(r) => report.multi_label = Some(r),
+                Report::MultiTask(t) => report.tasks = t,
+            }
+            report
         }),
         data_report: reporter.data_report.take(),
         transferability: reporter.transferability.take(),
@@ -528,7 +513,7 @@ async fn train_and_publish(
         job,
         &job_method,
         model_id.as_str(),
-        &prepared.labels,
+        &prepared.objective,
         &result,
     )
     .map_err(|e| transient("storage_error", format!("cannot write the manifest: {e}")))?;
@@ -543,7 +528,10 @@ async fn train_and_publish(
         job_id: job.id.clone(),
         base_model: job.base_model.clone(),
         storage_key: key.clone(),
-        labels: prepared.labels,
+        task_type: prepared.objective.task_type,
+        labels: prepared.objective.labels().to_vec(),
+        tasks: model_tasks(&prepared.objective),
+        checkpoint_epoch: None,
     };
     match db.succeed_job(&job.id, attempt, &new_model, &result).await {
         Ok(true) => {
@@ -573,7 +561,7 @@ struct FeatureCacheKeys {
 /// Everything the training thread owns.
 struct ThreadInput {
     base_dir: PathBuf,
-    labels: Vec<String>,
+    objective: Objective,
     file: TrainData,
     train_rows: Vec<usize>,
     validation: Validation,
@@ -606,7 +594,7 @@ fn run_training(
 ) -> Result<ThreadOutput, TrainError> {
     let ThreadInput {
         base_dir,
-        labels,
+        objective,
         file,
         train_rows,
         validation,
@@ -632,7 +620,7 @@ fn run_training(
             .text_pairs
             .as_ref()
             .map(|p| rows.iter().map(|&i| p[i].clone()).collect()),
-        labels: rows.iter().map(|&i| data.labels[i]).collect(),
+        labels: data.labels.select(rows),
     };
     let train = pick(&file, &train_rows);
     let validation_data = match &validation {
@@ -736,14 +724,19 @@ fn run_training(
             validation: validation_f,
         })
     };
-    let job_for = |strategy: Strategy, hp: &Hyperparameters, features: Option<Features>| TrainJob {
+    let checkpoint_dir = out_dir.join("checkpoints");
+    let job_for = |strategy: Strategy,
+                   hp: &Hyperparameters,
+                   features: Option<Features>,
+                   checkpoints: bool| TrainJob {
         base_model_dir: &base_dir,
-        label_names: labels.clone(),
+        objective: objective.clone(),
         train: train.clone(),
         validation: validation_data.clone(),
         config: train_config(hp, strategy, seed),
         device,
         features,
+        checkpoint_dir: checkpoints.then_some(checkpoint_dir.as_path()),
     };
 
     let (mut strategy, mut hp) = (strategy_of(method.effective()), hp.clone());
@@ -762,19 +755,17 @@ fn run_training(
                 Strategy::FeatureExtraction,
                 &probe_hp,
                 Some(split_features(features)?),
+                false,
             ),
             &mut quiet,
         )?;
-        let mut counts = vec![0usize; labels.len()];
-        for &l in &train.labels {
-            counts[l] += 1;
-        }
+        let (classes, smallest_class) = class_evidence(&objective, &train.labels);
         let chosen = choose_method(&AutoEvidence {
             examples: train.len(),
-            classes: labels.len(),
-            smallest_class: counts.iter().copied().min().unwrap_or(0),
+            classes,
+            smallest_class,
             mean_tokens,
-            probe_macro_f1: probe.evaluation().map(|e| e.validation.macro_f1),
+            probe_macro_f1: probe.evaluation().map(|e| e.validation.macro_f1()),
             model_layers: bert.num_hidden_layers as u32,
         });
         hp = hp.rebased_on(chosen.kind);
@@ -790,7 +781,7 @@ fn run_training(
         flags: flags.clone(),
         quiet: false,
     };
-    let model = fine_tune(job_for(strategy, &hp, features), &mut observer)?;
+    let model = fine_tune(job_for(strategy, &hp, features, true), &mut observer)?;
     model.save(&out_dir.join("model"))?;
     Ok(ThreadOutput {
         kept: model.final_metrics().cloned(),
@@ -806,32 +797,54 @@ fn transferability(
     sample: &TrainData,
     seed: u64,
 ) -> Result<Transferability, TrainError> {
-    let labels = &sample.labels;
-    // LogME wants every class present: renumber the ones the sample has.
-    let mut present: Vec<usize> = labels.to_vec();
-    present.sort_unstable();
-    present.dedup();
-    let remapped: Vec<usize> = labels
-        .iter()
-        .map(|l| present.binary_search(l).unwrap_or(0))
-        .collect();
-    let score = hone_train::logme_classification(features, &remapped, present.len())?;
+    let score = hone_train::logme_targets(features, &sample.labels)?;
     let random = hone_train::transfer::random_init_features(
         run,
         &sample.texts,
         sample.text_pairs.as_deref(),
         seed,
     )
-    .and_then(|f| hone_train::logme_classification(&f, &remapped, present.len()));
+    .and_then(|f| hone_train::logme_targets(&f, &sample.labels));
     let dimensions = features.size2()?.1 as u64;
+    let examples = sample.len() as u64;
     Ok(Transferability {
         metric: "logme".into(),
         score,
         random_init_score: random.ok(),
-        examples: labels.len() as u64,
+        examples,
         feature_dimensions: dimensions,
-        reliable: labels.len() as u64 > dimensions,
+        reliable: examples > dimensions,
     })
+}
+
+/// A multi-task model's tasks and their labels, as the model object lists them.
+fn model_tasks(objective: &Objective) -> Option<std::collections::BTreeMap<String, Vec<String>>> {
+    (objective.task_type == TaskType::MultiTask).then(|| {
+        objective
+            .heads
+            .iter()
+            .map(|h| (h.name.clone(), h.labels.clone()))
+            .collect()
+    })
+}
+
+/// An epoch's metrics as the API shows them.
+fn epoch_point(m: &EpochMetrics) -> EpochPoint {
+    EpochPoint {
+        epoch: m.epoch,
+        train_loss: m.train_loss,
+        validation: m.validation.as_ref().map(eval_report),
+    }
+}
+
+fn eval_report(v: &hone_train::EvalMetrics) -> EvalReport {
+    EvalReport {
+        loss: v.loss,
+        accuracy: v.accuracy,
+        macro_f1: v.macro_f1,
+        examples: v.examples as u64,
+        threshold: v.threshold,
+    }
 }
 
 fn strategy_of((kind, frozen): (MethodType, Option<u32>)) -> Strategy {
@@ -879,16 +892,17 @@ fn write_manifest(
     job: &hone_domain::resources::FineTuningJob,
     method: &Method,
     model_id: &str,
-    labels: &[String],
+    objective: &Objective,
     result: &JobResult,
 ) -> std::io::Result<()> {
     let manifest = serde_json::json!({
-        "format_version": 1,
+        "format_version": 2,
         "model_id": model_id,
         "job_id": job.id,
         "base_model": job.base_model,
-        "task": "single_label_classification",
-        "labels": labels,
+        "task_type": objective.task_type,
+        "labels": objective.labels(),
+        "tasks": model_tasks(objective),
         "method": method,
         "hyperparameters": job.hyperparameters,
         "seed": job.seed,
@@ -1081,6 +1095,7 @@ impl<'a> Reporter<'a> {
                     self.data_report = Some(report);
                 }
             }
+            Update::Checkpoint(c) => self.store_checkpoint(c).await,
             Update::FeaturesComputed { key, path } => {
                 if let Err(e) = features::store(self.artifacts, &key, &path).await {
                     tracing::warn!(error = %e, "cannot cache features");
@@ -1126,6 +1141,54 @@ impl<'a> Reporter<'a> {
                 }
                 self.method = Some(method);
             }
+        }
+    }
+
+    /// Moves a checkpoint file into the artifact store and records it; a checkpoint
+    /// that cannot be stored costs a warning, not the job.
+    async fn store_checkpoint(&self, c: Checkpoint) {
+        let key = hone_store::checkpoints::storage_key(&self.job.id, c.epoch);
+        let stored = async {
+            let bytes = tokio::fs::metadata(&c.path).await?.len();
+            let dir = c.path.with_extension("dir");
+            tokio::fs::create_dir_all(&dir).await?;
+            tokio::fs::rename(&c.path, dir.join(hone_store::checkpoints::WEIGHTS_FILE)).await?;
+            // A retried attempt replaces the epoch's checkpoint of the attempt before.
+            self.artifacts.delete(&key).await?;
+            self.artifacts.put_dir(&key, &dir).await?;
+            let _ = tokio::fs::remove_dir_all(&dir).await;
+            Ok::<u64, std::io::Error>(bytes)
+        }
+        .await;
+        let bytes = match stored {
+            Ok(bytes) => bytes,
+            Err(e) => {
+                tracing::warn!(error = %e, epoch = c.epoch, "cannot store a checkpoint");
+                self.event(NewEvent::warn(format!(
+                    "The checkpoint of epoch {} could not be stored: {e}",
+                    c.epoch
+                )))
+                .await;
+                return;
+            }
+        };
+        let checkpoint = hone_store::checkpoints::NewCheckpoint {
+            epoch: c.epoch,
+            step: c.step,
+            metrics: epoch_point(&c.metrics),
+            storage_key: key.clone(),
+            bytes,
+        };
+        match self
+            .db
+            .put_checkpoint(&self.job.id, self.attempt, &checkpoint)
+            .await
+        {
+            Ok(true) => {}
+            Ok(false) => {
+                let _ = self.artifacts.delete(&key).await;
+            }
+            Err(e) => tracing::warn!(error = %e, "cannot record a checkpoint"),
         }
     }
 

@@ -1,0 +1,131 @@
+//! Per-epoch checkpoints of fine-tuning jobs: the row (epoch, metrics, where the
+//! weights are) in Postgres, the weights in the artifact store.
+
+use chrono::{DateTime, Utc};
+use hone_domain::resources::{EpochPoint, JobCheckpoint};
+use sqlx::types::Json;
+
+use crate::{Db, StoreError};
+
+/// A checkpoint a worker has just stored.
+#[derive(Clone, Debug)]
+pub struct NewCheckpoint {
+    pub epoch: u32,
+    pub step: u64,
+    pub metrics: EpochPoint,
+    pub storage_key: String,
+    pub bytes: u64,
+}
+
+/// A checkpoint as the API shows it, plus where its weights are.
+#[derive(Clone, Debug)]
+pub struct StoredCheckpoint {
+    pub object: JobCheckpoint,
+    pub storage_key: String,
+}
+
+#[derive(sqlx::FromRow)]
+struct CheckpointRow {
+    job_id: String,
+    epoch: i32,
+    step: i64,
+    metrics: Json<EpochPoint>,
+    storage_key: String,
+    bytes: i64,
+    created_at: DateTime<Utc>,
+    published_model: Option<String>,
+}
+
+impl From<CheckpointRow> for StoredCheckpoint {
+    fn from(r: CheckpointRow) -> Self {
+        StoredCheckpoint {
+            object: JobCheckpoint {
+                object: "fine_tuning.job.checkpoint",
+                job_id: r.job_id,
+                epoch: u32::try_from(r.epoch).unwrap_or(0),
+                step: u64::try_from(r.step).unwrap_or(0),
+                created_at: r.created_at.timestamp(),
+                bytes: u64::try_from(r.bytes).unwrap_or(0),
+                metrics: r.metrics.0,
+                published_model: r.published_model,
+            },
+            storage_key: r.storage_key,
+        }
+    }
+}
+
+const SELECT: &str = "SELECT c.job_id, c.epoch, c.step, c.metrics, c.storage_key, c.bytes,
+                             c.created_at, m.id AS published_model
+                      FROM fine_tuning_job_checkpoints c
+                      LEFT JOIN models m
+                        ON m.job_id = c.job_id AND m.checkpoint_epoch = c.epoch";
+
+impl Db {
+    /// Records a checkpoint of the running attempt `attempt` (a later attempt's
+    /// checkpoint of the same epoch replaces it); `false` when the attempt no longer
+    /// owns the job, in which case nothing is written.
+    pub async fn put_checkpoint(
+        &self,
+        job_id: &str,
+        attempt: i32,
+        checkpoint: &NewCheckpoint,
+    ) -> Result<bool, StoreError> {
+        let done = sqlx::query(
+            "INSERT INTO fine_tuning_job_checkpoints
+                 (job_id, epoch, step, metrics, storage_key, bytes)
+             SELECT $1, $3, $4, $5, $6, $7 FROM fine_tuning_jobs
+             WHERE id = $1 AND status = 'running' AND attempt = $2
+             ON CONFLICT (job_id, epoch) DO UPDATE SET
+                 step = EXCLUDED.step, metrics = EXCLUDED.metrics,
+                 storage_key = EXCLUDED.storage_key, bytes = EXCLUDED.bytes,
+                 created_at = now()",
+        )
+        .bind(job_id)
+        .bind(attempt)
+        .bind(checkpoint.epoch as i32)
+        .bind(checkpoint.step as i64)
+        .bind(Json(&checkpoint.metrics))
+        .bind(&checkpoint.storage_key)
+        .bind(checkpoint.bytes as i64)
+        .execute(&self.pool)
+        .await?;
+        Ok(done.rows_affected() == 1)
+    }
+
+    /// A job's checkpoints, oldest epoch first.
+    pub async fn list_checkpoints(
+        &self,
+        job_id: &str,
+    ) -> Result<Vec<StoredCheckpoint>, StoreError> {
+        let rows: Vec<CheckpointRow> =
+            sqlx::query_as(&format!("{SELECT} WHERE c.job_id = $1 ORDER BY c.epoch"))
+                .bind(job_id)
+                .fetch_all(&self.pool)
+                .await?;
+        Ok(rows.into_iter().map(Into::into).collect())
+    }
+
+    pub async fn get_checkpoint(
+        &self,
+        job_id: &str,
+        epoch: u32,
+    ) -> Result<StoredCheckpoint, StoreError> {
+        let row: CheckpointRow =
+            sqlx::query_as(&format!("{SELECT} WHERE c.job_id = $1 AND c.epoch = $2"))
+                .bind(job_id)
+                .bind(epoch as i32)
+                .fetch_optional(&self.pool)
+                .await?
+                .ok_or(StoreError::NotFound)?;
+        Ok(row.into())
+    }
+}
+
+/// Where a checkpoint's weights go in the artifact store (a folder, so the local
+/// store can hand it out as a directory).
+pub fn storage_key(job_id: &str, epoch: u32) -> String {
+    format!("checkpoints/{job_id}/epoch-{epoch}")
+}
+
+/// The weights file inside a checkpoint's folder.
+pub const WEIGHTS_FILE: &str = "weights.safetensors";
