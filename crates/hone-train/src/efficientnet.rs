@@ -298,7 +298,7 @@ impl EfficientNetConfig {
 
     /// Every MBConv block in order, scaled as the reference scales them.
     pub fn blocks(&self) -> Vec<BlockSpec> {
-        let last = self.stages.len() - 1;
+        let last = self.stages.len().saturating_sub(1);
         let mut blocks = Vec::new();
         for (i, stage) in self.stages.iter().enumerate() {
             let fixed = self.fix_head_stem && (i == 0 || i == last);
