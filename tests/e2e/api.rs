@@ -177,6 +177,21 @@ async fn base_models_include_minilm() {
     assert_eq!(minilm["modality"], "text");
     let params = minilm["parameters"].as_u64().expect("parameters");
     assert!((22_000_000..23_000_000).contains(&params), "{params}");
+    // scripts/setup also installs an image backbone: no sequence length, an image size.
+    let lite0 = list["data"]
+        .as_array()
+        .and_then(|d| d.iter().find(|m| m["id"] == "efficientnet-lite0"))
+        .unwrap_or_else(|| panic!("efficientnet-lite0 missing: {list}"));
+    assert_eq!(lite0["modality"], "image", "{lite0}");
+    assert_eq!(lite0["architecture"], "efficientnet_lite", "{lite0}");
+    assert_eq!(lite0["image_size"], 224, "{lite0}");
+    assert_eq!(
+        (&lite0["hidden_size"], &lite0["layers"]),
+        (&json!(1280), &json!(17))
+    );
+    assert_eq!(lite0["parameters"], 4_652_008, "{lite0}");
+    assert!(lite0.get("max_seq_len").is_none(), "{lite0}");
+    assert!(minilm.get("image_size").is_none(), "{minilm}");
     let (status, _) = s.get("/v1/base-models/nope").await;
     assert_eq!(status, 404);
 }
@@ -189,6 +204,11 @@ async fn job_requests_are_validated_with_the_field_at_fault() {
     let cases = [
         (
             json!({"base_model": "nope", "training_file": fid}),
+            "base_model",
+        ),
+        (
+            // An image model: the trainer does not take them yet.
+            json!({"base_model": "efficientnet-lite0", "training_file": fid}),
             "base_model",
         ),
         (

@@ -124,13 +124,24 @@ async fn create_job(
                 ),
             )
         })?;
+    // Only text models have a sequence length; the trainer does not take image models
+    // yet, and a job it can only fail is refused here rather than queued.
+    let Some(max_seq_len) = base.max_seq_len else {
+        return Err(ApiError::invalid(
+            "base_model",
+            "unsupported_base_model",
+            format!(
+                "{:?} is an {} model; fine-tuning supports text base models so far",
+                base.id, base.modality
+            ),
+        ));
+    };
     let method = req
         .method
         .validate(u32::try_from(base.layers).unwrap_or(u32::MAX))?;
-    let hyperparameters = req.hyperparameters.validate(
-        u32::try_from(base.max_seq_len).unwrap_or(u32::MAX),
-        method.kind,
-    )?;
+    let hyperparameters = req
+        .hyperparameters
+        .validate(u32::try_from(max_seq_len).unwrap_or(u32::MAX), method.kind)?;
     if let Some(suffix) = &req.suffix {
         validate_suffix(suffix)?;
     }

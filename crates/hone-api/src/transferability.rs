@@ -330,7 +330,10 @@ async fn base_models(
 /// The length a model's features are computed with: a fine-tuning job's default, or
 /// the requested one when the model allows it.
 fn max_seq_len(requested: Option<u32>, model: &BaseModelObject) -> Result<u32, ApiError> {
-    let limit = u32::try_from(model.max_seq_len).unwrap_or(u32::MAX);
+    // Text models only reach here; an image model would have no limit to offer.
+    let limit = model
+        .max_seq_len
+        .map_or(0, |n| u32::try_from(n).unwrap_or(u32::MAX));
     let Some(len) = requested else {
         return Ok(DEFAULT_MAX_SEQ_LEN.min(limit));
     };

@@ -318,6 +318,7 @@ pub struct BaseModelObject {
     pub id: String,
     #[schema(example = "base_model")]
     pub object: &'static str,
+    /// `text` or `image`.
     #[schema(example = "text")]
     pub modality: &'static str,
     /// `model_type` from the model's config.json.
@@ -325,13 +326,20 @@ pub struct BaseModelObject {
     pub architecture: String,
     #[schema(example = 22713216)]
     pub parameters: u64,
+    /// Width of the pooled features a head is trained on.
     #[schema(example = 384)]
     pub hidden_size: u64,
+    /// The layers the `partial` method can freeze.
     #[schema(example = 6)]
     pub layers: u64,
-    /// The longest input, in tokens, the model accepts.
+    /// Text models: the longest input, in tokens, the model accepts.
+    #[serde(skip_serializing_if = "Option::is_none")]
     #[schema(example = 512)]
-    pub max_seq_len: u64,
+    pub max_seq_len: Option<u64>,
+    /// Image models: the side, in pixels, of the square images the model reads.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    #[schema(example = 224)]
+    pub image_size: Option<u64>,
     /// Where the model came from.
     #[schema(example = "local directory all-MiniLM-L6-v2")]
     pub source: String,

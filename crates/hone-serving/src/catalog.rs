@@ -1,23 +1,34 @@
-//! The base models this server can start from: every Hugging Face directory in the
-//! base-models folder whose architecture hone implements. A folder that cannot be used
-//! is left out of the list and logged, so one bad folder does not hide the others.
+//! The base models this server can start from: every directory in the base-models
+//! folder whose architecture hone implements (Hugging Face text encoders, converted
+//! image backbones). A folder that cannot be used is left out of the list and logged,
+//! so one bad folder does not hide the others.
 
 use std::path::Path;
 
 use hone_domain::resources::BaseModelObject;
-use hone_train::base_model::{inspect_base_model, list_base_models as scan, BaseModelInfo};
+use hone_train::base_model::{
+    inspect_base_model, list_base_models as scan, BaseModelInfo, BaseModelInput,
+};
 
 fn object(id: String, info: BaseModelInfo) -> BaseModelObject {
+    let (max_seq_len, image_size) = match info.input {
+        BaseModelInput::Text {
+            max_position_embeddings,
+            ..
+        } => (Some(max_position_embeddings as u64), None),
+        BaseModelInput::Image { image_size } => (None, Some(image_size as u64)),
+    };
     BaseModelObject {
         source: format!("local directory {id}"),
         id,
         object: "base_model",
-        modality: "text",
+        modality: info.modality.as_str(),
         architecture: info.architecture,
         parameters: info.parameters,
         hidden_size: info.hidden_size as u64,
         layers: info.num_layers as u64,
-        max_seq_len: info.max_position_embeddings as u64,
+        max_seq_len,
+        image_size,
     }
 }
 

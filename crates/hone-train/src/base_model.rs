@@ -1,6 +1,12 @@
-//! The catalogue of base models: what a Hugging Face directory holds, read cheaply
+//! The catalogue of base models: what a base-model directory holds, read cheaply
 //! enough to answer `GET /v1/base-models` on every call — config.json and the
 //! safetensors header only, never the weights.
+//!
+//! A directory's config.json names its architecture in `model_type`: a Hugging Face
+//! BERT-family encoder (text) as it comes from the hub, or an image backbone that
+//! `scripts/setup` converted (safetensors + a config.json of ours). Adding a backbone
+//! is a module that builds it, a row in [`ARCHITECTURES`] and an arm in
+//! [`inspect_base_model`].
 
 use std::io::Read;
 use std::path::Path;
@@ -9,28 +15,109 @@ use serde::Serialize;
 
 use crate::bert::BertConfig;
 use crate::classifier::{CONFIG_FILE, WEIGHTS_FILE};
+use crate::efficientnet::{self, EfficientNetConfig};
 use crate::error::TrainError;
 use crate::tokenize::TOKENIZER_FILE;
+
+/// What a base model reads.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Modality {
+    Text,
+    Image,
+}
+
+impl Modality {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Text => "text",
+            Self::Image => "image",
+        }
+    }
+}
+
+/// Every architecture hone builds, by config.json's `model_type`.
+pub const ARCHITECTURES: &[(&str, Modality)] = &[
+    ("bert", Modality::Text),
+    (efficientnet::ARCHITECTURE, Modality::Image),
+];
 
 /// A base model directory as the API describes it.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct BaseModelInfo {
-    /// config.json's `model_type`, e.g. `"bert"`.
+    /// config.json's `model_type`, e.g. `"bert"` or `"efficientnet_lite"`.
     pub architecture: String,
+    pub modality: Modality,
+    /// Width of the pooled features a head is trained on.
     pub hidden_size: usize,
+    /// The layers the `partial` strategy can freeze: encoder layers (text), or MBConv
+    /// blocks plus the head convolution (image).
     pub num_layers: usize,
-    pub num_heads: usize,
-    pub max_position_embeddings: usize,
-    pub vocab_size: usize,
-    /// Floating-point values in the checkpoint (integer buffers such as `position_ids`
-    /// are not parameters), pooler included when the checkpoint has one.
+    /// Trainable floating-point values in the checkpoint: integer buffers such as
+    /// `position_ids` and BatchNorm's running statistics are not parameters; a BERT
+    /// pooler and an ImageNet classifier are counted when the checkpoint has them.
     pub parameters: u64,
+    pub input: BaseModelInput,
+}
+
+/// What the model's inputs look like.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum BaseModelInput {
+    Text {
+        num_heads: usize,
+        max_position_embeddings: usize,
+        vocab_size: usize,
+    },
+    /// Square RGB images of this side.
+    Image { image_size: usize },
+}
+
+/// config.json's `model_type` (`"bert"` when absent, as transformers reads it) and its
+/// modality; an architecture hone does not build is an
+/// [`TrainError::UnsupportedArchitecture`] that lists the ones it does.
+pub fn architecture_of(dir: &Path) -> Result<(String, Modality), TrainError> {
+    let path = dir.join(CONFIG_FILE);
+    let bytes = std::fs::read(&path).map_err(|e| TrainError::io(&path, e))?;
+    let raw: serde_json::Value = serde_json::from_slice(&bytes)
+        .map_err(|e| TrainError::config(&path, format!("not valid JSON: {e}")))?;
+    let model_type = raw
+        .get("model_type")
+        .and_then(serde_json::Value::as_str)
+        .unwrap_or("bert")
+        .to_owned();
+    match ARCHITECTURES.iter().find(|(name, _)| *name == model_type) {
+        Some((_, modality)) => Ok((model_type, *modality)),
+        None => {
+            let known: Vec<String> = ARCHITECTURES
+                .iter()
+                .map(|(name, modality)| format!("{name} ({})", modality.as_str()))
+                .collect();
+            Err(TrainError::UnsupportedArchitecture {
+                message: format!(
+                    "{} declares model_type {model_type:?}; hone implements {}",
+                    path.display(),
+                    known.join(", ")
+                ),
+                architecture: model_type,
+            })
+        }
+    }
 }
 
 /// Reads `dir`'s config.json, checks that the architecture is one hone implements and
-/// that the weights and tokenizer are there, and counts the parameters from the
-/// safetensors header.
+/// that the files it needs are there (weights; the tokenizer of a text model), and
+/// counts the parameters from the safetensors header.
 pub fn inspect_base_model(dir: &Path) -> Result<BaseModelInfo, TrainError> {
+    let (architecture, _) = architecture_of(dir)?;
+    if architecture == efficientnet::ARCHITECTURE {
+        inspect_efficientnet(dir)
+    } else {
+        inspect_text(dir)
+    }
+}
+
+fn inspect_text(dir: &Path) -> Result<BaseModelInfo, TrainError> {
     let config = BertConfig::from_file(&dir.join(CONFIG_FILE))?;
     let tokenizer = dir.join(TOKENIZER_FILE);
     if !tokenizer.is_file() {
@@ -42,12 +129,30 @@ pub fn inspect_base_model(dir: &Path) -> Result<BaseModelInfo, TrainError> {
     let parameters = count_parameters(&dir.join(WEIGHTS_FILE))?;
     Ok(BaseModelInfo {
         architecture: config.model_type,
+        modality: Modality::Text,
         hidden_size: config.hidden_size,
         num_layers: config.num_hidden_layers,
-        num_heads: config.num_attention_heads,
-        max_position_embeddings: config.max_position_embeddings,
-        vocab_size: config.vocab_size,
         parameters,
+        input: BaseModelInput::Text {
+            num_heads: config.num_attention_heads,
+            max_position_embeddings: config.max_position_embeddings,
+            vocab_size: config.vocab_size,
+        },
+    })
+}
+
+fn inspect_efficientnet(dir: &Path) -> Result<BaseModelInfo, TrainError> {
+    let config = EfficientNetConfig::from_file(&dir.join(CONFIG_FILE))?;
+    let parameters = count_parameters(&dir.join(WEIGHTS_FILE))?;
+    Ok(BaseModelInfo {
+        architecture: config.model_type.clone(),
+        modality: Modality::Image,
+        hidden_size: config.head_channels(),
+        num_layers: config.blocks().len() + 1,
+        parameters,
+        input: BaseModelInput::Image {
+            image_size: config.image_size,
+        },
     })
 }
 
@@ -80,7 +185,8 @@ pub fn list_base_models(root: &Path) -> Vec<(String, Result<BaseModelInfo, Train
 const MAX_HEADER_BYTES: u64 = 100 << 20;
 
 /// Sums the element counts of the floating-point tensors listed in a safetensors
-/// header (8-byte little-endian length, then that many bytes of JSON).
+/// header (8-byte little-endian length, then that many bytes of JSON), BatchNorm's
+/// running statistics left out: they are buffers, not parameters.
 pub fn count_parameters(path: &Path) -> Result<u64, TrainError> {
     let bad = |message: String| TrainError::config(path, message);
     let mut file = std::fs::File::open(path).map_err(|e| TrainError::io(path, e))?;
@@ -102,7 +208,10 @@ pub fn count_parameters(path: &Path) -> Result<u64, TrainError> {
         .map_err(|e| bad(format!("malformed safetensors header: {e}")))?;
     let mut total = 0u64;
     for (name, entry) in &header {
-        if name == "__metadata__" {
+        if name == "__metadata__"
+            || name.ends_with(".running_mean")
+            || name.ends_with(".running_var")
+        {
             continue;
         }
         let dtype = entry.get("dtype").and_then(serde_json::Value::as_str);

@@ -13,6 +13,7 @@
 pub mod base_model;
 pub mod bert;
 pub mod classifier;
+pub mod efficientnet;
 pub mod error;
 pub mod logme;
 pub mod objective;
@@ -22,9 +23,12 @@ pub mod train;
 pub mod transfer;
 pub mod weights;
 
-pub use base_model::{inspect_base_model, list_base_models, BaseModelInfo};
+pub use base_model::{
+    inspect_base_model, list_base_models, BaseModelInfo, BaseModelInput, Modality,
+};
 pub use bert::{BertConfig, BertModel, WeightInit};
 pub use classifier::{HeadType, ModelMeta, Pooling, SequenceClassifier};
+pub use efficientnet::{EfficientNet, EfficientNetConfig};
 pub use error::TrainError;
 pub use logme::{logme_classification, logme_multilabel, logme_targets};
 pub use objective::{Objective, Report, Targets, TaskSpec};

@@ -2,7 +2,7 @@
 
 use std::path::Path;
 
-use hone_train::base_model::{inspect_base_model, list_base_models};
+use hone_train::base_model::{inspect_base_model, list_base_models, BaseModelInput, Modality};
 use hone_train::TrainError;
 use tch::Tensor;
 
@@ -21,11 +21,16 @@ fn counts_floating_point_parameters_from_the_header() {
     let info = inspect_base_model(dir.path()).expect("inspect");
     assert_eq!(info.parameters, expected as u64);
     assert_eq!(info.architecture, "bert");
+    assert_eq!(info.modality, Modality::Text);
+    assert_eq!((info.hidden_size, info.num_layers), (32, 2));
     assert_eq!(
-        (info.hidden_size, info.num_layers, info.num_heads),
-        (32, 2, 2)
+        info.input,
+        BaseModelInput::Text {
+            num_heads: 2,
+            max_position_embeddings: 64,
+            vocab_size: 100
+        }
     );
-    assert_eq!((info.max_position_embeddings, info.vocab_size), (64, 100));
 }
 
 #[test]
@@ -48,6 +53,13 @@ fn lists_every_directory_with_its_problem() {
         listed[0].1,
         Err(TrainError::UnsupportedArchitecture { .. })
     ));
+    let reason = listed[0].1.as_ref().expect_err("distilbert").to_string();
+    assert!(
+        reason.contains("\"distilbert\"")
+            && reason.contains("bert (text)")
+            && reason.contains("efficientnet_lite (image)"),
+        "{reason}"
+    );
     assert!(matches!(listed[1].1, Err(TrainError::Io { .. })));
     assert!(listed[2].1.is_ok());
     assert!(list_base_models(&root.path().join("nope")).is_empty());
@@ -68,10 +80,25 @@ fn real_minilm_header() {
     let info = inspect_base_model(&dir).expect("inspect all-MiniLM-L6-v2");
     // 22,713,216: the figure transformers' `num_parameters()` gives with the pooler.
     assert_eq!(info.parameters, 22_713_216);
-    assert_eq!(
-        (info.hidden_size, info.num_layers, info.num_heads),
-        (384, 6, 12)
-    );
+    assert_eq!((info.hidden_size, info.num_layers), (384, 6));
+    assert!(matches!(
+        info.input,
+        BaseModelInput::Text { num_heads: 12, .. }
+    ));
+}
+
+#[test]
+fn real_efficientnet_lite0_header() {
+    let dir = crate::efficientnet::lite0_dir();
+    let info = inspect_base_model(&dir).expect("inspect efficientnet-lite0");
+    assert_eq!(info.architecture, "efficientnet_lite");
+    assert_eq!(info.modality, Modality::Image);
+    // The reference's `sum(p.numel() for p in model.parameters())`: BatchNorm's running
+    // statistics and `num_batches_tracked` are buffers.
+    assert_eq!(info.parameters, 4_652_008);
+    // 16 MBConv blocks and the head convolution; features of 1280 channels.
+    assert_eq!((info.hidden_size, info.num_layers), (1280, 17));
+    assert_eq!(info.input, BaseModelInput::Image { image_size: 224 });
 }
 
 fn copy_dir(from: &Path, to: &Path) {
