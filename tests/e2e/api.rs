@@ -539,3 +539,94 @@ async fn an_unreachable_database_is_one_clear_line() {
         "{stderr}"
     );
 }
+
+#[tokio::test]
+async fn idempotency_keys_replay_the_first_response_and_refuse_other_requests() {
+    let s = TestServer::start().await;
+    let upload = |key: &'static str, bytes: Vec<u8>| {
+        let s = &s;
+        async move {
+            let form = reqwest::multipart::Form::new()
+                .text("purpose", "fine-tune")
+                .part(
+                    "file",
+                    reqwest::multipart::Part::bytes(bytes).file_name("t.jsonl"),
+                );
+            let r = s
+                .client
+                .post(s.url("/v1/files"))
+                .header("Idempotency-Key", key)
+                .multipart(form)
+                .send()
+                .await
+                .expect("upload");
+            let status = r.status().as_u16();
+            (status, r.json::<Value>().await.unwrap_or(Value::Null))
+        }
+    };
+    let bytes = jsonl(&toy_rows());
+    let (status, first) = upload("upload-1", bytes.clone()).await;
+    assert_eq!(status, 200, "{first}");
+    let stored = s.stored_files().len();
+    let (status, again) = upload("upload-1", bytes.clone()).await;
+    assert_eq!((status, &again), (200, &first));
+    let mut other = bytes.clone();
+    other.extend_from_slice(b"{\"text\": \"one more\", \"label\": \"positive\"}\n");
+    let (status, err) = upload("upload-1", other).await;
+    assert_eq!(status, 409, "{err}");
+    assert_eq!(err["error"]["param"], "Idempotency-Key");
+    assert_eq!(s.stored_files().len(), stored, "a replay or conflict kept bytes");
+    let (_, files) = s.get("/v1/files").await;
+    assert_eq!(files["data"].as_array().map(Vec::len), Some(1), "{files}");
+    let (status, err) = upload("bad key with spaces", bytes).await;
+    assert_eq!(status, 400, "{err}");
+    assert_eq!(err["error"]["param"], "Idempotency-Key");
+
+    let create = |key: &'static str, body: String| {
+        let s = &s;
+        async move {
+            let r = s
+                .client
+                .post(s.url("/v1/fine_tuning/jobs"))
+                .header("Idempotency-Key", key)
+                .header("content-type", "application/json")
+                .body(body)
+                .send()
+                .await
+                .expect("create");
+            let status = r.status().as_u16();
+            (status, r.json::<Value>().await.unwrap_or(Value::Null))
+        }
+    };
+    let fid = first["id"].as_str().expect("id");
+    let body = format!(
+        r#"{{"base_model": "all-MiniLM-L6-v2", "training_file": "{fid}", "seed": 5,
+             "hyperparameters": {{"epochs": 1, "max_seq_len": 16}}}}"#
+    );
+    // The same request sent twice at once, and once more with other formatting and
+    // key order: one job.
+    let ((s1, j1), (s2, j2)) = tokio::join!(create("job-1", body.clone()), create("job-1", body));
+    assert_eq!((s1, s2), (200, 200), "{j1} {j2}");
+    assert_eq!(j1["id"], j2["id"]);
+    let reordered = format!(
+        r#"{{"hyperparameters":{{"max_seq_len":16,"epochs":1}},"seed":5,"training_file":"{fid}","base_model":"all-MiniLM-L6-v2"}}"#
+    );
+    let (status, j3) = create("job-1", reordered).await;
+    assert_eq!((status, &j3["id"]), (200, &j1["id"]));
+    let (status, err) = create(
+        "job-1",
+        format!(r#"{{"base_model": "all-MiniLM-L6-v2", "training_file": "{fid}", "seed": 6}}"#),
+    )
+    .await;
+    assert_eq!(status, 409, "{err}");
+    let (_, jobs) = s.get("/v1/fine_tuning/jobs").await;
+    assert_eq!(jobs["data"].as_array().map(Vec::len), Some(1), "{jobs}");
+    // The same key on another route is another key.
+    let (status, _) = upload("job-1", jsonl(&toy_rows())).await;
+    assert_eq!(status, 200);
+    let id = j1["id"].as_str().expect("id");
+    let (status, _) = s
+        .post_json(&format!("/v1/fine_tuning/jobs/{id}/cancel"), &json!({}))
+        .await;
+    assert_eq!(status, 200);
+}

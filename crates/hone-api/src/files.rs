@@ -10,13 +10,16 @@ use axum::Json;
 use hone_domain::dataset::{DatasetFormat, DatasetValidator, TaskType};
 use hone_domain::resources::FileObject;
 use hone_domain::{FileId, Page};
+use hone_store::idempotency::Once;
 use serde::Serialize;
+use sha2::{Digest, Sha256};
 use tokio_util::io::ReaderStream;
 use utoipa::ToSchema;
 use utoipa_axum::router::OpenApiRouter;
 use utoipa_axum::routes;
 
 use crate::error::{ApiError, ErrorResponse};
+use crate::extract::{key_reused, IdempotencyKey};
 use crate::params::ListParams;
 use crate::AppState;
 
@@ -63,16 +66,20 @@ struct DeletedFile {
 /// is checked while it streams in: a bad file is refused with the line and field at
 /// fault, and nothing of it is kept.
 #[utoipa::path(post, path = "/v1/files", tag = "files",
+    params(("Idempotency-Key" = Option<String>, Header,
+        description = "Makes retries safe: the same key with the same file and form returns the first response; with another, 409")),
     request_body(content = UploadForm, content_type = "multipart/form-data"),
     responses(
         (status = 200, description = "The stored file", body = FileObject),
         (status = 400, description = "Invalid file or form; `message` names the line", body = ErrorResponse,
             example = json!({"error": {"message": "line 3: field `label`: missing", "type": "invalid_request_error", "param": "file", "code": "missing_field"}})),
+        (status = 409, description = "The Idempotency-Key was used with another upload", body = ErrorResponse),
         (status = 413, description = "Over the upload size limit", body = ErrorResponse)))]
 async fn upload_file(
     State(state): State<AppState>,
+    idempotency: IdempotencyKey,
     mut multipart: Multipart,
-) -> Result<Json<FileObject>, ApiError> {
+) -> Result<Json<serde_json::Value>, ApiError> {
     let id = FileId::generate();
     let mut purpose: Option<String> = None;
     let mut format_field: Option<String> = None;
@@ -175,15 +182,36 @@ async fn upload_file(
             .await
         }
     }
+    // What the upload asked for: the same key with the same file and form replays.
+    let request = [
+        "fine-tune",
+        format_field.as_deref().unwrap_or(""),
+        task_type_field.as_deref().unwrap_or(""),
+        &filename,
+        &summary.sha256,
+    ]
+    .join("\0");
+    let once = idempotency.for_request(
+        "POST /v1/files",
+        hex::encode(Sha256::digest(request.as_bytes())),
+    );
     match state
         .db
-        .insert_file(&id, &filename, "fine-tune", &summary)
+        .insert_file_once(&id, &filename, "fine-tune", &summary, once.as_ref())
         .await
     {
-        Ok(file) => {
+        Ok(Once::Created(file)) => {
             tracing::info!(file.id = %id, bytes = summary.bytes, examples = summary.examples, "stored dataset");
-            Ok(Json(file.object))
+            Ok(Json(
+                serde_json::to_value(file.object).map_err(|e| ApiError::internal("file", &e))?,
+            ))
         }
+        // A retry: its bytes are the first upload's, which is kept.
+        Ok(Once::Replayed(first)) => {
+            remove_upload(&state, &key).await;
+            Ok(Json(first))
+        }
+        Ok(Once::Mismatch) => discard(&state, &key, true, key_reused()).await,
         Err(e) => discard(&state, &key, true, e.into()).await,
     }
 }
@@ -196,11 +224,15 @@ async fn discard<T>(
     error: ApiError,
 ) -> Result<T, ApiError> {
     if committed {
-        if let Err(e) = state.artifacts.delete(key).await {
-            tracing::error!(error = %e, key, "could not remove a refused upload");
-        }
+        remove_upload(state, key).await;
     }
     Err(error)
+}
+
+async fn remove_upload(state: &AppState, key: &str) {
+    if let Err(e) = state.artifacts.delete(key).await {
+        tracing::error!(error = %e, key, "could not remove a refused upload");
+    }
 }
 
 /// List files, newest first.

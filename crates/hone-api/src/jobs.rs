@@ -8,6 +8,7 @@ use hone_domain::dataset::TaskType;
 use hone_domain::job::{validate_suffix, HyperparametersInput, JobStatus, Method};
 use hone_domain::resources::{FileObject, FineTuningJob, JobCurves, JobEvent, JobMetrics};
 use hone_domain::{JobId, Page};
+use hone_store::idempotency::Once;
 use hone_store::jobs::NewJob;
 use hone_store::StoreError;
 use serde::Deserialize;
@@ -16,7 +17,7 @@ use utoipa_axum::router::OpenApiRouter;
 use utoipa_axum::routes;
 
 use crate::error::{ApiError, ErrorResponse};
-use crate::extract::ApiJson;
+use crate::extract::{key_reused, HashedJson, IdempotencyKey};
 use crate::params::ListParams;
 use crate::AppState;
 
@@ -97,7 +98,11 @@ fn check_metadata(metadata: &Option<serde_json::Value>) -> Result<(), ApiError> 
 ///
 /// Validates the base model, the files and every hyperparameter, then queues the
 /// job and returns at once with status `queued`. Poll `GET /v1/fine_tuning/jobs/{id}`.
+/// With an `Idempotency-Key`, a retry of the same request creates nothing and gets
+/// the first response.
 #[utoipa::path(post, path = "/v1/fine_tuning/jobs", tag = "fine-tuning",
+    params(("Idempotency-Key" = Option<String>, Header,
+        description = "Makes retries safe: the same key with the same body returns the first response; with another body, 409")),
     request_body(content = CreateJobRequest, example = json!({
         "base_model": "all-MiniLM-L6-v2",
         "training_file": "file-0192f3c4a1b27c3e8d5f6a7b8c9d0e1f",
@@ -108,11 +113,14 @@ fn check_metadata(metadata: &Option<serde_json::Value>) -> Result<(), ApiError> 
     responses(
         (status = 200, description = "The queued job", body = FineTuningJob),
         (status = 400, description = "Invalid request; `param` names the field", body = ErrorResponse,
-            example = json!({"error": {"message": "no file with id \"file-…\"", "type": "invalid_request_error", "param": "training_file", "code": "file_not_found"}}))))]
+            example = json!({"error": {"message": "no file with id \"file-…\"", "type": "invalid_request_error", "param": "training_file", "code": "file_not_found"}})),
+        (status = 409, description = "The Idempotency-Key was used with another request", body = ErrorResponse)))]
 async fn create_job(
     State(state): State<AppState>,
-    ApiJson(req): ApiJson<CreateJobRequest>,
-) -> Result<Json<FineTuningJob>, ApiError> {
+    idempotency: IdempotencyKey,
+    HashedJson(req, request_sha256): HashedJson<CreateJobRequest>,
+) -> Result<Json<serde_json::Value>, ApiError> {
+    let key = idempotency.for_request("POST /v1/fine_tuning/jobs", request_sha256);
     let base = hone_serving::catalog::find_base_model(&state.settings.models_dir, &req.base_model)
         .ok_or_else(|| {
             ApiError::invalid(
@@ -182,12 +190,24 @@ async fn create_job(
         metadata: req.metadata,
         max_attempts: state.settings.job_max_attempts,
     };
-    let job = state.db.create_job(&new).await.map_err(|e| match e {
-        StoreError::Conflict(m) => ApiError::invalid("training_file", "file_not_found", m),
-        other => other.into(),
-    })?;
-    tracing::info!(job.id = %job.id, "job queued");
-    Ok(Json(job))
+    let created = state
+        .db
+        .create_job_once(&new, key.as_ref())
+        .await
+        .map_err(|e| match e {
+            StoreError::Conflict(m) => ApiError::invalid("training_file", "file_not_found", m),
+            other => other.into(),
+        })?;
+    match created {
+        Once::Created(job) => {
+            tracing::info!(job.id = %job.id, "job queued");
+            Ok(Json(
+                serde_json::to_value(job).map_err(|e| ApiError::internal("job", &e))?,
+            ))
+        }
+        Once::Replayed(first) => Ok(Json(first)),
+        Once::Mismatch => Err(key_reused()),
+    }
 }
 
 /// A seed for jobs that did not choose one; 31 bits so that every client's JSON

@@ -8,6 +8,7 @@ use hone_domain::resources::FileObject;
 use hone_domain::{FileId, PageRequest};
 use sqlx::types::Json;
 
+use crate::idempotency::{Idempotency, Once};
 use crate::{Db, StoreError};
 
 #[derive(sqlx::FromRow)]
@@ -80,6 +81,32 @@ impl Db {
         purpose: &str,
         summary: &DatasetSummary,
     ) -> Result<StoredFile, StoreError> {
+        match self
+            .insert_file_once(id, filename, purpose, summary, None)
+            .await?
+        {
+            Once::Created(file) => Ok(file),
+            _ => Err(StoreError::Corrupt(
+                "a file without a key was replayed".into(),
+            )),
+        }
+    }
+
+    /// [`Db::insert_file`] made idempotent by `key` (see [`Db::create_job_once`]).
+    pub async fn insert_file_once(
+        &self,
+        id: &FileId,
+        filename: &str,
+        purpose: &str,
+        summary: &DatasetSummary,
+        key: Option<&Idempotency>,
+    ) -> Result<Once<StoredFile>, StoreError> {
+        let mut tx = self.pool.begin().await?;
+        if let Some(key) = key {
+            if let Some(earlier) = crate::idempotency::claim(&mut tx, key).await? {
+                return Ok(earlier);
+            }
+        }
         let row: FileRow = sqlx::query_as(&format!(
             "INSERT INTO files (id, filename, purpose, format, bytes, sha256, examples, label_counts,
                                 task_type, text_pairs, task_label_counts, storage_key)
@@ -97,9 +124,14 @@ impl Db {
         .bind(summary.text_pairs)
         .bind(Json(&summary.task_label_counts))
         .bind(storage_key(id))
-        .fetch_one(&self.pool)
+        .fetch_one(&mut *tx)
         .await?;
-        row.try_into()
+        let file: StoredFile = row.try_into()?;
+        if let Some(key) = key {
+            crate::idempotency::record(&mut tx, key, &file.object).await?;
+        }
+        tx.commit().await?;
+        Ok(Once::Created(file))
     }
 
     pub async fn get_file(&self, id: &str) -> Result<StoredFile, StoreError> {

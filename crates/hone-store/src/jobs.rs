@@ -17,6 +17,7 @@ use hone_domain::{JobId, PageRequest};
 use sqlx::types::Json;
 use uuid::Uuid;
 
+use crate::idempotency::{Idempotency, Once};
 use crate::{Db, StoreError};
 
 #[derive(sqlx::FromRow)]
@@ -197,7 +198,27 @@ impl Db {
     /// Queues a job. The training and validation files are locked for share in the
     /// same transaction, so a concurrent delete cannot remove them from under it.
     pub async fn create_job(&self, new: &NewJob) -> Result<FineTuningJob, StoreError> {
+        match self.create_job_once(new, None).await? {
+            Once::Created(job) => Ok(job),
+            _ => Err(StoreError::Corrupt(
+                "a job without a key was replayed".into(),
+            )),
+        }
+    }
+
+    /// [`Db::create_job`] made idempotent by `key`: a request with a key used before
+    /// creates nothing and gets the first response (or [`Once::Mismatch`]).
+    pub async fn create_job_once(
+        &self,
+        new: &NewJob,
+        key: Option<&Idempotency>,
+    ) -> Result<Once<FineTuningJob>, StoreError> {
         let mut tx = self.pool.begin().await?;
+        if let Some(key) = key {
+            if let Some(earlier) = crate::idempotency::claim(&mut tx, key).await? {
+                return Ok(earlier);
+            }
+        }
         for file in std::iter::once(&new.training_file).chain(new.validation_file.as_ref()) {
             let found: Option<String> =
                 sqlx::query_scalar("SELECT id FROM files WHERE id = $1 FOR SHARE")
@@ -231,8 +252,12 @@ impl Db {
             &NewEvent::info("Job created and queued"),
         )
         .await?;
+        let job: FineTuningJob = row.try_into()?;
+        if let Some(key) = key {
+            crate::idempotency::record(&mut tx, key, &job).await?;
+        }
         tx.commit().await?;
-        row.try_into()
+        Ok(Once::Created(job))
     }
 
     pub async fn get_job(&self, id: &str) -> Result<FineTuningJob, StoreError> {

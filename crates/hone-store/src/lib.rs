@@ -6,6 +6,7 @@ pub mod checkpoints;
 mod db;
 pub mod feature_cache;
 pub mod files;
+pub mod idempotency;
 pub mod jobs;
 pub mod listener;
 pub mod models;
