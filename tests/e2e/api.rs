@@ -402,7 +402,8 @@ async fn a_job_trains_publishes_and_predicts() {
 async fn queued_jobs_cancel_at_once_and_running_ones_at_the_next_step() {
     // One worker slot: while the first job runs, the second stays queued.
     let s = TestServer::start().await;
-    let rows: Vec<(&str, &str)> = toy_rows().into_iter().cycle().take(600).collect();
+    // 20 steps an epoch, 20 epochs: a checkpoint comes soon, the end does not.
+    let rows: Vec<(&str, &str)> = toy_rows().into_iter().cycle().take(160).collect();
     let (_, file) = s.upload("t.jsonl", jsonl(&rows)).await;
     let body = json!({"base_model": "all-MiniLM-L6-v2", "training_file": file["id"],
         "hyperparameters": {"epochs": 20, "batch_size": 8, "max_seq_len": 16}});
@@ -441,6 +442,20 @@ async fn queued_jobs_cancel_at_once_and_running_ones_at_the_next_step() {
         .await;
     assert_eq!(status, 409, "a running job's file cannot be deleted");
 
+    // Let the running job leave a checkpoint behind before it is cancelled.
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(300);
+    let checkpoints = format!("/v1/fine_tuning/jobs/{running_id}/checkpoints");
+    loop {
+        let (_, list) = s.get(&checkpoints).await;
+        if list["data"].as_array().is_some_and(|d| !d.is_empty()) {
+            break;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "no checkpoint: {list}"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
     let (status, _) = s
         .post_json(
             &format!("/v1/fine_tuning/jobs/{running_id}/cancel"),
@@ -451,6 +466,15 @@ async fn queued_jobs_cancel_at_once_and_running_ones_at_the_next_step() {
     let job = s.wait_for_job(running_id, Duration::from_secs(30)).await;
     assert_eq!(job["status"], "cancelled", "{job}");
     assert!(job["fine_tuned_model"].is_null());
+    // Its partial artifacts are gone: checkpoints (rows and weights) and scratch files.
+    let (_, list) = s.get(&checkpoints).await;
+    assert_eq!(list["data"], json!([]), "{list}");
+    let left: Vec<_> = s
+        .stored_files()
+        .into_iter()
+        .filter(|p| !p.to_string_lossy().contains("/files/"))
+        .collect();
+    assert!(left.is_empty(), "left behind: {left:?}");
     let (_, list) = s.get("/v1/fine_tuning/jobs?status=cancelled").await;
     assert_eq!(list["data"].as_array().map(Vec::len), Some(2));
 }
@@ -575,7 +599,11 @@ async fn idempotency_keys_replay_the_first_response_and_refuse_other_requests() 
     let (status, err) = upload("upload-1", other).await;
     assert_eq!(status, 409, "{err}");
     assert_eq!(err["error"]["param"], "Idempotency-Key");
-    assert_eq!(s.stored_files().len(), stored, "a replay or conflict kept bytes");
+    assert_eq!(
+        s.stored_files().len(),
+        stored,
+        "a replay or conflict kept bytes"
+    );
     let (_, files) = s.get("/v1/files").await;
     assert_eq!(files["data"].as_array().map(Vec::len), Some(1), "{files}");
     let (status, err) = upload("bad key with spaces", bytes).await;

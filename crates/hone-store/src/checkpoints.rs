@@ -121,6 +121,19 @@ impl Db {
     }
 }
 
+impl Db {
+    /// Forgets a job's checkpoints; the storage keys of their weights, for the caller
+    /// to delete.
+    pub async fn delete_checkpoints(&self, job_id: &str) -> Result<Vec<String>, StoreError> {
+        Ok(sqlx::query_scalar(
+            "DELETE FROM fine_tuning_job_checkpoints WHERE job_id = $1 RETURNING storage_key",
+        )
+        .bind(job_id)
+        .fetch_all(&self.pool)
+        .await?)
+    }
+}
+
 /// Where a checkpoint's weights go in the artifact store (a folder, so the local
 /// store can hand it out as a directory).
 pub fn storage_key(job_id: &str, epoch: u32) -> String {

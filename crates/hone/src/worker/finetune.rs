@@ -156,7 +156,7 @@ pub async fn run_job(
         Ok(()) => return,
         Err(Failure::User(e)) => db.fail_job(&job.id, attempt, &e, false).await.map(|_| ()),
         Err(Failure::Transient(e)) if e.code == "stopped" => {
-            finish_stopped(db, &job.id, attempt, &flags).await
+            finish_stopped(db, artifacts, &job.id, attempt, &flags).await
         }
         Err(Failure::Transient(e)) => db.fail_job(&job.id, attempt, &e, true).await.map(|_| ()),
     };
@@ -169,6 +169,7 @@ pub async fn run_job(
 /// Training stopped early: say why in the job's state.
 async fn finish_stopped(
     db: &Db,
+    artifacts: &Arc<dyn ArtifactStore>,
     job_id: &str,
     attempt: i32,
     flags: &StopFlags,
@@ -177,7 +178,14 @@ async fn finish_stopped(
         return Ok(()); // another worker owns the job now
     }
     if flags.cancelled.load(Ordering::Relaxed) {
-        db.finish_cancelled(job_id, attempt).await?;
+        if db.finish_cancelled(job_id, attempt).await? {
+            // A cancelled job leaves nothing behind: its checkpoints go with it.
+            for key in db.delete_checkpoints(job_id).await? {
+                if let Err(e) = artifacts.delete(&key).await {
+                    tracing::warn!(error = %e, key, "cannot remove a cancelled job's checkpoint");
+                }
+            }
+        }
     } else {
         db.release_job(job_id, attempt).await?;
     }
@@ -337,6 +345,9 @@ async fn train_and_publish(
     let hp = &job.hyperparameters;
     let out_dir = settings.scratch_dir.join(format!("{}-{attempt}", job.id));
     let _ = std::fs::remove_dir_all(&out_dir);
+    // Whatever ends the attempt (success, failure, cancel, shutdown), its scratch
+    // files go: the training thread has stopped by the time this function returns.
+    let _scratch = ScratchDir(out_dir.clone());
     std::fs::create_dir_all(&out_dir).map_err(|e| {
         transient(
             "worker_error",
@@ -522,7 +533,6 @@ async fn train_and_publish(
         .put_dir(&key, &model_dir)
         .await
         .map_err(|e| transient("storage_error", format!("cannot publish the model: {e}")))?;
-    let _ = std::fs::remove_dir_all(&out_dir);
     let new_model = NewModel {
         id: model_id.to_string(),
         job_id: job.id.clone(),
@@ -546,6 +556,19 @@ async fn train_and_publish(
         Err(e) => {
             let _ = artifacts.delete(&key).await;
             Err(transient("storage_error", e.to_string()))
+        }
+    }
+}
+
+/// A scratch directory removed when dropped.
+struct ScratchDir(PathBuf);
+
+impl Drop for ScratchDir {
+    fn drop(&mut self) {
+        if let Err(e) = std::fs::remove_dir_all(&self.0) {
+            if e.kind() != std::io::ErrorKind::NotFound {
+                tracing::warn!(error = %e, dir = %self.0.display(), "cannot remove scratch files");
+            }
         }
     }
 }
