@@ -4,6 +4,7 @@
 
 mod api;
 mod docs;
+mod fuzz;
 mod pairs;
 mod sentiment;
 mod strategies;

@@ -237,7 +237,8 @@ async fn remove_upload(state: &AppState, key: &str) {
 
 /// List files, newest first.
 #[utoipa::path(get, path = "/v1/files", tag = "files", params(ListParams),
-    responses((status = 200, description = "A page of files", body = inline(Page<FileObject>))))]
+    responses((status = 200, description = "A page of files", body = inline(Page<FileObject>)),
+        (status = 400, description = "Invalid query", body = ErrorResponse)))]
 async fn list_files(
     State(state): State<AppState>,
     query: Result<Query<ListParams>, axum::extract::rejection::QueryRejection>,
@@ -276,7 +277,10 @@ async fn get_file(
 #[utoipa::path(get, path = "/v1/files/{file_id}/content", tag = "files",
     params(("file_id" = String, Path, description = "The file's id")),
     responses(
-        (status = 200, description = "The bytes", content_type = "application/octet-stream", body = Vec<u8>),
+        (status = 200, description = "The bytes as uploaded, typed by the file's format",
+            content(
+                (Vec<u8> = "application/jsonl"),
+                (Vec<u8> = "text/csv"))),
         (status = 404, description = "No such file", body = ErrorResponse)))]
 async fn file_content(
     State(state): State<AppState>,

@@ -65,6 +65,7 @@ pub struct CreateJobRequest {
 #[into_params(parameter_in = Query)]
 pub struct ListJobsParams {
     /// Items per page, 1–100 (default 20).
+    #[param(minimum = 1, maximum = 100)]
     pub limit: Option<i64>,
     /// The id of the last job of the previous page.
     pub after: Option<String>,
@@ -114,7 +115,8 @@ fn check_metadata(metadata: &Option<serde_json::Value>) -> Result<(), ApiError> 
         (status = 200, description = "The queued job", body = FineTuningJob),
         (status = 400, description = "Invalid request; `param` names the field", body = ErrorResponse,
             example = json!({"error": {"message": "no file with id \"file-…\"", "type": "invalid_request_error", "param": "training_file", "code": "file_not_found"}})),
-        (status = 409, description = "The Idempotency-Key was used with another request", body = ErrorResponse)))]
+        (status = 409, description = "The Idempotency-Key was used with another request", body = ErrorResponse),
+        (status = 415, description = "The body is not JSON", body = ErrorResponse)))]
 async fn create_job(
     State(state): State<AppState>,
     idempotency: IdempotencyKey,
@@ -424,6 +426,7 @@ async fn get_metrics(
     params(("job_id" = String, Path, description = "The job's id"), ListParams),
     responses(
         (status = 200, description = "A page of events", body = inline(Page<JobEvent>)),
+        (status = 400, description = "Invalid query", body = ErrorResponse),
         (status = 404, description = "No such job", body = ErrorResponse)))]
 async fn list_events(
     State(state): State<AppState>,

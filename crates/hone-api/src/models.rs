@@ -39,7 +39,7 @@ struct DeletedModel {
 pub struct PredictRequest {
     /// Texts to classify; for a model trained on text pairs, pairs as
     /// `{"text": …, "text_pair": …}` (every input, in the same request).
-    #[schema(example = json!(["A gripping, beautifully acted film.", "Two hours I will never get back."]))]
+    #[schema(example = json!(["A gripping, beautifully acted film.", "Two hours I will never get back."]), min_items = 1)]
     pub inputs: Vec<PredictInput>,
 }
 
@@ -153,7 +153,8 @@ fn not_found_as(raw: &str) -> impl Fn(StoreError) -> ApiError + '_ {
 
 /// List fine-tuned models, newest first.
 #[utoipa::path(get, path = "/v1/models", tag = "models", params(ListParams),
-    responses((status = 200, description = "A page of models", body = inline(Page<ModelObject>))))]
+    responses((status = 200, description = "A page of models", body = inline(Page<ModelObject>)),
+        (status = 400, description = "Invalid query", body = ErrorResponse)))]
 async fn list_models(
     State(state): State<AppState>,
     query: Result<Query<ListParams>, QueryRejection>,
@@ -220,6 +221,7 @@ async fn delete_model(
         (status = 200, description = "One prediction per input", body = PredictResponse),
         (status = 400, description = "Invalid inputs", body = ErrorResponse),
         (status = 404, description = "No such model", body = ErrorResponse),
+        (status = 415, description = "The body is not JSON", body = ErrorResponse),
         (status = 429, description = "Too many predictions in flight; retry after `Retry-After` seconds", body = ErrorResponse)))]
 async fn predict(
     State(state): State<AppState>,

@@ -10,6 +10,7 @@ use crate::error::ApiError;
 #[into_params(parameter_in = Query)]
 pub struct ListParams {
     /// Items per page, 1–100 (default 20).
+    #[param(minimum = 1, maximum = 100)]
     pub limit: Option<i64>,
     /// The id of the last item of the previous page.
     pub after: Option<String>,

@@ -160,6 +160,7 @@ pub struct TransferabilityResponse {
                     "features_cached": false, "seconds": 2.7}]})),
         (status = 400, description = "Invalid request; `param` names the field", body = ErrorResponse,
             example = json!({"error": {"message": "no base model \"bert-huge\"; see GET /v1/base-models", "type": "invalid_request_error", "param": "base_models[0]", "code": "model_not_found"}})),
+        (status = 415, description = "The body is not JSON", body = ErrorResponse),
         (status = 429, description = "An estimate is already running; retry after `Retry-After` seconds", body = ErrorResponse),
         (status = 500, description = "The file no longer matches its checksum, or the estimate failed", body = ErrorResponse)))]
 async fn estimate(
