@@ -241,25 +241,89 @@ async fn bad_estimate_requests_name_the_field() {
         "too_few_classes",
     )
     .await;
+}
 
-    let pairs: Vec<u8> = (0..20)
-        .flat_map(|i| {
-            let mut line = json!({
-                "text": format!("premise {i}"),
-                "text_pair": format!("hypothesis {i}"),
-                "label": if i % 2 == 0 { "yes" } else { "no" },
-            })
-            .to_string();
-            line.push('\n');
-            line.into_bytes()
-        })
-        .collect();
-    let (status, pair_file) = s.upload("pairs.jsonl", pairs).await;
-    assert_eq!(status, 200, "{pair_file}");
-    refused(
-        json!({"training_file": pair_file["id"]}),
-        "training_file",
-        "unsupported_task",
-    )
-    .await;
+/// Every task type and text pairs are estimated, each with its own LogME (per label
+/// column for multi-label, the mean over tasks for multi-task).
+#[tokio::test]
+async fn every_task_type_and_text_pairs_are_estimated() {
+    let s = TestServer::start().await;
+    let lines = |rows: Vec<serde_json::Value>| -> Vec<u8> {
+        rows.iter()
+            .flat_map(|r| format!("{r}\n").into_bytes())
+            .collect()
+    };
+    let good = [
+        "a wonderful film",
+        "great acting",
+        "loved it",
+        "superb and moving",
+    ];
+    let bad = ["a dull mess", "boring plot", "hated it", "awful and slow"];
+    let files = [
+        (
+            "pairs",
+            lines(
+                (0..24)
+                    .map(|i| {
+                        json!({"text": good[i % 4], "text_pair": if i % 2 == 0 { good[(i + 1) % 4] } else { bad[i % 4] },
+                               "label": if i % 2 == 0 { "same" } else { "different" }})
+                    })
+                    .collect(),
+            ),
+            "classification",
+        ),
+        (
+            "multi_label",
+            lines(
+                (0..24)
+                    .map(|i| {
+                        let mut labels = vec![];
+                        if i % 2 == 0 { labels.push("positive"); }
+                        if i % 3 == 0 { labels.push("short"); }
+                        json!({"text": if i % 2 == 0 { good[i % 4] } else { bad[i % 4] }, "labels": labels})
+                    })
+                    .collect(),
+            ),
+            "multi_label",
+        ),
+        (
+            "multi_task",
+            lines(
+                (0..24)
+                    .map(|i| {
+                        let sentiment = if i % 2 == 0 { "positive" } else { "negative" };
+                        if i % 5 == 0 {
+                            json!({"text": bad[i % 4], "labels": {"topic": "film"}})
+                        } else {
+                            json!({"text": if i % 2 == 0 { good[i % 4] } else { bad[i % 4] },
+                                   "labels": {"sentiment": sentiment, "topic": if i % 3 == 0 { "film" } else { "acting" }}})
+                        }
+                    })
+                    .collect(),
+            ),
+            "multi_task",
+        ),
+    ];
+    for (name, bytes, task_type) in files {
+        let (status, file) = s.upload(&format!("{name}.jsonl"), bytes).await;
+        assert_eq!(status, 200, "{file}");
+        let (status, out) = s
+            .post_json(
+                "/v1/transferability",
+                &json!({"training_file": file["id"], "base_models": ["all-MiniLM-L6-v2"]}),
+            )
+            .await;
+        assert_eq!(status, 200, "{name}: {out}");
+        assert_eq!(out["task_type"], task_type, "{out}");
+        assert_eq!(out["examples"], 24, "{out}");
+        let result = &out["results"][0];
+        assert!(
+            result["score"].as_f64().is_some_and(f64::is_finite),
+            "{name}: {out}"
+        );
+        assert!(result["random_init_score"]
+            .as_f64()
+            .is_some_and(f64::is_finite));
+    }
 }

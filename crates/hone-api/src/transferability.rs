@@ -10,11 +10,11 @@ use std::sync::Arc;
 use axum::extract::State;
 use axum::http::StatusCode;
 use axum::Json;
-use hone_domain::dataset::{parse_examples, Target};
+use hone_domain::dataset::{parse_examples, TaskType};
 use hone_domain::job::PoolingType;
 use hone_domain::resources::BaseModelObject;
 use hone_serving::transferability::{
-    sample_rows, EstimateInput, FeatureFiles, ModelEstimate, ModelInput, Sample,
+    sample_rows, EstimateInput, FeatureFiles, ModelEstimate, ModelInput, Targets,
 };
 use hone_store::feature_cache;
 use hone_store::{ArtifactStore, StoreError};
@@ -114,8 +114,10 @@ pub struct TransferabilityResponse {
     #[schema(example = 128)]
     pub examples: u64,
     /// Classes among the scored examples.
+    /// Labels of the file: its classes, or every task's labels together.
     #[schema(example = 2)]
     pub classes: u64,
+    pub task_type: TaskType,
     pub pooling: PoolingType,
     /// One entry per base model, best first.
     pub results: Vec<TransferabilityResult>,
@@ -193,7 +195,7 @@ async fn estimate(
     let file_id = file.object.id.clone();
     let file_sha256 = file.object.sha256.clone();
     let format = file.object.format;
-    let (texts, sample) = tokio::task::spawn_blocking(move || {
+    let scored = tokio::task::spawn_blocking(move || {
         examples_of(
             &file_id,
             &file_sha256,
@@ -206,7 +208,7 @@ async fn estimate(
     .map_err(|e| ApiError::internal("reading the training file", &e))??;
 
     let scratch = tempfile::tempdir()?;
-    let data_digest = if sample.whole_file {
+    let data_digest = if scored.whole_file {
         // The worker's key: features of every row of the file.
         file.object.sha256.clone()
     } else {
@@ -245,9 +247,9 @@ async fn estimate(
         .estimate(
             permit,
             EstimateInput {
-                texts,
-                labels: sample.labels.clone(),
-                classes: sample.classes,
+                texts: scored.texts,
+                pairs: scored.pairs,
+                targets: scored.targets,
                 seed: SEED,
                 models: inputs,
             },
@@ -268,8 +270,9 @@ async fn estimate(
         object: "transferability",
         training_file: file.object.id,
         metric: "logme",
-        examples: sample.rows.len() as u64,
-        classes: sample.classes as u64,
+        examples: scored.rows as u64,
+        classes: scored.classes as u64,
+        task_type: scored.task_type,
         pooling,
         results: ranked(estimates, &lengths),
     }))
@@ -380,7 +383,7 @@ fn examples_of(
     format: hone_domain::dataset::DatasetFormat,
     bytes: &[u8],
     max_examples: usize,
-) -> Result<(Vec<String>, Sample), ApiError> {
+) -> Result<Scored, ApiError> {
     if hex::encode(Sha256::digest(bytes)) != sha256 {
         // The stored bytes changed under the id: the store is at fault, not the request.
         tracing::error!(file = file_id, "stored file no longer matches its checksum");
@@ -396,55 +399,76 @@ fn examples_of(
     let examples = parse_examples(format, bytes).map_err(|e| {
         ApiError::invalid("training_file", "invalid_file", format!("{file_id}: {e}"))
     })?;
-    let mut texts = Vec::with_capacity(examples.len());
-    let mut labels = Vec::with_capacity(examples.len());
-    for e in examples {
-        match e.target {
-            Target::Single(label) if e.text_pair.is_none() => {
-                texts.push(e.text);
-                labels.push(label);
-            }
-            _ => {
-                return Err(ApiError::invalid(
-                    "training_file",
-                    "unsupported_task",
-                    "only single-label classification of single texts is estimated so far; \
-                     this file has text pairs, several labels per example or several tasks",
-                ))
-            }
-        }
-    }
-    let index: BTreeMap<&str, usize> = labels
+    let (objective, targets) = Targets::from_examples(&examples).map_err(|e| {
+        ApiError::invalid("training_file", "invalid_file", format!("{file_id}: {e}"))
+    })?;
+    let pairs = examples.first().is_some_and(|e| e.text_pair.is_some());
+    let (mut texts, mut text_pairs): (Vec<String>, Vec<String>) = examples
+        .into_iter()
+        .map(|e| (e.text, e.text_pair.unwrap_or_default()))
+        .unzip();
+    // Stratified by label (see `Targets::strata`), numbered densely for the sampler.
+    let strata = targets.strata();
+    let dense: BTreeMap<(usize, usize), usize> = strata
         .iter()
-        .map(String::as_str)
+        .copied()
         .collect::<BTreeSet<_>>()
         .into_iter()
         .enumerate()
-        .map(|(i, l)| (l, i))
+        .map(|(i, s)| (s, i))
         .collect();
-    let classes: Vec<usize> = labels.iter().map(|l| index[l.as_str()]).collect();
-    let sample = sample_rows(&classes, max_examples, SEED);
-    if sample.classes < 2 {
+    let keys: Vec<usize> = strata.iter().map(|s| dense[s]).collect();
+    let sample = sample_rows(&keys, max_examples, SEED);
+    let targets = if sample.whole_file {
+        targets
+    } else {
+        targets.select(&sample.rows)
+    };
+    if !targets.scorable() {
         return Err(ApiError::invalid(
             "training_file",
             "too_few_classes",
             format!(
-                "the {} scored examples have {} class; an estimate needs at least two",
-                sample.rows.len(),
-                sample.classes
+                "the {} scored examples have a single class (or no label that some have and \
+                 others lack); an estimate needs at least two",
+                sample.rows.len()
             ),
         ));
     }
-    let texts = if sample.whole_file {
-        texts
-    } else {
-        sample
-            .rows
-            .iter()
-            .map(|&i| std::mem::take(&mut texts[i]))
-            .collect()
+    let pick = |all: &mut Vec<String>| -> Vec<String> {
+        if sample.whole_file {
+            std::mem::take(all)
+        } else {
+            sample
+                .rows
+                .iter()
+                .map(|&i| std::mem::take(&mut all[i]))
+                .collect()
+        }
     };
-    Ok((texts, sample))
+    let texts = pick(&mut texts);
+    let pairs = pairs.then(|| pick(&mut text_pairs));
+    Ok(Scored {
+        texts,
+        pairs,
+        classes: objective.width(),
+        task_type: objective.task_type,
+        rows: sample.rows.len(),
+        whole_file: sample.whole_file,
+        targets,
+    })
+}
+
+/// The examples an estimate scores.
+struct Scored {
+    texts: Vec<String>,
+    pairs: Option<Vec<String>>,
+    targets: Targets,
+    /// Labels of the file (of every task, for multi-task).
+    classes: usize,
+    task_type: TaskType,
+    rows: usize,
+    whole_file: bool,
 }
 
 /// What stands in for the file's digest in the cache keys of a sample's features.

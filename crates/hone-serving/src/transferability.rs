@@ -22,6 +22,7 @@ use std::time::Instant;
 use hone_domain::job::PoolingType;
 use hone_domain::split::stratified_split;
 use hone_train::{BertConfig, TrainError};
+pub use hone_train::{Objective, Targets};
 use tch::Tensor;
 use tokio::sync::{oneshot, OwnedSemaphorePermit, Semaphore};
 
@@ -93,9 +94,10 @@ pub struct ModelInput {
 #[derive(Clone, Debug)]
 pub struct EstimateInput {
     pub texts: Vec<String>,
-    /// `labels[i]` in `0..classes`, every class present (see [`sample_rows`]).
-    pub labels: Vec<usize>,
-    pub classes: usize,
+    /// The second text of every example, for a file of text pairs.
+    pub pairs: Option<Vec<String>>,
+    /// The examples' targets, of any task type (see [`hone_train::logme_targets`]).
+    pub targets: Targets,
     /// Seeds the random encoder's weights.
     pub seed: u64,
     pub models: Vec<ModelInput>,
@@ -209,18 +211,22 @@ fn estimate_one(
     };
     let rows = input.texts.len();
     let (features, features_saved) = features_of(&model.features, rows, hidden, || {
-        hone_train::extract_features(&run, &input.texts, None, cancelled)
+        hone_train::extract_features(&run, &input.texts, input.pairs.as_deref(), cancelled)
     })?;
-    let score = hone_train::logme_classification(&features, &input.labels, input.classes)?;
+    let score = hone_train::logme_targets(&features, &input.targets)?;
     drop(features);
     if cancelled() {
         return Err(TrainError::Cancelled);
     }
     let (random, random_saved) = features_of(&model.random_features, rows, hidden, || {
-        hone_train::transfer::random_init_features(&run, &input.texts, None, input.seed)
+        hone_train::transfer::random_init_features(
+            &run,
+            &input.texts,
+            input.pairs.as_deref(),
+            input.seed,
+        )
     })?;
-    let random_init_score =
-        hone_train::logme_classification(&random, &input.labels, input.classes)?;
+    let random_init_score = hone_train::logme_targets(&random, &input.targets)?;
     let estimate = ModelEstimate {
         base_model: model.base_model.clone(),
         score,

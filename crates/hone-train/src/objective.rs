@@ -10,7 +10,9 @@
 use serde::{Deserialize, Serialize};
 use tch::{Device, Kind, Reduction, Tensor};
 
-use hone_domain::dataset::TaskType;
+use std::collections::BTreeMap;
+
+use hone_domain::dataset::{Example, Target, TaskType};
 use hone_domain::job::ClassWeights;
 use hone_domain::metrics::{
     tune_threshold, ClassificationReport, MultiLabelReport, TaskReport, DEFAULT_THRESHOLD,
@@ -88,6 +90,158 @@ impl Targets {
         match self {
             Targets::Single(v) => Some(v),
             _ => None,
+        }
+    }
+
+    /// The stratum of each example for a stratified split or sample: its label; for
+    /// multi-label its rarest label (so rare labels reach every part), for multi-task
+    /// its label of the first task it labels.
+    pub fn strata(&self) -> Vec<(usize, usize)> {
+        match self {
+            Targets::Single(v) => v.iter().map(|&l| (0, l)).collect(),
+            Targets::Multi(v) => {
+                let mut counts: BTreeMap<usize, usize> = BTreeMap::new();
+                for &l in v.iter().flatten() {
+                    *counts.entry(l).or_default() += 1;
+                }
+                v.iter()
+                    .map(|set| {
+                        set.iter()
+                            .min_by_key(|l| (counts.get(l).copied().unwrap_or(0), **l))
+                            .map_or((1, 0), |&l| (0, l))
+                    })
+                    .collect()
+            }
+            Targets::Tasks(v) => v
+                .iter()
+                .map(|row| {
+                    row.iter()
+                        .enumerate()
+                        .find_map(|(t, l)| l.map(|l| (t, l)))
+                        .unwrap_or((usize::MAX, 0))
+                })
+                .collect(),
+        }
+    }
+
+    /// Whether a transferability estimate has something to score: two classes of a
+    /// single-label set, a label that some examples have and some lack, or a task
+    /// with two labels.
+    pub fn scorable(&self) -> bool {
+        let distinct = |labels: &mut dyn Iterator<Item = usize>| {
+            labels.collect::<std::collections::BTreeSet<_>>().len()
+        };
+        match self {
+            Targets::Single(v) => distinct(&mut v.iter().copied()) >= 2,
+            Targets::Multi(v) => {
+                let present: std::collections::BTreeSet<usize> =
+                    v.iter().flatten().copied().collect();
+                present.iter().any(|l| v.iter().any(|set| !set.contains(l)))
+            }
+            Targets::Tasks(v) => {
+                let tasks = v.first().map_or(0, Vec::len);
+                (0..tasks).any(|t| distinct(&mut v.iter().filter_map(|row| row[t])) >= 2)
+            }
+        }
+    }
+
+    /// The targets of a whole parsed file and the objective they index: labels (and
+    /// tasks) sorted by name, every task weighing 1. The file's examples must all be
+    /// of one task type, as the dataset parser guarantees.
+    pub fn from_examples(examples: &[Example]) -> Result<(Objective, Targets), TrainError> {
+        let mismatch = |i: usize| {
+            TrainError::InvalidInput(format!(
+                "example {i} is of another task type than example 0"
+            ))
+        };
+        let index = |names: &std::collections::BTreeSet<&str>| -> BTreeMap<String, usize> {
+            names
+                .iter()
+                .enumerate()
+                .map(|(i, n)| ((*n).to_owned(), i))
+                .collect()
+        };
+        let task_type = examples
+            .first()
+            .map_or(TaskType::Classification, |e| e.target.task_type());
+        match task_type {
+            TaskType::Classification | TaskType::MultiLabel => {
+                let mut names = std::collections::BTreeSet::new();
+                for e in examples {
+                    match &e.target {
+                        Target::Single(l) => {
+                            names.insert(l.as_str());
+                        }
+                        Target::Multi(ls) => names.extend(ls.iter().map(String::as_str)),
+                        Target::Tasks(_) => {}
+                    }
+                }
+                let map = index(&names);
+                let labels: Vec<String> = names.iter().map(|n| (*n).to_owned()).collect();
+                if task_type == TaskType::Classification {
+                    let targets = examples
+                        .iter()
+                        .enumerate()
+                        .map(|(i, e)| match &e.target {
+                            Target::Single(l) => Ok(map[l.as_str()]),
+                            _ => Err(mismatch(i)),
+                        })
+                        .collect::<Result<_, _>>()?;
+                    Ok((Objective::classification(labels), Targets::Single(targets)))
+                } else {
+                    let targets = examples
+                        .iter()
+                        .enumerate()
+                        .map(|(i, e)| match &e.target {
+                            Target::Multi(ls) => Ok(ls.iter().map(|l| map[l.as_str()]).collect()),
+                            _ => Err(mismatch(i)),
+                        })
+                        .collect::<Result<_, _>>()?;
+                    Ok((Objective::multi_label(labels), Targets::Multi(targets)))
+                }
+            }
+            TaskType::MultiTask => {
+                let mut tasks: BTreeMap<&str, std::collections::BTreeSet<&str>> = BTreeMap::new();
+                for e in examples {
+                    if let Target::Tasks(map) = &e.target {
+                        for (task, label) in map {
+                            tasks
+                                .entry(task.as_str())
+                                .or_default()
+                                .insert(label.as_str());
+                        }
+                    }
+                }
+                let slots: BTreeMap<&str, (usize, BTreeMap<String, usize>)> = tasks
+                    .iter()
+                    .enumerate()
+                    .map(|(t, (task, labels))| (*task, (t, index(labels))))
+                    .collect();
+                let targets = examples
+                    .iter()
+                    .enumerate()
+                    .map(|(i, e)| match &e.target {
+                        Target::Tasks(map) => {
+                            let mut row = vec![None; slots.len()];
+                            for (task, label) in map {
+                                let (t, labels) = &slots[task.as_str()];
+                                row[*t] = Some(labels[label.as_str()]);
+                            }
+                            Ok(row)
+                        }
+                        _ => Err(mismatch(i)),
+                    })
+                    .collect::<Result<_, _>>()?;
+                let heads = tasks
+                    .into_iter()
+                    .map(|(name, labels)| TaskSpec {
+                        name: name.to_owned(),
+                        labels: labels.into_iter().map(str::to_owned).collect(),
+                        weight: 1.0,
+                    })
+                    .collect();
+                Ok((Objective::multi_task(heads), Targets::Tasks(targets)))
+            }
         }
     }
 }
@@ -738,5 +892,44 @@ mod tests {
         );
         assert_eq!(report.threshold(), Some(0.25));
         assert_eq!(report.accuracy(), 1.0);
+    }
+
+    #[test]
+    fn files_become_targets_with_sorted_labels_and_tasks() {
+        use hone_domain::dataset::{parse_examples, DatasetFormat};
+        let file = br#"{"text": "a", "labels": {"topic": "sport", "mood": "sad"}}
+{"text": "b", "labels": {"topic": "art"}}
+{"text": "c", "labels": {"mood": "happy", "topic": "sport"}}
+"#;
+        let examples = parse_examples(DatasetFormat::Jsonl, file).expect("parse");
+        let (objective, targets) = Targets::from_examples(&examples).expect("targets");
+        let names: Vec<&str> = objective.heads.iter().map(|h| h.name.as_str()).collect();
+        assert_eq!(names, ["mood", "topic"]);
+        assert_eq!(objective.heads[1].labels, ["art", "sport"]);
+        assert_eq!(
+            targets,
+            Targets::Tasks(vec![
+                vec![Some(1), Some(1)],
+                vec![None, Some(0)],
+                vec![Some(0), Some(1)]
+            ])
+        );
+        assert_eq!(targets.strata(), [(0, 1), (1, 0), (0, 0)]);
+        assert!(targets.scorable());
+        assert!(!targets.select(&[1]).scorable());
+
+        let file = br#"{"text": "a", "labels": ["x", "y"]}
+{"text": "b", "labels": []}
+{"text": "c", "labels": ["y"]}
+"#;
+        let examples = parse_examples(DatasetFormat::Jsonl, file).expect("parse");
+        let (objective, targets) = Targets::from_examples(&examples).expect("targets");
+        assert_eq!(objective.task_type, TaskType::MultiLabel);
+        assert_eq!(targets, Targets::Multi(vec![vec![0, 1], vec![], vec![1]]));
+        // Rarest label first: x (1 example) for row 0; no label is its own stratum.
+        assert_eq!(targets.strata(), [(0, 0), (1, 0), (0, 1)]);
+        assert!(targets.scorable());
+        assert!(!Targets::Multi(vec![vec![0], vec![0]]).scorable());
+        assert!(!Targets::Single(vec![1, 1]).scorable());
     }
 }

@@ -37,7 +37,7 @@ use hone_store::feature_cache as features;
 use super::{StopFlags, WorkerSettings};
 
 mod targets;
-use targets::{class_evidence, describe, objective_of, report_labels, strata, Indexer};
+use targets::{class_evidence, describe, objective_of, report_labels, Indexer};
 
 /// Why a job could not be done.
 enum Failure {
@@ -289,7 +289,7 @@ async fn prepare(
         }
         None => {
             let fraction = job.hyperparameters.validation_fraction(file.len());
-            let (train, held) = stratified_split(&strata(&file.labels), fraction, job.seed as u64);
+            let (train, held) = stratified_split(&file.labels.strata(), fraction, job.seed as u64);
             if held.is_empty() {
                 (train, Validation::None)
             } else {

@@ -189,37 +189,6 @@ impl Indexer {
     }
 }
 
-/// The stratum of each example for the validation split: its label; for multi-label
-/// its rarest label (so rare labels reach both sides), for multi-task its label of the
-/// first task it labels.
-pub(super) fn strata(targets: &Targets) -> Vec<(usize, usize)> {
-    match targets {
-        Targets::Single(v) => v.iter().map(|&l| (0, l)).collect(),
-        Targets::Multi(v) => {
-            let mut counts: BTreeMap<usize, usize> = BTreeMap::new();
-            for &l in v.iter().flatten() {
-                *counts.entry(l).or_default() += 1;
-            }
-            v.iter()
-                .map(|set| {
-                    set.iter()
-                        .min_by_key(|l| (counts.get(l).copied().unwrap_or(0), **l))
-                        .map_or((1, 0), |&l| (0, l))
-                })
-                .collect()
-        }
-        Targets::Tasks(v) => v
-            .iter()
-            .map(|row| {
-                row.iter()
-                    .enumerate()
-                    .find_map(|(t, l)| l.map(|l| (t, l)))
-                    .unwrap_or((usize::MAX, 0))
-            })
-            .collect(),
-    }
-}
-
 /// Example `i`'s (task, label) pairs for the data report.
 pub(super) fn report_labels<'a>(
     objective: &'a Objective,
