@@ -7,6 +7,7 @@ mod docs;
 mod fuzz;
 mod pairs;
 mod sentiment;
+mod shutdown;
 mod strategies;
 mod support;
 mod tasks;

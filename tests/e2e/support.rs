@@ -75,8 +75,8 @@ pub struct TestServer {
     pub client: reqwest::Client,
     pub data_dir: tempfile::TempDir,
     /// Dropped with the server: the process is killed, then its database dropped.
-    _child: Child,
-    _db: TestDb,
+    child: Child,
+    db: TestDb,
 }
 
 impl TestServer {
@@ -129,9 +129,28 @@ impl TestServer {
             base,
             client: reqwest::Client::new(),
             data_dir,
-            _child: child,
-            _db: db,
+            child,
+            db,
         }
+    }
+
+    /// Sends SIGTERM and waits (at most `limit`) for the process to exit; its status.
+    pub async fn terminate(&mut self, limit: Duration) -> std::process::ExitStatus {
+        let pid = self.child.id().expect("hone is running");
+        let sent = std::process::Command::new("kill")
+            .args(["-TERM", &pid.to_string()])
+            .status()
+            .expect("kill");
+        assert!(sent.success(), "could not signal hone");
+        tokio::time::timeout(limit, self.child.wait())
+            .await
+            .expect("hone did not exit after SIGTERM")
+            .expect("wait for hone")
+    }
+
+    /// The server's database, for looking at what a stopped server left.
+    pub fn database_url(&self) -> &str {
+        &self.db.url
     }
 
     pub fn url(&self, path: &str) -> String {
