@@ -52,7 +52,9 @@ struct Request {
     texts: Vec<String>,
     pairs: Option<Vec<String>>,
     reply: oneshot::Sender<Result<Vec<Prediction>, ServingError>>,
-    _permit: OwnedSemaphorePermit,
+    /// Held until the request is answered; `None` for a merged batch, whose requests
+    /// hold their own.
+    _permit: Option<OwnedSemaphorePermit>,
 }
 
 enum Message {
@@ -109,7 +111,7 @@ impl Predictor {
                 texts,
                 pairs,
                 reply,
-                _permit: permit,
+                _permit: Some(permit),
             }))
             .map_err(|_| ServingError::Stopped)?;
         answer.await.map_err(|_| ServingError::Stopped)?
@@ -124,19 +126,82 @@ impl Predictor {
 fn run(config: ServingConfig, rx: mpsc::Receiver<Message>) {
     let capacity = NonZeroUsize::new(config.cache_size.max(1)).unwrap_or(NonZeroUsize::MIN);
     let mut cache: LruCache<String, Classifier> = LruCache::new(capacity);
-    while let Ok(message) = rx.recv() {
-        let request = match message {
+    // A message taken off the channel while batching that did not fit the batch.
+    let mut held: Option<Message> = None;
+    while let Some(message) = held.take().or_else(|| rx.recv().ok()) {
+        let first = match message {
             Message::Evict(id) => {
                 cache.pop(&id);
                 continue;
             }
             Message::Predict(r) => r,
         };
-        if request.reply.is_closed() {
-            continue; // the client went away while waiting
+        // Requests that queued meanwhile for the same model and kind of input join
+        // this one's forward passes (up to a batch of inputs): under concurrent load
+        // the thread runs full batches instead of one small request at a time.
+        let mut batch = vec![first];
+        let mut inputs = batch[0].texts.len();
+        while inputs < config.batch_size {
+            match rx.try_recv() {
+                Ok(Message::Predict(r))
+                    if r.model_id == batch[0].model_id
+                        && r.pairs.is_some() == batch[0].pairs.is_some() =>
+                {
+                    inputs += r.texts.len();
+                    batch.push(r);
+                }
+                Ok(other) => {
+                    held = Some(other);
+                    break;
+                }
+                Err(_) => break,
+            }
         }
-        let result = predict_one(&config, &mut cache, &request);
-        let _ = request.reply.send(result);
+        batch.retain(|r| !r.reply.is_closed()); // clients that went away while waiting
+        if batch.len() > 1 {
+            predict_batch(&config, &mut cache, batch);
+        } else if let Some(request) = batch.pop() {
+            let result = predict_one(&config, &mut cache, &request);
+            let _ = request.reply.send(result);
+        }
+    }
+}
+
+/// Several requests for one model in shared forward passes, each answered with its
+/// own predictions; if the merged call fails, each request runs alone so that every
+/// client gets its own error.
+fn predict_batch(
+    config: &ServingConfig,
+    cache: &mut LruCache<String, Classifier>,
+    batch: Vec<Request>,
+) {
+    let merged = Request {
+        model_id: batch[0].model_id.clone(),
+        model_dir: batch[0].model_dir.clone(),
+        texts: batch.iter().flat_map(|r| r.texts.iter().cloned()).collect(),
+        pairs: batch[0].pairs.as_ref().map(|_| {
+            batch
+                .iter()
+                .flat_map(|r| r.pairs.iter().flatten().cloned())
+                .collect()
+        }),
+        reply: oneshot::channel().0,
+        _permit: None,
+    };
+    match predict_one(config, cache, &merged) {
+        Ok(predictions) => {
+            let mut predictions = predictions.into_iter();
+            for request in batch {
+                let own: Vec<Prediction> = predictions.by_ref().take(request.texts.len()).collect();
+                let _ = request.reply.send(Ok(own));
+            }
+        }
+        Err(_) => {
+            for request in batch {
+                let result = predict_one(config, cache, &request);
+                let _ = request.reply.send(result);
+            }
+        }
     }
 }
 
