@@ -29,7 +29,10 @@ async fn generated_requests_never_get_a_5xx_and_every_answer_matches_the_spec() 
         "{} is missing; run scripts/setup",
         python.display()
     );
+    // schemathesis keeps a cache in its working directory: not in the repository.
+    let workdir = tempfile::tempdir().expect("tempdir");
     let run = tokio::process::Command::new(&python)
+        .current_dir(workdir.path())
         .args(["-m", "schemathesis.cli", "run"])
         .arg(s.url("/openapi.json"))
         .args([
