@@ -8,7 +8,7 @@ use std::time::{Duration, Instant};
 
 use serde_json::json;
 
-use crate::support::{jsonl, TestServer};
+use crate::support::{jsonl, two_class_rows, TestServer};
 
 const PREDICT_CLIENTS: usize = 48;
 const POLL_CLIENTS: usize = 16;
@@ -33,15 +33,11 @@ async fn predict_and_polling_under_64_concurrent_clients_make_no_errors() {
         .and_then(|v| v.parse().ok())
         .unwrap_or(30);
     let s = TestServer::start().await;
-    let rows: Vec<(&str, &str)> = (0..40)
-        .map(|i| {
-            if i % 2 == 0 {
-                ("a great film, loved it", "positive")
-            } else {
-                ("an awful film, hated it", "negative")
-            }
-        })
-        .collect();
+    let rows = two_class_rows(
+        40,
+        &["a great film, loved it"],
+        &["an awful film, hated it"],
+    );
     let (status, file) = s.upload("t.jsonl", jsonl(&rows)).await;
     assert_eq!(status, 200, "{file}");
     let (status, job) = s

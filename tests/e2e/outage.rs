@@ -12,7 +12,7 @@ use serde_json::json;
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::watch;
 
-use crate::support::{jsonl, TestDb, TestServer};
+use crate::support::{jsonl, two_class_rows, TestDb, TestServer};
 
 /// A proxy to the local Postgres that can be cut and restored.
 struct Proxy {
@@ -99,15 +99,7 @@ async fn while_the_database_is_away_the_api_answers_503_and_then_carries_on() {
         tokio::time::sleep(Duration::from_millis(500)).await;
     }
     // The worker carries on too: a job queued now gets trained.
-    let rows: Vec<(&str, &str)> = (0..40)
-        .map(|i| {
-            if i % 2 == 0 {
-                ("a great film", "positive")
-            } else {
-                ("an awful film", "negative")
-            }
-        })
-        .collect();
+    let rows = two_class_rows(40, &["a great film"], &["an awful film"]);
     let (status, file) = s.upload("t.jsonl", jsonl(&rows)).await;
     assert_eq!(status, 200, "{file}");
     let (status, job) = s

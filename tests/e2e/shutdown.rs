@@ -7,22 +7,16 @@ use std::time::Duration;
 use serde_json::json;
 use sqlx::{Connection, PgConnection};
 
-use crate::support::{jsonl, TestServer};
+use crate::support::{jsonl, two_class_rows, TestServer};
 
 #[tokio::test]
 async fn sigterm_finishes_requests_in_flight_and_requeues_the_running_job() {
     let mut s = TestServer::start().await;
-    let good = ["a wonderful film", "great acting", "loved it", "superb"];
-    let bad = ["a dull mess", "boring plot", "hated it", "awful"];
-    let rows: Vec<(&str, &str)> = (0..160)
-        .map(|i| {
-            if i % 2 == 0 {
-                (good[i % 4], "positive")
-            } else {
-                (bad[i % 4], "negative")
-            }
-        })
-        .collect();
+    let rows = two_class_rows(
+        160,
+        &["a wonderful film", "great acting", "loved it", "superb"],
+        &["a dull mess", "boring plot", "hated it", "awful"],
+    );
     let (status, file) = s.upload("t.jsonl", jsonl(&rows)).await;
     assert_eq!(status, 200, "{file}");
     let (status, job) = s

@@ -245,6 +245,23 @@ impl TestServer {
     }
 }
 
+/// `n` rows alternating `positive` (from `good`, in turn) and `negative` (from `bad`).
+pub fn two_class_rows(
+    n: usize,
+    good: &[&'static str],
+    bad: &[&'static str],
+) -> Vec<(&'static str, &'static str)> {
+    (0..n)
+        .map(|i| {
+            if i % 2 == 0 {
+                (good[i / 2 % good.len()], "positive")
+            } else {
+                (bad[i / 2 % bad.len()], "negative")
+            }
+        })
+        .collect()
+}
+
 /// `n` JSONL lines `{"text": ..., "label": ...}`.
 pub fn jsonl(rows: &[(&str, &str)]) -> Vec<u8> {
     let mut out = String::new();
