@@ -14,3 +14,4 @@ mod strategies;
 mod support;
 mod tasks;
 mod transferability;
+mod uploads;

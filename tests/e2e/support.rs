@@ -148,6 +148,11 @@ impl TestServer {
             .expect("wait for hone")
     }
 
+    /// The server process's id (for reading its memory use from `/proc`).
+    pub fn pid(&self) -> u32 {
+        self.child.id().expect("hone is running")
+    }
+
     /// The server's database, for looking at what a stopped server left.
     pub fn database_url(&self) -> &str {
         &self.db.url

@@ -1,0 +1,172 @@
+//! Uploads stream to storage: memory stays flat however large the file, and an upload
+//! the client abandons halfway leaves neither a row nor bytes behind.
+
+use std::time::Duration;
+
+use tokio::io::AsyncWriteExt;
+
+use crate::support::{jsonl, two_class_rows, TestServer};
+
+const MIB: u64 = 1 << 20;
+
+/// `VmRSS` and `VmHWM` (peak resident set) of a process, in bytes.
+fn memory(pid: u32) -> (u64, u64) {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).expect("read /proc");
+    let field = |name: &str| {
+        status
+            .lines()
+            .find_map(|l| l.strip_prefix(name))
+            .and_then(|v| v.trim().strip_suffix("kB"))
+            .and_then(|v| v.trim().parse::<u64>().ok())
+            .map(|kib| kib * 1024)
+            .unwrap_or_else(|| panic!("{name} missing from /proc/{pid}/status"))
+    };
+    (field("VmRSS:"), field("VmHWM:"))
+}
+
+/// One JSONL line of exactly `width` bytes (newline included); `i` makes each unique.
+fn line(i: u64, width: usize) -> Vec<u8> {
+    let label = if i % 2 == 0 { "positive" } else { "negative" };
+    let head = format!("{{\"label\":\"{label}\",\"text\":\"review {i:012} ");
+    let tail = "\"}\n";
+    let filler = width - head.len() - tail.len();
+    let mut out = head.into_bytes();
+    out.extend(std::iter::repeat_n(b'x', filler));
+    out.extend_from_slice(tail.as_bytes());
+    out
+}
+
+/// The server's peak resident memory grows by far less than the file while a large
+/// dataset (2 GiB by default; `LARGE_UPLOAD_MIB` sets it) streams through validation,
+/// hashing and storage. Its numbers are printed (`--nocapture`).
+#[tokio::test]
+async fn a_large_upload_keeps_the_servers_memory_flat() {
+    let mib: u64 = std::env::var("LARGE_UPLOAD_MIB")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(2048);
+    const WIDTH: usize = 4096;
+    let lines = mib * MIB / WIDTH as u64;
+    let total = lines * WIDTH as u64;
+    let s = TestServer::start_with(&[
+        ("HONE_MAX_UPLOAD_BYTES", &(total + MIB).to_string()),
+        ("HONE_MAX_EXAMPLES", &(lines + 1).to_string()),
+    ])
+    .await;
+    // A small upload first, so the baseline includes everything an upload touches once.
+    let small = jsonl(&two_class_rows(4, &["good"], &["bad"]));
+    let (status, body) = s.upload("small.jsonl", small).await;
+    assert_eq!(status, 200, "{body}");
+    let (rss_before, _) = memory(s.pid());
+
+    // Chunks of 256 lines, generated as the client sends them.
+    let chunks = (0..lines.div_ceil(256)).map(move |c| {
+        let mut chunk = Vec::with_capacity(256 * WIDTH);
+        for i in c * 256..((c + 1) * 256).min(lines) {
+            chunk.extend(line(i, WIDTH));
+        }
+        Ok::<_, std::io::Error>(chunk)
+    });
+    let body = reqwest::Body::wrap_stream(futures::stream::iter(chunks));
+    let form = reqwest::multipart::Form::new()
+        .text("purpose", "fine-tune")
+        .part(
+            "file",
+            reqwest::multipart::Part::stream_with_length(body, total).file_name("big.jsonl"),
+        );
+    let started = std::time::Instant::now();
+    let response = s
+        .client
+        .post(s.url("/v1/files"))
+        .multipart(form)
+        .send()
+        .await
+        .expect("upload");
+    let seconds = started.elapsed().as_secs_f64();
+    let status = response.status().as_u16();
+    let file: serde_json::Value = response.json().await.expect("json");
+    assert_eq!(status, 200, "{file}");
+    assert_eq!(file["bytes"], total, "{file}");
+    assert_eq!(file["examples"], lines, "{file}");
+    let (_, peak) = memory(s.pid());
+    let growth = peak.saturating_sub(rss_before);
+    println!(
+        "upload of {} MiB in {seconds:.1} s ({:.0} MiB/s): server RSS before {} MiB, peak {} MiB, growth {} MiB",
+        total / MIB,
+        (total / MIB) as f64 / seconds,
+        rss_before / MIB,
+        peak / MIB,
+        growth / MIB
+    );
+    assert!(
+        growth < 128 * MIB,
+        "the server's peak memory grew by {} MiB for a {} MiB upload",
+        growth / MIB,
+        total / MIB
+    );
+    let stored: u64 = s
+        .stored_files()
+        .iter()
+        .map(|p| std::fs::metadata(p).expect("stat").len())
+        .max()
+        .unwrap_or(0);
+    assert_eq!(stored, total, "the stored file has the upload's size");
+    let id = file["id"].as_str().expect("id");
+    let (status, _) = s.delete(&format!("/v1/files/{id}")).await;
+    assert_eq!(status, 200);
+}
+
+/// A client that disconnects in the middle of its upload leaves nothing behind: no
+/// row, no stored bytes, no scratch file.
+#[tokio::test]
+async fn an_abandoned_upload_leaves_nothing_behind() {
+    let s = TestServer::start().await;
+    let addr = s.base.trim_start_matches("http://").to_owned();
+    let boundary = "hone-test-boundary";
+    let head = format!(
+        "--{boundary}\r\nContent-Disposition: form-data; name=\"purpose\"\r\n\r\nfine-tune\r\n\
+         --{boundary}\r\nContent-Disposition: form-data; name=\"file\"; filename=\"cut.jsonl\"\r\n\
+         Content-Type: application/octet-stream\r\n\r\n"
+    );
+    let mut stream = tokio::net::TcpStream::connect(&addr)
+        .await
+        .expect("connect");
+    let request = format!(
+        "POST /v1/files HTTP/1.1\r\nHost: {addr}\r\nContent-Type: multipart/form-data; boundary={boundary}\r\n\
+         Content-Length: {}\r\n\r\n{head}",
+        64 * MIB
+    );
+    stream.write_all(request.as_bytes()).await.expect("send");
+    // 8 MiB of valid lines: far enough for the server to have stored some of them.
+    let mut sent = 0;
+    let mut i = 0;
+    while sent < 8 * MIB {
+        let l = line(i, 1024);
+        stream.write_all(&l).await.expect("send");
+        sent += l.len() as u64;
+        i += 1;
+    }
+    stream.flush().await.expect("flush");
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    drop(stream);
+
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
+    loop {
+        let left = s.stored_files();
+        let (status, list) = s.get("/v1/files").await;
+        assert_eq!(status, 200, "{list}");
+        assert_eq!(
+            list["data"],
+            serde_json::json!([]),
+            "no row for a cut upload"
+        );
+        if left.is_empty() {
+            break;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "a cut upload left {left:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
