@@ -170,6 +170,24 @@ async fn an_image_file_cannot_train_a_text_model_or_be_scored_for_transferabilit
         message.contains("image") && message.contains("text model"),
         "{message:?} should name both modalities"
     );
+    // The other way round: a text file on the image base model, which jobs refuse
+    // anyway until image training is wired, is told it has the wrong modality.
+    let text = b"{\"text\":\"a\",\"label\":\"x\"}\n{\"text\":\"b\",\"label\":\"y\"}\n";
+    let (status, text_file) = s.upload("t.jsonl", text.to_vec()).await;
+    assert_eq!(status, 200, "{text_file}");
+    assert_eq!(text_file["modality"], "text", "{text_file}");
+    let (status, body) = s
+        .post_json(
+            "/v1/fine_tuning/jobs",
+            &json!({"base_model": "efficientnet-lite0", "training_file": text_file["id"]}),
+        )
+        .await;
+    assert_eq!(status, 400, "{body}");
+    assert_eq!(body["error"]["param"], "training_file", "{body}");
+    assert_eq!(body["error"]["code"], "modality_mismatch", "{body}");
+    let message = body["error"]["message"].as_str().unwrap_or_default();
+    assert!(message.contains("an image model"), "{message:?}");
+
     let (_, jobs) = s.get("/v1/fine_tuning/jobs").await;
     assert_eq!(jobs["data"], json!([]), "{jobs}");
 

@@ -137,6 +137,11 @@ async fn create_job(
     // Only text models have a sequence length; the trainer does not take image models
     // yet, and a job it can only fail is refused here rather than queued.
     let Some(max_seq_len) = base.max_seq_len else {
+        // A file of the other modality is the mistake to name first: it stays one
+        // when image training arrives.
+        if let Ok(training) = lookup_file(&state, &req.training_file, "training_file").await {
+            check_modality(&training, &base, "training_file")?;
+        }
         return Err(ApiError::invalid(
             "base_model",
             "unsupported_base_model",
