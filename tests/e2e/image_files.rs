@@ -150,22 +150,28 @@ async fn a_hostile_zip_is_refused_naming_the_entry_and_leaves_nothing() {
     assert!(left.is_empty(), "a refused zip left bytes: {left:?}");
 }
 
+/// POSTs `body` to `path`, expects a 400 `modality_mismatch` on `training_file`, and
+/// returns its message.
+async fn modality_refusal(s: &TestServer, path: &str, body: &Value) -> String {
+    let (status, body) = s.post_json(path, body).await;
+    assert_eq!(status, 400, "{body}");
+    assert_eq!(body["error"]["param"], "training_file", "{body}");
+    assert_eq!(body["error"]["code"], "modality_mismatch", "{body}");
+    body["error"]["message"]
+        .as_str()
+        .unwrap_or_default()
+        .to_owned()
+}
+
 #[tokio::test]
 async fn an_image_file_cannot_train_a_text_model_or_be_scored_for_transferability() {
     let s = TestServer::start().await;
     let zip = zip_of(&[("zero/a.png", png(0)), ("one/a.png", png(200))]);
     let (status, file) = s.upload("digits.zip", zip).await;
     assert_eq!(status, 200, "{file}");
-    let (status, body) = s
-        .post_json(
-            "/v1/fine_tuning/jobs",
-            &json!({"base_model": "all-MiniLM-L6-v2", "training_file": file["id"]}),
-        )
-        .await;
-    assert_eq!(status, 400, "{body}");
-    assert_eq!(body["error"]["param"], "training_file", "{body}");
-    assert_eq!(body["error"]["code"], "modality_mismatch", "{body}");
-    let message = body["error"]["message"].as_str().unwrap_or_default();
+    let jobs = "/v1/fine_tuning/jobs";
+    let request = json!({"base_model": "all-MiniLM-L6-v2", "training_file": file["id"]});
+    let message = modality_refusal(&s, jobs, &request).await;
     assert!(
         message.contains("image") && message.contains("text model"),
         "{message:?} should name both modalities"
@@ -176,25 +182,13 @@ async fn an_image_file_cannot_train_a_text_model_or_be_scored_for_transferabilit
     let (status, text_file) = s.upload("t.jsonl", text.to_vec()).await;
     assert_eq!(status, 200, "{text_file}");
     assert_eq!(text_file["modality"], "text", "{text_file}");
-    let (status, body) = s
-        .post_json(
-            "/v1/fine_tuning/jobs",
-            &json!({"base_model": "efficientnet-lite0", "training_file": text_file["id"]}),
-        )
-        .await;
-    assert_eq!(status, 400, "{body}");
-    assert_eq!(body["error"]["param"], "training_file", "{body}");
-    assert_eq!(body["error"]["code"], "modality_mismatch", "{body}");
-    let message = body["error"]["message"].as_str().unwrap_or_default();
+    let request = json!({"base_model": "efficientnet-lite0", "training_file": text_file["id"]});
+    let message = modality_refusal(&s, jobs, &request).await;
     assert!(message.contains("an image model"), "{message:?}");
+    let (_, listed) = s.get(jobs).await;
+    assert_eq!(listed["data"], json!([]), "{listed}");
 
-    let (_, jobs) = s.get("/v1/fine_tuning/jobs").await;
-    assert_eq!(jobs["data"], json!([]), "{jobs}");
-
-    let (status, body) = s
-        .post_json("/v1/transferability", &json!({"training_file": file["id"]}))
-        .await;
-    assert_eq!(status, 400, "{body}");
-    assert_eq!(body["error"]["param"], "training_file", "{body}");
-    assert_eq!(body["error"]["code"], "modality_mismatch", "{body}");
+    let request = json!({"training_file": file["id"]});
+    let message = modality_refusal(&s, "/v1/transferability", &request).await;
+    assert!(message.contains("text files"), "{message:?}");
 }
