@@ -5,6 +5,7 @@
 mod api;
 mod docs;
 mod fuzz;
+mod image_files;
 mod load;
 mod outage;
 mod pairs;

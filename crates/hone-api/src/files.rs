@@ -1,6 +1,8 @@
 //! `/v1/files`: datasets are validated while they stream in and written to the
 //! artifact store as they arrive; the row is added only once the whole file passed, so
-//! a refused or interrupted upload leaves neither a row nor bytes behind.
+//! a refused or interrupted upload leaves neither a row nor bytes behind. A zip can only
+//! be checked whole (its directory is at its end): it is checked from the uncommitted
+//! scratch copy, off the async threads, before it is moved into place.
 
 use axum::body::Body;
 use axum::extract::{Multipart, Path, Query, State};
@@ -38,12 +40,16 @@ struct UploadForm {
     /// (single-label), `{"text", "labels": [...]}` (multi-label) or `{"text",
     /// "labels": {"task": "label"}}` (multi-task), each optionally with a `text_pair`;
     /// or single-label CSV with a header that has `text` and `label` columns (`.csv`).
+    /// Images: JSONL whose objects have `"image"` (base64 PNG or JPEG, optionally as a
+    /// `data:image/png;base64,` URL) instead of `text`, with the same targets; or a zip
+    /// (`.zip`) with one folder per class, `<class>/<image>.png|jpg`, optionally inside
+    /// one top folder (single-label). Every image is decoded and its size checked.
     #[schema(value_type = String, format = Binary)]
     file: Vec<u8>,
     /// Must be `fine-tune`.
     #[schema(example = "fine-tune")]
     purpose: String,
-    /// `jsonl` or `csv`; by default taken from the file name's extension.
+    /// `jsonl`, `csv` or `zip`; by default taken from the file name's extension.
     format: Option<DatasetFormat>,
     /// What the file must hold; by default inferred from its first line (every line
     /// must then agree). Send it before `file`.
@@ -62,16 +68,18 @@ struct DeletedFile {
 ///
 /// Text classification data as JSONL — single-label (`{"text", "label"}`), multi-label
 /// (`{"text", "labels": [...]}`) or multi-task (`{"text", "labels": {"task": "label"}}`),
-/// optionally with a `text_pair` — or single-label CSV (`text,label` header). The file
-/// is checked while it streams in: a bad file is refused with the line and field at
-/// fault, and nothing of it is kept.
+/// optionally with a `text_pair` — or single-label CSV (`text,label` header). Image
+/// data as JSONL with a base64 `image` instead of `text`, or as a zip of class folders
+/// (`<class>/<image>`). The file is checked while it streams in (a zip once it is
+/// whole): a bad file is refused with the line or zip entry and the field at fault, and
+/// nothing of it is kept.
 #[utoipa::path(post, path = "/v1/files", tag = "files",
     params(("Idempotency-Key" = Option<String>, Header,
         description = "Makes retries safe: the same key with the same file and form returns the first response; with another, 409")),
     request_body(content = UploadForm, content_type = "multipart/form-data"),
     responses(
         (status = 200, description = "The stored file", body = FileObject),
-        (status = 400, description = "Invalid file or form; `message` names the line", body = ErrorResponse,
+        (status = 400, description = "Invalid file or form; `message` names the line or zip entry", body = ErrorResponse,
             example = json!({"error": {"message": "line 3: field `label`: missing", "type": "invalid_request_error", "param": "file", "code": "missing_field"}})),
         (status = 409, description = "The Idempotency-Key was used with another upload", body = ErrorResponse),
         (status = 413, description = "Over the upload size limit", body = ErrorResponse)))]
@@ -103,13 +111,13 @@ async fn upload_file(
                 let filename = field.file_name().unwrap_or("upload").to_owned();
                 let format = match format_field.as_deref() {
                     Some(f) => DatasetFormat::parse(f).ok_or_else(|| {
-                        ApiError::invalid("format", "invalid_value", "format must be `jsonl` or `csv`")
+                        ApiError::invalid("format", "invalid_value", "format must be `jsonl`, `csv` or `zip`")
                     })?,
                     None => DatasetFormat::from_filename(&filename).ok_or_else(|| {
                         ApiError::invalid(
                             "file",
                             "unknown_format",
-                            format!("cannot tell the format of {filename:?}: name it .jsonl or .csv, or send a `format` field before the file"),
+                            format!("cannot tell the format of {filename:?}: name it .jsonl, .csv or .zip, or send a `format` field before the file"),
                         )
                     })?,
                 };
@@ -130,7 +138,14 @@ async fn upload_file(
                     validator.push(&chunk)?;
                     object.write(&chunk).await?;
                 }
-                let summary = validator.finish()?;
+                let summary = if format.is_archive() {
+                    let stored = object.read_back().await?;
+                    tokio::task::spawn_blocking(move || validator.finish_archive(stored))
+                        .await
+                        .map_err(|e| ApiError::internal("checking the archive", &e))??
+                } else {
+                    validator.finish()?
+                };
                 object.commit().await?;
                 stored = Some((filename, summary));
             }
@@ -280,7 +295,8 @@ async fn get_file(
         (status = 200, description = "The bytes as uploaded, typed by the file's format",
             content(
                 (Vec<u8> = "application/jsonl"),
-                (Vec<u8> = "text/csv"))),
+                (Vec<u8> = "text/csv"),
+                (Vec<u8> = "application/zip"))),
         (status = 404, description = "No such file", body = ErrorResponse)))]
 async fn file_content(
     State(state): State<AppState>,
@@ -291,6 +307,7 @@ async fn file_content(
     let content_type = match file.object.format {
         DatasetFormat::Jsonl => "application/jsonl",
         DatasetFormat::Csv => "text/csv",
+        DatasetFormat::Zip => "application/zip",
     };
     Ok((
         StatusCode::OK,

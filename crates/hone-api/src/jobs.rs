@@ -137,6 +137,11 @@ async fn create_job(
     // Only text models have a sequence length; the trainer does not take image models
     // yet, and a job it can only fail is refused here rather than queued.
     let Some(max_seq_len) = base.max_seq_len else {
+        // A file of the other modality is the mistake to name first: it stays one
+        // when image training arrives.
+        if let Ok(training) = lookup_file(&state, &req.training_file, "training_file").await {
+            check_modality(&training, &base, "training_file")?;
+        }
         return Err(ApiError::invalid(
             "base_model",
             "unsupported_base_model",
@@ -158,9 +163,11 @@ async fn create_job(
     check_metadata(&req.metadata)?;
 
     let training = lookup_file(&state, &req.training_file, "training_file").await?;
+    check_modality(&training, &base, "training_file")?;
     check_task_weights(&hyperparameters.task_weights, &training)?;
     if let Some(validation_file) = &req.validation_file {
         let validation = lookup_file(&state, validation_file, "validation_file").await?;
+        check_modality(&validation, &base, "validation_file")?;
         if (validation.task_type, validation.text_pairs)
             != (training.task_type, training.text_pairs)
         {
@@ -281,6 +288,32 @@ fn check_validation_labels(training: &FileObject, validation: &FileObject) -> Re
         "validation_file",
         "unknown_labels",
         format!("the validation file has labels the training file lacks: {unknown:?}"),
+    ))
+}
+
+/// A base model reads one kind of input; a file of the other kind could only fail in
+/// the worker.
+fn check_modality(
+    file: &FileObject,
+    base: &hone_domain::resources::BaseModelObject,
+    param: &str,
+) -> Result<(), ApiError> {
+    if file.modality.as_str() == base.modality {
+        return Ok(());
+    }
+    let article = |m: &str| if m == "image" { "an" } else { "a" };
+    Err(ApiError::invalid(
+        param,
+        "modality_mismatch",
+        format!(
+            "{param} {} holds {} examples but {:?} is {} {} model; pick a base model of the \
+             file's modality (GET /v1/base-models lists each model's `modality`)",
+            file.id,
+            file.modality,
+            base.id,
+            article(base.modality),
+            base.modality
+        ),
     ))
 }
 

@@ -188,6 +188,16 @@ async fn estimate(
         .map(|m| max_seq_len(req.max_seq_len, m))
         .collect::<Result<Vec<u32>, ApiError>>()?;
     let file = lookup_file(&state, &req.training_file).await?;
+    if file.object.modality != hone_domain::dataset::Modality::Text {
+        return Err(ApiError::invalid(
+            "training_file",
+            "modality_mismatch",
+            format!(
+                "{} holds {} examples; transferability estimates take text files so far",
+                file.object.id, file.object.modality
+            ),
+        ));
+    }
 
     // Everything cheap is checked; the rest holds the estimator.
     let permit = state.transferability.try_admit()?;

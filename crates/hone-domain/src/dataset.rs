@@ -16,11 +16,13 @@
 use std::borrow::Cow;
 use std::collections::{BTreeMap, HashSet};
 use std::fmt;
+use std::io::{Read, Seek};
 
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 use utoipa::ToSchema;
 
+pub mod images;
 mod jsonl;
 
 const BOM: &[u8] = b"\xEF\xBB\xBF";
@@ -36,15 +38,21 @@ pub enum DatasetFormat {
     /// `text_pair` column for text pairs. One label per example only: a cell holds one
     /// string, and any separator for lists would collide with some label's text.
     Csv,
+    /// A zip archive of images, one folder per class (the ImageFolder convention):
+    /// `<class>/<image>`, optionally all inside one common top folder. Single-label only:
+    /// a folder is one class.
+    Zip,
 }
 
 impl DatasetFormat {
-    pub const ALL: [DatasetFormat; 2] = [DatasetFormat::Jsonl, DatasetFormat::Csv];
+    pub const ALL: [DatasetFormat; 3] =
+        [DatasetFormat::Jsonl, DatasetFormat::Csv, DatasetFormat::Zip];
 
     pub fn as_str(self) -> &'static str {
         match self {
             DatasetFormat::Jsonl => "jsonl",
             DatasetFormat::Csv => "csv",
+            DatasetFormat::Zip => "zip",
         }
     }
 
@@ -59,13 +67,53 @@ impl DatasetFormat {
         match ext.to_ascii_lowercase().as_str() {
             "jsonl" | "ndjson" => Some(DatasetFormat::Jsonl),
             "csv" => Some(DatasetFormat::Csv),
+            "zip" => Some(DatasetFormat::Zip),
             _ => None,
         }
     }
 
-    /// CSV holds one label per example (see [`DatasetFormat::Csv`]).
+    /// CSV and zip hold one label per example (see [`DatasetFormat::Csv`],
+    /// [`DatasetFormat::Zip`]).
     pub fn supports(self, task_type: TaskType) -> bool {
         self == DatasetFormat::Jsonl || task_type == TaskType::Classification
+    }
+
+    /// A zip's directory is at its end, so it can only be checked once it is whole
+    /// ([`DatasetValidator::finish_archive`]); the other formats are checked as they
+    /// stream.
+    pub fn is_archive(self) -> bool {
+        self == DatasetFormat::Zip
+    }
+}
+
+/// What the inputs of a file are: it decides which base models can train on it.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, Serialize, Deserialize, ToSchema)]
+#[serde(rename_all = "lowercase")]
+pub enum Modality {
+    /// The default because it is what every file was before images existed.
+    #[default]
+    Text,
+    Image,
+}
+
+impl Modality {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Modality::Text => "text",
+            Modality::Image => "image",
+        }
+    }
+
+    pub fn parse(raw: &str) -> Option<Self> {
+        [Modality::Text, Modality::Image]
+            .into_iter()
+            .find(|m| m.as_str() == raw)
+    }
+}
+
+impl fmt::Display for Modality {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
     }
 }
 
@@ -166,6 +214,21 @@ pub struct DatasetLimits {
     /// Distinct tasks of a multi-task file; each costs a head, and free text used as a
     /// task name shows up here.
     pub max_tasks: usize,
+    /// Entries of a zip, directories and skipped OS junk included: each costs a
+    /// directory record before anything is decompressed.
+    pub max_archive_entries: u64,
+    /// Bytes actually decompressed from a zip, over all entries; declared sizes are
+    /// not trusted.
+    pub max_uncompressed_bytes: u64,
+    /// Decompressed over compressed size of one zip entry. PNG and JPEG are compressed
+    /// already and barely shrink, so a high ratio means a zip bomb.
+    pub max_compression_ratio: u64,
+    /// Shortest side of an image, in pixels; sklearn's digits are 8×8.
+    pub min_image_side: u32,
+    /// Longest side of an image, in pixels; checked from the header before decoding.
+    pub max_image_side: u32,
+    /// Width × height of an image, which bounds what decoding it allocates.
+    pub max_image_pixels: u64,
 }
 
 impl Default for DatasetLimits {
@@ -179,6 +242,12 @@ impl Default for DatasetLimits {
             max_label_chars: 200,
             max_classes: 1_000,
             max_tasks: 100,
+            max_archive_entries: 100_000,
+            max_uncompressed_bytes: 2 * 1024 * 1024 * 1024,
+            max_compression_ratio: 100,
+            min_image_side: 8,
+            max_image_side: 8_192,
+            max_image_pixels: 40_000_000,
         }
     }
 }
@@ -194,6 +263,12 @@ impl DatasetLimits {
             max_label_chars: usize::MAX,
             max_classes: usize::MAX,
             max_tasks: usize::MAX,
+            max_archive_entries: u64::MAX,
+            max_uncompressed_bytes: u64::MAX,
+            max_compression_ratio: u64::MAX,
+            min_image_side: 0,
+            max_image_side: u32::MAX,
+            max_image_pixels: u64::MAX,
         }
     }
 }
@@ -210,6 +285,9 @@ pub struct DatasetSummary {
     /// Defaults when absent, so summaries recorded before task types existed still read.
     #[serde(default)]
     pub task_type: TaskType,
+    /// Text or images, from the first example (always images for a zip).
+    #[serde(default)]
+    pub modality: Modality,
     /// Every example has a `text_pair` (paraphrase, entailment); no example has one
     /// otherwise.
     #[serde(default)]
@@ -266,9 +344,11 @@ pub struct DatasetError {
     /// byte is for [`DatasetErrorKind::InvalidUtf8`] and CSV quoting errors. `None` for
     /// rules about the whole file.
     pub line: Option<u64>,
-    /// `"text"`, `"text_pair"`, `"label"` or `"labels"` when one field is at fault;
-    /// the message names the task or the label within `labels`.
+    /// `"text"`, `"text_pair"`, `"image"`, `"label"` or `"labels"` when one field is
+    /// at fault; the message names the task or the label within `labels`.
     pub field: Option<String>,
+    /// The path of the zip entry at fault, as stored in the archive.
+    pub entry: Option<String>,
     pub kind: DatasetErrorKind,
     /// The reason alone; [`fmt::Display`] prefixes the line and the field.
     pub message: String,
@@ -279,6 +359,7 @@ impl DatasetError {
         Self {
             line: None,
             field: None,
+            entry: None,
             kind,
             message: message.into(),
         }
@@ -293,12 +374,22 @@ impl DatasetError {
         self.field = Some(field.to_owned());
         self
     }
+
+    /// Zip entries have no lines: the entry's path replaces the line.
+    fn in_entry(mut self, entry: &str) -> Self {
+        self.line = None;
+        self.entry = Some(entry.to_owned());
+        self
+    }
 }
 
 impl fmt::Display for DatasetError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         if let Some(line) = self.line {
             write!(f, "line {line}: ")?;
+        }
+        if let Some(entry) = &self.entry {
+            write!(f, "entry {entry:?}: ")?;
         }
         if let Some(field) = &self.field {
             write!(f, "field `{field}`: ")?;
@@ -341,12 +432,35 @@ pub enum DatasetErrorKind {
     DuplicateTask,
     TaskNameTooLong,
     TooManyTasks,
-    /// The requested task type cannot be written in this format (CSV is single-label).
+    /// The requested task type cannot be written in this format (CSV and zip are
+    /// single-label).
     UnsupportedTaskType,
+    /// Not a PNG or JPEG image (by its bytes), or one that does not decode.
+    InvalidImage,
+    /// An image whose width or height is outside the configured bounds.
+    ImageSize,
+    /// An `image` field that is not base64.
+    InvalidBase64,
+    /// An image example where the first was text, or the other way round.
+    ModalityMismatch,
+    /// Not a readable zip, or an entry that does not decompress.
+    InvalidArchive,
+    /// An absolute path, a `..` component or a symbolic link in a zip.
+    UnsafePath,
+    /// An archive inside the zip, by name or by its bytes.
+    NestedArchive,
+    EncryptedEntry,
+    TooManyEntries,
+    /// More decompressed bytes than `max_uncompressed_bytes`.
+    ArchiveTooLarge,
+    /// An entry that decompresses to more than `max_compression_ratio` times its size.
+    CompressionRatio,
+    /// An entry that is not `<class>/<image>` (optionally under one top folder).
+    ArchiveLayout,
 }
 
 impl DatasetErrorKind {
-    pub const ALL: [DatasetErrorKind; 22] = [
+    pub const ALL: [DatasetErrorKind; 34] = [
         DatasetErrorKind::InvalidUtf8,
         DatasetErrorKind::InvalidJson,
         DatasetErrorKind::NotAnObject,
@@ -369,6 +483,18 @@ impl DatasetErrorKind {
         DatasetErrorKind::TaskNameTooLong,
         DatasetErrorKind::TooManyTasks,
         DatasetErrorKind::UnsupportedTaskType,
+        DatasetErrorKind::InvalidImage,
+        DatasetErrorKind::ImageSize,
+        DatasetErrorKind::InvalidBase64,
+        DatasetErrorKind::ModalityMismatch,
+        DatasetErrorKind::InvalidArchive,
+        DatasetErrorKind::UnsafePath,
+        DatasetErrorKind::NestedArchive,
+        DatasetErrorKind::EncryptedEntry,
+        DatasetErrorKind::TooManyEntries,
+        DatasetErrorKind::ArchiveTooLarge,
+        DatasetErrorKind::CompressionRatio,
+        DatasetErrorKind::ArchiveLayout,
     ];
 
     pub fn code(self) -> &'static str {
@@ -395,6 +521,18 @@ impl DatasetErrorKind {
             DatasetErrorKind::TaskNameTooLong => "task_name_too_long",
             DatasetErrorKind::TooManyTasks => "too_many_tasks",
             DatasetErrorKind::UnsupportedTaskType => "unsupported_task_type",
+            DatasetErrorKind::InvalidImage => "invalid_image",
+            DatasetErrorKind::ImageSize => "image_size",
+            DatasetErrorKind::InvalidBase64 => "invalid_base64",
+            DatasetErrorKind::ModalityMismatch => "modality_mismatch",
+            DatasetErrorKind::InvalidArchive => "invalid_archive",
+            DatasetErrorKind::UnsafePath => "unsafe_path",
+            DatasetErrorKind::NestedArchive => "nested_archive",
+            DatasetErrorKind::EncryptedEntry => "encrypted_entry",
+            DatasetErrorKind::TooManyEntries => "too_many_entries",
+            DatasetErrorKind::ArchiveTooLarge => "archive_too_large",
+            DatasetErrorKind::CompressionRatio => "compression_ratio",
+            DatasetErrorKind::ArchiveLayout => "archive_layout",
         }
     }
 }
@@ -434,11 +572,18 @@ impl DatasetValidator {
         if !self.format.supports(task_type) {
             self.failed.get_or_insert(DatasetError::new(
                 DatasetErrorKind::UnsupportedTaskType,
-                format!(
-                    "{} files hold one label per example (optionally with a text pair); \
-                     upload {task_type} data as JSON Lines",
-                    self.format.as_str().to_ascii_uppercase()
-                ),
+                match self.format {
+                    DatasetFormat::Zip => format!(
+                        "a zip of class folders holds single-label classification data \
+                         (one folder per class); upload {task_type} images as JSON Lines \
+                         with an `image` field"
+                    ),
+                    _ => format!(
+                        "{} files hold one label per example (optionally with a text pair); \
+                         upload {task_type} data as JSON Lines",
+                        self.format.as_str().to_ascii_uppercase()
+                    ),
+                },
             ));
         }
         self
@@ -485,33 +630,75 @@ impl DatasetValidator {
         if let Some(e) = self.failed {
             return Err(e);
         }
+        if self.format.is_archive() {
+            return Err(DatasetError::new(
+                DatasetErrorKind::InvalidArchive,
+                "a zip archive is checked from the whole stored file (finish_archive)",
+            ));
+        }
         self.parser.finish(&mut ignore)?;
+        Ok(self.summary())
+    }
+
+    /// Checks a zip whose bytes went through [`DatasetValidator::push`] (which counted
+    /// and hashed them), read back from where they were stored: its directory is at
+    /// its end, so it cannot be checked while it streams.
+    pub fn finish_archive<R: Read + Seek>(
+        mut self,
+        stored: R,
+    ) -> Result<DatasetSummary, DatasetError> {
+        if let Some(e) = self.failed.take() {
+            return Err(e);
+        }
+        if !self.format.is_archive() {
+            return self.finish();
+        }
+        images::read_archive(stored, &mut self.parser.rules, &mut ignore)?;
+        self.parser.rules.finish()?;
+        Ok(self.summary())
+    }
+
+    fn summary(self) -> DatasetSummary {
         let rules = self.parser.rules;
-        let (task_type, text_pairs) = rules.shape.map_or((TaskType::Classification, false), |s| {
-            (s.task_type, s.text_pairs)
-        });
-        Ok(DatasetSummary {
+        let (task_type, text_pairs, modality) = rules
+            .shape
+            .map_or((TaskType::Classification, false, Modality::Text), |s| {
+                (s.task_type, s.text_pairs, s.modality)
+            });
+        DatasetSummary {
             format: self.format,
             bytes: self.bytes,
             sha256: hex::encode(self.hasher.finalize()),
             examples: rules.examples,
             task_type,
+            modality,
             text_pairs,
             label_counts: rules.label_counts,
             task_label_counts: rules.task_label_counts,
-        })
+        }
     }
 }
 
 /// Reads a stored file with the upload's rules but without its limits (see
 /// [`DatasetLimits`]): a file that passed [`DatasetValidator`] yields its examples here,
 /// of the task type the validator reported.
+/// Image files are read by [`images::read_image_examples`] instead.
 pub fn parse_examples(format: DatasetFormat, bytes: &[u8]) -> Result<Vec<Example>, DatasetError> {
+    if format.is_archive() {
+        return Err(images::holds_images());
+    }
     let mut parser = Parser::new(format, DatasetLimits::unlimited());
     let mut examples = Vec::new();
-    let mut collect = |row: Row<'_>| examples.push(row.into_example());
+    let mut collect = |row: Row<'_>| {
+        if let Some(example) = row.into_example() {
+            examples.push(example);
+        }
+    };
     parser.feed(bytes, &mut collect)?;
     parser.finish(&mut collect)?;
+    if parser.rules.modality() == Modality::Image {
+        return Err(images::holds_images());
+    }
     Ok(examples)
 }
 
@@ -520,9 +707,17 @@ fn ignore(_row: Row<'_>) {}
 /// An example as the parser hands it on: borrowed from the input where it can be, so
 /// that validating allocates no texts.
 struct Row<'a> {
-    text: Cow<'a, str>,
-    text_pair: Option<Cow<'a, str>>,
+    input: Input<'a>,
     target: RowTarget<'a>,
+}
+
+enum Input<'a> {
+    Text {
+        text: Cow<'a, str>,
+        text_pair: Option<Cow<'a, str>>,
+    },
+    /// PNG or JPEG bytes as uploaded, decoded and bounds-checked already.
+    Image(Vec<u8>),
 }
 
 enum RowTarget<'a> {
@@ -532,23 +727,33 @@ enum RowTarget<'a> {
     Tasks(Vec<(Cow<'a, str>, Cow<'a, str>)>),
 }
 
+impl RowTarget<'_> {
+    fn into_target(self) -> Target {
+        match self {
+            RowTarget::Single(label) => Target::Single(label.into_owned()),
+            RowTarget::Multi(labels) => {
+                Target::Multi(labels.into_iter().map(Cow::into_owned).collect())
+            }
+            RowTarget::Tasks(tasks) => Target::Tasks(
+                tasks
+                    .into_iter()
+                    .map(|(task, label)| (task.into_owned(), label.into_owned()))
+                    .collect(),
+            ),
+        }
+    }
+}
+
 impl Row<'_> {
-    fn into_example(self) -> Example {
-        Example {
-            text: self.text.into_owned(),
-            text_pair: self.text_pair.map(Cow::into_owned),
-            target: match self.target {
-                RowTarget::Single(label) => Target::Single(label.into_owned()),
-                RowTarget::Multi(labels) => {
-                    Target::Multi(labels.into_iter().map(Cow::into_owned).collect())
-                }
-                RowTarget::Tasks(tasks) => Target::Tasks(
-                    tasks
-                        .into_iter()
-                        .map(|(task, label)| (task.into_owned(), label.into_owned()))
-                        .collect(),
-                ),
-            },
+    /// `None` for an image row, which [`images::ImageExample`] holds instead.
+    fn into_example(self) -> Option<Example> {
+        match self.input {
+            Input::Text { text, text_pair } => Some(Example {
+                text: text.into_owned(),
+                text_pair: text_pair.map(Cow::into_owned),
+                target: self.target.into_target(),
+            }),
+            Input::Image(_) => None,
         }
     }
 }
@@ -574,6 +779,9 @@ enum Syntax {
         first_blank: Option<u64>,
     },
     Csv(Box<Csv>),
+    /// Bytes are only counted and hashed as they stream; entries are read from the
+    /// stored file ([`DatasetValidator::finish_archive`]).
+    Archive,
 }
 
 impl Parser {
@@ -581,6 +789,7 @@ impl Parser {
         let syntax = match format {
             DatasetFormat::Jsonl => Syntax::Jsonl { first_blank: None },
             DatasetFormat::Csv => Syntax::Csv(Box::new(Csv::new())),
+            DatasetFormat::Zip => Syntax::Archive,
         };
         Self {
             syntax,
@@ -610,6 +819,7 @@ impl Parser {
                     let line = self.next_line;
                     csv.scanner.find_end(chunk).map_err(|e| e.at(line))?
                 }
+                Syntax::Archive => return Ok(()),
             };
             let Some(end) = end else {
                 self.pending.extend_from_slice(chunk);
@@ -649,6 +859,7 @@ impl Parser {
         self.next_line += match self.syntax {
             Syntax::Jsonl { .. } => u64::from(raw.last() == Some(&b'\n')),
             Syntax::Csv(_) => memchr::memchr_iter(b'\n', raw).count() as u64,
+            Syntax::Archive => 0,
         };
         let mut body = raw.strip_suffix(b"\n").unwrap_or(raw);
         body = body.strip_suffix(b"\r").unwrap_or(body);
@@ -669,6 +880,7 @@ impl Parser {
                 jsonl::record(first_blank, &mut self.rules, line, body, sink)
             }
             Syntax::Csv(csv) => csv.record(&mut self.rules, line, body, sink),
+            Syntax::Archive => Ok(()),
         }
     }
 }
@@ -678,6 +890,7 @@ impl Parser {
 struct Shape {
     task_type: TaskType,
     text_pairs: bool,
+    modality: Modality,
     /// Of the first example, to point the user at it.
     line: u64,
 }
@@ -700,6 +913,11 @@ impl Rules {
         self.shape.map(|s| s.task_type).or(self.expected)
     }
 
+    /// Of the first example; text until one was seen.
+    fn modality(&self) -> Modality {
+        self.shape.map_or(Modality::Text, |s| s.modality)
+    }
+
     /// Checked before the example's content, because a row of another type is better
     /// explained as such than by whatever its content breaks.
     fn check_shape(
@@ -707,6 +925,7 @@ impl Rules {
         line: u64,
         task_type: TaskType,
         text_pairs: bool,
+        modality: Modality,
     ) -> Result<(), DatasetError> {
         let mismatch = |message: String, field| {
             DatasetError::new(DatasetErrorKind::TaskMismatch, message)
@@ -727,10 +946,31 @@ impl Rules {
             self.shape = Some(Shape {
                 task_type,
                 text_pairs,
+                modality,
                 line,
             });
             return Ok(());
         };
+        if shape.modality != modality {
+            let field = match modality {
+                Modality::Text => "text",
+                Modality::Image => "image",
+            };
+            return Err(DatasetError::new(
+                DatasetErrorKind::ModalityMismatch,
+                format!(
+                    "the first example (line {}) is {}, so every example must be; a file \
+                     holds text or images, not both",
+                    shape.line,
+                    match shape.modality {
+                        Modality::Text => "a text",
+                        Modality::Image => "an image",
+                    }
+                ),
+            )
+            .at(line)
+            .on(field));
+        }
         if shape.task_type != task_type {
             return Err(mismatch(
                 format!(
@@ -771,30 +1011,30 @@ impl Rules {
     ) -> Result<(), DatasetError> {
         let error =
             |kind, message: String, field| DatasetError::new(kind, message).at(line).on(field);
-        let Row {
-            text,
-            text_pair,
-            target,
-        } = row;
-        let empty = |field| {
-            error(
-                DatasetErrorKind::EmptyField,
-                "must not be empty".into(),
-                field,
-            )
-        };
-        if text.trim().is_empty() {
-            return Err(empty("text"));
-        }
-        if text_pair.as_deref().is_some_and(|p| p.trim().is_empty()) {
-            return Err(empty("text_pair"));
+        let Row { input, target } = row;
+        if let Input::Text { text, text_pair } = &input {
+            let empty = |field| {
+                error(
+                    DatasetErrorKind::EmptyField,
+                    "must not be empty".into(),
+                    field,
+                )
+            };
+            if text.trim().is_empty() {
+                return Err(empty("text"));
+            }
+            if text_pair.as_deref().is_some_and(|p| p.trim().is_empty()) {
+                return Err(empty("text_pair"));
+            }
         }
         let target = clean(target).map_err(|e| e.at(line))?;
-        let max = self.limits.max_text_chars;
-        for (field, value) in [("text", Some(&text)), ("text_pair", text_pair.as_ref())] {
-            if let Some(chars) = value.and_then(|v| over(v, max)) {
-                let message = format!("is {chars} characters long; the limit is {max}");
-                return Err(error(DatasetErrorKind::TextTooLong, message, field));
+        if let Input::Text { text, text_pair } = &input {
+            let max = self.limits.max_text_chars;
+            for (field, value) in [("text", Some(text)), ("text_pair", text_pair.as_ref())] {
+                if let Some(chars) = value.and_then(|v| over(v, max)) {
+                    let message = format!("is {chars} characters long; the limit is {max}");
+                    return Err(error(DatasetErrorKind::TextTooLong, message, field));
+                }
             }
         }
         self.check_lengths(&target).map_err(|e| e.at(line))?;
@@ -807,11 +1047,7 @@ impl Rules {
         }
         self.count(&target).map_err(|e| e.at(line))?;
         self.examples += 1;
-        sink(Row {
-            text,
-            text_pair,
-            target,
-        });
+        sink(Row { input, target });
         Ok(())
     }
 
@@ -1133,10 +1369,17 @@ impl Csv {
             None => None,
         };
         let label = self.field(header.label, line)?;
-        rules.check_shape(line, TaskType::Classification, text_pair.is_some())?;
+        rules.check_shape(
+            line,
+            TaskType::Classification,
+            text_pair.is_some(),
+            Modality::Text,
+        )?;
         let row = Row {
-            text: Cow::Borrowed(text),
-            text_pair,
+            input: Input::Text {
+                text: Cow::Borrowed(text),
+                text_pair,
+            },
             target: RowTarget::Single(Cow::Borrowed(label)),
         };
         rules.accept(line, row, sink)

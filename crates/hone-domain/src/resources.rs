@@ -7,7 +7,7 @@ use serde::{Deserialize, Serialize};
 use utoipa::ToSchema;
 
 use crate::data_report::DataReport;
-use crate::dataset::{DatasetFormat, TaskType};
+use crate::dataset::{DatasetFormat, Modality, TaskType};
 use crate::job::{Hyperparameters, JobStatus, Method};
 use crate::metrics::{ClassificationReport, GeneralizationGap, MultiLabelReport, TaskReport};
 
@@ -36,6 +36,9 @@ pub struct FileObject {
     pub label_counts: BTreeMap<String, u64>,
     /// What the file holds, inferred from its first example.
     pub task_type: TaskType,
+    /// Texts or images, from the first example (images for a zip): a job needs a base
+    /// model of the same modality.
+    pub modality: Modality,
     /// Whether every example is a text pair (`text_pair`).
     pub text_pairs: bool,
     /// Multi-task files: examples per label of each task.

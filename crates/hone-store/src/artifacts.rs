@@ -35,6 +35,9 @@ fn check_key(key: &str) -> std::io::Result<()> {
 pub trait PendingObject: Send {
     async fn write(&mut self, chunk: &[u8]) -> std::io::Result<()>;
     async fn commit(self: Box<Self>) -> std::io::Result<()>;
+    /// The bytes written so far, from their start, for checks that need the whole
+    /// object before it is committed (a zip's directory is at its end).
+    async fn read_back(&mut self) -> std::io::Result<std::fs::File>;
 }
 
 #[async_trait]
@@ -93,6 +96,14 @@ impl PendingObject for LocalPending {
             Some(f) => f.write_all(chunk).await,
             None => Err(std::io::Error::other("object already committed")),
         }
+    }
+
+    async fn read_back(&mut self) -> std::io::Result<std::fs::File> {
+        match &mut self.file {
+            Some(f) => f.flush().await?,
+            None => return Err(std::io::Error::other("object already committed")),
+        }
+        std::fs::File::open(&self.tmp)
     }
 
     async fn commit(mut self: Box<Self>) -> std::io::Result<()> {
@@ -213,6 +224,13 @@ mod tests {
         let mut pending = store.create("files/a").await.expect("create");
         pending.write(b"hello ").await.expect("write");
         pending.write(b"world").await.expect("write");
+        let mut back = String::new();
+        std::io::Read::read_to_string(
+            &mut pending.read_back().await.expect("read back"),
+            &mut back,
+        )
+        .expect("read");
+        assert_eq!(back, "hello world");
         pending.commit().await.expect("commit");
         assert_eq!(store.read("files/a").await.expect("read"), b"hello world");
         store.delete("files/a").await.expect("delete");

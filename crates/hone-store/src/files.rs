@@ -3,7 +3,7 @@
 use std::collections::BTreeMap;
 
 use chrono::{DateTime, Utc};
-use hone_domain::dataset::{DatasetFormat, DatasetSummary, TaskType};
+use hone_domain::dataset::{DatasetFormat, DatasetSummary, Modality, TaskType};
 use hone_domain::resources::FileObject;
 use hone_domain::{FileId, PageRequest};
 use sqlx::types::Json;
@@ -22,6 +22,7 @@ struct FileRow {
     examples: i64,
     label_counts: Json<BTreeMap<String, u64>>,
     task_type: String,
+    modality: String,
     text_pairs: bool,
     task_label_counts: Json<BTreeMap<String, BTreeMap<String, u64>>>,
     storage_key: String,
@@ -44,6 +45,9 @@ impl TryFrom<FileRow> for StoredFile {
         let task_type = TaskType::parse(&r.task_type).ok_or_else(|| {
             StoreError::Corrupt(format!("file {} has task type {}", r.id, r.task_type))
         })?;
+        let modality = Modality::parse(&r.modality).ok_or_else(|| {
+            StoreError::Corrupt(format!("file {} has modality {}", r.id, r.modality))
+        })?;
         Ok(StoredFile {
             object: FileObject {
                 id: r.id,
@@ -57,6 +61,7 @@ impl TryFrom<FileRow> for StoredFile {
                 examples: r.examples,
                 label_counts: r.label_counts.0,
                 task_type,
+                modality,
                 text_pairs: r.text_pairs,
                 task_label_counts: r.task_label_counts.0,
                 status: "processed",
@@ -67,7 +72,7 @@ impl TryFrom<FileRow> for StoredFile {
 }
 
 const COLUMNS: &str = "id, filename, purpose, format, bytes, sha256, examples, label_counts, \
-     task_type, text_pairs, task_label_counts, storage_key, created_at";
+     task_type, modality, text_pairs, task_label_counts, storage_key, created_at";
 
 pub fn storage_key(id: &FileId) -> String {
     format!("files/{id}")
@@ -109,8 +114,8 @@ impl Db {
         }
         let row: FileRow = sqlx::query_as(&format!(
             "INSERT INTO files (id, filename, purpose, format, bytes, sha256, examples, label_counts,
-                                task_type, text_pairs, task_label_counts, storage_key)
-             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12) RETURNING {COLUMNS}"
+                                task_type, text_pairs, task_label_counts, storage_key, modality)
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13) RETURNING {COLUMNS}"
         ))
         .bind(id.as_str())
         .bind(filename)
@@ -124,6 +129,7 @@ impl Db {
         .bind(summary.text_pairs)
         .bind(Json(&summary.task_label_counts))
         .bind(storage_key(id))
+        .bind(summary.modality.as_str())
         .fetch_one(&mut *tx)
         .await?;
         let file: StoredFile = row.try_into()?;

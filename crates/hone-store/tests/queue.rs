@@ -67,6 +67,7 @@ async fn file(db: &Db) -> String {
         sha256: "00".repeat(32),
         examples: 2,
         task_type: TaskType::Classification,
+        modality: Default::default(),
         text_pairs: false,
         label_counts: BTreeMap::from([("a".to_owned(), 1), ("b".to_owned(), 1)]),
         task_label_counts: BTreeMap::new(),

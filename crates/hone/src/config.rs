@@ -39,6 +39,15 @@ pub struct Config {
     pub max_upload_bytes: u64,
     /// Most examples in one dataset.
     pub max_examples: u64,
+    /// Image uploads: caps on a zip's entries, on the bytes it decompresses to and on
+    /// one entry's compression ratio (zip bombs), and the bounds of an image in pixels
+    /// (shortest side, longest side, width × height); `DatasetLimits` says why each.
+    pub max_archive_entries: u64,
+    pub max_uncompressed_bytes: u64,
+    pub max_compression_ratio: u64,
+    pub min_image_side: u32,
+    pub max_image_side: u32,
+    pub max_image_pixels: u64,
     /// Fine-tuned models kept loaded for predictions.
     pub predict_cache_size: usize,
     /// Predict requests admitted at once; more get 429.
@@ -53,6 +62,7 @@ pub struct Config {
 
 impl Default for Config {
     fn default() -> Self {
+        let limits = hone_domain::dataset::DatasetLimits::default();
         Self {
             database_url: "postgres://postgres@127.0.0.1:5432/hone".into(),
             listen: "127.0.0.1:8080".into(),
@@ -66,6 +76,12 @@ impl Default for Config {
             job_max_attempts: 3,
             max_upload_bytes: 512 * 1024 * 1024,
             max_examples: 1_000_000,
+            max_archive_entries: limits.max_archive_entries,
+            max_uncompressed_bytes: limits.max_uncompressed_bytes,
+            max_compression_ratio: limits.max_compression_ratio,
+            min_image_side: limits.min_image_side,
+            max_image_side: limits.max_image_side,
+            max_image_pixels: limits.max_image_pixels,
             predict_cache_size: 4,
             predict_max_pending: 64,
             predict_batch_size: 32,

@@ -29,6 +29,12 @@ pub async fn run(
     let dataset_limits = DatasetLimits {
         max_bytes: config.max_upload_bytes,
         max_examples: config.max_examples,
+        max_archive_entries: config.max_archive_entries,
+        max_uncompressed_bytes: config.max_uncompressed_bytes,
+        max_compression_ratio: config.max_compression_ratio,
+        min_image_side: config.min_image_side,
+        max_image_side: config.max_image_side,
+        max_image_pixels: config.max_image_pixels,
         ..DatasetLimits::default()
     };
     let state = AppState {

@@ -7,7 +7,7 @@ use std::fmt;
 use serde::de::{self, Deserializer, IgnoredAny, MapAccess, SeqAccess, Visitor};
 use serde::Deserialize;
 
-use super::{DatasetError, DatasetErrorKind, Row, RowTarget, Rules, TaskType};
+use super::{DatasetError, DatasetErrorKind, Input, Modality, Row, RowTarget, Rules, TaskType};
 
 /// Checks one line and hands its example on.
 pub(super) fn record<F: FnMut(Row<'_>)>(
@@ -51,6 +51,7 @@ pub(super) fn record<F: FnMut(Row<'_>)>(
     let Record {
         text,
         text_pair,
+        image,
         label,
         labels,
         duplicate,
@@ -63,18 +64,41 @@ pub(super) fn record<F: FnMut(Row<'_>)>(
             field,
         ));
     }
-    let text = match text {
-        None => {
+    let input = match (text, image) {
+        (Some(_), Some(_)) => {
+            return Err(error(
+                DatasetErrorKind::ConflictingFields,
+                "`text` and `image` are both present; an example is a text or an image".into(),
+                "image",
+            ))
+        }
+        (None, None) => {
+            let field = match rules.modality() {
+                Modality::Text => "text",
+                Modality::Image => "image",
+            };
             return Err(error(
                 DatasetErrorKind::MissingField,
                 "missing".into(),
-                "text",
-            ))
+                field,
+            ));
         }
-        Some(text) => string(text).map_err(|m| error(DatasetErrorKind::WrongType, m, "text"))?,
+        (Some(text), None) => PendingInput::Text(
+            string(text).map_err(|m| error(DatasetErrorKind::WrongType, m, "text"))?,
+        ),
+        (None, Some(image)) => PendingInput::Image(
+            string(image).map_err(|m| error(DatasetErrorKind::WrongType, m, "image"))?,
+        ),
     };
     let text_pair = match text_pair {
         None => None,
+        Some(_) if matches!(input, PendingInput::Image(_)) => {
+            return Err(error(
+                DatasetErrorKind::ConflictingFields,
+                "an image example takes no text pair".into(),
+                "text_pair",
+            ))
+        }
         Some(pair) => {
             Some(string(pair).map_err(|m| error(DatasetErrorKind::WrongType, m, "text_pair"))?)
         }
@@ -115,7 +139,20 @@ pub(super) fn record<F: FnMut(Row<'_>)>(
             return Err(error(DatasetErrorKind::WrongType, message, "labels"));
         }
     };
-    rules.check_shape(line, target.task_type(), text_pair.is_some())?;
+    let modality = match input {
+        PendingInput::Text(_) => Modality::Text,
+        PendingInput::Image(_) => Modality::Image,
+    };
+    rules.check_shape(line, target.task_type(), text_pair.is_some(), modality)?;
+    // Decoded only once the example's shape is known to fit the file: a text file
+    // with one stray image line is better told so than why the image is bad.
+    let input = match input {
+        PendingInput::Text(text) => Input::Text { text, text_pair },
+        PendingInput::Image(encoded) => Input::Image(
+            super::images::decode_base64(&encoded, &rules.limits)
+                .map_err(|(kind, message)| error(kind, message, "image"))?,
+        ),
+    };
     let wrong_type = |what: &str, found: &Scalar<'_>, field| {
         let message = format!(
             "{what} be a string, an integer or a boolean, found {}",
@@ -159,15 +196,14 @@ pub(super) fn record<F: FnMut(Row<'_>)>(
                 .collect::<Result<_, _>>()?,
         ),
     };
-    rules.accept(
-        line,
-        Row {
-            text,
-            text_pair,
-            target,
-        },
-        sink,
-    )
+    rules.accept(line, Row { input, target }, sink)
+}
+
+/// An example's input before its content is checked.
+enum PendingInput<'a> {
+    Text(Cow<'a, str>),
+    /// Base64, maybe in a `data:` URL.
+    Image(Cow<'a, str>),
 }
 
 /// A text field's string, or why it is none.
@@ -207,6 +243,7 @@ enum Line<'a> {
 struct Record<'a> {
     text: Option<Scalar<'a>>,
     text_pair: Option<Scalar<'a>>,
+    image: Option<Scalar<'a>>,
     label: Option<Scalar<'a>>,
     labels: Option<Labels<'a>>,
     /// JSON leaves duplicate names undefined and parsers disagree on which one wins.
@@ -303,6 +340,7 @@ impl<'de> Deserialize<'de> for Line<'de> {
                 let mut record = Record {
                     text: None,
                     text_pair: None,
+                    image: None,
                     label: None,
                     labels: None,
                     duplicate: None,
@@ -311,6 +349,7 @@ impl<'de> Deserialize<'de> for Line<'de> {
                     let seen = match key {
                         Key::Text => fill(&mut map, &mut record.text)?,
                         Key::TextPair => fill(&mut map, &mut record.text_pair)?,
+                        Key::Image => fill(&mut map, &mut record.image)?,
                         Key::Label => fill(&mut map, &mut record.label)?,
                         Key::Labels => fill(&mut map, &mut record.labels)?,
                         Key::Other => {
@@ -474,6 +513,7 @@ impl<'de> Deserialize<'de> for Name<'de> {
 enum Key {
     Text,
     TextPair,
+    Image,
     Label,
     Labels,
     Other,
@@ -484,6 +524,7 @@ impl Key {
         match self {
             Key::Text => "text",
             Key::TextPair => "text_pair",
+            Key::Image => "image",
             Key::Label => "label",
             Key::Labels => "labels",
             Key::Other => "",
@@ -505,6 +546,7 @@ impl<'de> Deserialize<'de> for Key {
                 Ok(match v {
                     "text" => Key::Text,
                     "text_pair" => Key::TextPair,
+                    "image" => Key::Image,
                     "label" => Key::Label,
                     "labels" => Key::Labels,
                     _ => Key::Other,

@@ -208,6 +208,7 @@ fn jsonl_summary() {
             sha256: hex::encode(Sha256::digest(data.as_bytes())),
             examples: 3,
             task_type: TaskType::Classification,
+            modality: Modality::Text,
             text_pairs: false,
             label_counts: counts(&[("neg", 1), ("pos", 2)]),
             task_label_counts: BTreeMap::new(),
@@ -852,6 +853,7 @@ fn random_file(rng: &mut Rng, format: DatasetFormat) -> Vec<u8> {
     }
     let (lines, valid) = match format {
         DatasetFormat::Jsonl => (JSONL_LINES, 5),
+        DatasetFormat::Zip => return data,
         DatasetFormat::Csv => {
             data.extend_from_slice(CSV_HEADERS[rng.below(CSV_HEADERS.len())]);
             data.extend_from_slice(b"\n");
@@ -901,7 +903,8 @@ fn random_file(rng: &mut Rng, format: DatasetFormat) -> Vec<u8> {
 #[test]
 fn any_chunking_gives_the_same_outcome() {
     let mut rng = Rng(0x9E37_79B9_7F4A_7C15);
-    for format in DatasetFormat::ALL {
+    // Zip archives are not streamed (see `images::tests`).
+    for format in [JSONL, CSV] {
         let mut valid = 0;
         for _ in 0..300 {
             let data = random_file(&mut rng, format);

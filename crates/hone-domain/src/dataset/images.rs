@@ -1,0 +1,428 @@
+//! Image datasets: a zip with one folder per class (the ImageFolder convention), or
+//! JSON Lines whose examples carry a base64 PNG or JPEG in `image` instead of `text`.
+//!
+//! Every image is decoded once at upload, after its header dimensions passed the
+//! configured bounds, so that a file that was admitted cannot fail to decode when it
+//! is trained on, and a header claiming a gigapixel image allocates nothing.
+//!
+//! A zip is hostile input of its own: its names can point outside any folder it is
+//! unpacked in, its sizes are claims, and one small entry can inflate to gigabytes.
+//! Names are therefore checked before anything is decompressed, bytes are counted as
+//! they come out and reading stops at the caps, and archives inside archives are
+//! refused by name and by their bytes.
+
+use std::borrow::Cow;
+use std::io::{Cursor, Read, Seek};
+
+use base64::engine::general_purpose::{GeneralPurpose, GeneralPurposeConfig};
+use base64::engine::DecodePaddingMode;
+use base64::Engine;
+use image::{ImageFormat, ImageReader, Limits};
+use zip::result::ZipError;
+use zip::ZipArchive;
+
+use super::{
+    DatasetError, DatasetErrorKind, DatasetFormat, DatasetLimits, Input, Modality, Parser, Row,
+    RowTarget, Rules, Target, TaskType,
+};
+
+/// One labelled image, as the trainer consumes it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ImageExample {
+    /// The PNG or JPEG bytes as uploaded (base64-decoded for JSON Lines), untouched:
+    /// decoding and resizing are the model's preprocessing.
+    pub image: Vec<u8>,
+    /// Of the same [`TaskType`] in every example of a file; always
+    /// [`Target::Single`] (the folder) for a zip.
+    pub target: Target,
+}
+
+/// Reads a stored image file with the upload's rules but without its limits, as
+/// [`super::parse_examples`] does for text: a file that passed the validator yields
+/// the examples and counts it reported. A zip's examples come sorted by path, so that
+/// every read of the same file sees the same order.
+pub fn read_image_examples(
+    format: DatasetFormat,
+    bytes: &[u8],
+) -> Result<Vec<ImageExample>, DatasetError> {
+    let mut examples = Vec::new();
+    let mut collect = |row: Row<'_>| {
+        if let Input::Image(image) = row.input {
+            examples.push(ImageExample {
+                image,
+                target: row.target.into_target(),
+            });
+        }
+    };
+    let mut parser = Parser::new(format, DatasetLimits::unlimited());
+    if format.is_archive() {
+        read_archive(Cursor::new(bytes), &mut parser.rules, &mut collect)?;
+        parser.rules.finish()?;
+    } else {
+        parser.feed(bytes, &mut collect)?;
+        parser.finish(&mut collect)?;
+    }
+    if parser.rules.modality() != Modality::Image {
+        return Err(DatasetError::new(
+            DatasetErrorKind::ModalityMismatch,
+            "this file holds text examples, not images",
+        ));
+    }
+    Ok(examples)
+}
+
+/// What reading an image file as text gets.
+pub(super) fn holds_images() -> DatasetError {
+    DatasetError::new(
+        DatasetErrorKind::ModalityMismatch,
+        "this file holds images, not text examples",
+    )
+}
+
+/// A refusal without its place: the caller knows the line or the entry.
+type Refusal = (DatasetErrorKind, String);
+
+/// Padding is optional and a `data:image/…;base64,` prefix is accepted, since that is
+/// what browsers and most tools produce.
+const BASE64: GeneralPurpose = GeneralPurpose::new(
+    &base64::alphabet::STANDARD,
+    GeneralPurposeConfig::new().with_decode_padding_mode(DecodePaddingMode::Indifferent),
+);
+
+/// The image bytes of a JSON Lines `image` field, checked.
+pub(super) fn decode_base64(field: &str, limits: &DatasetLimits) -> Result<Vec<u8>, Refusal> {
+    let encoded = match field.strip_prefix("data:") {
+        Some(url) => match url.split_once(";base64,") {
+            Some((media, data)) if media.starts_with("image/") => data,
+            _ => {
+                return Err((
+                    DatasetErrorKind::InvalidBase64,
+                    "a data URL must look like `data:image/png;base64,…`".into(),
+                ))
+            }
+        },
+        None => field,
+    };
+    let bytes = BASE64.decode(encoded.trim()).map_err(|e| {
+        (
+            DatasetErrorKind::InvalidBase64,
+            format!("is not valid base64 (standard alphabet): {e}"),
+        )
+    })?;
+    check_image(&bytes, limits)?;
+    Ok(bytes)
+}
+
+const PNG: &[u8] = b"\x89PNG\r\n\x1a\n";
+const JPEG: &[u8] = b"\xFF\xD8\xFF";
+
+/// Refuses what is not a PNG or JPEG by its bytes, whatever its name says, then checks
+/// the header's dimensions before anything is allocated for the pixels, then decodes.
+pub(super) fn check_image(bytes: &[u8], limits: &DatasetLimits) -> Result<(), Refusal> {
+    let invalid = |message: String| (DatasetErrorKind::InvalidImage, message);
+    let format = if bytes.starts_with(PNG) {
+        ImageFormat::Png
+    } else if bytes.starts_with(JPEG) {
+        ImageFormat::Jpeg
+    } else if let Some(kind) = archive_kind(bytes) {
+        return Err((
+            DatasetErrorKind::NestedArchive,
+            format!("is a {kind} archive, not an image; archives inside archives are refused"),
+        ));
+    } else {
+        return Err(invalid("not a PNG or JPEG image".into()));
+    };
+    let (width, height) = ImageReader::with_format(Cursor::new(bytes), format)
+        .into_dimensions()
+        .map_err(|e| invalid(format!("cannot read the {format:?} header: {e}")))?;
+    let (short, long) = (width.min(height), width.max(height));
+    let size = |message: String| {
+        Err((
+            DatasetErrorKind::ImageSize,
+            format!("the image is {width}×{height} pixels; {message}"),
+        ))
+    };
+    if short < limits.min_image_side {
+        return size(format!(
+            "each side must be at least {} pixels",
+            limits.min_image_side
+        ));
+    }
+    if long > limits.max_image_side {
+        return size(format!(
+            "each side must be at most {} pixels",
+            limits.max_image_side
+        ));
+    }
+    if u64::from(width) * u64::from(height) > limits.max_image_pixels {
+        return size(format!("the limit is {} pixels", limits.max_image_pixels));
+    }
+    let mut reader = ImageReader::with_format(Cursor::new(bytes), format);
+    let mut bounds = Limits::default();
+    bounds.max_image_width = Some(limits.max_image_side);
+    bounds.max_image_height = Some(limits.max_image_side);
+    // Four bytes a pixel (RGBA) of the largest allowed image, plus the decoder's room.
+    bounds.max_alloc = Some(limits.max_image_pixels.saturating_mul(8));
+    reader.limits(bounds);
+    reader
+        .decode()
+        .map_err(|e| invalid(format!("the {format:?} image does not decode: {e}")))?;
+    Ok(())
+}
+
+/// The kind of archive (or compressed stream) `bytes` start with, if any.
+fn archive_kind(bytes: &[u8]) -> Option<&'static str> {
+    const MAGIC: [(&[u8], &str); 9] = [
+        (b"PK\x03\x04", "zip"),
+        (b"PK\x05\x06", "zip"),
+        (b"PK\x07\x08", "zip"),
+        (b"\x1F\x8B", "gzip"),
+        (b"BZh", "bzip2"),
+        (b"\xFD7zXZ\x00", "xz"),
+        (b"7z\xBC\xAF\x27\x1C", "7z"),
+        (b"Rar!\x1A\x07", "rar"),
+        (b"\x28\xB5\x2F\xFD", "zstd"),
+    ];
+    if let Some((_, kind)) = MAGIC.iter().find(|(magic, _)| bytes.starts_with(magic)) {
+        return Some(kind);
+    }
+    (bytes.get(257..262) == Some(b"ustar")).then_some("tar")
+}
+
+const ARCHIVE_EXTENSIONS: [&str; 17] = [
+    "zip", "jar", "war", "apk", "tar", "gz", "tgz", "bz2", "tbz2", "xz", "txz", "7z", "rar", "zst",
+    "lz", "lzma", "cab",
+];
+
+/// Files that operating systems add to archives on their own; skipped rather than
+/// refused, since users did not put them there and cannot easily keep them out.
+fn is_junk(components: &[&str]) -> bool {
+    components
+        .iter()
+        .any(|c| *c == "__MACOSX" || c.starts_with('.'))
+        || components.last().is_some_and(|name| {
+            name.eq_ignore_ascii_case("Thumbs.db") || name.eq_ignore_ascii_case("desktop.ini")
+        })
+}
+
+/// An image entry that passed the checks on its name.
+struct Entry {
+    index: usize,
+    name: String,
+    components: Vec<String>,
+    compressed: u64,
+}
+
+/// Checks a whole zip and hands its images, sorted by path, to `sink` as examples of
+/// their folder's class. Errors name the entry.
+pub(super) fn read_archive<R: Read + Seek, F: FnMut(Row<'_>)>(
+    reader: R,
+    rules: &mut Rules,
+    sink: &mut F,
+) -> Result<(), DatasetError> {
+    let limits = rules.limits.clone();
+    let mut archive = ZipArchive::new(reader).map_err(|e| {
+        DatasetError::new(
+            DatasetErrorKind::InvalidArchive,
+            format!("not a readable zip archive: {e}"),
+        )
+    })?;
+    if archive.len() as u64 > limits.max_archive_entries {
+        return Err(DatasetError::new(
+            DatasetErrorKind::TooManyEntries,
+            format!(
+                "the archive has {} entries; the limit is {}",
+                archive.len(),
+                limits.max_archive_entries
+            ),
+        ));
+    }
+    let mut entries = Vec::new();
+    for index in 0..archive.len() {
+        // Raw: nothing is decompressed (or decrypted) to look at a name.
+        let file = archive.by_index_raw(index).map_err(|e| {
+            DatasetError::new(
+                DatasetErrorKind::InvalidArchive,
+                format!("entry {index} cannot be read: {e}"),
+            )
+        })?;
+        let name = file.name().to_owned();
+        let refuse = |kind, message: &str| Err(DatasetError::new(kind, message).in_entry(&name));
+        let normalized = name.replace('\\', "/");
+        if normalized.starts_with('/') || normalized.as_bytes().get(1) == Some(&b':') {
+            return refuse(
+                DatasetErrorKind::UnsafePath,
+                "is an absolute path; entries must be relative (`<class>/<image>`)",
+            );
+        }
+        let components: Vec<&str> = normalized
+            .split('/')
+            .filter(|c| !c.is_empty() && *c != ".")
+            .collect();
+        if components.contains(&"..") {
+            return refuse(
+                DatasetErrorKind::UnsafePath,
+                "has a `..` component, which points outside the folder it is unpacked in",
+            );
+        }
+        // The zip crate's own judgement as a second opinion (NUL bytes, odd prefixes).
+        if file.enclosed_name().is_none() {
+            return refuse(
+                DatasetErrorKind::UnsafePath,
+                "is not a safe relative path; entries must be `<class>/<image>`",
+            );
+        }
+        if is_junk(&components) {
+            continue;
+        }
+        if file.is_symlink() {
+            return refuse(
+                DatasetErrorKind::UnsafePath,
+                "is a symbolic link; only images and folders are accepted",
+            );
+        }
+        if file.encrypted() {
+            return refuse(
+                DatasetErrorKind::EncryptedEntry,
+                "is encrypted; upload an archive without a password",
+            );
+        }
+        if file.is_dir() || components.is_empty() {
+            continue;
+        }
+        let extension = components
+            .last()
+            .and_then(|n| n.rsplit_once('.'))
+            .map(|(_, ext)| ext.to_ascii_lowercase())
+            .unwrap_or_default();
+        if ARCHIVE_EXTENSIONS.contains(&extension.as_str()) {
+            return refuse(
+                DatasetErrorKind::NestedArchive,
+                "is an archive; archives inside archives are refused",
+            );
+        }
+        if !matches!(extension.as_str(), "png" | "jpg" | "jpeg") {
+            return refuse(
+                DatasetErrorKind::InvalidImage,
+                "is not a PNG or JPEG image (by its name: `.png`, `.jpg` or `.jpeg`)",
+            );
+        }
+        entries.push(Entry {
+            index,
+            components: components.iter().map(|c| (*c).to_owned()).collect(),
+            compressed: file.compressed_size(),
+            name,
+        });
+    }
+    // "Compress folder" puts everything under the folder's name.
+    let top = entries.first().and_then(|e| e.components.first().cloned());
+    let wrapped = top.is_some_and(|top| {
+        entries
+            .iter()
+            .all(|e| e.components.len() >= 3 && e.components.first() == Some(&top))
+    });
+    for entry in &mut entries {
+        if wrapped {
+            entry.components.remove(0);
+        }
+        let layout = match entry.components.len() {
+            2 => continue,
+            1 => "is outside any class folder; put each image in a folder named after its class",
+            _ => "is nested too deep; the layout is `<class>/<image>`, optionally inside one top folder",
+        };
+        return Err(
+            DatasetError::new(DatasetErrorKind::ArchiveLayout, layout).in_entry(&entry.name)
+        );
+    }
+    entries.sort_by(|a, b| a.components.cmp(&b.components));
+
+    let mut total = 0u64;
+    for entry in entries {
+        let image = inflate(&mut archive, &entry, &limits, &mut total)
+            .map_err(|(kind, message)| DatasetError::new(kind, message).in_entry(&entry.name))?;
+        check_image(&image, &limits)
+            .map_err(|(kind, message)| DatasetError::new(kind, message).in_entry(&entry.name))?;
+        let class = entry.components.first().cloned().unwrap_or_default();
+        let place = |e: DatasetError| e.in_entry(&entry.name);
+        rules
+            .check_shape(0, TaskType::Classification, false, Modality::Image)
+            .map_err(place)?;
+        let row = Row {
+            input: Input::Image(image),
+            target: RowTarget::Single(Cow::Owned(class)),
+        };
+        rules.accept(0, row, sink).map_err(place)?;
+    }
+    Ok(())
+}
+
+/// An entry's bytes, counted as they come out: declared sizes are claims, and reading
+/// stops as soon as a cap is passed.
+fn inflate<R: Read + Seek>(
+    archive: &mut ZipArchive<R>,
+    entry: &Entry,
+    limits: &DatasetLimits,
+    total: &mut u64,
+) -> Result<Vec<u8>, Refusal> {
+    let room = limits.max_uncompressed_bytes.saturating_sub(*total);
+    let too_large = || {
+        (
+            DatasetErrorKind::ArchiveTooLarge,
+            format!(
+                "the archive decompresses to more than {} bytes",
+                limits.max_uncompressed_bytes
+            ),
+        )
+    };
+    let ratio_cap = entry
+        .compressed
+        .max(1)
+        .saturating_mul(limits.max_compression_ratio);
+    let bomb = || {
+        (
+            DatasetErrorKind::CompressionRatio,
+            format!(
+                "decompresses to more than {} times its compressed size ({} bytes); \
+                 images barely compress, so this looks like a zip bomb",
+                limits.max_compression_ratio, entry.compressed
+            ),
+        )
+    };
+    let mut file = archive.by_index(entry.index).map_err(|e| match e {
+        ZipError::UnsupportedArchive(ZipError::PASSWORD_REQUIRED) => (
+            DatasetErrorKind::EncryptedEntry,
+            "is encrypted; upload an archive without a password".to_owned(),
+        ),
+        e => (
+            DatasetErrorKind::InvalidArchive,
+            format!("cannot be read (only stored and deflated entries are supported): {e}"),
+        ),
+    })?;
+    let mut image =
+        Vec::with_capacity(usize::try_from(file.size().min(room).min(1 << 24)).unwrap_or(0));
+    let mut chunk = vec![0u8; 64 * 1024];
+    loop {
+        let n = file.read(&mut chunk).map_err(|e| {
+            (
+                DatasetErrorKind::InvalidArchive,
+                format!("does not decompress: {e}"),
+            )
+        })?;
+        if n == 0 {
+            break;
+        }
+        let read = image.len() as u64 + n as u64;
+        if read > ratio_cap {
+            return Err(bomb());
+        }
+        if read > room {
+            return Err(too_large());
+        }
+        image.extend_from_slice(chunk.get(..n).unwrap_or_default());
+    }
+    *total += image.len() as u64;
+    Ok(image)
+}
+
+#[cfg(test)]
+mod tests;
