@@ -5,6 +5,7 @@
 mod api;
 mod docs;
 mod fuzz;
+mod isolation;
 mod load;
 mod outage;
 mod pairs;
