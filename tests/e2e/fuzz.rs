@@ -35,6 +35,9 @@ async fn generated_requests_never_get_a_5xx_and_every_answer_matches_the_spec() 
         .current_dir(workdir.path())
         .args(["-m", "schemathesis.cli", "run"])
         .arg(s.url("/openapi.json"))
+        // The key goes on every request; `ignored_auth` (in `all`) also sends requests
+        // without it and checks they are refused.
+        .args(["--header", &format!("Authorization: Bearer {}", s.key)])
         .args([
             "--checks",
             "all",

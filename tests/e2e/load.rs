@@ -57,7 +57,8 @@ async fn predict_and_polling_under_64_concurrent_clients_make_no_errors() {
     let deadline = Instant::now() + Duration::from_secs(seconds);
     let predict_url = s.url(&format!("/v1/models/{model}/predict"));
     let poll_url = s.url(&format!("/v1/fine_tuning/jobs/{job_id}"));
-    let client = reqwest::Client::builder()
+    let client = s
+        .client_builder()
         .pool_max_idle_per_host(PREDICT_CLIENTS + POLL_CLIENTS)
         .build()
         .expect("client");

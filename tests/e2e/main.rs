@@ -6,6 +6,7 @@ mod api;
 mod docs;
 mod fuzz;
 mod image_files;
+mod isolation;
 mod load;
 mod outage;
 mod pairs;

@@ -135,7 +135,8 @@ async fn multi_label_jobs_train_and_predict_label_sets() {
             "file",
             reqwest::multipart::Part::bytes(lines.into_bytes()).file_name("tags.jsonl"),
         );
-    let r = reqwest::Client::new()
+    let r = s
+        .client
         .post(s.url("/v1/files"))
         .multipart(form)
         .send()

@@ -72,7 +72,11 @@ impl Drop for TestDb {
 /// A running `hone all` with its own database and data directory.
 pub struct TestServer {
     pub base: String,
+    /// Sends the server's first API key (project `default`) on every request.
     pub client: reqwest::Client,
+    /// The key the server printed on its first start, as a user of the quick start gets
+    /// it.
+    pub key: String,
     pub data_dir: tempfile::TempDir,
     /// Dropped with the server: the process is killed, then its database dropped.
     child: Child,
@@ -113,10 +117,16 @@ impl TestServer {
         let mut child = cmd.spawn().expect("start hone");
         let stdout = child.stdout.take().expect("stdout");
         let mut lines = BufReader::new(stdout).lines();
-        let base = tokio::time::timeout(Duration::from_secs(120), async {
+        let (base, key) = tokio::time::timeout(Duration::from_secs(120), async {
+            let mut key = None;
             while let Ok(Some(line)) = lines.next_line().await {
+                if let Some(k) = line.trim().strip_prefix("export HONE_API_KEY=") {
+                    key = Some(k.to_owned());
+                }
                 if let Some(addr) = line.strip_prefix("hone listening on ") {
-                    return addr.trim().to_owned();
+                    let key =
+                        key.expect("a fresh install prints its first API key before listening");
+                    return (addr.trim().to_owned(), key);
                 }
             }
             panic!("hone exited before listening (rerun with TEST_LOG=1)");
@@ -127,7 +137,11 @@ impl TestServer {
         tokio::spawn(async move { while let Ok(Some(_)) = lines.next_line().await {} });
         Self {
             base,
-            client: reqwest::Client::new(),
+            client: reqwest::Client::builder()
+                .default_headers(auth_headers(&key))
+                .build()
+                .expect("client"),
+            key,
             data_dir,
             child,
             db,
@@ -151,6 +165,39 @@ impl TestServer {
     /// The server process's id (for reading its memory use from `/proc`).
     pub fn pid(&self) -> u32 {
         self.child.id().expect("hone is running")
+    }
+
+    /// A client builder that sends the server's key on every request.
+    pub fn client_builder(&self) -> reqwest::ClientBuilder {
+        reqwest::Client::builder().default_headers(auth_headers(&self.key))
+    }
+
+    /// A new key for `project` (created when missing), made by `hone keys create` as an
+    /// operator makes one.
+    pub async fn create_key(&self, project: &str) -> String {
+        let out = self.keys(&["create", "--project", project]).await;
+        String::from_utf8(out.stdout)
+            .expect("utf-8")
+            .trim()
+            .to_owned()
+    }
+
+    /// Runs `hone keys <args>` against the server's database; fails the test if it fails.
+    pub async fn keys(&self, args: &[&str]) -> std::process::Output {
+        let out = Command::new(env!("CARGO_BIN_EXE_hone"))
+            .arg("keys")
+            .args(args)
+            .env("HONE_DATABASE_URL", &self.db.url)
+            .env("RUST_LOG", "warn")
+            .output()
+            .await
+            .expect("run hone keys");
+        assert!(
+            out.status.success(),
+            "hone keys {args:?}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        out
     }
 
     /// The server's database, for looking at what a stopped server left.
@@ -192,6 +239,11 @@ impl TestServer {
     }
 
     pub async fn upload(&self, filename: &str, bytes: Vec<u8>) -> (u16, Value) {
+        self.upload_as(&self.key, filename, bytes).await
+    }
+
+    /// An upload with another project's `key`.
+    pub async fn upload_as(&self, key: &str, filename: &str, bytes: Vec<u8>) -> (u16, Value) {
         let form = reqwest::multipart::Form::new()
             .text("purpose", "fine-tune")
             .part(
@@ -201,6 +253,7 @@ impl TestServer {
         let r = self
             .client
             .post(self.url("/v1/files"))
+            .bearer_auth(key)
             .multipart(form)
             .send()
             .await
@@ -248,6 +301,16 @@ impl TestServer {
         walk(self.data_dir.path(), &mut out);
         out
     }
+}
+
+/// `Authorization: Bearer <key>`.
+pub fn auth_headers(key: &str) -> reqwest::header::HeaderMap {
+    let mut headers = reqwest::header::HeaderMap::new();
+    headers.insert(
+        reqwest::header::AUTHORIZATION,
+        format!("Bearer {key}").parse().expect("header value"),
+    );
+    headers
 }
 
 /// `n` rows alternating `positive` (from `good`, in turn) and `negative` (from `bad`).

@@ -132,8 +132,9 @@ async fn an_abandoned_upload_leaves_nothing_behind() {
         .await
         .expect("connect");
     let request = format!(
-        "POST /v1/files HTTP/1.1\r\nHost: {addr}\r\nContent-Type: multipart/form-data; boundary={boundary}\r\n\
-         Content-Length: {}\r\n\r\n{head}",
+        "POST /v1/files HTTP/1.1\r\nHost: {addr}\r\nAuthorization: Bearer {}\r\n\
+         Content-Type: multipart/form-data; boundary={boundary}\r\nContent-Length: {}\r\n\r\n{head}",
+        s.key,
         64 * MIB
     );
     stream.write_all(request.as_bytes()).await.expect("send");

@@ -10,6 +10,7 @@ use utoipa::ToSchema;
 use utoipa_axum::router::OpenApiRouter;
 use utoipa_axum::routes;
 
+use crate::auth::Project;
 use crate::error::{ApiError, ErrorResponse};
 use crate::AppState;
 
@@ -30,7 +31,8 @@ struct BaseModelList {
 /// List the base models this server can fine-tune.
 #[utoipa::path(get, path = "/v1/base-models", tag = "base-models",
     responses((status = 200, description = "Every usable base model", body = BaseModelList)))]
-async fn list_base_models(State(state): State<AppState>) -> Json<BaseModelList> {
+// Base models are the server's, but listing them is for key holders like the rest.
+async fn list_base_models(State(state): State<AppState>, _: Project) -> Json<BaseModelList> {
     let dir = state.settings.models_dir.clone();
     let data = tokio::task::spawn_blocking(move || hone_serving::catalog::list_base_models(&dir))
         .await
@@ -50,6 +52,7 @@ async fn list_base_models(State(state): State<AppState>) -> Json<BaseModelList> 
         (status = 404, description = "No such base model", body = ErrorResponse)))]
 async fn get_base_model(
     State(state): State<AppState>,
+    _: Project,
     Path(id): Path<String>,
 ) -> Result<Json<BaseModelObject>, ApiError> {
     hone_serving::catalog::find_base_model(&state.settings.models_dir, &id)

@@ -12,6 +12,7 @@ use hone_store::StoreError;
 use utoipa_axum::router::OpenApiRouter;
 use utoipa_axum::routes;
 
+use crate::auth::Project;
 use crate::error::{ApiError, ErrorResponse};
 use crate::jobs::job_id;
 use crate::AppState;
@@ -31,16 +32,21 @@ pub fn router() -> OpenApiRouter<AppState> {
         (status = 404, description = "No such job", body = ErrorResponse)))]
 async fn list_checkpoints(
     State(state): State<AppState>,
+    project: Project,
     Path(raw): Path<String>,
 ) -> Result<Json<Page<JobCheckpoint>>, ApiError> {
     let id = job_id(&raw)?;
-    state.db.get_job(id.as_str()).await.map_err(|e| match e {
-        StoreError::NotFound => ApiError::not_found("fine-tuning job", &raw),
-        other => other.into(),
-    })?;
+    state
+        .db
+        .get_job(&project.id, id.as_str())
+        .await
+        .map_err(|e| match e {
+            StoreError::NotFound => ApiError::not_found("fine-tuning job", &raw),
+            other => other.into(),
+        })?;
     let rows: Vec<JobCheckpoint> = state
         .db
-        .list_checkpoints(id.as_str())
+        .list_checkpoints(&project.id, id.as_str())
         .await?
         .into_iter()
         .map(|c| c.object)
@@ -64,6 +70,7 @@ async fn list_checkpoints(
         (status = 409, description = "The job has not succeeded", body = ErrorResponse)))]
 async fn publish_checkpoint(
     State(state): State<AppState>,
+    project: Project,
     Path((raw, epoch)): Path<(String, String)>,
 ) -> Result<Json<ModelObject>, ApiError> {
     let id = job_id(&raw)?;
@@ -76,16 +83,24 @@ async fn publish_checkpoint(
         .with_param("epoch")
     };
     let epoch_number: u32 = epoch.parse().map_err(|_| no_checkpoint())?;
-    let job = state.db.get_job(id.as_str()).await.map_err(|e| match e {
-        StoreError::NotFound => ApiError::not_found("fine-tuning job", &raw),
-        other => other.into(),
-    })?;
-    let checkpoint = match state.db.get_checkpoint(id.as_str(), epoch_number).await {
+    let job = state
+        .db
+        .get_job(&project.id, id.as_str())
+        .await
+        .map_err(|e| match e {
+            StoreError::NotFound => ApiError::not_found("fine-tuning job", &raw),
+            other => other.into(),
+        })?;
+    let checkpoint = match state
+        .db
+        .get_checkpoint(&project.id, id.as_str(), epoch_number)
+        .await
+    {
         Ok(c) => c,
         Err(StoreError::NotFound) => return Err(no_checkpoint()),
         Err(e) => return Err(e.into()),
     };
-    let model = match state.db.final_model_of(id.as_str()).await {
+    let model = match state.db.final_model_of(&project.id, id.as_str()).await {
         Ok(m) => m,
         Err(StoreError::NotFound) => {
             return Err(ApiError::new(
@@ -101,7 +116,7 @@ async fn publish_checkpoint(
         Err(e) => return Err(e.into()),
     };
     let model_id = format!("{}:ckpt-{epoch_number}", model.object.id);
-    match state.db.get_model(&model_id).await {
+    match state.db.get_model(&project.id, &model_id).await {
         Ok(existing) => return Ok(Json(existing.object)),
         Err(StoreError::NotFound) => {}
         Err(e) => return Err(e.into()),
@@ -163,5 +178,7 @@ async fn publish_checkpoint(
     } else {
         tracing::info!(model = %model_id, job.id = %job.id, epoch = epoch_number, "checkpoint published");
     }
-    Ok(Json(state.db.get_model(&model_id).await?.object))
+    Ok(Json(
+        state.db.get_model(&project.id, &model_id).await?.object,
+    ))
 }

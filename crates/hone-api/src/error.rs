@@ -10,7 +10,7 @@ use hone_domain::dataset::{DatasetError, DatasetErrorKind};
 use hone_domain::ValidationError;
 use hone_serving::transferability::EstimateError;
 use hone_serving::ServingError;
-use hone_store::StoreError;
+use hone_store::{Quota, StoreError};
 use serde::Serialize;
 use utoipa::ToSchema;
 
@@ -20,6 +20,8 @@ pub struct ApiError {
     pub code: &'static str,
     pub message: String,
     pub param: Option<String>,
+    /// Seconds for `Retry-After`; 429 and 503 answers default to 1.
+    pub retry_after: Option<u32>,
 }
 
 /// `{"error": {"message", "type", "param", "code"}}`, as the OpenAI API answers.
@@ -51,6 +53,7 @@ impl ApiError {
             code,
             message: message.into(),
             param: None,
+            retry_after: None,
         }
     }
 
@@ -81,6 +84,7 @@ impl ApiError {
     fn kind(&self) -> &'static str {
         match self.status {
             StatusCode::NOT_FOUND => "not_found_error",
+            StatusCode::UNAUTHORIZED => "authentication_error",
             StatusCode::CONFLICT => "conflict_error",
             StatusCode::TOO_MANY_REQUESTS => "rate_limit_error",
             StatusCode::SERVICE_UNAVAILABLE => "service_unavailable_error",
@@ -103,6 +107,7 @@ impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
         let kind = self.kind();
         let status = self.status;
+        let retry_after = self.retry_after;
         let body = ErrorResponse {
             error: ErrorBody {
                 message: self.message,
@@ -112,13 +117,22 @@ impl IntoResponse for ApiError {
             },
         };
         let mut response = (status, axum::Json(body)).into_response();
-        if matches!(
+        let headers = response.headers_mut();
+        if let Some(seconds) = retry_after {
+            headers.insert(header::RETRY_AFTER, HeaderValue::from(seconds));
+        } else if matches!(
             status,
             StatusCode::SERVICE_UNAVAILABLE | StatusCode::TOO_MANY_REQUESTS
         ) {
-            response
-                .headers_mut()
-                .insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
+            headers.insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
+        }
+        // A 413 may leave the request body unread, which leaves the connection unusable
+        // for the next request: say so, instead of letting the client reuse it.
+        if status == StatusCode::PAYLOAD_TOO_LARGE {
+            headers.insert(header::CONNECTION, HeaderValue::from_static("close"));
+        }
+        if status == StatusCode::UNAUTHORIZED {
+            headers.insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
         }
         response
     }
@@ -137,6 +151,28 @@ impl From<StoreError> for ApiError {
                     "the database is unavailable; retry shortly",
                 )
             }
+            StoreError::Quota(Quota::ActiveJobs { limit }) => Self {
+                // Jobs take minutes: polling every second would only add load.
+                retry_after: Some(30),
+                ..Self::new(
+                    StatusCode::TOO_MANY_REQUESTS,
+                    "too_many_active_jobs",
+                    format!(
+                        "this project has {limit} queued or running jobs, its limit \
+                         (max_active_jobs = {limit}); retry when one has finished"
+                    ),
+                )
+            },
+            StoreError::Quota(Quota::StoredBytes { limit, used }) => Self::new(
+                StatusCode::PAYLOAD_TOO_LARGE,
+                "storage_limit_exceeded",
+                format!(
+                    "this upload does not fit in the project's storage limit \
+                     (max_stored_bytes = {limit}); {used} bytes are stored: delete files \
+                     to make room"
+                ),
+            )
+            .with_param("file"),
             other => Self::internal("storage error", &other),
         }
     }
@@ -189,6 +225,7 @@ impl From<DatasetError> for ApiError {
             code: e.kind.code(),
             message: e.to_string(),
             param: Some("file".into()),
+            retry_after: None,
         }
     }
 }

@@ -20,6 +20,7 @@ use utoipa::ToSchema;
 use utoipa_axum::router::OpenApiRouter;
 use utoipa_axum::routes;
 
+use crate::auth::{check_upload_room, Project};
 use crate::error::{ApiError, ErrorResponse};
 use crate::extract::{key_reused, IdempotencyKey};
 use crate::params::ListParams;
@@ -82,12 +83,15 @@ struct DeletedFile {
         (status = 400, description = "Invalid file or form; `message` names the line or zip entry", body = ErrorResponse,
             example = json!({"error": {"message": "line 3: field `label`: missing", "type": "invalid_request_error", "param": "file", "code": "missing_field"}})),
         (status = 409, description = "The Idempotency-Key was used with another upload", body = ErrorResponse),
-        (status = 413, description = "Over the upload size limit", body = ErrorResponse)))]
+        (status = 413, description = "Over the upload size limit, or the project's storage limit (`max_stored_bytes`)", body = ErrorResponse)))]
 async fn upload_file(
     State(state): State<AppState>,
+    project: Project,
+    headers: axum::http::HeaderMap,
     idempotency: IdempotencyKey,
     mut multipart: Multipart,
 ) -> Result<Json<serde_json::Value>, ApiError> {
+    check_upload_room(&state, &project, &headers).await?;
     let id = FileId::generate();
     let mut purpose: Option<String> = None;
     let mut format_field: Option<String> = None;
@@ -212,7 +216,15 @@ async fn upload_file(
     );
     match state
         .db
-        .insert_file_once(&id, &filename, "fine-tune", &summary, once.as_ref())
+        .insert_file_once(
+            &project.id,
+            &id,
+            &filename,
+            "fine-tune",
+            &summary,
+            Some(project.max_stored_bytes),
+            once.as_ref(),
+        )
         .await
     {
         Ok(Once::Created(file)) => {
@@ -256,10 +268,11 @@ async fn remove_upload(state: &AppState, key: &str) {
         (status = 400, description = "Invalid query", body = ErrorResponse)))]
 async fn list_files(
     State(state): State<AppState>,
+    project: Project,
     query: Result<Query<ListParams>, axum::extract::rejection::QueryRejection>,
 ) -> Result<Json<Page<FileObject>>, ApiError> {
     let page = query?.0.page()?;
-    let rows = state.db.list_files(&page).await?;
+    let rows = state.db.list_files(&project.id, &page).await?;
     Ok(Json(Page::from_rows(rows, page.limit, |f| f.id.clone())))
 }
 
@@ -267,12 +280,20 @@ fn file_id(raw: &str) -> Result<FileId, ApiError> {
     FileId::parse(raw).ok_or_else(|| ApiError::not_found("file", raw))
 }
 
-async fn find(state: &AppState, raw: &str) -> Result<hone_store::files::StoredFile, ApiError> {
+async fn find(
+    state: &AppState,
+    project: &Project,
+    raw: &str,
+) -> Result<hone_store::files::StoredFile, ApiError> {
     let id = file_id(raw)?;
-    state.db.get_file(id.as_str()).await.map_err(|e| match e {
-        hone_store::StoreError::NotFound => ApiError::not_found("file", raw),
-        other => other.into(),
-    })
+    state
+        .db
+        .get_file(&project.id, id.as_str())
+        .await
+        .map_err(|e| match e {
+            hone_store::StoreError::NotFound => ApiError::not_found("file", raw),
+            other => other.into(),
+        })
 }
 
 /// Get a file's metadata.
@@ -283,9 +304,10 @@ async fn find(state: &AppState, raw: &str) -> Result<hone_store::files::StoredFi
         (status = 404, description = "No such file", body = ErrorResponse)))]
 async fn get_file(
     State(state): State<AppState>,
+    project: Project,
     Path(file_id): Path<String>,
 ) -> Result<Json<FileObject>, ApiError> {
-    Ok(Json(find(&state, &file_id).await?.object))
+    Ok(Json(find(&state, &project, &file_id).await?.object))
 }
 
 /// Download a file's content, as uploaded.
@@ -300,9 +322,10 @@ async fn get_file(
         (status = 404, description = "No such file", body = ErrorResponse)))]
 async fn file_content(
     State(state): State<AppState>,
+    project: Project,
     Path(file_id): Path<String>,
 ) -> Result<Response, ApiError> {
-    let file = find(&state, &file_id).await?;
+    let file = find(&state, &project, &file_id).await?;
     let reader = state.artifacts.open(&file.storage_key).await?;
     let content_type = match file.object.format {
         DatasetFormat::Jsonl => "application/jsonl",
@@ -336,12 +359,13 @@ async fn file_content(
         (status = 409, description = "A queued or running job uses the file", body = ErrorResponse)))]
 async fn delete_file(
     State(state): State<AppState>,
+    project: Project,
     Path(raw): Path<String>,
 ) -> Result<Json<DeletedFile>, ApiError> {
     let id = file_id(&raw)?;
     let file = state
         .db
-        .delete_file(id.as_str())
+        .delete_file(&project.id, id.as_str())
         .await
         .map_err(|e| match e {
             hone_store::StoreError::NotFound => ApiError::not_found("file", &raw),

@@ -16,6 +16,7 @@ use utoipa::{IntoParams, ToSchema};
 use utoipa_axum::router::OpenApiRouter;
 use utoipa_axum::routes;
 
+use crate::auth::Project;
 use crate::error::{ApiError, ErrorResponse};
 use crate::extract::{key_reused, HashedJson, IdempotencyKey};
 use crate::params::ListParams;
@@ -116,9 +117,11 @@ fn check_metadata(metadata: &Option<serde_json::Value>) -> Result<(), ApiError> 
         (status = 400, description = "Invalid request; `param` names the field", body = ErrorResponse,
             example = json!({"error": {"message": "no file with id \"file-…\"", "type": "invalid_request_error", "param": "training_file", "code": "file_not_found"}})),
         (status = 409, description = "The Idempotency-Key was used with another request", body = ErrorResponse),
+        (status = 429, description = "The project has `max_active_jobs` queued or running jobs; retry after `Retry-After` seconds", body = ErrorResponse),
         (status = 415, description = "The body is not JSON", body = ErrorResponse)))]
 async fn create_job(
     State(state): State<AppState>,
+    project: Project,
     idempotency: IdempotencyKey,
     HashedJson(req, request_sha256): HashedJson<CreateJobRequest>,
 ) -> Result<Json<serde_json::Value>, ApiError> {
@@ -139,7 +142,9 @@ async fn create_job(
     let Some(max_seq_len) = base.max_seq_len else {
         // A file of the other modality is the mistake to name first: it stays one
         // when image training arrives.
-        if let Ok(training) = lookup_file(&state, &req.training_file, "training_file").await {
+        if let Ok(training) =
+            lookup_file(&state, &project, &req.training_file, "training_file").await
+        {
             check_modality(&training, &base, "training_file")?;
         }
         return Err(ApiError::invalid(
@@ -162,11 +167,11 @@ async fn create_job(
     }
     check_metadata(&req.metadata)?;
 
-    let training = lookup_file(&state, &req.training_file, "training_file").await?;
+    let training = lookup_file(&state, &project, &req.training_file, "training_file").await?;
     check_modality(&training, &base, "training_file")?;
     check_task_weights(&hyperparameters.task_weights, &training)?;
     if let Some(validation_file) = &req.validation_file {
-        let validation = lookup_file(&state, validation_file, "validation_file").await?;
+        let validation = lookup_file(&state, &project, validation_file, "validation_file").await?;
         check_modality(&validation, &base, "validation_file")?;
         if (validation.task_type, validation.text_pairs)
             != (training.task_type, training.text_pairs)
@@ -189,6 +194,7 @@ async fn create_job(
     let seed = req.seed.unwrap_or_else(|| i64::from(rand_seed()));
     let new = NewJob {
         id: JobId::generate(),
+        project: project.id.clone(),
         base_model: base.id,
         training_file: training.id,
         validation_file: req.validation_file,
@@ -201,7 +207,7 @@ async fn create_job(
     };
     let created = state
         .db
-        .create_job_once(&new, key.as_ref())
+        .create_job_once(&new, Some(project.max_active_jobs), key.as_ref())
         .await
         .map_err(|e| match e {
             StoreError::Conflict(m) => ApiError::invalid("training_file", "file_not_found", m),
@@ -317,11 +323,16 @@ fn check_modality(
     ))
 }
 
-async fn lookup_file(state: &AppState, raw: &str, param: &str) -> Result<FileObject, ApiError> {
+async fn lookup_file(
+    state: &AppState,
+    project: &Project,
+    raw: &str,
+    param: &str,
+) -> Result<FileObject, ApiError> {
     let not_found =
         || ApiError::invalid(param, "file_not_found", format!("no file with id {raw:?}"));
     let id = hone_domain::FileId::parse(raw).ok_or_else(not_found)?;
-    match state.db.get_file(id.as_str()).await {
+    match state.db.get_file(&project.id, id.as_str()).await {
         Ok(f) => Ok(f.object),
         Err(StoreError::NotFound) => Err(not_found()),
         Err(e) => Err(e.into()),
@@ -335,6 +346,7 @@ async fn lookup_file(state: &AppState, raw: &str, param: &str) -> Result<FileObj
         (status = 400, description = "Invalid query", body = ErrorResponse)))]
 async fn list_jobs(
     State(state): State<AppState>,
+    project: Project,
     query: Result<Query<ListJobsParams>, QueryRejection>,
 ) -> Result<Json<Page<FineTuningJob>>, ApiError> {
     let q = query?.0;
@@ -353,7 +365,7 @@ async fn list_jobs(
         after: q.after,
     }
     .page()?;
-    let rows = state.db.list_jobs(&page, status).await?;
+    let rows = state.db.list_jobs(&project.id, &page, status).await?;
     Ok(Json(Page::from_rows(rows, page.limit, |j| j.id.clone())))
 }
 
@@ -376,13 +388,14 @@ fn not_found_as(raw: &str) -> impl Fn(StoreError) -> ApiError + '_ {
         (status = 404, description = "No such job", body = ErrorResponse)))]
 async fn get_job(
     State(state): State<AppState>,
+    project: Project,
     Path(raw): Path<String>,
 ) -> Result<Json<FineTuningJob>, ApiError> {
     let id = job_id(&raw)?;
     Ok(Json(
         state
             .db
-            .get_job(id.as_str())
+            .get_job(&project.id, id.as_str())
             .await
             .map_err(not_found_as(&raw))?,
     ))
@@ -398,13 +411,14 @@ async fn get_job(
         (status = 409, description = "The job has already finished", body = ErrorResponse)))]
 async fn cancel_job(
     State(state): State<AppState>,
+    project: Project,
     Path(raw): Path<String>,
 ) -> Result<Json<FineTuningJob>, ApiError> {
     let id = job_id(&raw)?;
     Ok(Json(
         state
             .db
-            .cancel_job(id.as_str())
+            .cancel_job(&project.id, id.as_str())
             .await
             .map_err(not_found_as(&raw))?,
     ))
@@ -421,17 +435,18 @@ async fn cancel_job(
         (status = 404, description = "No such job", body = ErrorResponse)))]
 async fn get_metrics(
     State(state): State<AppState>,
+    project: Project,
     Path(raw): Path<String>,
 ) -> Result<Json<JobMetrics>, ApiError> {
     let id = job_id(&raw)?;
     let job = state
         .db
-        .get_job(id.as_str())
+        .get_job(&project.id, id.as_str())
         .await
         .map_err(not_found_as(&raw))?;
     let curves: JobCurves = match state
         .db
-        .get_metrics(id.as_str())
+        .get_metrics(&project.id, id.as_str())
         .await
         .map_err(not_found_as(&raw))?
     {
@@ -463,6 +478,7 @@ async fn get_metrics(
         (status = 404, description = "No such job", body = ErrorResponse)))]
 async fn list_events(
     State(state): State<AppState>,
+    project: Project,
     Path(raw): Path<String>,
     query: Result<Query<ListParams>, QueryRejection>,
 ) -> Result<Json<Page<JobEvent>>, ApiError> {
@@ -470,9 +486,12 @@ async fn list_events(
     let page = query?.0.page()?;
     state
         .db
-        .get_job(id.as_str())
+        .get_job(&project.id, id.as_str())
         .await
         .map_err(not_found_as(&raw))?;
-    let rows = state.db.list_events(id.as_str(), &page).await?;
+    let rows = state
+        .db
+        .list_events(&project.id, id.as_str(), &page)
+        .await?;
     Ok(Json(Page::from_rows(rows, page.limit, |e| e.id.clone())))
 }

@@ -16,6 +16,7 @@ use utoipa::OpenApi;
 use utoipa_axum::router::OpenApiRouter;
 use utoipa_swagger_ui::SwaggerUi;
 
+pub mod auth;
 mod base_models;
 mod checkpoints;
 pub mod error;
@@ -49,6 +50,8 @@ pub struct ApiSettings {
     pub max_predict_chars: usize,
     /// Attempts a job gets before it is failed for good.
     pub job_max_attempts: i32,
+    /// Limits of projects that set none of their own.
+    pub project_limits: auth::ProjectLimits,
 }
 
 #[derive(OpenApi)]
@@ -58,7 +61,10 @@ pub struct ApiSettings {
         description = "Fine-tuning as a service: upload a labeled dataset, fine-tune a \
             pretrained model on it, and call predict on the result.\n\nErrors are \
             `{\"error\": {\"message\", \"type\", \"param\", \"code\"}}`; lists are \
-            `{\"object\": \"list\", \"data\": [...], \"has_more\"}` with `limit`/`after` cursors.",
+            `{\"object\": \"list\", \"data\": [...], \"has_more\"}` with `limit`/`after` cursors.\n\n\
+            Every request but the health probes sends an API key as \
+            `Authorization: Bearer hone_sk_…`; it acts for the key's project, and sees only \
+            that project's files, jobs and models.",
         license(name = "Apache-2.0")
     ),
     tags(
@@ -74,7 +80,7 @@ struct ApiDoc;
 
 /// The routes and their OpenAPI document.
 pub fn routes() -> (Router<AppState>, utoipa::openapi::OpenApi) {
-    OpenApiRouter::with_openapi(ApiDoc::openapi())
+    let (router, mut api) = OpenApiRouter::with_openapi(ApiDoc::openapi())
         .merge(files::router())
         .merge(base_models::router())
         .merge(transferability::router())
@@ -82,7 +88,9 @@ pub fn routes() -> (Router<AppState>, utoipa::openapi::OpenApi) {
         .merge(checkpoints::router())
         .merge(models::router())
         .merge(health::router())
-        .split_for_parts()
+        .split_for_parts();
+    utoipa::Modify::modify(&auth::SecurityAddon, &mut api);
+    (router, api)
 }
 
 /// The OpenAPI document, as `/openapi.json` serves it.

@@ -14,6 +14,7 @@ use utoipa::ToSchema;
 use utoipa_axum::router::OpenApiRouter;
 use utoipa_axum::routes;
 
+use crate::auth::Project;
 use crate::error::{ApiError, ErrorResponse};
 use crate::extract::ApiJson;
 use crate::params::ListParams;
@@ -157,10 +158,11 @@ fn not_found_as(raw: &str) -> impl Fn(StoreError) -> ApiError + '_ {
         (status = 400, description = "Invalid query", body = ErrorResponse)))]
 async fn list_models(
     State(state): State<AppState>,
+    project: Project,
     query: Result<Query<ListParams>, QueryRejection>,
 ) -> Result<Json<Page<ModelObject>>, ApiError> {
     let page = query?.0.page()?;
-    let rows = state.db.list_models(&page).await?;
+    let rows = state.db.list_models(&project.id, &page).await?;
     Ok(Json(Page::from_rows(rows, page.limit, |m| m.id.clone())))
 }
 
@@ -172,12 +174,13 @@ async fn list_models(
         (status = 404, description = "No such model", body = ErrorResponse)))]
 async fn get_model(
     State(state): State<AppState>,
+    project: Project,
     Path(id): Path<String>,
 ) -> Result<Json<ModelObject>, ApiError> {
     Ok(Json(
         state
             .db
-            .get_model(&id)
+            .get_model(&project.id, &id)
             .await
             .map_err(not_found_as(&id))?
             .object,
@@ -192,11 +195,12 @@ async fn get_model(
         (status = 404, description = "No such model", body = ErrorResponse)))]
 async fn delete_model(
     State(state): State<AppState>,
+    project: Project,
     Path(id): Path<String>,
 ) -> Result<Json<DeletedModel>, ApiError> {
     let model = state
         .db
-        .delete_model(&id)
+        .delete_model(&project.id, &id)
         .await
         .map_err(not_found_as(&id))?;
     state.predictor.evict(&id);
@@ -225,6 +229,7 @@ async fn delete_model(
         (status = 429, description = "Too many predictions in flight; retry after `Retry-After` seconds", body = ErrorResponse)))]
 async fn predict(
     State(state): State<AppState>,
+    project: Project,
     Path(id): Path<String>,
     ApiJson(req): ApiJson<PredictRequest>,
 ) -> Result<Json<PredictResponse>, ApiError> {
@@ -268,7 +273,11 @@ async fn predict(
             ),
         ));
     }
-    let model = state.db.get_model(&id).await.map_err(not_found_as(&id))?;
+    let model = state
+        .db
+        .get_model(&project.id, &id)
+        .await
+        .map_err(not_found_as(&id))?;
     let dir = state.artifacts.local_dir(&model.storage_key).await?;
     let (texts, text_pairs) = if pairs {
         req.inputs

@@ -24,6 +24,7 @@ use utoipa::ToSchema;
 use utoipa_axum::router::OpenApiRouter;
 use utoipa_axum::routes;
 
+use crate::auth::Project;
 use crate::error::{ApiError, ErrorResponse};
 use crate::extract::ApiJson;
 use crate::AppState;
@@ -167,6 +168,7 @@ pub struct TransferabilityResponse {
         (status = 500, description = "The file no longer matches its checksum, or the estimate failed", body = ErrorResponse)))]
 async fn estimate(
     State(state): State<AppState>,
+    project: Project,
     ApiJson(req): ApiJson<TransferabilityRequest>,
 ) -> Result<Json<TransferabilityResponse>, ApiError> {
     let max_examples = req.max_examples.unwrap_or(DEFAULT_MAX_EXAMPLES);
@@ -187,7 +189,7 @@ async fn estimate(
         .iter()
         .map(|m| max_seq_len(req.max_seq_len, m))
         .collect::<Result<Vec<u32>, ApiError>>()?;
-    let file = lookup_file(&state, &req.training_file).await?;
+    let file = lookup_file(&state, &project, &req.training_file).await?;
     if file.object.modality != hone_domain::dataset::Modality::Text {
         return Err(ApiError::invalid(
             "training_file",
@@ -368,6 +370,7 @@ fn max_seq_len(requested: Option<u32>, model: &BaseModelObject) -> Result<u32, A
 /// `training_file`.
 async fn lookup_file(
     state: &AppState,
+    project: &Project,
     raw: &str,
 ) -> Result<hone_store::files::StoredFile, ApiError> {
     let not_found = || {
@@ -378,7 +381,7 @@ async fn lookup_file(
         )
     };
     let id = hone_domain::FileId::parse(raw).ok_or_else(not_found)?;
-    match state.db.get_file(id.as_str()).await {
+    match state.db.get_file(&project.id, id.as_str()).await {
         Ok(f) => Ok(f),
         Err(StoreError::NotFound) => Err(not_found()),
         Err(e) => Err(e.into()),

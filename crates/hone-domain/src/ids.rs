@@ -48,6 +48,12 @@ macro_rules! prefixed_id {
 
 prefixed_id!(FileId, "file-", "An uploaded file, `file-<32 hex>`.");
 prefixed_id!(JobId, "ftjob-", "A fine-tuning job, `ftjob-<32 hex>`.");
+prefixed_id!(ProjectId, "proj-", "A project (tenant), `proj-<32 hex>`.");
+prefixed_id!(
+    ApiKeyId,
+    "key-",
+    "An API key's public id, `key-<32 hex>`, for lists and revocation."
+);
 
 /// A fine-tuned model: `ft:<base model>:<suffix>:<job short id>`, or without the
 /// suffix part when the job had none.

@@ -3,6 +3,7 @@
 //! Inputs from users are parsed into these types at the edge (`parse`/`validate`), so
 //! the storage, queue and training layers never see an unchecked value.
 
+pub mod api_key;
 pub mod data_report;
 pub mod dataset;
 pub mod ids;
@@ -12,7 +13,7 @@ pub mod page;
 pub mod resources;
 pub mod split;
 
-pub use ids::{FileId, JobId, ModelId};
+pub use ids::{ApiKeyId, FileId, JobId, ModelId, ProjectId};
 pub use job::{
     Hyperparameters, HyperparametersInput, JobStatus, Method, MethodType, ValidationError,
 };

@@ -3,6 +3,7 @@
 
 use chrono::{DateTime, Utc};
 use hone_domain::resources::{EpochPoint, JobCheckpoint};
+use hone_domain::ProjectId;
 use sqlx::types::Json;
 
 use crate::{Db, StoreError};
@@ -57,6 +58,7 @@ impl From<CheckpointRow> for StoredCheckpoint {
 const SELECT: &str = "SELECT c.job_id, c.epoch, c.step, c.metrics, c.storage_key, c.bytes,
                              c.created_at, m.id AS published_model
                       FROM fine_tuning_job_checkpoints c
+                      JOIN fine_tuning_jobs j ON j.id = c.job_id
                       LEFT JOIN models m
                         ON m.job_id = c.job_id AND m.checkpoint_epoch = c.epoch";
 
@@ -92,31 +94,38 @@ impl Db {
         Ok(done.rows_affected() == 1)
     }
 
-    /// A job's checkpoints, oldest epoch first.
+    /// The checkpoints of a job of `project`, oldest epoch first (a checkpoint belongs
+    /// to its job's project).
     pub async fn list_checkpoints(
         &self,
+        project: &ProjectId,
         job_id: &str,
     ) -> Result<Vec<StoredCheckpoint>, StoreError> {
-        let rows: Vec<CheckpointRow> =
-            sqlx::query_as(&format!("{SELECT} WHERE c.job_id = $1 ORDER BY c.epoch"))
-                .bind(job_id)
-                .fetch_all(&self.pool)
-                .await?;
+        let rows: Vec<CheckpointRow> = sqlx::query_as(&format!(
+            "{SELECT} WHERE c.job_id = $1 AND j.project_id = $2 ORDER BY c.epoch"
+        ))
+        .bind(job_id)
+        .bind(project.as_str())
+        .fetch_all(&self.pool)
+        .await?;
         Ok(rows.into_iter().map(Into::into).collect())
     }
 
     pub async fn get_checkpoint(
         &self,
+        project: &ProjectId,
         job_id: &str,
         epoch: u32,
     ) -> Result<StoredCheckpoint, StoreError> {
-        let row: CheckpointRow =
-            sqlx::query_as(&format!("{SELECT} WHERE c.job_id = $1 AND c.epoch = $2"))
-                .bind(job_id)
-                .bind(epoch as i32)
-                .fetch_optional(&self.pool)
-                .await?
-                .ok_or(StoreError::NotFound)?;
+        let row: CheckpointRow = sqlx::query_as(&format!(
+            "{SELECT} WHERE c.job_id = $1 AND c.epoch = $2 AND j.project_id = $3"
+        ))
+        .bind(job_id)
+        .bind(epoch as i32)
+        .bind(project.as_str())
+        .fetch_optional(&self.pool)
+        .await?
+        .ok_or(StoreError::NotFound)?;
         Ok(row.into())
     }
 }

@@ -22,6 +22,9 @@ pub enum StoreError {
     Io(#[from] std::io::Error),
     #[error("invalid stored data: {0}")]
     Corrupt(String),
+    /// The project is at one of its limits; nothing was written.
+    #[error("project limit reached: {0:?}")]
+    Quota(crate::projects::Quota),
 }
 
 impl From<sqlx::Error> for StoreError {

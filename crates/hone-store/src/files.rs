@@ -5,7 +5,7 @@ use std::collections::BTreeMap;
 use chrono::{DateTime, Utc};
 use hone_domain::dataset::{DatasetFormat, DatasetSummary, Modality, TaskType};
 use hone_domain::resources::FileObject;
-use hone_domain::{FileId, PageRequest};
+use hone_domain::{FileId, PageRequest, ProjectId};
 use sqlx::types::Json;
 
 use crate::idempotency::{Idempotency, Once};
@@ -81,13 +81,14 @@ pub fn storage_key(id: &FileId) -> String {
 impl Db {
     pub async fn insert_file(
         &self,
+        project: &ProjectId,
         id: &FileId,
         filename: &str,
         purpose: &str,
         summary: &DatasetSummary,
     ) -> Result<StoredFile, StoreError> {
         match self
-            .insert_file_once(id, filename, purpose, summary, None)
+            .insert_file_once(project, id, filename, purpose, summary, None, None)
             .await?
         {
             Once::Created(file) => Ok(file),
@@ -98,30 +99,48 @@ impl Db {
     }
 
     /// [`Db::insert_file`] made idempotent by `key` (see [`Db::create_job_once`]).
+    /// With `max_stored_bytes`, the project's files including this one must fit in it:
+    /// checked with the project locked, in the transaction that adds the row.
+    #[allow(clippy::too_many_arguments)]
     pub async fn insert_file_once(
         &self,
+        project: &ProjectId,
         id: &FileId,
         filename: &str,
         purpose: &str,
         summary: &DatasetSummary,
+        max_stored_bytes: Option<i64>,
         key: Option<&Idempotency>,
     ) -> Result<Once<StoredFile>, StoreError> {
         let mut tx = self.pool.begin().await?;
         if let Some(key) = key {
-            if let Some(earlier) = crate::idempotency::claim(&mut tx, key).await? {
+            if let Some(earlier) = crate::idempotency::claim(&mut tx, project, key).await? {
                 return Ok(earlier);
+            }
+        }
+        let bytes = i64::try_from(summary.bytes).unwrap_or(i64::MAX);
+        if let Some(limit) = max_stored_bytes {
+            crate::projects::lock(&mut tx, project).await?;
+            let used: i64 = sqlx::query_scalar(
+                "SELECT coalesce(sum(bytes), 0)::bigint FROM files WHERE project_id = $1",
+            )
+            .bind(project.as_str())
+            .fetch_one(&mut *tx)
+            .await?;
+            if used.saturating_add(bytes) > limit {
+                return Err(StoreError::Quota(crate::Quota::StoredBytes { limit, used }));
             }
         }
         let row: FileRow = sqlx::query_as(&format!(
             "INSERT INTO files (id, filename, purpose, format, bytes, sha256, examples, label_counts,
-                                task_type, text_pairs, task_label_counts, storage_key, modality)
-             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13) RETURNING {COLUMNS}"
+                               task_type, text_pairs, task_label_counts, storage_key, modality, project_id)
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14) RETURNING {COLUMNS}"
         ))
         .bind(id.as_str())
         .bind(filename)
         .bind(purpose)
         .bind(summary.format.as_str())
-        .bind(i64::try_from(summary.bytes).unwrap_or(i64::MAX))
+        .bind(bytes)
         .bind(&summary.sha256)
         .bind(i64::try_from(summary.examples).unwrap_or(i64::MAX))
         .bind(Json(&summary.label_counts))
@@ -130,17 +149,33 @@ impl Db {
         .bind(Json(&summary.task_label_counts))
         .bind(storage_key(id))
         .bind(summary.modality.as_str())
+        .bind(project.as_str())
         .fetch_one(&mut *tx)
         .await?;
         let file: StoredFile = row.try_into()?;
         if let Some(key) = key {
-            crate::idempotency::record(&mut tx, key, &file.object).await?;
+            crate::idempotency::record(&mut tx, project, key, &file.object).await?;
         }
         tx.commit().await?;
         Ok(Once::Created(file))
     }
 
-    pub async fn get_file(&self, id: &str) -> Result<StoredFile, StoreError> {
+    /// A file of `project`; another project's file is `NotFound`, as a missing one.
+    pub async fn get_file(&self, project: &ProjectId, id: &str) -> Result<StoredFile, StoreError> {
+        let row: FileRow = sqlx::query_as(&format!(
+            "SELECT {COLUMNS} FROM files WHERE id = $1 AND project_id = $2"
+        ))
+        .bind(id)
+        .bind(project.as_str())
+        .fetch_optional(&self.pool)
+        .await?
+        .ok_or(StoreError::NotFound)?;
+        row.try_into()
+    }
+
+    /// A file whatever its project, for the worker: the job it trains named it, and the
+    /// job was checked against its project when it was created.
+    pub async fn get_file_of_job(&self, id: &str) -> Result<StoredFile, StoreError> {
         let row: FileRow = sqlx::query_as(&format!("SELECT {COLUMNS} FROM files WHERE id = $1"))
             .bind(id)
             .fetch_optional(&self.pool)
@@ -150,15 +185,22 @@ impl Db {
     }
 
     /// Newest first; `after` is the id of the last file of the previous page.
-    pub async fn list_files(&self, page: &PageRequest) -> Result<Vec<FileObject>, StoreError> {
+    pub async fn list_files(
+        &self,
+        project: &ProjectId,
+        page: &PageRequest,
+    ) -> Result<Vec<FileObject>, StoreError> {
         let rows: Vec<FileRow> = sqlx::query_as(&format!(
             "SELECT {COLUMNS} FROM files
-             WHERE $1::text IS NULL
-                OR (created_at, id) < (SELECT created_at, id FROM files WHERE id = $1)
+             WHERE project_id = $3
+               AND ($1::text IS NULL
+                    OR (created_at, id) < (SELECT created_at, id FROM files
+                                           WHERE id = $1 AND project_id = $3))
              ORDER BY created_at DESC, id DESC LIMIT $2"
         ))
         .bind(page.after.as_deref())
         .bind(page.limit + 1)
+        .bind(project.as_str())
         .fetch_all(&self.pool)
         .await?;
         rows.into_iter()
@@ -168,12 +210,17 @@ impl Db {
 
     /// Deletes the row unless a job that has not finished still needs the file; the
     /// caller removes the bytes after this succeeded.
-    pub async fn delete_file(&self, id: &str) -> Result<StoredFile, StoreError> {
+    pub async fn delete_file(
+        &self,
+        project: &ProjectId,
+        id: &str,
+    ) -> Result<StoredFile, StoreError> {
         let mut tx = self.pool.begin().await?;
         let row: FileRow = sqlx::query_as(&format!(
-            "SELECT {COLUMNS} FROM files WHERE id = $1 FOR UPDATE"
+            "SELECT {COLUMNS} FROM files WHERE id = $1 AND project_id = $2 FOR UPDATE"
         ))
         .bind(id)
+        .bind(project.as_str())
         .fetch_optional(&mut *tx)
         .await?
         .ok_or(StoreError::NotFound)?;

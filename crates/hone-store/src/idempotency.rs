@@ -4,6 +4,7 @@
 //! key waits on the claim and then reads the committed response; if the first
 //! transaction rolled back, it claims the key itself.
 
+use hone_domain::ProjectId;
 use sqlx::types::Json;
 use sqlx::{Postgres, Transaction};
 
@@ -33,17 +34,21 @@ pub enum Once<T> {
 
 /// Claims `key` in `tx`: `None` when it is new (the caller creates, then calls
 /// [`record`]), else what the earlier request got.
+/// Keys are the project's: another project's key of the same name is another key.
 pub(crate) async fn claim<T>(
     tx: &mut Transaction<'_, Postgres>,
+    project: &ProjectId,
     key: &Idempotency,
 ) -> Result<Option<Once<T>>, StoreError> {
     let claimed = sqlx::query(
-        "INSERT INTO idempotency_keys (scope, key, request_sha256) VALUES ($1, $2, $3)
-         ON CONFLICT (scope, key) DO NOTHING",
+        "INSERT INTO idempotency_keys (scope, key, request_sha256, project_id)
+         VALUES ($1, $2, $3, $4)
+         ON CONFLICT (project_id, scope, key) DO NOTHING",
     )
     .bind(key.scope)
     .bind(&key.key)
     .bind(&key.request_sha256)
+    .bind(project.as_str())
     .execute(&mut **tx)
     .await?
     .rows_affected()
@@ -52,10 +57,12 @@ pub(crate) async fn claim<T>(
         return Ok(None);
     }
     let (digest, response): (String, Option<Json<serde_json::Value>>) = sqlx::query_as(
-        "SELECT request_sha256, response FROM idempotency_keys WHERE scope = $1 AND key = $2",
+        "SELECT request_sha256, response FROM idempotency_keys
+         WHERE scope = $1 AND key = $2 AND project_id = $3",
     )
     .bind(key.scope)
     .bind(&key.key)
+    .bind(project.as_str())
     .fetch_one(&mut **tx)
     .await?;
     Ok(Some(match response {
@@ -72,14 +79,19 @@ pub(crate) async fn claim<T>(
 /// Stores the response of the request that claimed `key`.
 pub(crate) async fn record(
     tx: &mut Transaction<'_, Postgres>,
+    project: &ProjectId,
     key: &Idempotency,
     response: &impl serde::Serialize,
 ) -> Result<(), StoreError> {
-    sqlx::query("UPDATE idempotency_keys SET response = $3 WHERE scope = $1 AND key = $2")
-        .bind(key.scope)
-        .bind(&key.key)
-        .bind(Json(response))
-        .execute(&mut **tx)
-        .await?;
+    sqlx::query(
+        "UPDATE idempotency_keys SET response = $3
+         WHERE scope = $1 AND key = $2 AND project_id = $4",
+    )
+    .bind(key.scope)
+    .bind(&key.key)
+    .bind(Json(response))
+    .bind(project.as_str())
+    .execute(&mut **tx)
+    .await?;
     Ok(())
 }

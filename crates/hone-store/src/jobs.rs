@@ -13,7 +13,7 @@ use hone_domain::job::{Hyperparameters, JobStatus, Method};
 use hone_domain::resources::{
     EventLevel, EventType, FineTuningJob, JobError, JobEvent, JobProgress, JobResult,
 };
-use hone_domain::{JobId, PageRequest};
+use hone_domain::{JobId, PageRequest, ProjectId};
 use sqlx::types::Json;
 use uuid::Uuid;
 
@@ -82,6 +82,7 @@ impl TryFrom<JobRow> for FineTuningJob {
 #[derive(Clone, Debug)]
 pub struct NewJob {
     pub id: JobId,
+    pub project: ProjectId,
     pub base_model: String,
     pub training_file: String,
     pub validation_file: Option<String>,
@@ -198,7 +199,7 @@ impl Db {
     /// Queues a job. The training and validation files are locked for share in the
     /// same transaction, so a concurrent delete cannot remove them from under it.
     pub async fn create_job(&self, new: &NewJob) -> Result<FineTuningJob, StoreError> {
-        match self.create_job_once(new, None).await? {
+        match self.create_job_once(new, None, None).await? {
             Once::Created(job) => Ok(job),
             _ => Err(StoreError::Corrupt(
                 "a job without a key was replayed".into(),
@@ -208,31 +209,50 @@ impl Db {
 
     /// [`Db::create_job`] made idempotent by `key`: a request with a key used before
     /// creates nothing and gets the first response (or [`Once::Mismatch`]).
+    /// With `max_active_jobs`, the project's queued and running jobs are counted with
+    /// the project locked, in the transaction that inserts: concurrent creates cannot
+    /// both pass the limit.
     pub async fn create_job_once(
         &self,
         new: &NewJob,
+        max_active_jobs: Option<i64>,
         key: Option<&Idempotency>,
     ) -> Result<Once<FineTuningJob>, StoreError> {
         let mut tx = self.pool.begin().await?;
         if let Some(key) = key {
-            if let Some(earlier) = crate::idempotency::claim(&mut tx, key).await? {
+            if let Some(earlier) = crate::idempotency::claim(&mut tx, &new.project, key).await? {
                 return Ok(earlier);
             }
         }
+        if let Some(limit) = max_active_jobs {
+            crate::projects::lock(&mut tx, &new.project).await?;
+            let active: i64 = sqlx::query_scalar(
+                "SELECT count(*) FROM fine_tuning_jobs
+                 WHERE project_id = $1 AND status IN ('validating_files', 'queued', 'running')",
+            )
+            .bind(new.project.as_str())
+            .fetch_one(&mut *tx)
+            .await?;
+            if active >= limit {
+                return Err(StoreError::Quota(crate::Quota::ActiveJobs { limit }));
+            }
+        }
         for file in std::iter::once(&new.training_file).chain(new.validation_file.as_ref()) {
-            let found: Option<String> =
-                sqlx::query_scalar("SELECT id FROM files WHERE id = $1 FOR SHARE")
-                    .bind(file)
-                    .fetch_optional(&mut *tx)
-                    .await?;
+            let found: Option<String> = sqlx::query_scalar(
+                "SELECT id FROM files WHERE id = $1 AND project_id = $2 FOR SHARE",
+            )
+            .bind(file)
+            .bind(new.project.as_str())
+            .fetch_optional(&mut *tx)
+            .await?;
             if found.is_none() {
                 return Err(StoreError::Conflict(format!("file {file} was deleted")));
             }
         }
         let row: JobRow = sqlx::query_as(&format!(
             "INSERT INTO fine_tuning_jobs (id, base_model, training_file, validation_file, method,
-                 hyperparameters, seed, suffix, metadata, max_attempts)
-             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10) RETURNING {COLUMNS}"
+                 hyperparameters, seed, suffix, metadata, max_attempts, project_id)
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11) RETURNING {COLUMNS}"
         ))
         .bind(new.id.as_str())
         .bind(&new.base_model)
@@ -244,6 +264,7 @@ impl Db {
         .bind(&new.suffix)
         .bind(new.metadata.as_ref().map(Json))
         .bind(new.max_attempts)
+        .bind(new.project.as_str())
         .fetch_one(&mut *tx)
         .await?;
         insert_event(
@@ -254,17 +275,23 @@ impl Db {
         .await?;
         let job: FineTuningJob = row.try_into()?;
         if let Some(key) = key {
-            crate::idempotency::record(&mut tx, key, &job).await?;
+            crate::idempotency::record(&mut tx, &new.project, key, &job).await?;
         }
         tx.commit().await?;
         Ok(Once::Created(job))
     }
 
-    pub async fn get_job(&self, id: &str) -> Result<FineTuningJob, StoreError> {
+    /// A job of `project`; another project's job is `NotFound`, as a missing one.
+    pub async fn get_job(
+        &self,
+        project: &ProjectId,
+        id: &str,
+    ) -> Result<FineTuningJob, StoreError> {
         let row: JobRow = sqlx::query_as(&format!(
-            "SELECT {COLUMNS} FROM fine_tuning_jobs WHERE id = $1"
+            "SELECT {COLUMNS} FROM fine_tuning_jobs WHERE id = $1 AND project_id = $2"
         ))
         .bind(id)
+        .bind(project.as_str())
         .fetch_optional(&self.pool)
         .await?
         .ok_or(StoreError::NotFound)?;
@@ -273,19 +300,23 @@ impl Db {
 
     pub async fn list_jobs(
         &self,
+        project: &ProjectId,
         page: &PageRequest,
         status: Option<JobStatus>,
     ) -> Result<Vec<FineTuningJob>, StoreError> {
         let rows: Vec<JobRow> = sqlx::query_as(&format!(
             "SELECT {COLUMNS} FROM fine_tuning_jobs
-             WHERE ($1::text IS NULL
-                    OR (created_at, id) < (SELECT created_at, id FROM fine_tuning_jobs WHERE id = $1))
+             WHERE project_id = $4
+               AND ($1::text IS NULL
+                    OR (created_at, id) < (SELECT created_at, id FROM fine_tuning_jobs
+                                           WHERE id = $1 AND project_id = $4))
                AND ($2::text IS NULL OR status::text = $2)
              ORDER BY created_at DESC, id DESC LIMIT $3"
         ))
         .bind(page.after.as_deref())
         .bind(status.map(JobStatus::as_str))
         .bind(page.limit + 1)
+        .bind(project.as_str())
         .fetch_all(&self.pool)
         .await?;
         rows.into_iter().map(FineTuningJob::try_from).collect()
@@ -293,12 +324,18 @@ impl Db {
 
     /// A queued job is cancelled at once; a running one is flagged and its worker
     /// stops at the next training step. Cancelling a finished job is a conflict.
-    pub async fn cancel_job(&self, id: &str) -> Result<FineTuningJob, StoreError> {
+    pub async fn cancel_job(
+        &self,
+        project: &ProjectId,
+        id: &str,
+    ) -> Result<FineTuningJob, StoreError> {
         let mut tx = self.pool.begin().await?;
         let status: String = sqlx::query_scalar(
-            "SELECT status::text FROM fine_tuning_jobs WHERE id = $1 FOR UPDATE",
+            "SELECT status::text FROM fine_tuning_jobs
+             WHERE id = $1 AND project_id = $2 FOR UPDATE",
         )
         .bind(id)
+        .bind(project.as_str())
         .fetch_optional(&mut *tx)
         .await?
         .ok_or(StoreError::NotFound)?;
@@ -337,25 +374,30 @@ impl Db {
             }
         }
         tx.commit().await?;
-        self.get_job(id).await
+        self.get_job(project, id).await
     }
 
     /// Events newest first, as the OpenAI API lists them.
+    /// Events of a job of `project` (none for another project's job).
     pub async fn list_events(
         &self,
+        project: &ProjectId,
         job_id: &str,
         page: &PageRequest,
     ) -> Result<Vec<JobEvent>, StoreError> {
         let rows: Vec<EventRow> = sqlx::query_as(
-            "SELECT id, level, type, message, data, created_at FROM fine_tuning_job_events
-             WHERE job_id = $1
+            "SELECT e.id, e.level, e.type, e.message, e.data, e.created_at
+             FROM fine_tuning_job_events e
+             JOIN fine_tuning_jobs j ON j.id = e.job_id AND j.project_id = $4
+             WHERE e.job_id = $1
                AND ($2::text IS NULL
-                    OR seq < (SELECT seq FROM fine_tuning_job_events WHERE id = $2))
-             ORDER BY seq DESC LIMIT $3",
+                    OR e.seq < (SELECT seq FROM fine_tuning_job_events WHERE id = $2))
+             ORDER BY e.seq DESC LIMIT $3",
         )
         .bind(job_id)
         .bind(page.after.as_deref())
         .bind(page.limit + 1)
+        .bind(project.as_str())
         .fetch_all(&self.pool)
         .await?;
         rows.into_iter()
@@ -494,12 +536,18 @@ impl Db {
     }
 
     /// The curves `set_metrics` stored, if any.
-    pub async fn get_metrics(&self, id: &str) -> Result<Option<serde_json::Value>, StoreError> {
-        let row: Option<Option<Json<serde_json::Value>>> =
-            sqlx::query_scalar("SELECT metrics FROM fine_tuning_jobs WHERE id = $1")
-                .bind(id)
-                .fetch_optional(&self.pool)
-                .await?;
+    pub async fn get_metrics(
+        &self,
+        project: &ProjectId,
+        id: &str,
+    ) -> Result<Option<serde_json::Value>, StoreError> {
+        let row: Option<Option<Json<serde_json::Value>>> = sqlx::query_scalar(
+            "SELECT metrics FROM fine_tuning_jobs WHERE id = $1 AND project_id = $2",
+        )
+        .bind(id)
+        .bind(project.as_str())
+        .fetch_optional(&self.pool)
+        .await?;
         match row {
             None => Err(StoreError::NotFound),
             Some(m) => Ok(m.map(|j| j.0)),

@@ -10,6 +10,8 @@ pub mod idempotency;
 pub mod jobs;
 pub mod listener;
 pub mod models;
+pub mod projects;
 
 pub use artifacts::{ArtifactStore, LocalArtifactStore, PendingObject};
 pub use db::{connect, ensure_database, migrate, Db, StoreError};
+pub use projects::{Project, Quota};

@@ -5,7 +5,7 @@ use std::collections::BTreeMap;
 use chrono::{DateTime, Utc};
 use hone_domain::dataset::TaskType;
 use hone_domain::resources::{JobResult, ModelObject};
-use hone_domain::PageRequest;
+use hone_domain::{PageRequest, ProjectId};
 use sqlx::types::Json;
 
 use crate::{Db, StoreError};
@@ -79,10 +79,12 @@ pub(crate) async fn insert_model<'e>(
     model: &NewModel,
     metrics: &JobResult,
 ) -> Result<bool, StoreError> {
+    // A model belongs to its job's project.
     let done = sqlx::query(
         "INSERT INTO models (id, job_id, base_model, storage_key, task_type, labels, tasks,
-                             checkpoint_epoch, metrics)
-         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)
+                             checkpoint_epoch, metrics, project_id)
+         SELECT $1, $2, $3, $4, $5, $6, $7, $8, $9, project_id
+         FROM fine_tuning_jobs WHERE id = $2
          ON CONFLICT (id) DO NOTHING",
     )
     .bind(&model.id)
@@ -111,36 +113,57 @@ impl Db {
     }
 
     /// The model a job published when it succeeded (not one of its checkpoints').
-    pub async fn final_model_of(&self, job_id: &str) -> Result<StoredModel, StoreError> {
+    pub async fn final_model_of(
+        &self,
+        project: &ProjectId,
+        job_id: &str,
+    ) -> Result<StoredModel, StoreError> {
         let row: ModelRow = sqlx::query_as(&format!(
-            "SELECT {COLUMNS} FROM models WHERE job_id = $1 AND checkpoint_epoch IS NULL
+            "SELECT {COLUMNS} FROM models
+             WHERE job_id = $1 AND checkpoint_epoch IS NULL AND project_id = $2
              ORDER BY created_at DESC LIMIT 1"
         ))
         .bind(job_id)
+        .bind(project.as_str())
         .fetch_optional(&self.pool)
         .await?
         .ok_or(StoreError::NotFound)?;
         Ok(row.into())
     }
 
-    pub async fn get_model(&self, id: &str) -> Result<StoredModel, StoreError> {
-        let row: ModelRow = sqlx::query_as(&format!("SELECT {COLUMNS} FROM models WHERE id = $1"))
-            .bind(id)
-            .fetch_optional(&self.pool)
-            .await?
-            .ok_or(StoreError::NotFound)?;
+    /// A model of `project`; another project's model is `NotFound`, as a missing one.
+    pub async fn get_model(
+        &self,
+        project: &ProjectId,
+        id: &str,
+    ) -> Result<StoredModel, StoreError> {
+        let row: ModelRow = sqlx::query_as(&format!(
+            "SELECT {COLUMNS} FROM models WHERE id = $1 AND project_id = $2"
+        ))
+        .bind(id)
+        .bind(project.as_str())
+        .fetch_optional(&self.pool)
+        .await?
+        .ok_or(StoreError::NotFound)?;
         Ok(row.into())
     }
 
-    pub async fn list_models(&self, page: &PageRequest) -> Result<Vec<ModelObject>, StoreError> {
+    pub async fn list_models(
+        &self,
+        project: &ProjectId,
+        page: &PageRequest,
+    ) -> Result<Vec<ModelObject>, StoreError> {
         let rows: Vec<ModelRow> = sqlx::query_as(&format!(
             "SELECT {COLUMNS} FROM models
-             WHERE $1::text IS NULL
-                OR (created_at, id) < (SELECT created_at, id FROM models WHERE id = $1)
+             WHERE project_id = $3
+               AND ($1::text IS NULL
+                    OR (created_at, id) < (SELECT created_at, id FROM models
+                                           WHERE id = $1 AND project_id = $3))
              ORDER BY created_at DESC, id DESC LIMIT $2"
         ))
         .bind(page.after.as_deref())
         .bind(page.limit + 1)
+        .bind(project.as_str())
         .fetch_all(&self.pool)
         .await?;
         Ok(rows
@@ -150,11 +173,16 @@ impl Db {
     }
 
     /// Deletes the row; the caller removes the directory afterwards.
-    pub async fn delete_model(&self, id: &str) -> Result<StoredModel, StoreError> {
+    pub async fn delete_model(
+        &self,
+        project: &ProjectId,
+        id: &str,
+    ) -> Result<StoredModel, StoreError> {
         let row: ModelRow = sqlx::query_as(&format!(
-            "DELETE FROM models WHERE id = $1 RETURNING {COLUMNS}"
+            "DELETE FROM models WHERE id = $1 AND project_id = $2 RETURNING {COLUMNS}"
         ))
         .bind(id)
+        .bind(project.as_str())
         .fetch_optional(&self.pool)
         .await?
         .ok_or(StoreError::NotFound)?;

@@ -1,101 +1,31 @@
 //! The queue against the real Postgres, a fresh database per test.
 
-use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::Duration;
 
-use hone_domain::dataset::{DatasetFormat, DatasetSummary, TaskType};
-use hone_domain::job::{Hyperparameters, JobStatus, Method};
+use hone_domain::dataset::TaskType;
+use hone_domain::job::JobStatus;
 use hone_domain::resources::{EpochPoint, JobError, JobProgress, JobResult};
-use hone_domain::{FileId, JobId, PageRequest};
+use hone_domain::PageRequest;
 use hone_store::checkpoints::NewCheckpoint;
-use hone_store::jobs::{Lease, NewJob};
+use hone_store::jobs::Lease;
 use hone_store::models::NewModel;
 use hone_store::Db;
-use sqlx::{Connection, Executor, PgConnection};
 
-const ADMIN_URL: &str = "postgres://postgres@127.0.0.1:5432/postgres";
 const LEASE: Duration = Duration::from_secs(30);
 
-struct Fresh {
-    db: Db,
-    name: String,
-}
-
-impl Drop for Fresh {
-    fn drop(&mut self) {
-        let name = self.name.clone();
-        let _ = std::thread::spawn(move || {
-            let Ok(rt) = tokio::runtime::Builder::new_current_thread()
-                .enable_all()
-                .build()
-            else {
-                return;
-            };
-            rt.block_on(async {
-                if let Ok(mut c) = PgConnection::connect(ADMIN_URL).await {
-                    let _ = c
-                        .execute(format!("DROP DATABASE IF EXISTS {name} WITH (FORCE)").as_str())
-                        .await;
-                }
-            });
-        })
-        .join();
-    }
-}
-
-/// A new database, created by `ensure_database` itself and migrated.
-async fn fresh() -> Fresh {
-    let name = format!("hone_store_test_{}", uuid::Uuid::new_v4().simple());
-    let url = format!("postgres://postgres@127.0.0.1:5432/{name}");
-    hone_store::ensure_database(&url)
-        .await
-        .expect("create database");
-    hone_store::ensure_database(&url)
-        .await
-        .expect("creating twice is fine");
-    let db = hone_store::connect(&url, 8).await.expect("connect");
-    hone_store::migrate(&db).await.expect("migrate");
-    Fresh { db, name }
-}
-
-async fn file(db: &Db) -> String {
-    let id = FileId::generate();
-    let summary = DatasetSummary {
-        format: DatasetFormat::Jsonl,
-        bytes: 10,
-        sha256: "00".repeat(32),
-        examples: 2,
-        task_type: TaskType::Classification,
-        modality: Default::default(),
-        text_pairs: false,
-        label_counts: BTreeMap::from([("a".to_owned(), 1), ("b".to_owned(), 1)]),
-        task_label_counts: BTreeMap::new(),
-    };
-    db.insert_file(&id, "f.jsonl", "fine-tune", &summary)
-        .await
-        .expect("file");
-    id.to_string()
-}
+mod common;
+use common::{file, fresh, new_job, p};
 
 async fn job(db: &Db, file: &str, max_attempts: i32) -> String {
-    let new = NewJob {
-        id: JobId::generate(),
-        base_model: "m".into(),
-        training_file: file.into(),
-        validation_file: None,
-        method: Method::default(),
-        hyperparameters: Hyperparameters::default(),
-        seed: 1,
-        suffix: None,
-        metadata: None,
-        max_attempts,
-    };
-    db.create_job(&new).await.expect("job").id
+    db.create_job(&new_job(&p(), file, max_attempts))
+        .await
+        .expect("job")
+        .id
 }
 
 async fn status(db: &Db, id: &str) -> JobStatus {
-    db.get_job(id).await.expect("job").status
+    db.get_job(&p(), id).await.expect("job").status
 }
 
 async fn expire_leases(db: &Db) {
@@ -215,13 +145,13 @@ async fn a_worker_that_lost_its_lease_cannot_write() {
         .put_checkpoint(&id, second.attempt, &again)
         .await
         .expect("again"));
-    let listed = f.db.list_checkpoints(&id).await.expect("list");
+    let listed = f.db.list_checkpoints(&p(), &id).await.expect("list");
     let epochs: Vec<u32> = listed.iter().map(|c| c.object.epoch).collect();
     assert_eq!(epochs, [1, 2]);
     assert_eq!(listed[1].object.bytes, 99);
     assert_eq!(listed[0].object.step, 10);
     assert_eq!(listed[0].object.metrics.train_loss, 0.5);
-    assert!(f.db.get_checkpoint(&id, 3).await.is_err());
+    assert!(f.db.get_checkpoint(&p(), &id, 3).await.is_err());
 
     let result = JobResult {
         train_loss: 0.1,
@@ -236,7 +166,7 @@ async fn a_worker_that_lost_its_lease_cannot_write() {
         .await
         .expect("succeed"));
     assert!(
-        f.db.get_model("ft:m:x").await.is_err(),
+        f.db.get_model(&p(), "ft:m:x").await.is_err(),
         "a fenced-off success registered a model"
     );
 
@@ -245,12 +175,16 @@ async fn a_worker_that_lost_its_lease_cannot_write() {
         .succeed_job(&id, second.attempt, &model, &result)
         .await
         .expect("succeed"));
-    let done = f.db.get_job(&id).await.expect("job");
+    let done = f.db.get_job(&p(), &id).await.expect("job");
     assert_eq!(done.status, JobStatus::Succeeded);
     assert_eq!(done.fine_tuned_model.as_deref(), Some("ft:m:x"));
     assert!(done.finished_at.is_some());
     assert_eq!(
-        f.db.get_model("ft:m:x").await.expect("model").object.job_id,
+        f.db.get_model(&p(), "ft:m:x")
+            .await
+            .expect("model")
+            .object
+            .job_id,
         id
     );
 
@@ -272,15 +206,23 @@ async fn a_worker_that_lost_its_lease_cannot_write() {
         .await
         .expect("again"));
     assert_eq!(
-        f.db.final_model_of(&id).await.expect("final").object.id,
+        f.db.final_model_of(&p(), &id)
+            .await
+            .expect("final")
+            .object
+            .id,
         "ft:m:x"
     );
-    let stored = f.db.get_checkpoint(&id, 1).await.expect("checkpoint");
+    let stored = f.db.get_checkpoint(&p(), &id, 1).await.expect("checkpoint");
     assert_eq!(
         stored.object.published_model.as_deref(),
         Some("ft:m:x:ckpt-1")
     );
-    let model_object = f.db.get_model("ft:m:x:ckpt-1").await.expect("model").object;
+    let model_object =
+        f.db.get_model(&p(), "ft:m:x:ckpt-1")
+            .await
+            .expect("model")
+            .object;
     assert_eq!(model_object.checkpoint_epoch, Some(1));
     assert_eq!(model_object.task_type, TaskType::Classification);
 }
@@ -304,7 +246,7 @@ async fn attempts_are_bounded_and_user_errors_are_not_retried() {
         f.db.fail_job(&id, 1, &err, true).await.expect("fail"),
         JobStatus::Queued
     );
-    let j = f.db.get_job(&id).await.expect("job");
+    let j = f.db.get_job(&p(), &id).await.expect("job");
     assert_eq!(j.status, JobStatus::Queued);
     assert!(
         f.db.claim_job("a", LEASE).await.expect("claim").is_none(),
@@ -324,7 +266,7 @@ async fn attempts_are_bounded_and_user_errors_are_not_retried() {
         f.db.fail_job(&id, 2, &err, true).await.expect("fail"),
         JobStatus::Failed
     );
-    let j = f.db.get_job(&id).await.expect("job");
+    let j = f.db.get_job(&p(), &id).await.expect("job");
     assert_eq!(
         j.error.as_ref().map(|e| e.code.as_str()),
         Some("training_error")
@@ -348,7 +290,7 @@ async fn attempts_are_bounded_and_user_errors_are_not_retried() {
         .expect("job");
     expire_leases(&f.db).await;
     f.db.rescue_expired().await.expect("rescue");
-    let j = f.db.get_job(&id).await.expect("job");
+    let j = f.db.get_job(&p(), &id).await.expect("job");
     assert_eq!(j.status, JobStatus::Failed);
     assert_eq!(j.error.map(|e| e.code), Some("worker_lost".into()));
 }
@@ -359,11 +301,11 @@ async fn cancellation_and_release() {
     let file = file(&f.db).await;
     let queued = job(&f.db, &file, 3).await;
     assert_eq!(
-        f.db.cancel_job(&queued).await.expect("cancel").status,
+        f.db.cancel_job(&p(), &queued).await.expect("cancel").status,
         JobStatus::Cancelled
     );
     assert!(
-        f.db.cancel_job(&queued).await.is_err(),
+        f.db.cancel_job(&p(), &queued).await.is_err(),
         "cancelling twice is a conflict"
     );
 
@@ -374,7 +316,10 @@ async fn cancellation_and_release() {
             .expect("claim")
             .expect("job");
     assert_eq!(
-        f.db.cancel_job(&running).await.expect("cancel").status,
+        f.db.cancel_job(&p(), &running)
+            .await
+            .expect("cancel")
+            .status,
         JobStatus::Running
     );
     assert_eq!(
@@ -408,7 +353,10 @@ async fn cancellation_and_release() {
     assert_eq!((c.job.id.as_str(), c.attempt), (handed.as_str(), 1));
 
     let page = PageRequest::new(Some(100), None).expect("page");
-    let events = f.db.list_events(&handed, &page).await.expect("events");
+    let events =
+        f.db.list_events(&p(), &handed, &page)
+            .await
+            .expect("events");
     assert!(events
         .iter()
         .any(|e| e.message.contains("returned to the queue")));
@@ -420,27 +368,15 @@ async fn files_in_use_cannot_be_deleted_and_deleted_files_cannot_be_used() {
     let file = file(&f.db).await;
     let id = job(&f.db, &file, 3).await;
     assert!(matches!(
-        f.db.delete_file(&file).await,
+        f.db.delete_file(&p(), &file).await,
         Err(hone_store::StoreError::Conflict(_))
     ));
-    f.db.cancel_job(&id).await.expect("cancel");
-    f.db.delete_file(&file)
+    f.db.cancel_job(&p(), &id).await.expect("cancel");
+    f.db.delete_file(&p(), &file)
         .await
         .expect("delete once the job finished");
-    let new = NewJob {
-        id: JobId::generate(),
-        base_model: "m".into(),
-        training_file: file.clone(),
-        validation_file: None,
-        method: Method::default(),
-        hyperparameters: Hyperparameters::default(),
-        seed: 1,
-        suffix: None,
-        metadata: None,
-        max_attempts: 3,
-    };
     assert!(matches!(
-        f.db.create_job(&new).await,
+        f.db.create_job(&new_job(&p(), &file, 3)).await,
         Err(hone_store::StoreError::Conflict(_))
     ));
 }

@@ -56,6 +56,12 @@ pub struct Config {
     pub predict_batch_size: usize,
     /// Inputs per predict request.
     pub max_predict_inputs: usize,
+    /// Queued and running jobs per project; more creates get 429 (a project's own
+    /// `max_active_jobs` overrides it).
+    pub max_active_jobs_per_project: i64,
+    /// Bytes of stored files per project; uploads past it get 413 (a project's own
+    /// `max_stored_bytes` overrides it).
+    pub max_stored_bytes_per_project: i64,
     /// `text` or `json` logs.
     pub log_format: String,
 }
@@ -86,6 +92,8 @@ impl Default for Config {
             predict_max_pending: 64,
             predict_batch_size: 32,
             max_predict_inputs: 256,
+            max_active_jobs_per_project: 16,
+            max_stored_bytes_per_project: 10 * 1024 * 1024 * 1024,
             log_format: "text".into(),
         }
     }

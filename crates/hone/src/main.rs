@@ -2,7 +2,7 @@
 //!
 //! `hone all` (the default) runs the API and a worker in one process; `hone serve` and
 //! `hone worker` run them apart, on as many machines as needed; `hone migrate` creates
-//! the database and applies migrations.
+//! the database and applies migrations; `hone keys` manages API keys.
 
 use std::sync::Arc;
 
@@ -12,6 +12,7 @@ use hone_store::{ArtifactStore, LocalArtifactStore};
 use tokio_util::sync::CancellationToken;
 
 mod config;
+mod keys;
 mod serve;
 mod worker;
 
@@ -24,7 +25,7 @@ struct Cli {
     command: Option<Command>,
 }
 
-#[derive(Subcommand, Clone, Copy, PartialEq, Eq)]
+#[derive(Subcommand, Clone, PartialEq, Eq)]
 enum Command {
     /// API and an in-process worker (the default).
     All,
@@ -34,6 +35,11 @@ enum Command {
     Worker,
     /// Create the database if needed and apply migrations, then exit.
     Migrate,
+    /// Create, list and revoke API keys.
+    Keys {
+        #[command(subcommand)]
+        command: keys::KeysCommand,
+    },
 }
 
 fn main() -> std::process::ExitCode {
@@ -81,7 +87,10 @@ fn init_tracing(config: &Config) {
 
 async fn run(command: Command, config: Config) -> anyhow::Result<()> {
     let url = config.database_url_redacted();
-    if matches!(command, Command::All | Command::Migrate) {
+    if matches!(
+        command,
+        Command::All | Command::Migrate | Command::Keys { .. }
+    ) {
         hone_store::ensure_database(&config.database_url)
             .await
             .map_err(|e| unreachable_db(&url, e))?;
@@ -96,6 +105,12 @@ async fn run(command: Command, config: Config) -> anyhow::Result<()> {
     if command == Command::Migrate {
         tracing::info!(database = %url, "migrations applied");
         return Ok(());
+    }
+    if let Command::Keys { command: action } = &command {
+        return keys::run(&db, action.clone()).await;
+    }
+    if matches!(command, Command::All | Command::Serve) {
+        keys::bootstrap(&db).await?;
     }
 
     if config.threads > 0 {

@@ -48,6 +48,10 @@ pub async fn run(
             max_predict_inputs: config.max_predict_inputs,
             max_predict_chars: 100_000,
             job_max_attempts: config.job_max_attempts,
+            project_limits: hone_api::auth::ProjectLimits {
+                max_active_jobs: config.max_active_jobs_per_project,
+                max_stored_bytes: config.max_stored_bytes_per_project,
+            },
         }),
     };
     let app = hone_api::app(state, config.max_upload_bytes);

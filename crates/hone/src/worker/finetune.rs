@@ -198,7 +198,7 @@ async fn read_examples(
     file_id: &str,
     param: &str,
 ) -> Result<(Vec<Example>, String), Failure> {
-    let file = db.get_file(file_id).await.map_err(|e| match e {
+    let file = db.get_file_of_job(file_id).await.map_err(|e| match e {
         hone_store::StoreError::NotFound => user(
             "file_not_found",
             format!("{param} {file_id} was deleted"),

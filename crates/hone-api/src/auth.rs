@@ -1,0 +1,188 @@
+//! `Authorization: Bearer <key>`: the [`Project`] extractor authenticates a request and
+//! names the project it acts for. Every handler of a project's resources takes one, and
+//! hands its id to the store, which filters by it: another project's resource is "not
+//! found", exactly like a missing one.
+
+use axum::extract::FromRequestParts;
+use axum::http::request::Parts;
+use axum::http::{header, HeaderMap, StatusCode};
+use chrono::Utc;
+use hone_domain::api_key::{hash_key, is_well_formed};
+use hone_domain::ProjectId;
+use hone_store::projects::{last_used_is_stale, KeyLookup};
+use utoipa::openapi::security::{Http, HttpAuthScheme, SecurityScheme};
+
+use crate::error::ApiError;
+use crate::AppState;
+
+/// The name of the security scheme in the OpenAPI document.
+pub const SCHEME: &str = "bearer";
+
+/// The project a request acts for, with its limits (the project's own, else the
+/// server's defaults).
+#[derive(Clone, Debug)]
+pub struct Project {
+    pub id: ProjectId,
+    pub name: String,
+    pub max_active_jobs: i64,
+    pub max_stored_bytes: i64,
+}
+
+/// The server's limits for projects that set none of their own.
+#[derive(Clone, Copy, Debug)]
+pub struct ProjectLimits {
+    /// Queued and running jobs of one project.
+    pub max_active_jobs: i64,
+    /// Bytes of one project's stored files.
+    pub max_stored_bytes: i64,
+}
+
+fn unauthorized(code: &'static str, message: &str) -> ApiError {
+    ApiError::new(StatusCode::UNAUTHORIZED, code, message)
+}
+
+/// The key of `Authorization: Bearer <key>` (the scheme is case-insensitive).
+fn bearer(headers: &HeaderMap) -> Result<&str, ApiError> {
+    let value = headers.get(header::AUTHORIZATION).ok_or_else(|| {
+        unauthorized(
+            "missing_api_key",
+            "send your API key as `Authorization: Bearer <key>`; \
+             `hone keys create --project NAME` makes one",
+        )
+    })?;
+    let malformed = || {
+        unauthorized(
+            "invalid_api_key",
+            "the Authorization header must be `Bearer <key>` with a key `hone_sk_…`",
+        )
+    };
+    let value = value.to_str().map_err(|_| malformed())?;
+    let (scheme, key) = value.split_once(' ').ok_or_else(malformed)?;
+    if !scheme.eq_ignore_ascii_case("bearer") {
+        return Err(malformed());
+    }
+    let key = key.trim();
+    if !is_well_formed(key) {
+        return Err(malformed());
+    }
+    Ok(key)
+}
+
+impl FromRequestParts<AppState> for Project {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Self, ApiError> {
+        let key = bearer(&parts.headers)?;
+        match state.db.find_api_key(&hash_key(key)).await? {
+            KeyLookup::Unknown => Err(unauthorized(
+                "invalid_api_key",
+                "this API key is not known to the server",
+            )),
+            KeyLookup::Revoked => Err(unauthorized(
+                "revoked_api_key",
+                "this API key was revoked; ask for a new one",
+            )),
+            KeyLookup::Valid {
+                key,
+                project,
+                last_used_at,
+            } => {
+                if last_used_is_stale(last_used_at, Utc::now()) {
+                    // Off the request's path: a lost update only delays `last_used_at`.
+                    let db = state.db.clone();
+                    tokio::spawn(async move {
+                        if let Err(e) = db.touch_api_key(&key).await {
+                            tracing::warn!(error = %e, "could not record an API key's use");
+                        }
+                    });
+                }
+                let defaults = state.settings.project_limits;
+                Ok(Project {
+                    id: project.id,
+                    name: project.name,
+                    max_active_jobs: project.max_active_jobs.unwrap_or(defaults.max_active_jobs),
+                    max_stored_bytes: project
+                        .max_stored_bytes
+                        .unwrap_or(defaults.max_stored_bytes),
+                })
+            }
+        }
+    }
+}
+
+/// Refuses an upload whose declared size (`Content-Length`, which includes a little
+/// multipart framing) cannot fit in the project's storage, before a byte is stored.
+/// The exact check is made again with the file's real size when its row is added.
+pub async fn check_upload_room(
+    state: &AppState,
+    project: &Project,
+    headers: &HeaderMap,
+) -> Result<(), ApiError> {
+    /// Framing of a multipart upload (boundaries, part headers, small fields).
+    const FRAMING: i64 = 16 * 1024;
+    let declared = headers
+        .get(header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<i64>().ok())
+        .unwrap_or(0);
+    let used = state.db.stored_bytes(&project.id).await?;
+    let limit = project.max_stored_bytes;
+    if used >= limit || used.saturating_add(declared.saturating_sub(FRAMING).max(0)) > limit {
+        return Err(
+            hone_store::StoreError::Quota(hone_store::Quota::StoredBytes { limit, used }).into(),
+        );
+    }
+    Ok(())
+}
+
+/// Paths anyone may call: probes and the documentation.
+pub const PUBLIC_PATHS: [&str; 2] = ["/healthz", "/readyz"];
+
+/// Declares the `bearer` scheme, and on every operation but the public ones requires it
+/// and documents its 401 (done on the finished document, so no route can be missed).
+pub struct SecurityAddon;
+
+impl utoipa::Modify for SecurityAddon {
+    fn modify(&self, openapi: &mut utoipa::openapi::OpenApi) {
+        use utoipa::openapi::security::SecurityRequirement;
+        use utoipa::openapi::{ContentBuilder, Ref, ResponseBuilder};
+        let unauthorized = ResponseBuilder::new()
+            .description("No API key, or an unknown or revoked one")
+            .content(
+                "application/json",
+                ContentBuilder::new()
+                    .schema(Some(Ref::from_schema_name("ErrorResponse")))
+                    .build(),
+            )
+            .build();
+        for (path, item) in openapi.paths.paths.iter_mut() {
+            if PUBLIC_PATHS.contains(&path.as_str()) {
+                continue;
+            }
+            for op in [
+                &mut item.get,
+                &mut item.post,
+                &mut item.put,
+                &mut item.patch,
+                &mut item.delete,
+            ]
+            .into_iter()
+            .flatten()
+            {
+                op.security = Some(vec![SecurityRequirement::new(SCHEME, Vec::<String>::new())]);
+                op.responses
+                    .responses
+                    .insert("401".into(), unauthorized.clone().into());
+            }
+        }
+        let components = openapi.components.get_or_insert_with(Default::default);
+        let mut http = Http::new(HttpAuthScheme::Bearer);
+        http.bearer_format = Some("hone_sk_…".into());
+        http.description = Some(
+            "An API key, `hone_sk_…`; `hone keys create --project NAME` makes one, and the \
+             first start of a fresh install prints one."
+                .into(),
+        );
+        components.add_security_scheme(SCHEME, SecurityScheme::Http(http));
+    }
+}
