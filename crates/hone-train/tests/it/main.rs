@@ -13,3 +13,5 @@ mod parity;
 mod strategies;
 mod tasks;
 mod training;
+mod vision;
+mod vision_parity;
