@@ -6,10 +6,10 @@ use std::path::Path;
 use std::time::Instant;
 
 use hone_train::efficientnet::EfficientNet;
-use hone_train::test_images::read_digits;
+use hone_train::test_images::{read_digits, read_fashion_mnist_test};
 use hone_train::train::Strategy;
 use hone_train::vision::ImageClassifier;
-use hone_train::vision_data::{ImageSet, LoaderOptions, Mode, Preprocess};
+use hone_train::vision_data::{decode_rgb8, ImageSet, LoaderOptions, Mode, Preprocess};
 use tch::nn::OptimizerConfig;
 use tch::{nn, Device, Kind, Tensor};
 
@@ -247,5 +247,34 @@ fn lite0_features_of_real_digits_separate_the_classes() {
     assert!(
         pretrained_accuracy >= random_accuracy + 0.1,
         "pretrained {pretrained_accuracy} vs random {random_accuracy}"
+    );
+}
+
+#[test]
+fn fashion_mnist_and_digits_read_into_labelled_pngs() {
+    let images = read_fashion_mnist_test(300).expect("Fashion-MNIST; run scripts/setup");
+    assert_eq!(images.len(), 300);
+    let classes: std::collections::BTreeSet<u8> = images.iter().map(|i| i.label).collect();
+    assert_eq!(classes, (0..10).collect());
+    let first = &images[0];
+    assert_eq!(
+        (first.width, first.height, first.pixels.len()),
+        (28, 28, 784)
+    );
+    // The PNG decodes back to the same pixels, gray repeated over RGB.
+    let decoded = decode_rgb8(&first.png().expect("png")).expect("decode");
+    let gray: Vec<u8> = decoded.pixels.chunks(3).map(|p| p[0]).collect();
+    assert_eq!(gray, first.pixels);
+
+    let digits_path = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../.deps/data/digits.csv.gz");
+    let digits = read_digits(&digits_path).expect("digits");
+    assert_eq!((digits[0].label, digits[1].label), (0, 1));
+    assert!(digits.iter().all(|d| d.pixels.len() == 64));
+    assert_eq!(
+        digits
+            .iter()
+            .map(|d| d.pixels.iter().copied().max().unwrap_or(0))
+            .max(),
+        Some(255)
     );
 }
