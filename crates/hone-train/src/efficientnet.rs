@@ -131,6 +131,10 @@ pub struct EfficientNetConfig {
     pub min_depth: Option<usize>,
     /// The side of the square images the network was trained on.
     pub image_size: usize,
+    /// The shorter side images are resized to before the centre crop of `image_size`
+    /// (torchvision's evaluation); absent, [`crate::vision_data::Preprocess`] derives it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub resize_size: Option<usize>,
     /// Classes of the pretrained classifier (`_fc`), 1000 for ImageNet.
     #[serde(default = "default_num_classes")]
     pub num_classes: usize,

@@ -18,9 +18,12 @@ pub mod error;
 pub mod logme;
 pub mod objective;
 pub mod predict;
+pub mod test_images;
 pub mod tokenize;
 pub mod train;
 pub mod transfer;
+pub mod vision;
+pub mod vision_data;
 pub mod weights;
 
 pub use base_model::{
@@ -39,3 +42,5 @@ pub use train::{
     EpochMetrics, EvalMetrics, Evaluation, FeatureRun, Features, StepProgress, Strategy,
     TrainConfig, TrainData, TrainJob, TrainObserver, TrainedModel,
 };
+pub use vision::ImageClassifier;
+pub use vision_data::{ImageBatch, ImageSet, LoaderOptions, Mode as ImageMode, Preprocess};

@@ -27,7 +27,7 @@ pub fn lite0_dir() -> PathBuf {
 
 /// A network small enough to train in a test: stem and head scaled down with the
 /// width (`fix_head_stem` off), three stages, 32×32 inputs, 5 classes.
-fn tiny_config() -> EfficientNetConfig {
+pub fn tiny_config() -> EfficientNetConfig {
     serde_json::from_str(
         r#"{
             "model_type": "efficientnet_lite",
@@ -52,7 +52,7 @@ fn tiny_model(seed: i64) -> (nn::VarStore, EfficientNet) {
     (vs, model)
 }
 
-fn var(vs: &nn::VarStore, name: &str) -> Tensor {
+pub fn var(vs: &nn::VarStore, name: &str) -> Tensor {
     vs.variables()
         .get(name)
         .unwrap_or_else(|| panic!("no variable {name}"))
@@ -60,7 +60,7 @@ fn var(vs: &nn::VarStore, name: &str) -> Tensor {
         .copy()
 }
 
-fn max_abs(a: &Tensor, b: &Tensor) -> f64 {
+pub fn max_abs(a: &Tensor, b: &Tensor) -> f64 {
     (a - b).abs().max().double_value(&[])
 }
 
