@@ -31,7 +31,7 @@ pub enum KeyLookup {
 }
 
 /// A key as `hone keys list` shows it: never the secret.
-#[derive(Clone, Debug)]
+#[derive(Clone, Debug, sqlx::FromRow)]
 pub struct KeyInfo {
     pub id: String,
     pub project: String,
@@ -130,33 +130,13 @@ impl Db {
 
     /// Every key, newest first.
     pub async fn list_api_keys(&self) -> Result<Vec<KeyInfo>, StoreError> {
-        let rows: Vec<(
-            String,
-            String,
-            String,
-            DateTime<Utc>,
-            Option<DateTime<Utc>>,
-            Option<DateTime<Utc>>,
-        )> = sqlx::query_as(
-            "SELECT k.id, p.name, k.prefix, k.created_at, k.last_used_at, k.revoked_at
+        Ok(sqlx::query_as(
+            "SELECT k.id, p.name AS project, k.prefix, k.created_at, k.last_used_at, k.revoked_at
              FROM api_keys k JOIN projects p ON p.id = k.project_id
              ORDER BY k.created_at DESC, k.id DESC",
         )
         .fetch_all(&self.pool)
-        .await?;
-        Ok(rows
-            .into_iter()
-            .map(
-                |(id, project, prefix, created_at, last_used_at, revoked_at)| KeyInfo {
-                    id,
-                    project,
-                    prefix,
-                    created_at,
-                    last_used_at,
-                    revoked_at,
-                },
-            )
-            .collect())
+        .await?)
     }
 
     /// Revokes a key: requests with it are refused from now on. `NotFound` when no key
