@@ -5,6 +5,7 @@
 mod api;
 mod docs;
 mod fuzz;
+mod kill;
 mod load;
 mod outage;
 mod pairs;
