@@ -81,7 +81,8 @@ fn resumes_exactly(strategy: Strategy) {
         stop_after_checkpoints: Some(2),
         ..Run::default()
     };
-    let err = fine_tune(job(base.path(), strategy, &stopped_dir), &mut stopped).unwrap_err();
+    let err = fine_tune(job(base.path(), strategy, &stopped_dir), &mut stopped)
+        .expect_err("stopped after epoch 2");
     assert!(matches!(err, TrainError::Cancelled), "{err}");
     let checkpoint = &stopped.checkpoints[1];
     assert_eq!((checkpoint.epoch, checkpoint.step), (2, 10));
@@ -154,6 +155,6 @@ fn a_checkpoint_of_other_settings_is_refused() {
     let mut other = job(base.path(), Strategy::Full, &second_dir);
     other.config.learning_rate *= 2.0;
     other.resume_from = Some(&first.checkpoints[0].dir);
-    let err = fine_tune(other, &mut Run::default()).unwrap_err();
+    let err = fine_tune(other, &mut Run::default()).expect_err("refused");
     assert!(err.to_string().contains("other settings"), "{err}");
 }

@@ -886,13 +886,10 @@ fn run_training(
     };
     let model = match resume_from {
         Some(_) => {
-            let features_again = match &features {
-                Some(f) => Some(Features {
-                    train: f.train.shallow_clone(),
-                    validation: f.validation.as_ref().map(Tensor::shallow_clone),
-                }),
-                None => None,
-            };
+            let features_again = features.as_ref().map(|f| Features {
+                train: f.train.shallow_clone(),
+                validation: f.validation.as_ref().map(Tensor::shallow_clone),
+            });
             match fine_tune(job_for(strategy, &hp, features, true, true), &mut observer) {
                 Err(TrainError::Resume(reason)) => {
                     notice(
