@@ -178,7 +178,12 @@ impl Db {
 /// worker that lost its lease and cleans up after itself cannot touch the files of the
 /// attempt that owns the job now.
 pub fn storage_key(job_id: &str, attempt: i32, epoch: u32) -> String {
-    format!("checkpoints/{job_id}/attempt-{attempt}/epoch-{epoch}")
+    format!("{}/attempt-{attempt}/epoch-{epoch}", job_prefix(job_id))
+}
+
+/// The folder of every checkpoint of a job.
+pub fn job_prefix(job_id: &str) -> String {
+    format!("checkpoints/{job_id}")
 }
 
 /// The weights file inside a checkpoint's folder.

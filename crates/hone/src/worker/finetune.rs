@@ -180,8 +180,12 @@ async fn finish_stopped(
     if flags.cancelled.load(Ordering::Relaxed) {
         if db.finish_cancelled(job_id, attempt).await? {
             // A cancelled job leaves nothing behind: its checkpoints go with it.
-            for key in db.delete_checkpoints(job_id).await? {
-                if let Err(e) = artifacts.delete(&key).await {
+            // Every attempt's checkpoints lie under the job's folder, recorded or not
+            // (a stale attempt's upload is never recorded).
+            let keys = db.delete_checkpoints(job_id).await?;
+            let folder = hone_store::checkpoints::job_prefix(job_id);
+            for key in keys.iter().chain(std::iter::once(&folder)) {
+                if let Err(e) = artifacts.delete(key).await {
                     tracing::warn!(error = %e, key, "cannot remove a cancelled job's checkpoint");
                 }
             }
