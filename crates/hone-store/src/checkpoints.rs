@@ -136,9 +136,10 @@ pub struct ResumePoint {
 }
 
 impl Db {
-    /// The latest checkpoint of `job_id` that carries a training state, written by an
-    /// attempt before `attempt` (a checkpoint is only ever written by the attempt
-    /// holding the job, so that is every one of them).
+    /// The latest checkpoint of `job_id` that carries a training state, written by
+    /// `attempt` or one before it, for `attempt` to go on from at its start. Its own
+    /// number counts: a job handed back on shutdown is claimed again under the number
+    /// of the attempt that handed it back.
     pub async fn resume_point(
         &self,
         job_id: &str,
@@ -146,7 +147,7 @@ impl Db {
     ) -> Result<Option<ResumePoint>, StoreError> {
         let row: Option<(i32, i64, String, i32)> = sqlx::query_as(
             "SELECT epoch, step, storage_key, attempt FROM fine_tuning_job_checkpoints
-             WHERE job_id = $1 AND resumable AND attempt < $2
+             WHERE job_id = $1 AND resumable AND attempt <= $2
              ORDER BY epoch DESC LIMIT 1",
         )
         .bind(job_id)

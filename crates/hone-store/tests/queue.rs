@@ -269,7 +269,7 @@ async fn a_worker_that_lost_its_lease_cannot_write() {
     assert!(now.error.is_none());
 
     // A third attempt resumes from the latest checkpoint that carries a training state;
-    // the attempt that wrote it does not resume from itself.
+    // an earlier attempt never sees a later one's.
     let point =
         f.db.resume_point(&id, second.attempt + 1)
             .await
@@ -282,7 +282,7 @@ async fn a_worker_that_lost_its_lease_cannot_write() {
     assert_eq!(point.storage_key, listed[1].storage_key);
     assert!(f
         .db
-        .resume_point(&id, second.attempt)
+        .resume_point(&id, first.attempt)
         .await
         .expect("resume point")
         .is_none());
