@@ -7,6 +7,7 @@ mod docs;
 mod fuzz;
 mod image_files;
 mod isolation;
+mod kill;
 mod load;
 mod outage;
 mod pairs;

@@ -7,7 +7,7 @@ use std::time::Duration;
 use serde_json::{json, Value};
 
 use crate::sentiment::{held_out_accuracy, split};
-use crate::support::{jsonl, TestServer};
+use crate::support::{jsonl, messages, TestServer};
 
 async fn train(s: &TestServer, file: &Value, method: Value, hyperparameters: Value) -> Value {
     let (status, job) = s
@@ -27,22 +27,6 @@ async fn train(s: &TestServer, file: &Value, method: Value, hyperparameters: Val
     let job = s.wait_for_job(id, Duration::from_secs(1200)).await;
     assert_eq!(job["status"], "succeeded", "{job}");
     job
-}
-
-async fn messages(s: &TestServer, job: &Value) -> Vec<String> {
-    let (status, events) = s
-        .get(&format!(
-            "/v1/fine_tuning/jobs/{}/events?limit=100",
-            job["id"].as_str().expect("id")
-        ))
-        .await;
-    assert_eq!(status, 200, "{events}");
-    events["data"]
-        .as_array()
-        .expect("events")
-        .iter()
-        .map(|e| e["message"].as_str().unwrap_or_default().to_owned())
-        .collect()
 }
 
 #[tokio::test]

@@ -69,7 +69,38 @@ impl Drop for TestDb {
     }
 }
 
-/// A running `hone all` with its own database and data directory.
+/// `hone <command>` on the database at `db_url` with `data_dir`, killed when dropped;
+/// its logs on stderr when TEST_LOG is set.
+pub fn hone_command(
+    command: &str,
+    db_url: &str,
+    data_dir: &std::path::Path,
+    env: &[(&str, &str)],
+) -> Command {
+    let verbose = std::env::var_os("TEST_LOG").is_some();
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_hone"));
+    cmd.arg(command)
+        .env("HONE_DATABASE_URL", db_url)
+        .env("HONE_LISTEN", "127.0.0.1:0")
+        .env("HONE_DATA_DIR", data_dir)
+        .env("HONE_MODELS_DIR", models_dir())
+        .env("HONE_POLL_INTERVAL_MS", "200")
+        .env("RUST_LOG", if verbose { "info" } else { "warn" })
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(if verbose {
+            Stdio::inherit()
+        } else {
+            Stdio::null()
+        })
+        .kill_on_drop(true);
+    for (k, v) in env {
+        cmd.env(k, v);
+    }
+    cmd
+}
+
+/// A running `hone all` (or `hone serve`) with its own database and data directory.
 pub struct TestServer {
     pub base: String,
     /// Sends the server's first API key (project `default`) on every request.
@@ -94,27 +125,20 @@ impl TestServer {
 
     pub async fn start_on(db: TestDb, env: &[(&str, &str)]) -> Self {
         let data_dir = tempfile::tempdir().expect("tempdir");
-        let verbose = std::env::var_os("TEST_LOG").is_some();
-        let mut cmd = Command::new(env!("CARGO_BIN_EXE_hone"));
-        cmd.arg("all")
-            .env("HONE_DATABASE_URL", &db.url)
-            .env("HONE_LISTEN", "127.0.0.1:0")
-            .env("HONE_DATA_DIR", data_dir.path())
-            .env("HONE_MODELS_DIR", models_dir())
-            .env("HONE_POLL_INTERVAL_MS", "200")
-            .env("RUST_LOG", if verbose { "info" } else { "warn" })
-            .stdin(Stdio::null())
+        Self::start_command("all", db, data_dir, env).await
+    }
+
+    /// `hone <command>` (`all` or `serve`) on `db` with `data_dir`, once it listens.
+    pub async fn start_command(
+        command: &str,
+        db: TestDb,
+        data_dir: tempfile::TempDir,
+        env: &[(&str, &str)],
+    ) -> Self {
+        let mut child = hone_command(command, &db.url, data_dir.path(), env)
             .stdout(Stdio::piped())
-            .stderr(if verbose {
-                Stdio::inherit()
-            } else {
-                Stdio::null()
-            })
-            .kill_on_drop(true);
-        for (k, v) in env {
-            cmd.env(k, v);
-        }
-        let mut child = cmd.spawn().expect("start hone");
+            .spawn()
+            .expect("start hone");
         let stdout = child.stdout.take().expect("stdout");
         let mut lines = BufReader::new(stdout).lines();
         let (base, key) = tokio::time::timeout(Duration::from_secs(120), async {
@@ -311,6 +335,23 @@ pub fn auth_headers(key: &str) -> reqwest::header::HeaderMap {
         format!("Bearer {key}").parse().expect("header value"),
     );
     headers
+}
+
+/// The messages of a job's events, newest first.
+pub async fn messages(s: &TestServer, job: &Value) -> Vec<String> {
+    let (status, events) = s
+        .get(&format!(
+            "/v1/fine_tuning/jobs/{}/events?limit=100",
+            job["id"].as_str().expect("id")
+        ))
+        .await;
+    assert_eq!(status, 200, "{events}");
+    events["data"]
+        .as_array()
+        .expect("events")
+        .iter()
+        .map(|e| e["message"].as_str().unwrap_or_default().to_owned())
+        .collect()
 }
 
 /// `n` rows alternating `positive` (from `good`, in turn) and `negative` (from `bad`).

@@ -16,6 +16,8 @@ pub struct NewCheckpoint {
     pub metrics: EpochPoint,
     pub storage_key: String,
     pub bytes: u64,
+    /// Whether the folder also holds the training state a later attempt resumes from.
+    pub resumable: bool,
 }
 
 /// A checkpoint as the API shows it, plus where its weights are.
@@ -74,12 +76,13 @@ impl Db {
     ) -> Result<bool, StoreError> {
         let done = sqlx::query(
             "INSERT INTO fine_tuning_job_checkpoints
-                 (job_id, epoch, step, metrics, storage_key, bytes)
-             SELECT $1, $3, $4, $5, $6, $7 FROM fine_tuning_jobs
+                 (job_id, epoch, step, metrics, storage_key, bytes, attempt, resumable)
+             SELECT $1, $3, $4, $5, $6, $7, $2, $8 FROM fine_tuning_jobs
              WHERE id = $1 AND status = 'running' AND attempt = $2
              ON CONFLICT (job_id, epoch) DO UPDATE SET
                  step = EXCLUDED.step, metrics = EXCLUDED.metrics,
                  storage_key = EXCLUDED.storage_key, bytes = EXCLUDED.bytes,
+                 attempt = EXCLUDED.attempt, resumable = EXCLUDED.resumable,
                  created_at = now()",
         )
         .bind(job_id)
@@ -89,6 +92,7 @@ impl Db {
         .bind(Json(&checkpoint.metrics))
         .bind(&checkpoint.storage_key)
         .bind(checkpoint.bytes as i64)
+        .bind(checkpoint.resumable)
         .execute(&self.pool)
         .await?;
         Ok(done.rows_affected() == 1)
@@ -117,12 +121,31 @@ impl Db {
         job_id: &str,
         epoch: u32,
     ) -> Result<StoredCheckpoint, StoreError> {
+        self.find_checkpoint(Some(project), job_id, epoch).await
+    }
+
+    /// A checkpoint whatever its project, for the worker that trains its job.
+    pub async fn get_checkpoint_of_job(
+        &self,
+        job_id: &str,
+        epoch: u32,
+    ) -> Result<StoredCheckpoint, StoreError> {
+        self.find_checkpoint(None, job_id, epoch).await
+    }
+
+    async fn find_checkpoint(
+        &self,
+        project: Option<&ProjectId>,
+        job_id: &str,
+        epoch: u32,
+    ) -> Result<StoredCheckpoint, StoreError> {
         let row: CheckpointRow = sqlx::query_as(&format!(
-            "{SELECT} WHERE c.job_id = $1 AND c.epoch = $2 AND j.project_id = $3"
+            "{SELECT} WHERE c.job_id = $1 AND c.epoch = $2
+                        AND ($3::text IS NULL OR j.project_id = $3)"
         ))
         .bind(job_id)
         .bind(epoch as i32)
-        .bind(project.as_str())
+        .bind(project.map(ProjectId::as_str))
         .fetch_optional(&self.pool)
         .await?
         .ok_or(StoreError::NotFound)?;
@@ -130,7 +153,43 @@ impl Db {
     }
 }
 
+/// The checkpoint a new attempt of a job goes on from.
+#[derive(Clone, Debug)]
+pub struct ResumePoint {
+    pub epoch: u32,
+    pub step: u64,
+    pub storage_key: String,
+    /// The attempt that wrote it.
+    pub attempt: i32,
+}
+
 impl Db {
+    /// The latest checkpoint of `job_id` that carries a training state, written by
+    /// `attempt` or one before it, for `attempt` to go on from at its start. Its own
+    /// number counts: a job handed back on shutdown is claimed again under the number
+    /// of the attempt that handed it back.
+    pub async fn resume_point(
+        &self,
+        job_id: &str,
+        attempt: i32,
+    ) -> Result<Option<ResumePoint>, StoreError> {
+        let row: Option<(i32, i64, String, i32)> = sqlx::query_as(
+            "SELECT epoch, step, storage_key, attempt FROM fine_tuning_job_checkpoints
+             WHERE job_id = $1 AND resumable AND attempt <= $2
+             ORDER BY epoch DESC LIMIT 1",
+        )
+        .bind(job_id)
+        .bind(attempt)
+        .fetch_optional(&self.pool)
+        .await?;
+        Ok(row.map(|(epoch, step, storage_key, attempt)| ResumePoint {
+            epoch: u32::try_from(epoch).unwrap_or(0),
+            step: u64::try_from(step).unwrap_or(0),
+            storage_key,
+            attempt,
+        }))
+    }
+
     /// Forgets a job's checkpoints; the storage keys of their weights, for the caller
     /// to delete.
     pub async fn delete_checkpoints(&self, job_id: &str) -> Result<Vec<String>, StoreError> {
@@ -144,9 +203,16 @@ impl Db {
 }
 
 /// Where a checkpoint's weights go in the artifact store (a folder, so the local
-/// store can hand it out as a directory).
-pub fn storage_key(job_id: &str, epoch: u32) -> String {
-    format!("checkpoints/{job_id}/epoch-{epoch}")
+/// store can hand it out as a directory). Each attempt writes under its own key, so a
+/// worker that lost its lease and cleans up after itself cannot touch the files of the
+/// attempt that owns the job now.
+pub fn storage_key(job_id: &str, attempt: i32, epoch: u32) -> String {
+    format!("{}/attempt-{attempt}/epoch-{epoch}", job_prefix(job_id))
+}
+
+/// The folder of every checkpoint of a job.
+pub fn job_prefix(job_id: &str) -> String {
+    format!("checkpoints/{job_id}")
 }
 
 /// The weights file inside a checkpoint's folder.

@@ -74,6 +74,13 @@ pub fn storage_key(model_id: &str) -> String {
     format!("models/{}", model_id.replace(':', "_"))
 }
 
+/// Where a worker publishes the model of its attempt: a worker that lost its lease
+/// and removes what it uploaded cannot remove the model of the attempt that owns the
+/// job now, which the same model id would otherwise share.
+pub fn attempt_storage_key(model_id: &str, attempt: i32) -> String {
+    format!("{}-attempt-{attempt}", storage_key(model_id))
+}
+
 pub(crate) async fn insert_model<'e>(
     exec: impl sqlx::PgExecutor<'e>,
     model: &NewModel,

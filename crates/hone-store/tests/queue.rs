@@ -8,7 +8,7 @@ use hone_domain::job::JobStatus;
 use hone_domain::resources::{EpochPoint, JobError, JobProgress, JobResult};
 use hone_domain::PageRequest;
 use hone_store::checkpoints::NewCheckpoint;
-use hone_store::jobs::Lease;
+use hone_store::jobs::{Lease, NewEvent};
 use hone_store::models::NewModel;
 use hone_store::Db;
 
@@ -122,8 +122,9 @@ async fn a_worker_that_lost_its_lease_cannot_write() {
             train_loss: 0.5 / f64::from(epoch),
             validation: None,
         },
-        storage_key: hone_store::checkpoints::storage_key(&id, epoch),
+        storage_key: hone_store::checkpoints::storage_key(&id, second.attempt, epoch),
         bytes: 1234,
+        resumable: epoch > 1,
     };
     assert!(!f
         .db
@@ -152,6 +153,75 @@ async fn a_worker_that_lost_its_lease_cannot_write() {
     assert_eq!(listed[0].object.step, 10);
     assert_eq!(listed[0].object.metrics.train_loss, 0.5);
     assert!(f.db.get_checkpoint(&p(), &id, 3).await.is_err());
+
+    // Every other write of the stale attempt is refused too, and changes nothing.
+    let stale = first.attempt;
+    assert!(!f
+        .db
+        .add_event(&id, stale, &NewEvent::info("stale"))
+        .await
+        .expect("event"));
+    let events =
+        f.db.list_events(&p(), &id, &PageRequest::new(Some(100), None).expect("page"))
+            .await
+            .expect("events");
+    assert!(events.iter().all(|e| e.message != "stale"));
+    assert!(!f
+        .db
+        .set_metrics(&id, stale, &serde_json::json!({"stale": true}))
+        .await
+        .expect("metrics"));
+    assert!(f
+        .db
+        .get_metrics(&p(), &id)
+        .await
+        .expect("metrics")
+        .is_none());
+    let mut method = f.db.get_job(&p(), &id).await.expect("job").method;
+    let hyperparameters = f.db.get_job(&p(), &id).await.expect("job").hyperparameters;
+    method.kind = hone_domain::job::MethodType::FeatureExtraction;
+    assert!(!f
+        .db
+        .set_method(&id, stale, &method, &hyperparameters)
+        .await
+        .expect("method"));
+    let error = JobError {
+        code: "x".into(),
+        message: "stale failure".into(),
+        param: None,
+    };
+    assert_eq!(
+        f.db.fail_job(&id, stale, &error, true).await.expect("fail"),
+        JobStatus::Running,
+        "a stale failure changes nothing"
+    );
+    assert!(!f.db.finish_cancelled(&id, stale).await.expect("cancelled"));
+    assert!(!f.db.release_job(&id, stale).await.expect("release"));
+    let now = f.db.get_job(&p(), &id).await.expect("job");
+    assert_eq!(
+        (now.status, now.attempt),
+        (JobStatus::Running, second.attempt)
+    );
+    assert!(now.error.is_none());
+
+    // A third attempt resumes from the latest checkpoint that carries a training state;
+    // an earlier attempt never sees a later one's.
+    let point =
+        f.db.resume_point(&id, second.attempt + 1)
+            .await
+            .expect("resume point")
+            .expect("a resumable checkpoint");
+    assert_eq!(
+        (point.epoch, point.step, point.attempt),
+        (2, 20, second.attempt)
+    );
+    assert_eq!(point.storage_key, listed[1].storage_key);
+    assert!(f
+        .db
+        .resume_point(&id, first.attempt)
+        .await
+        .expect("resume point")
+        .is_none());
 
     let result = JobResult {
         train_loss: 0.1,

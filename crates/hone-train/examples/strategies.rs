@@ -226,6 +226,7 @@ fn run_strategy(
         device: Device::Cpu,
         features: None,
         checkpoint_dir: None,
+        resume_from: None,
     };
     let mut clock = EpochClock {
         start: Instant::now(),

@@ -45,6 +45,10 @@ pub enum TrainError {
     /// The caller passed something that cannot be trained or predicted on.
     #[error("invalid input: {0}")]
     InvalidInput(String),
+    /// The checkpoint to resume from cannot be read or belongs to another run; the
+    /// caller can train from the start instead.
+    #[error("cannot resume: {0}")]
+    Resume(String),
 }
 
 fn weights_message(path: &std::path::Path, missing: &[String], mismatched: &[String]) -> String {

@@ -14,6 +14,7 @@
 //! [`fine_tune`] blocks; the worker runs it on a dedicated OS thread and hears about
 //! progress through a [`TrainObserver`], which is also how it asks training to stop.
 
+use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
@@ -21,20 +22,22 @@ use rand::rngs::StdRng;
 use rand::seq::SliceRandom;
 use rand::SeedableRng;
 use serde::{Deserialize, Serialize};
-use tch::{nn, COptimizer, Device, Kind, Tensor};
+use tch::{nn, Device, Kind, Tensor};
 
 use hone_domain::dataset::TaskType;
 use hone_domain::job::{ClassWeights, MonitorMetric};
 use hone_domain::metrics::GeneralizationGap;
 
-use crate::bert::{BertConfig, BertModel, WeightInit, NO_DECAY_GROUP};
+use crate::bert::{BertConfig, BertModel, WeightInit};
 use crate::classifier::{
     is_head_variable, pool, HeadType, ModelMeta, Pooling, SequenceClassifier, CONFIG_FILE,
     MODEL_META_VERSION, WEIGHTS_FILE,
 };
 pub use crate::error::TrainError;
 use crate::objective::{Objective, Report, Targets, UNTUNED_THRESHOLD};
+pub use crate::optim::Optimizer;
 use crate::predict::Classifier;
+use crate::resume::{self, TrainState};
 use crate::tokenize::{collate, Encoded, TextTokenizer, TOKENIZER_FILE};
 use crate::weights::load_safetensors;
 
@@ -146,18 +149,26 @@ pub struct TrainJob<'a> {
     /// Where to write a checkpoint after every epoch (see [`Checkpoint`]); none when
     /// absent.
     pub checkpoint_dir: Option<&'a Path>,
+    /// A [`Checkpoint::dir`] of an earlier run of this very job (same data, settings
+    /// and seed) to go on from: training continues after that checkpoint's epoch and
+    /// ends as the uninterrupted run would have.
+    pub resume_from: Option<&'a Path>,
 }
 
 /// The weights one epoch ended with, as far as training changes them: the variables
 /// that require a gradient, under their model names, in a safetensors file. The
 /// frozen ones are the published model's, so [`apply_checkpoint`] on the job's model
-/// rebuilds the model of that epoch exactly.
+/// rebuilds the model of that epoch exactly. Next to it in [`Checkpoint::dir`] lies
+/// what [`TrainJob::resume_from`] needs to go on from there (see [`crate::resume`]).
 #[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct Checkpoint {
     pub epoch: u32,
     /// Optimizer steps taken by the end of the epoch.
     pub step: u64,
+    /// The weights file, inside `dir`.
     pub path: PathBuf,
+    /// The whole checkpoint: weights and training state.
+    pub dir: PathBuf,
     pub metrics: EpochMetrics,
 }
 
@@ -211,7 +222,7 @@ pub struct StepProgress {
 }
 
 /// Metrics of one epoch.
-#[derive(Debug, Clone, PartialEq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct EpochMetrics {
     /// 1-based.
     pub epoch: u32,
@@ -221,7 +232,7 @@ pub struct EpochMetrics {
 }
 
 /// Metrics on a labelled set, computed in eval mode.
-#[derive(Debug, Clone, PartialEq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct EvalMetrics {
     /// Mean cross-entropy.
     pub loss: f64,
@@ -232,7 +243,7 @@ pub struct EvalMetrics {
     pub examples: usize,
     /// Multi-label: the decision threshold tuned on this data, at which the metrics
     /// above were computed.
-    #[serde(skip_serializing_if = "Option::is_none")]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub threshold: Option<f32>,
 }
 
@@ -394,6 +405,7 @@ pub fn fine_tune_with(
         device,
         features,
         checkpoint_dir,
+        resume_from,
     } = job;
     check_job(&objective, &train, validation.as_ref(), &config)?;
 
@@ -416,7 +428,6 @@ pub fn fine_tune_with(
     check_vocab(&tokenizer, &bert_config, base_model_dir)?;
 
     tch::manual_seed(config.seed as i64);
-    let mut rng = StdRng::seed_from_u64(config.seed);
     let vs = nn::VarStore::new(device);
     let model = SequenceClassifier::with_heads(
         &vs.root(),
@@ -513,14 +524,54 @@ pub fn fine_tune_with(
         "fine-tuning"
     );
 
-    let mut order: Vec<usize> = (0..train.len()).collect();
     let mut history: Vec<EpochMetrics> = Vec::with_capacity(config.epochs as usize);
     let mut best = BestEpoch::new(&vs, config.monitor)?;
     let mut step = 0u64;
     let mut stopped_early = false;
     let mut best_probs: Option<Vec<Vec<f32>>> = None;
-    for epoch in 1..=config.epochs {
-        order.shuffle(&mut rng);
+    let mut first_epoch = 1;
+    if let Some(dir) = resume_from {
+        let state = (|| {
+            let loaded = resume::load(dir)?;
+            let state = loaded.state;
+            if state.config != config || state.train_examples != train.len() {
+                return Err(TrainError::config(
+                    dir.join(resume::STATE_FILE),
+                    "the checkpoint was taken by a run with other settings or data",
+                ));
+            }
+            load_trainable(&vs, &loaded.weights, dir)?;
+            optimizer.load_state(
+                &prefixed(&loaded.tensors, "optimizer."),
+                &state.optimizer_steps,
+            )?;
+            best.load(state.best, &prefixed(&loaded.tensors, "best."))?;
+            Ok(state)
+        })()
+        .map_err(|e| TrainError::Resume(e.to_string()))?;
+        step = state.step;
+        history = state.history;
+        best_probs = state.best_probs;
+        first_epoch = state.epoch + 1;
+        tracing::info!(epoch = state.epoch, step, "resuming from a checkpoint");
+    }
+    let stop_after = |epoch: u32, best: &BestEpoch| {
+        config.early_stopping_patience > 0
+            && epoch < config.epochs
+            && best.epochs_since(epoch) >= config.early_stopping_patience
+    };
+    let mut epochs = first_epoch..=config.epochs;
+    if first_epoch > 1 && stop_after(first_epoch - 1, &best) {
+        stopped_early = true;
+        epochs = first_epoch..=first_epoch - 1;
+    }
+    for epoch in epochs {
+        // Shuffle and dropout of an epoch depend on (seed, epoch) only, so a run
+        // resumed at an epoch boundary draws what the uninterrupted one drew.
+        let epoch_seed = resume::epoch_seed(config.seed, epoch);
+        tch::manual_seed(epoch_seed as i64);
+        let mut order: Vec<usize> = (0..train.len()).collect();
+        order.shuffle(&mut StdRng::seed_from_u64(epoch_seed));
         let mut loss_sum = 0.0;
         for indices in order.chunks(config.batch_size) {
             if observer.cancelled() {
@@ -590,21 +641,26 @@ pub fn fine_tune_with(
             }
         }
         observer.on_epoch(&metrics);
+        history.push(metrics.clone());
         if let Some(dir) = checkpoint_dir {
-            let path = dir.join(format!("epoch-{epoch}.safetensors"));
-            save_trainable(&vs, &path)?;
+            let dir = dir.join(format!("epoch-{epoch}"));
+            let mut state = TrainState::new(epoch, step, &config, train.len());
+            state.history = history.clone();
+            state.best = best.best;
+            state.best_probs = best_probs.clone();
+            state.optimizer_steps = optimizer.steps();
+            let mut tensors = with_prefix(optimizer.state_tensors()?, "optimizer.");
+            tensors.extend(with_prefix(best.saved_named(), "best."));
+            resume::save(&dir, &trainable(&vs), &tensors, &state)?;
             observer.on_checkpoint(&Checkpoint {
                 epoch,
                 step,
-                path,
-                metrics: metrics.clone(),
+                path: dir.join(resume::WEIGHTS_FILE),
+                dir,
+                metrics,
             });
         }
-        history.push(metrics);
-        if config.early_stopping_patience > 0
-            && epoch < config.epochs
-            && best.epochs_since(epoch) >= config.early_stopping_patience
-        {
+        if stop_after(epoch, &best) {
             stopped_early = true;
             observer.on_notice(&format!(
                 "early stopping after epoch {epoch}: validation {} has not improved for {} epochs",
@@ -695,6 +751,7 @@ fn monitor_name(m: MonitorMetric) -> &'static str {
 /// frozen ones never change).
 struct BestEpoch {
     monitor: MonitorMetric,
+    names: Vec<String>,
     live: Vec<Tensor>,
     saved: Vec<Tensor>,
     best: Option<(u32, f64)>,
@@ -702,17 +759,45 @@ struct BestEpoch {
 
 impl BestEpoch {
     fn new(vs: &nn::VarStore, monitor: MonitorMetric) -> Result<Self, TrainError> {
-        let live: Vec<Tensor> = vs
-            .trainable_variables()
-            .into_iter()
-            .filter(Tensor::requires_grad)
-            .collect();
+        let (names, live) = trainable(vs).into_iter().unzip();
         Ok(Self {
             monitor,
+            names,
             live,
             saved: Vec::new(),
             best: None,
         })
+    }
+
+    /// The saved weights by name, for a checkpoint.
+    fn saved_named(&self) -> Vec<(String, Tensor)> {
+        self.names
+            .iter()
+            .cloned()
+            .zip(self.saved.iter().map(Tensor::shallow_clone))
+            .collect()
+    }
+
+    /// Takes back what a checkpoint saved of the tracker.
+    fn load(
+        &mut self,
+        best: Option<(u32, f64)>,
+        saved: &BTreeMap<String, Tensor>,
+    ) -> Result<(), TrainError> {
+        self.best = best;
+        if best.is_none() {
+            return Ok(());
+        }
+        self.saved = self
+            .names
+            .iter()
+            .map(|name| {
+                saved.get(name).map(Tensor::shallow_clone).ok_or_else(|| {
+                    TrainError::InvalidInput(format!("the best epoch's {name} is missing"))
+                })
+            })
+            .collect::<Result<_, _>>()?;
+        Ok(())
     }
 
     fn value(&self, m: &EvalMetrics) -> f64 {
@@ -769,19 +854,66 @@ impl BestEpoch {
     }
 }
 
-/// Writes the variables of `vs` that require a gradient to `path` (safetensors).
-fn save_trainable(vs: &nn::VarStore, path: &Path) -> Result<(), TrainError> {
-    if let Some(dir) = path.parent() {
-        std::fs::create_dir_all(dir).map_err(|e| TrainError::io(dir, e))?;
-    }
+/// The variables of `vs` that require a gradient, by name.
+fn trainable(vs: &nn::VarStore) -> Vec<(String, Tensor)> {
     let mut named: Vec<(String, Tensor)> = vs
         .variables()
         .into_iter()
         .filter(|(_, t)| t.requires_grad())
         .collect();
     named.sort_by(|a, b| a.0.cmp(&b.0));
-    Tensor::write_safetensors(&named, path)?;
-    Ok(())
+    named
+}
+
+/// Copies a checkpoint's weights into the trainable variables of `vs`; every one of
+/// them must be there, in its shape.
+fn load_trainable(
+    vs: &nn::VarStore,
+    weights: &BTreeMap<String, Tensor>,
+    dir: &Path,
+) -> Result<(), TrainError> {
+    let live = trainable(vs);
+    if live.len() != weights.len() {
+        return Err(TrainError::config(
+            dir.join(resume::WEIGHTS_FILE),
+            format!(
+                "the checkpoint holds {} variables, the model trains {}",
+                weights.len(),
+                live.len()
+            ),
+        ));
+    }
+    tch::no_grad(|| {
+        for (name, mut tensor) in live {
+            match weights.get(&name) {
+                Some(saved) if saved.size() == tensor.size() => {
+                    tensor.f_copy_(saved)?;
+                }
+                _ => {
+                    return Err(TrainError::config(
+                        dir.join(resume::WEIGHTS_FILE),
+                        format!("{name} is missing or has another shape"),
+                    ))
+                }
+            }
+        }
+        Ok(())
+    })
+}
+
+fn with_prefix(tensors: Vec<(String, Tensor)>, prefix: &str) -> Vec<(String, Tensor)> {
+    tensors
+        .into_iter()
+        .map(|(name, t)| (format!("{prefix}{name}"), t))
+        .collect()
+}
+
+/// The tensors under `prefix`, with it removed.
+fn prefixed(tensors: &BTreeMap<String, Tensor>, prefix: &str) -> BTreeMap<String, Tensor> {
+    tensors
+        .iter()
+        .filter_map(|(name, t)| Some((name.strip_prefix(prefix)?.to_owned(), t.shallow_clone())))
+        .collect()
 }
 
 /// Writes to `out_dir` the model of `model_dir` (a published model) with the weights
@@ -1171,131 +1303,6 @@ impl LinearSchedule {
             (left / self.total.saturating_sub(self.warmup).max(1) as f64).max(0.0)
         };
         self.peak * factor
-    }
-}
-
-/// libtorch's AdamW over the store's variables that require gradients (frozen ones
-/// get no optimizer state), grouped by depth so each layer can have its own rate
-/// (layer-wise decay) and by kind so biases and LayerNorm parameters get no weight
-/// decay; and a clip of the global gradient norm that stays on the device (no host
-/// sync, as `torch.nn.utils.clip_grad_norm_`). Built on `COptimizer` rather than
-/// `nn::Optimizer`, whose methods panic on errors. Public so that `examples/bench.rs`
-/// measures the very step the service trains with.
-#[derive(Debug)]
-pub struct Optimizer {
-    inner: COptimizer,
-    params: Vec<Tensor>,
-    max_grad_norm: f64,
-    /// `(group, learning-rate multiplier)` for every group in use.
-    groups: Vec<(usize, f64)>,
-}
-
-impl Optimizer {
-    /// AdamW with `config`'s learning rate, weight decay, layer-wise decay and
-    /// gradient clip over every variable of `vs` that requires a gradient.
-    pub fn new(vs: &nn::VarStore, config: &TrainConfig) -> Result<Self, TrainError> {
-        let mut inner = COptimizer::adamw(
-            config.learning_rate,
-            0.9,
-            0.999,
-            config.weight_decay,
-            1e-8,
-            false,
-        )?;
-        let variables = vs
-            .variables_
-            .lock()
-            .map_err(|_| TrainError::InvalidInput("the variable store is poisoned".into()))?;
-        let no_decay: std::collections::HashSet<usize> = variables
-            .trainable_variables
-            .iter()
-            .filter(|v| v.group == NO_DECAY_GROUP)
-            .map(|v| v.tensor.data_ptr() as usize)
-            .collect();
-        let mut named: Vec<(&String, &Tensor)> = variables
-            .named_variables
-            .iter()
-            .filter(|(_, t)| t.requires_grad())
-            .collect();
-        named.sort_by(|a, b| a.0.cmp(b.0));
-        let layers = named
-            .iter()
-            .filter_map(|(name, _)| {
-                name.strip_prefix("encoder.layer.")?
-                    .split('.')
-                    .next()?
-                    .parse::<usize>()
-                    .ok()
-            })
-            .max()
-            .map_or(0, |i| i + 1);
-        let mut params = Vec::with_capacity(named.len());
-        let mut groups: Vec<(usize, f64)> = Vec::new();
-        for (name, tensor) in named {
-            let depth = layer_depth(name, layers);
-            let decays = !no_decay.contains(&(tensor.data_ptr() as usize));
-            let group = 2 * depth + usize::from(!decays);
-            inner.add_parameters(tensor, group)?;
-            params.push(tensor.shallow_clone());
-            if !groups.iter().any(|&(g, _)| g == group) {
-                let multiplier = config.layer_lr_decay.powi((layers + 1 - depth) as i32);
-                groups.push((group, multiplier));
-                inner.set_weight_decay_group(
-                    group,
-                    if decays { config.weight_decay } else { 0.0 },
-                )?;
-            }
-        }
-        Ok(Self {
-            inner,
-            params,
-            max_grad_norm: config.grad_clip,
-            groups,
-        })
-    }
-
-    /// Zeroes the gradients, backpropagates `loss`, clips, and updates the variables
-    /// at `learning_rate` (times each layer's multiplier).
-    pub fn step(&mut self, loss: &Tensor, learning_rate: f64) -> Result<(), TrainError> {
-        self.inner.zero_grad()?;
-        loss.f_backward()?;
-        if self.max_grad_norm > 0.0 {
-            self.clip_grad_norm()?;
-        }
-        for &(group, multiplier) in &self.groups {
-            self.inner
-                .set_learning_rate_group(group, learning_rate * multiplier)?;
-        }
-        self.inner.step()?;
-        Ok(())
-    }
-
-    fn clip_grad_norm(&self) -> Result<(), TrainError> {
-        tch::no_grad(|| {
-            let grads: Vec<Tensor> = self
-                .params
-                .iter()
-                .map(Tensor::grad)
-                .filter(Tensor::defined)
-                .collect();
-            if grads.is_empty() {
-                return Ok(());
-            }
-            let norms = grads
-                .iter()
-                .map(|g| g.f_norm())
-                .collect::<Result<Vec<_>, _>>()?;
-            let total = Tensor::f_stack(&norms, 0)?.f_norm()?;
-            let coef = total
-                .f_add_scalar(1e-6)?
-                .f_reciprocal()?
-                .f_mul_scalar(self.max_grad_norm)?
-                .f_clamp_max(1.0)?;
-            for mut g in grads {
-                let _ = g.f_mul_(&coef)?;
-            }
-            Ok(())
-        })
     }
 }
 

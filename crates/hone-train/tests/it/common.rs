@@ -1,10 +1,13 @@
 //! Fixtures shared by the tests.
 
+use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::sync::{Mutex, MutexGuard};
 
 use hone_train::bert::{BertConfig, BertModel, WeightInit};
-use hone_train::train::{EpochMetrics, StepProgress, TrainConfig, TrainData, TrainObserver};
+use hone_train::train::{
+    EpochMetrics, StepProgress, TrainConfig, TrainData, TrainObserver, TrainedModel,
+};
 use rand::rngs::StdRng;
 use rand::seq::SliceRandom;
 use rand::{Rng, SeedableRng};
@@ -23,6 +26,16 @@ pub fn torch_lock() -> MutexGuard<'static, ()> {
     let guard = LOCK.lock().unwrap_or_else(|e| e.into_inner());
     tch::set_num_threads(1);
     guard
+}
+
+/// Every variable of a published model, by name.
+pub fn weights(model: &TrainedModel) -> HashMap<String, Tensor> {
+    let dir = tempfile::tempdir().expect("tempdir");
+    model.save(dir.path()).expect("save");
+    Tensor::read_safetensors(dir.path().join("model.safetensors"))
+        .expect("read")
+        .into_iter()
+        .collect()
 }
 
 pub fn tiny_fixture() -> PathBuf {

@@ -12,6 +12,7 @@ mod common;
 mod efficientnet;
 mod model;
 mod parity;
+mod resume;
 mod strategies;
 mod tasks;
 mod training;

@@ -3,15 +3,14 @@
 use std::collections::HashMap;
 
 use hone_domain::job::{ClassWeights, HeadType, MonitorMetric, PoolingType};
-use hone_train::train::{
-    extract_features, fine_tune, Features, Strategy, TrainData, TrainJob, TrainedModel,
-};
+use hone_train::train::{extract_features, fine_tune, Features, Strategy, TrainData, TrainJob};
 use hone_train::Objective;
 use hone_train::{Classifier, Report};
 use tch::{Device, Tensor};
 
 use crate::common::{
-    class, fast_config, labels, single, tiny_base_model, torch_lock, toy_data, Naming, Recorder,
+    class, fast_config, labels, single, tiny_base_model, torch_lock, toy_data, weights, Naming,
+    Recorder,
 };
 
 fn job(base: &std::path::Path, strategy: Strategy, validation: Option<TrainData>) -> TrainJob<'_> {
@@ -26,17 +25,8 @@ fn job(base: &std::path::Path, strategy: Strategy, validation: Option<TrainData>
         device: Device::Cpu,
         features: None,
         checkpoint_dir: None,
+        resume_from: None,
     }
-}
-
-/// Every variable of a published model, by name.
-fn weights(model: &TrainedModel) -> HashMap<String, Tensor> {
-    let dir = tempfile::tempdir().expect("tempdir");
-    model.save(dir.path()).expect("save");
-    Tensor::read_safetensors(dir.path().join("model.safetensors"))
-        .expect("read")
-        .into_iter()
-        .collect()
 }
 
 fn base_weights(base: &std::path::Path) -> HashMap<String, Tensor> {

@@ -114,6 +114,7 @@ fn job<'a>(
         device: Device::Cpu,
         features: None,
         checkpoint_dir: None,
+        resume_from: None,
     }
 }
 

@@ -25,6 +25,7 @@ fn job(
         device: Device::Cpu,
         features: None,
         checkpoint_dir: None,
+        resume_from: None,
     }
 }
 

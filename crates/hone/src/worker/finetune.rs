@@ -180,8 +180,12 @@ async fn finish_stopped(
     if flags.cancelled.load(Ordering::Relaxed) {
         if db.finish_cancelled(job_id, attempt).await? {
             // A cancelled job leaves nothing behind: its checkpoints go with it.
-            for key in db.delete_checkpoints(job_id).await? {
-                if let Err(e) = artifacts.delete(&key).await {
+            // Every attempt's checkpoints lie under the job's folder, recorded or not
+            // (a stale attempt's upload is never recorded).
+            let keys = db.delete_checkpoints(job_id).await?;
+            let folder = hone_store::checkpoints::job_prefix(job_id);
+            for key in keys.iter().chain(std::iter::once(&folder)) {
+                if let Err(e) = artifacts.delete(key).await {
                     tracing::warn!(error = %e, key, "cannot remove a cancelled job's checkpoint");
                 }
             }
@@ -413,7 +417,11 @@ async fn train_and_publish(
         }
     }
 
+    let mut reporter = Reporter::new(db, artifacts, job, attempt, prepared.data_report);
+    let resume_from = resume_point(db, artifacts, &mut reporter, attempt, &out_dir).await;
+
     let input = ThreadInput {
+        resume_from,
         base_dir: prepared.base_dir.clone(),
         objective: prepared.objective.clone(),
         file: prepared.file,
@@ -445,7 +453,6 @@ async fn train_and_publish(
             )
         })?;
 
-    let mut reporter = Reporter::new(db, artifacts, job, attempt, prepared.data_report);
     let mut done_rx = done_rx;
     let outcome = loop {
         tokio::select! {
@@ -528,7 +535,7 @@ async fn train_and_publish(
         &result,
     )
     .map_err(|e| transient("storage_error", format!("cannot write the manifest: {e}")))?;
-    let key = hone_store::models::storage_key(model_id.as_str());
+    let key = hone_store::models::attempt_storage_key(model_id.as_str(), attempt);
     artifacts
         .put_dir(&key, &model_dir)
         .await
@@ -556,6 +563,77 @@ async fn train_and_publish(
         Err(e) => {
             let _ = artifacts.delete(&key).await;
             Err(transient("storage_error", e.to_string()))
+        }
+    }
+}
+
+/// The reporter's curves, saved with each checkpoint.
+#[derive(serde::Serialize)]
+struct Curves<'a> {
+    steps: &'a LossCurve,
+    epochs: &'a [EpochMetrics],
+}
+
+#[derive(serde::Deserialize)]
+struct SavedCurves {
+    steps: LossCurve,
+    epochs: Vec<EpochMetrics>,
+}
+
+const CURVES_FILE: &str = "curves.json";
+
+/// The latest checkpoint an earlier attempt left, copied to scratch, with the curves
+/// up to it given back to `reporter`; none for a first attempt or when there is no
+/// usable checkpoint (then training starts over, as it must).
+async fn resume_point(
+    db: &Db,
+    artifacts: &Arc<dyn ArtifactStore>,
+    reporter: &mut Reporter<'_>,
+    attempt: i32,
+    out_dir: &Path,
+) -> Option<PathBuf> {
+    let job_id = &reporter.job.id;
+    let point = match db.resume_point(job_id, attempt).await {
+        Ok(Some(point)) => point,
+        Ok(None) => return None,
+        Err(e) => {
+            tracing::warn!(error = %e, "cannot look for a checkpoint to resume from");
+            return None;
+        }
+    };
+    let dir = out_dir.join("resume");
+    let copied = async {
+        let from = artifacts.local_dir(&point.storage_key).await?;
+        tokio::fs::create_dir_all(&dir).await?;
+        let mut entries = tokio::fs::read_dir(&from).await?;
+        while let Some(entry) = entries.next_entry().await? {
+            tokio::fs::copy(entry.path(), dir.join(entry.file_name())).await?;
+        }
+        let curves: SavedCurves =
+            serde_json::from_slice(&tokio::fs::read(dir.join(CURVES_FILE)).await?)?;
+        Ok::<SavedCurves, std::io::Error>(curves)
+    }
+    .await;
+    match copied {
+        Ok(curves) => {
+            reporter.steps = curves.steps;
+            reporter.epochs = curves.epochs;
+            reporter
+                .event(NewEvent::info(format!(
+                    "Resumed from epoch {} step {} (checkpoint of attempt {})",
+                    point.epoch, point.step, point.attempt
+                )))
+                .await;
+            Some(dir)
+        }
+        Err(e) => {
+            reporter
+                .event(NewEvent::warn(format!(
+                    "Cannot read the checkpoint of epoch {} ({e}); training from the start",
+                    point.epoch
+                )))
+                .await;
+            None
         }
     }
 }
@@ -594,6 +672,8 @@ struct ThreadInput {
     device: tch::Device,
     out_dir: PathBuf,
     cache: FeatureCacheKeys,
+    /// A checkpoint of an earlier attempt to go on from.
+    resume_from: Option<PathBuf>,
 }
 
 /// What the training thread hands back besides the saved model directory.
@@ -627,6 +707,7 @@ fn run_training(
         device,
         out_dir,
         cache,
+        resume_from,
     } = input;
     let send = |u: Update| {
         let _ = tx.send(u);
@@ -751,7 +832,8 @@ fn run_training(
     let job_for = |strategy: Strategy,
                    hp: &Hyperparameters,
                    features: Option<Features>,
-                   checkpoints: bool| TrainJob {
+                   checkpoints: bool,
+                   resume: bool| TrainJob {
         base_model_dir: &base_dir,
         objective: objective.clone(),
         train: train.clone(),
@@ -760,6 +842,7 @@ fn run_training(
         device,
         features,
         checkpoint_dir: checkpoints.then_some(checkpoint_dir.as_path()),
+        resume_from: resume_from.as_deref().filter(|_| resume),
     };
 
     let (mut strategy, mut hp) = (strategy_of(method.effective()), hp.clone());
@@ -778,6 +861,7 @@ fn run_training(
                 Strategy::FeatureExtraction,
                 &probe_hp,
                 Some(split_features(features)?),
+                false,
                 false,
             ),
             &mut quiet,
@@ -804,7 +888,30 @@ fn run_training(
         flags: flags.clone(),
         quiet: false,
     };
-    let model = fine_tune(job_for(strategy, &hp, features, true), &mut observer)?;
+    let model = match resume_from {
+        Some(_) => {
+            let features_again = features.as_ref().map(|f| Features {
+                train: f.train.shallow_clone(),
+                validation: f.validation.as_ref().map(Tensor::shallow_clone),
+            });
+            match fine_tune(job_for(strategy, &hp, features, true, true), &mut observer) {
+                Err(TrainError::Resume(reason)) => {
+                    notice(
+                        EventLevel::Warn,
+                        format!(
+                            "Cannot resume from the checkpoint ({reason}); training from the start"
+                        ),
+                    );
+                    fine_tune(
+                        job_for(strategy, &hp, features_again, true, false),
+                        &mut observer,
+                    )?
+                }
+                other => other?,
+            }
+        }
+        None => fine_tune(job_for(strategy, &hp, features, true, false), &mut observer)?,
+    };
     model.save(&out_dir.join("model"))?;
     Ok(ThreadOutput {
         kept: model.final_metrics().cloned(),
@@ -946,7 +1053,7 @@ fn write_manifest(
 const MAX_CURVE_POINTS: usize = 2000;
 
 /// The per-step training loss, downsampled by averaging when it grows long.
-#[derive(Default)]
+#[derive(Default, serde::Serialize, serde::Deserialize)]
 struct LossCurve {
     /// `(last step of the bucket, epoch, mean loss, learning rate at the last step)`.
     points: Vec<(u64, u32, f64, f64)>,
@@ -1167,19 +1274,21 @@ impl<'a> Reporter<'a> {
         }
     }
 
-    /// Moves a checkpoint file into the artifact store and records it; a checkpoint
-    /// that cannot be stored costs a warning, not the job.
+    /// Moves a checkpoint into the artifact store, with the curves so far (a resumed
+    /// attempt starts from them), and records it; a checkpoint that cannot be stored
+    /// costs a warning, not the job.
     async fn store_checkpoint(&self, c: Checkpoint) {
-        let key = hone_store::checkpoints::storage_key(&self.job.id, c.epoch);
+        let key = hone_store::checkpoints::storage_key(&self.job.id, self.attempt, c.epoch);
         let stored = async {
             let bytes = tokio::fs::metadata(&c.path).await?.len();
-            let dir = c.path.with_extension("dir");
-            tokio::fs::create_dir_all(&dir).await?;
-            tokio::fs::rename(&c.path, dir.join(hone_store::checkpoints::WEIGHTS_FILE)).await?;
-            // A retried attempt replaces the epoch's checkpoint of the attempt before.
+            let curves = serde_json::to_vec(&Curves {
+                steps: &self.steps,
+                epochs: &self.epochs,
+            })?;
+            tokio::fs::write(c.dir.join(CURVES_FILE), curves).await?;
             self.artifacts.delete(&key).await?;
-            self.artifacts.put_dir(&key, &dir).await?;
-            let _ = tokio::fs::remove_dir_all(&dir).await;
+            self.artifacts.put_dir(&key, &c.dir).await?;
+            let _ = tokio::fs::remove_dir_all(&c.dir).await;
             Ok::<u64, std::io::Error>(bytes)
         }
         .await;
@@ -1201,13 +1310,24 @@ impl<'a> Reporter<'a> {
             metrics: epoch_point(&c.metrics),
             storage_key: key.clone(),
             bytes,
+            resumable: true,
         };
+        // An earlier attempt's checkpoint of this epoch, replaced below.
+        let replaced = self
+            .db
+            .get_checkpoint_of_job(&self.job.id, c.epoch)
+            .await
+            .ok();
         match self
             .db
             .put_checkpoint(&self.job.id, self.attempt, &checkpoint)
             .await
         {
-            Ok(true) => {}
+            Ok(true) => {
+                if let Some(old) = replaced.filter(|old| old.storage_key != key) {
+                    let _ = self.artifacts.delete(&old.storage_key).await;
+                }
+            }
             Ok(false) => {
                 let _ = self.artifacts.delete(&key).await;
             }
