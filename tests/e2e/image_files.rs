@@ -13,7 +13,7 @@ use zip::ZipWriter;
 use crate::support::TestServer;
 
 /// An 8×8 PNG (sklearn digits' size, the smallest the default bounds admit).
-fn png(shade: u8) -> Vec<u8> {
+pub fn png(shade: u8) -> Vec<u8> {
     let pixels = RgbImage::from_fn(8, 8, |x, y| {
         image::Rgb([shade, (x * 30) as u8, (y * 30) as u8])
     });
