@@ -207,9 +207,9 @@ async fn job_requests_are_validated_with_the_field_at_fault() {
             "base_model",
         ),
         (
-            // An image model: the trainer does not take them yet.
+            // A text file on an image model.
             json!({"base_model": "efficientnet-lite0", "training_file": fid}),
-            "base_model",
+            "training_file",
         ),
         (
             json!({"base_model": "all-MiniLM-L6-v2", "training_file": "file-00000000000000000000000000000000"}),

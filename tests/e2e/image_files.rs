@@ -36,7 +36,10 @@ fn zip_of(entries: &[(&str, Vec<u8>)]) -> Vec<u8> {
 }
 
 async fn content(s: &TestServer, id: &str) -> (String, Vec<u8>) {
-    let r = reqwest::get(s.url(&format!("/v1/files/{id}/content")))
+    let r = s
+        .client
+        .get(s.url(&format!("/v1/files/{id}/content")))
+        .send()
         .await
         .expect("GET content");
     assert_eq!(r.status().as_u16(), 200);
