@@ -280,6 +280,7 @@ async fn prepare(
             texts,
             text_pairs,
             labels: indexer.collect(targets),
+            ..TrainData::default()
         })
     };
     let file = to_data(train_examples, "training_file")?;
@@ -718,14 +719,7 @@ fn run_training(
     let max_seq_len = hp.max_seq_len as usize;
     let bert = BertConfig::from_file(&base_dir.join("config.json"))?;
     let hidden = bert.hidden_size;
-    let pick = |data: &TrainData, rows: &[usize]| TrainData {
-        texts: rows.iter().map(|&i| data.texts[i].clone()).collect(),
-        text_pairs: data
-            .text_pairs
-            .as_ref()
-            .map(|p| rows.iter().map(|&i| p[i].clone()).collect()),
-        labels: data.labels.select(rows),
-    };
+    let pick = |data: &TrainData, rows: &[usize]| data.select(rows);
     let train = pick(&file, &train_rows);
     let validation_data = match &validation {
         Validation::None => None,
@@ -1006,6 +1000,7 @@ fn train_config(hp: &Hyperparameters, strategy: Strategy, seed: u64) -> TrainCon
         class_weights: hp.class_weights,
         early_stopping_patience: hp.early_stopping_patience,
         monitor: hp.early_stopping_metric,
+        augment: hp.augment,
     }
 }
 
