@@ -6,6 +6,7 @@ mod api;
 mod docs;
 mod fuzz;
 mod image_files;
+mod images;
 mod isolation;
 mod kill;
 mod load;
