@@ -76,6 +76,11 @@ async fn feature_extraction_on_lite0_learns_fashion_mnist_from_a_zip() {
     assert_eq!(status, 400, "{refused}");
     assert_eq!(refused["error"]["param"], "hyperparameters.max_seq_len");
 
+    // The augmentation switch is documented where users look.
+    let (_, spec) = s.get("/openapi.json").await;
+    let augment = &spec["components"]["schemas"]["HyperparametersInput"]["properties"]["augment"];
+    assert_eq!(augment["type"], json!(["boolean", "null"]), "{augment}");
+
     let started = Instant::now();
     let (status, job) = s
         .post_json(
