@@ -55,6 +55,20 @@ async fn upload(s: &TestServer, name: &str, images: &[LabelledImage]) -> Value {
     file
 }
 
+/// Runs a job to success; the job, its validation accuracy and how long it took.
+async fn run(s: &TestServer, request: Value) -> (Value, f64, f64) {
+    let started = Instant::now();
+    let (status, job) = s.post_json("/v1/fine_tuning/jobs", &request).await;
+    assert_eq!(status, 200, "{job}");
+    let id = job["id"].as_str().expect("id");
+    let job = s.wait_for_job(id, Duration::from_secs(600)).await;
+    assert_eq!(job["status"], "succeeded", "{job}");
+    let validation = &job["result"]["evaluation"]["validation"];
+    assert_eq!(validation["examples"], 100, "{validation}");
+    let accuracy = validation["accuracy"].as_f64().expect("accuracy");
+    (job, accuracy, started.elapsed().as_secs_f64())
+}
+
 #[tokio::test]
 async fn feature_extraction_on_lite0_learns_fashion_mnist_from_a_zip() {
     let (train, held_out) = subset(20, 10, 2031);
@@ -81,37 +95,37 @@ async fn feature_extraction_on_lite0_learns_fashion_mnist_from_a_zip() {
     let augment = &spec["components"]["schemas"]["HyperparametersInput"]["properties"]["augment"];
     assert_eq!(augment["type"], json!(["boolean", "null"]), "{augment}");
 
-    let started = Instant::now();
-    let (status, job) = s
-        .post_json(
-            "/v1/fine_tuning/jobs",
-            &json!({
-                "base_model": "efficientnet-lite0",
-                "training_file": train_file["id"],
-                "validation_file": validation_file["id"],
-                "method": {"type": "feature_extraction"},
-                "hyperparameters": {"epochs": 30, "learning_rate": 0.01, "batch_size": 16},
-                "seed": 3,
-            }),
-        )
-        .await;
-    assert_eq!(status, 200, "{job}");
-    let id = job["id"].as_str().expect("id");
-    let job = s.wait_for_job(id, Duration::from_secs(600)).await;
-    assert_eq!(job["status"], "succeeded", "{job}");
-    let result = &job["result"];
-    assert_eq!(result["trained_examples"], 200, "{result}");
-    let validation = &result["evaluation"]["validation"];
-    assert_eq!(validation["examples"], 100, "{validation}");
-    let accuracy = validation["accuracy"].as_f64().expect("accuracy");
+    let job_on = |from_scratch: bool| {
+        json!({
+            "base_model": "efficientnet-lite0",
+            "training_file": train_file["id"],
+            "validation_file": validation_file["id"],
+            "method": {"type": "feature_extraction", "from_scratch": from_scratch},
+            "hyperparameters": {"epochs": 30, "learning_rate": 0.01, "batch_size": 16},
+            "seed": 3,
+        })
+    };
+    let (job, accuracy, seconds) = run(&s, job_on(false)).await;
+    let (scratch, scratch_accuracy, scratch_seconds) = run(&s, job_on(true)).await;
     eprintln!(
         "Fashion-MNIST, 10 classes × 20 train, 100 held out, feature_extraction on \
-         efficientnet-lite0 (chance 0.10): validation accuracy {accuracy:.3}, job took {:.0} s",
-        started.elapsed().as_secs_f64()
+         efficientnet-lite0 (chance 0.10): validation accuracy pretrained {accuracy:.3} \
+         ({seconds:.0} s), from scratch {scratch_accuracy:.3} ({scratch_seconds:.0} s): \
+         transfer is worth {:.3}",
+        accuracy - scratch_accuracy
     );
-    assert!(accuracy >= 0.5, "{validation}");
+    let result = &job["result"];
+    assert_eq!(result["trained_examples"], 200, "{result}");
+    assert!(accuracy >= 0.5, "{result}");
+    assert!(
+        accuracy >= scratch_accuracy + 0.2,
+        "pretrained {accuracy}, from scratch {scratch_accuracy}"
+    );
+    assert_eq!(scratch["method"]["from_scratch"], true, "{scratch}");
     assert_eq!(
-        validation["confusion_matrix"].as_array().map(Vec::len),
+        result["evaluation"]["validation"]["confusion_matrix"]
+            .as_array()
+            .map(Vec::len),
         Some(10)
     );
 

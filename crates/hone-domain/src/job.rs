@@ -100,6 +100,12 @@ pub struct Method {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schema(read_only)]
     pub chosen: Option<ChosenMethod>,
+    /// The from-scratch baseline: the base model's architecture from random weights,
+    /// trained as `type` says (`full` is the usual baseline). Its validation metrics
+    /// next to a pretrained job's on the same data are what transfer is worth there.
+    /// Not with `auto`. Default `false`.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub from_scratch: bool,
 }
 
 /// What `auto` decided.
@@ -121,6 +127,13 @@ impl Method {
             return Err(ValidationError::new(
                 "method.chosen",
                 "is set by the server for `auto` jobs; leave it out",
+            ));
+        }
+        if self.from_scratch && self.kind == MethodType::Auto {
+            return Err(ValidationError::new(
+                "method.from_scratch",
+                "`auto` picks how to transfer pretrained weights; name a strategy for a \
+                 from-scratch baseline",
             ));
         }
         match (self.kind, self.frozen_layers) {
@@ -815,7 +828,7 @@ mod tests {
         let partial = |k| Method {
             kind: MethodType::Partial,
             frozen_layers: k,
-            chosen: None,
+            ..Method::default()
         };
         assert_eq!(
             partial(None).validate(6).expect("ok").frozen_layers,
@@ -836,16 +849,29 @@ mod tests {
         );
         let chosen = Method {
             kind: MethodType::Auto,
-            frozen_layers: None,
             chosen: Some(ChosenMethod {
                 kind: MethodType::Full,
                 frozen_layers: None,
                 reason: "x".into(),
             }),
+            ..Method::default()
         };
         assert_eq!(
             chosen.validate(6).expect_err("chosen").param,
             "method.chosen"
+        );
+        let scratch = |kind| Method {
+            kind,
+            from_scratch: true,
+            ..Method::default()
+        };
+        assert!(scratch(MethodType::Full).validate(6).is_ok());
+        assert_eq!(
+            scratch(MethodType::Auto)
+                .validate(6)
+                .expect_err("auto")
+                .param,
+            "method.from_scratch"
         );
     }
 

@@ -22,8 +22,8 @@ use hone_store::jobs::{ClaimedJob, NewEvent};
 use hone_store::models::NewModel;
 use hone_store::{ArtifactStore, Db};
 use hone_train::train::{
-    fine_tune, Checkpoint, EpochMetrics, Evaluation, Features, StepProgress, Strategy, TrainConfig,
-    TrainData, TrainError, TrainJob, TrainObserver,
+    fine_tune, fine_tune_with, Checkpoint, EncoderInit, EpochMetrics, Evaluation, Features,
+    StepProgress, Strategy, TrainConfig, TrainData, TrainError, TrainJob, TrainObserver,
 };
 use hone_train::{FeatureRun, Objective, Report};
 use rand::rngs::StdRng;
@@ -417,8 +417,13 @@ async fn train_and_publish(
         &job.id,
         attempt,
         &NewEvent::info(format!(
-            "Fine-tuning {} ({}{}) on {} examples ({validation_note}), {}, for {} epochs",
+            "Fine-tuning {}{} ({}{}) on {} examples ({validation_note}), {}, for {} epochs",
             job.base_model,
+            if job.method.from_scratch {
+                " from random weights (the from-scratch baseline)"
+            } else {
+                ""
+            },
             method.as_str(),
             frozen.map_or(String::new(), |k| format!(", {k} layers frozen")),
             trained_examples,
@@ -430,7 +435,10 @@ async fn train_and_publish(
     .map_err(|e| transient("storage_error", e.to_string()))?;
 
     // The feature cache: only strategies that train on frozen features fill it.
-    let needs_features = matches!(method, MethodType::FeatureExtraction | MethodType::Auto);
+    // A from-scratch baseline's frozen features are those of random weights: never
+    // the cache's.
+    let needs_features = matches!(method, MethodType::FeatureExtraction | MethodType::Auto)
+        && !job.method.from_scratch;
     let mut cache = FeatureCacheKeys::default();
     if needs_features {
         let weights = features::base_weights_digest(&prepared.base_dir)
@@ -863,7 +871,7 @@ fn run_training(
             EventLevel::Info,
             "No transferability estimate: it covers text base models so far".to_owned(),
         );
-    } else {
+    } else if !method.from_scratch {
         estimate_transferability(
             &feature_run,
             file_features.as_ref(),
@@ -954,13 +962,22 @@ fn run_training(
         flags: flags.clone(),
         quiet: false,
     };
+    let init = if method.from_scratch {
+        EncoderInit::Random
+    } else {
+        EncoderInit::Pretrained
+    };
     let model = match resume_from {
         Some(_) => {
             let features_again = features.as_ref().map(|f| Features {
                 train: f.train.shallow_clone(),
                 validation: f.validation.as_ref().map(Tensor::shallow_clone),
             });
-            match fine_tune(job_for(strategy, &hp, features, true, true), &mut observer) {
+            match fine_tune_with(
+                job_for(strategy, &hp, features, true, true),
+                init,
+                &mut observer,
+            ) {
                 Err(TrainError::Resume(reason)) => {
                     notice(
                         EventLevel::Warn,
@@ -968,15 +985,20 @@ fn run_training(
                             "Cannot resume from the checkpoint ({reason}); training from the start"
                         ),
                     );
-                    fine_tune(
+                    fine_tune_with(
                         job_for(strategy, &hp, features_again, true, false),
+                        init,
                         &mut observer,
                     )?
                 }
                 other => other?,
             }
         }
-        None => fine_tune(job_for(strategy, &hp, features, true, false), &mut observer)?,
+        None => fine_tune_with(
+            job_for(strategy, &hp, features, true, false),
+            init,
+            &mut observer,
+        )?,
     };
     model.save(&out_dir.join("model"))?;
     Ok(ThreadOutput {
