@@ -13,7 +13,7 @@ use serde_json::{json, Value};
 use zip::write::SimpleFileOptions;
 use zip::ZipWriter;
 
-use crate::support::TestServer;
+use crate::support::{messages, TestServer};
 
 const CLASSES: [&str; 10] = [
     "tshirt", "trouser", "pullover", "dress", "coat", "sandal", "shirt", "sneaker", "bag", "boot",
@@ -128,6 +128,24 @@ async fn feature_extraction_on_lite0_learns_fashion_mnist_from_a_zip() {
             .map(Vec::len),
         Some(10)
     );
+
+    // The pretrained backbone's features of the file were cached by the first job: a
+    // second one (another seed) trains its head on them without running Lite0 again,
+    // and the from-scratch job, whose features are random weights', neither used nor
+    // filled the cache.
+    let mut again = job_on(false);
+    again["seed"] = json!(4);
+    let (second, second_accuracy, second_seconds) = run(&s, again).await;
+    eprintln!("the same job on cached features: {second_accuracy:.3} in {second_seconds:.0} s");
+    let reused = |messages: Vec<String>| {
+        messages
+            .iter()
+            .any(|m| m.contains("Reusing the cached features"))
+    };
+    let second_messages = messages(&s, &second).await;
+    assert!(reused(second_messages.clone()), "{second_messages:?}");
+    assert!(!reused(messages(&s, &job).await) && !reused(messages(&s, &scratch).await));
+    assert!(second_accuracy >= 0.5);
 
     let model_id = job["fine_tuned_model"].as_str().expect("model");
     let (status, model) = s.get(&format!("/v1/models/{model_id}")).await;

@@ -1,14 +1,17 @@
-//! Transfer of a base model directory to a [`SequenceClassifier`]: every weight
-//! ([`Strategy::Full`]), the top of the encoder ([`Strategy::Partial`]) or the head
-//! alone on features of the frozen encoder computed once ([`Strategy::FeatureExtraction`]).
+//! Transfer of a base model directory to a [`SequenceClassifier`] (text) or an
+//! [`ImageClassifier`] (images): every weight ([`Strategy::Full`]), the top of the
+//! backbone ([`Strategy::Partial`]) or the head alone on features of the frozen backbone
+//! computed once ([`Strategy::FeatureExtraction`]). Both modalities run the same loop
+//! (best epoch, early stopping, checkpoints, evaluation); only what feeds it differs —
+//! token ids, or images that the loader decodes, augments and batches on its own threads.
 //!
 //! The recipe is transformers' `Trainer` default, so results are comparable with what
 //! users know: cross-entropy, AdamW (no decay on biases and LayerNorm), linear warmup
 //! then linear decay to zero stepped once per batch, gradient-norm clipping, dropout
 //! only while training. Frozen variables get no gradient and no optimizer state. With
 //! validation data every epoch is scored, the best epoch's weights are the ones
-//! returned, and training may stop early. Everything that draws random numbers — head initialisation,
-//! dropout, the shuffle — is seeded from [`TrainConfig::seed`], so a job rerun with the
+//! returned, and training may stop early. Everything that draws random numbers — head
+//! initialisation, dropout, the shuffle, image augmentation — is seeded from [`TrainConfig::seed`], so a job rerun with the
 //! same seed on the same machine reproduces its losses exactly.
 //!
 //! [`fine_tune`] blocks; the worker runs it on a dedicated OS thread and hears about
@@ -183,7 +186,9 @@ impl TrainData {
 /// Everything one run needs. `device` is the caller's choice (CUDA when present).
 #[derive(Debug)]
 pub struct TrainJob<'a> {
-    /// A Hugging Face model directory: config.json, model.safetensors, tokenizer.json.
+    /// A base model directory: config.json and model.safetensors, plus tokenizer.json
+    /// for a text model (a Hugging Face directory); config.json's `model_type` says
+    /// which modality `train` and `validation` must hold.
     pub base_model_dir: &'a Path,
     /// What the heads predict: the labels (single- or multi-label) or the tasks.
     pub objective: Objective,
