@@ -7,6 +7,7 @@ mod docs;
 mod fuzz;
 mod image_files;
 mod image_predict;
+mod images;
 mod isolation;
 mod kill;
 mod load;
