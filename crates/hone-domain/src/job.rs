@@ -194,9 +194,15 @@ pub fn choose_method(e: &AutoEvidence) -> ChosenMethod {
     let probe = e.probe_macro_f1.map_or(String::new(), |f| {
         format!("; a linear probe on frozen features reaches macro-F1 {f:.3}")
     });
+    // Images have no tokens (the worker passes 0): their evidence leaves them out.
+    let tokens = if e.mean_tokens > 0.0 {
+        format!(", {:.0} tokens on average", e.mean_tokens)
+    } else {
+        String::new()
+    };
     let data = format!(
-        "{} training examples in {} classes, {} in the smallest, {:.0} tokens on average{probe}",
-        e.examples, e.classes, e.smallest_class, e.mean_tokens
+        "{} training examples in {} classes, {} in the smallest{tokens}{probe}",
+        e.examples, e.classes, e.smallest_class
     );
     let half = e.model_layers / 2;
     let (kind, frozen_layers, why) = if e.smallest_class < AUTO_MIN_CLASS_EXAMPLES {
