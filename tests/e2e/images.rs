@@ -161,3 +161,43 @@ async fn feature_extraction_on_lite0_learns_fashion_mnist_from_a_zip() {
     expected.sort_unstable();
     assert_eq!(labels, expected, "{model}");
 }
+
+/// `auto` on images: with few examples a class it keeps the pretrained backbone frozen
+/// and says why; its probe ran on the features the job then trains on.
+#[tokio::test]
+async fn auto_keeps_lite0_frozen_for_a_few_images_a_class() {
+    let (train, _) = subset(10, 0, 2032);
+    let s = TestServer::start().await;
+    let file = upload(&s, "fashion-small.zip", &train).await;
+    let (status, job) = s
+        .post_json(
+            "/v1/fine_tuning/jobs",
+            &json!({
+                "base_model": "efficientnet-lite0",
+                "training_file": file["id"],
+                "method": {"type": "auto"},
+                "seed": 5,
+            }),
+        )
+        .await;
+    assert_eq!(status, 200, "{job}");
+    let id = job["id"].as_str().expect("id");
+    let job = s.wait_for_job(id, Duration::from_secs(600)).await;
+    assert_eq!(job["status"], "succeeded", "{job}");
+    let chosen = &job["method"]["chosen"];
+    assert_eq!(chosen["type"], "feature_extraction", "{chosen}");
+    assert!(
+        chosen["reason"]
+            .as_str()
+            .is_some_and(|r| r.contains("too few examples per class") && !r.contains("tokens")),
+        "{chosen}"
+    );
+    // The default split held out 20% of the 100 images, stratified.
+    let validation = &job["result"]["evaluation"]["validation"];
+    assert_eq!(validation["examples"], 20, "{validation}");
+    let accuracy = validation["accuracy"].as_f64().expect("accuracy");
+    eprintln!(
+        "auto on 80 Fashion-MNIST images: feature_extraction, validation accuracy {accuracy:.3}"
+    );
+    assert!(accuracy > 0.3, "{validation}");
+}

@@ -194,9 +194,15 @@ pub fn choose_method(e: &AutoEvidence) -> ChosenMethod {
     let probe = e.probe_macro_f1.map_or(String::new(), |f| {
         format!("; a linear probe on frozen features reaches macro-F1 {f:.3}")
     });
+    // Images have no tokens (the worker passes 0): their evidence leaves them out.
+    let tokens = if e.mean_tokens > 0.0 {
+        format!(", {:.0} tokens on average", e.mean_tokens)
+    } else {
+        String::new()
+    };
     let data = format!(
-        "{} training examples in {} classes, {} in the smallest, {:.0} tokens on average{probe}",
-        e.examples, e.classes, e.smallest_class, e.mean_tokens
+        "{} training examples in {} classes, {} in the smallest{tokens}{probe}",
+        e.examples, e.classes, e.smallest_class
     );
     let half = e.model_layers / 2;
     let (kind, frozen_layers, why) = if e.smallest_class < AUTO_MIN_CLASS_EXAMPLES {
@@ -410,8 +416,9 @@ pub struct Hyperparameters {
     /// Multi-task: the weights the request gave; tasks not named weigh 1.
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub task_weights: BTreeMap<String, f64>,
-    /// Image jobs: random crops and flips in training (see the request field).
-    #[serde(default = "yes")]
+    /// Image jobs: random crops and flips in training (see the request field); always
+    /// `false` for text, as for every job stored before images.
+    #[serde(default)]
     pub augment: bool,
     /// The fields that took their default rather than a value from the request. An
     /// `auto` job re-derives these once it has chosen its strategy.
@@ -421,10 +428,6 @@ pub struct Hyperparameters {
 
 fn one() -> f64 {
     1.0
-}
-
-fn yes() -> bool {
-    true
 }
 
 impl Default for Hyperparameters {
@@ -455,7 +458,7 @@ impl Hyperparameters {
             early_stopping_patience: 0,
             early_stopping_metric: MonitorMetric::Loss,
             task_weights: BTreeMap::new(),
-            augment: true,
+            augment: false,
             defaulted: Vec::new(),
         }
     }
@@ -643,7 +646,7 @@ impl HyperparametersInput {
                 .early_stopping_metric
                 .unwrap_or(d.early_stopping_metric),
             task_weights,
-            augment: true,
+            augment: false,
             defaulted,
         })
     }
@@ -712,11 +715,15 @@ mod tests {
                 .expect_err("text-only field");
             assert_eq!(err.param, param);
         }
-        // A stored job from before the field existed augments.
+        // Text jobs never augment, nor did any job stored before the field existed.
+        let text = HyperparametersInput::default()
+            .validate(512, MethodType::Full)
+            .expect("valid");
+        assert!(!text.augment);
         let mut stored = serde_json::to_value(Hyperparameters::default()).expect("json");
         stored.as_object_mut().expect("object").remove("augment");
         let back: Hyperparameters = serde_json::from_value(stored).expect("reads");
-        assert!(back.augment);
+        assert!(!back.augment);
     }
 
     #[test]

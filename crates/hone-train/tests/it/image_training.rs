@@ -129,7 +129,30 @@ fn every_strategy_trains_an_image_model_and_lowers_the_loss() {
         assert_eq!(model.meta().modality, Modality::Image);
         assert_eq!(model.meta().architecture, "efficientnet_lite");
     }
-    // More frozen layers than the backbone has blocks is refused by name.
+    // Augmentation is on by default for full training; off, the same run sees other
+    // pixels and so other losses.
+    let losses = |augment: bool| {
+        let mut config = image_config(Strategy::Full, 1);
+        config.augment = augment;
+        let mut run = Run::default();
+        fine_tune(
+            job(
+                base.path(),
+                Objective::classification(class_names(CLASSES)),
+                train.clone(),
+                None,
+                config,
+            ),
+            &mut run,
+        )
+        .expect("train");
+        run.losses
+    };
+    let (on, off) = (losses(true), losses(false));
+    assert_eq!(on[0], losses(true)[0], "augmentation is seeded");
+    assert_ne!(on, off);
+
+    // More frozen layers than the backbone has is refused by name.
     let err = fine_tune(
         job(
             base.path(),
@@ -317,6 +340,25 @@ fn a_saved_image_model_loads_and_predicts_as_the_trained_one() {
     for (a, b) in single.iter().zip(&theirs) {
         assert!((a - b).abs() <= 1e-5);
     }
+
+    // Evaluation on labelled images scores what predict_images answers.
+    let labelled = class_data(&sample(&all, CLASSES, 3, 20), CLASSES);
+    let metrics = loaded.evaluate(&labelled, 4).expect("evaluate");
+    assert_eq!(metrics.examples, 9);
+    let predicted = loaded.predict_images(&labelled.images, 4).expect("predict");
+    let truth = match &labelled.labels {
+        Targets::Single(t) => t.clone(),
+        other => panic!("{other:?}"),
+    };
+    let right = predicted
+        .iter()
+        .zip(&truth)
+        .filter(|(p, &t)| p.label() == Some(class_names(CLASSES)[t].as_str()))
+        .count();
+    assert!(
+        (metrics.accuracy - right as f64 / 9.0).abs() < 1e-9,
+        "{metrics:?}"
+    );
 
     let mut bad = inputs[..3].to_vec();
     bad[1] = b"not an image".to_vec();
