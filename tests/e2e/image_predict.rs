@@ -81,6 +81,8 @@ async fn image_inputs_are_checked_and_the_one_at_fault_is_named() {
     let form = reqwest::multipart::Form::new().part("image", file(png(1), "a.png"));
     let (status, err) = multipart(&s, form).await;
     assert_eq!(status, 404, "{err}");
-    let (status, err) = s.post_json(PATH, &json!({"inputs": [{"image": good}]})).await;
+    let (status, err) = s
+        .post_json(PATH, &json!({"inputs": [{"image": good}]}))
+        .await;
     assert_eq!(status, 404, "{err}");
 }

@@ -5,6 +5,7 @@
 use std::io::{Cursor, Write};
 use std::time::{Duration, Instant};
 
+use base64::Engine;
 use hone_train::test_images::{read_fashion_mnist_test, LabelledImage};
 use rand::rngs::StdRng;
 use rand::seq::SliceRandom;
@@ -160,6 +161,59 @@ async fn feature_extraction_on_lite0_learns_fashion_mnist_from_a_zip() {
     let mut expected = CLASSES.to_vec();
     expected.sort_unstable();
     assert_eq!(labels, expected, "{model}");
+    // The published model classifies the held-out images as its evaluation did: as
+    // base64 in JSON, and as files in a multipart form (the same answers).
+    let encoded: Vec<Value> = held_out
+        .iter()
+        .map(|i| json!({"image": base64::engine::general_purpose::STANDARD.encode(i.png().expect("png"))}))
+        .collect();
+    let path = format!("/v1/models/{model_id}/predict");
+    let (status, answer) = s.post_json(&path, &json!({"inputs": encoded})).await;
+    assert_eq!(status, 200, "{answer}");
+    let predicted: Vec<&str> = answer["predictions"]
+        .as_array()
+        .expect("predictions")
+        .iter()
+        .map(|p| p["label"].as_str().expect("label"))
+        .collect();
+    assert_eq!(predicted.len(), held_out.len());
+    let right = predicted
+        .iter()
+        .zip(&held_out)
+        .filter(|(p, i)| **p == CLASSES[i.label as usize])
+        .count();
+    let served = right as f64 / held_out.len() as f64;
+    assert!(
+        (served - accuracy).abs() <= 0.02,
+        "served accuracy {served}, evaluation {accuracy}"
+    );
+    let mut form = reqwest::multipart::Form::new();
+    for (i, image) in held_out.iter().take(8).enumerate() {
+        form = form.part(
+            "image",
+            reqwest::multipart::Part::bytes(image.png().expect("png"))
+                .file_name(format!("{i}.png")),
+        );
+    }
+    let r = s
+        .client
+        .post(s.url(&path))
+        .multipart(form)
+        .send()
+        .await
+        .expect("POST");
+    assert_eq!(r.status().as_u16(), 200);
+    let files: Value = r.json().await.expect("json");
+    let from_files: Vec<&str> = files["predictions"]
+        .as_array()
+        .expect("predictions")
+        .iter()
+        .map(|p| p["label"].as_str().expect("label"))
+        .collect();
+    assert_eq!(from_files, predicted[..8], "{files}");
+    // A text model's inputs on an image model name the mismatch.
+    let (status, err) = s.post_json(&path, &json!({"inputs": ["a text"]})).await;
+    assert_eq!(status, 400, "{err}");
 }
 
 /// `auto` on images: with few examples a class it keeps the pretrained backbone frozen

@@ -6,9 +6,9 @@ use axum::http::header;
 use axum::Json;
 use std::collections::BTreeMap;
 
+use hone_domain::dataset::images::{check_image, decode_base64, Refusal};
 use hone_domain::resources::ModelObject;
 use hone_domain::Page;
-use hone_domain::dataset::images::{check_image, decode_base64, Refusal};
 use hone_serving::{ClassPrediction, PredictInputs, Prediction};
 use hone_store::StoreError;
 use serde::{Deserialize, Serialize};

@@ -92,17 +92,12 @@ impl PredictInputs {
                 (PredictInputs::Texts(m), PredictInputs::Texts(t)) => m.extend(t.iter().cloned()),
                 (
                     PredictInputs::Pairs { texts, pairs },
-                    PredictInputs::Pairs {
-                        texts: t,
-                        pairs: p,
-                    },
+                    PredictInputs::Pairs { texts: t, pairs: p },
                 ) => {
                     texts.extend(t.iter().cloned());
                     pairs.extend(p.iter().cloned());
                 }
-                (PredictInputs::Images(m), PredictInputs::Images(i)) => {
-                    m.extend(i.iter().cloned())
-                }
+                (PredictInputs::Images(m), PredictInputs::Images(i)) => m.extend(i.iter().cloned()),
                 _ => {}
             }
         }
@@ -245,7 +240,8 @@ fn predict_batch(
         Ok(predictions) => {
             let mut predictions = predictions.into_iter();
             for request in batch {
-                let own: Vec<Prediction> = predictions.by_ref().take(request.inputs.len()).collect();
+                let own: Vec<Prediction> =
+                    predictions.by_ref().take(request.inputs.len()).collect();
                 let _ = request.reply.send(Ok(own));
             }
         }
@@ -285,7 +281,7 @@ fn predict_one(
         PredictInputs::Images(images) => classifier.predict_images(images, config.batch_size),
     };
     predictions.map_err(|e| match e {
-            hone_train::TrainError::InvalidInput(m) => ServingError::BadInput(m),
-            other => ServingError::Predict(other.to_string()),
-        })
+        hone_train::TrainError::InvalidInput(m) => ServingError::BadInput(m),
+        other => ServingError::Predict(other.to_string()),
+    })
 }
