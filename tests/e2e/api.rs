@@ -207,9 +207,19 @@ async fn job_requests_are_validated_with_the_field_at_fault() {
             "base_model",
         ),
         (
-            // A text file on an image model.
+            // An image model on a text file: the file's modality is at fault.
             json!({"base_model": "efficientnet-lite0", "training_file": fid}),
             "training_file",
+        ),
+        (
+            // An image model has no token limit.
+            json!({"base_model": "efficientnet-lite0", "training_file": fid, "hyperparameters": {"max_seq_len": 64}}),
+            "hyperparameters.max_seq_len",
+        ),
+        (
+            // Augmentation is for images.
+            json!({"base_model": "all-MiniLM-L6-v2", "training_file": fid, "hyperparameters": {"augment": false}}),
+            "hyperparameters.augment",
         ),
         (
             json!({"base_model": "all-MiniLM-L6-v2", "training_file": "file-00000000000000000000000000000000"}),

@@ -13,7 +13,7 @@ use zip::ZipWriter;
 use crate::support::TestServer;
 
 /// An 8×8 PNG (sklearn digits' size, the smallest the default bounds admit).
-fn png(shade: u8) -> Vec<u8> {
+pub fn png(shade: u8) -> Vec<u8> {
     let pixels = RgbImage::from_fn(8, 8, |x, y| {
         image::Rgb([shade, (x * 30) as u8, (y * 30) as u8])
     });
@@ -179,8 +179,8 @@ async fn an_image_file_cannot_train_a_text_model_or_be_scored_for_transferabilit
         message.contains("image") && message.contains("text model"),
         "{message:?} should name both modalities"
     );
-    // The other way round: a text file on the image base model, which jobs refuse
-    // anyway until image training is wired, is told it has the wrong modality.
+    // The other way round: a text file on the image base model is told it has the
+    // wrong modality.
     let text = b"{\"text\":\"a\",\"label\":\"x\"}\n{\"text\":\"b\",\"label\":\"y\"}\n";
     let (status, text_file) = s.upload("t.jsonl", text.to_vec()).await;
     assert_eq!(status, 200, "{text_file}");

@@ -6,6 +6,8 @@ mod api;
 mod docs;
 mod fuzz;
 mod image_files;
+mod image_predict;
+mod images;
 mod isolation;
 mod kill;
 mod load;

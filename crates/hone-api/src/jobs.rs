@@ -137,31 +137,17 @@ async fn create_job(
                 ),
             )
         })?;
-    // Only text models have a sequence length; the trainer does not take image models
-    // yet, and a job it can only fail is refused here rather than queued.
-    let Some(max_seq_len) = base.max_seq_len else {
-        // A file of the other modality is the mistake to name first: it stays one
-        // when image training arrives.
-        if let Ok(training) =
-            lookup_file(&state, &project, &req.training_file, "training_file").await
-        {
-            check_modality(&training, &base, "training_file")?;
-        }
-        return Err(ApiError::invalid(
-            "base_model",
-            "unsupported_base_model",
-            format!(
-                "{:?} is an {} model; fine-tuning supports text base models so far",
-                base.id, base.modality
-            ),
-        ));
-    };
     let method = req
         .method
         .validate(u32::try_from(base.layers).unwrap_or(u32::MAX))?;
-    let hyperparameters = req
-        .hyperparameters
-        .validate(u32::try_from(max_seq_len).unwrap_or(u32::MAX), method.kind)?;
+    // Only text models have a sequence length; an image model refuses the text-only
+    // hyperparameters by name.
+    let hyperparameters = match base.max_seq_len {
+        Some(max_seq_len) => req
+            .hyperparameters
+            .validate(u32::try_from(max_seq_len).unwrap_or(u32::MAX), method.kind)?,
+        None => req.hyperparameters.validate_image(method.kind)?,
+    };
     if let Some(suffix) = &req.suffix {
         validate_suffix(suffix)?;
     }

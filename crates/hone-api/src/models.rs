@@ -1,13 +1,15 @@
 //! `/v1/models`: published fine-tuned models, and predictions with them.
 
 use axum::extract::rejection::QueryRejection;
-use axum::extract::{Path, Query, State};
+use axum::extract::{FromRequest, Multipart, Path, Query, Request, State};
+use axum::http::header;
 use axum::Json;
 use std::collections::BTreeMap;
 
+use hone_domain::dataset::images::{check_image, decode_base64, Refusal};
 use hone_domain::resources::ModelObject;
 use hone_domain::Page;
-use hone_serving::{ClassPrediction, Prediction};
+use hone_serving::{ClassPrediction, PredictInputs, Prediction};
 use hone_store::StoreError;
 use serde::{Deserialize, Serialize};
 use utoipa::ToSchema;
@@ -44,12 +46,82 @@ pub struct PredictRequest {
     pub inputs: Vec<PredictInput>,
 }
 
-/// One input: a text, or a text pair.
+/// One input: a text, a text pair, or an image.
 #[derive(Debug, Deserialize, ToSchema)]
 #[serde(untagged)]
 pub enum PredictInput {
     Text(String),
     Pair(TextPair),
+    Image(ImageInput),
+}
+
+#[derive(Debug, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct ImageInput {
+    /// A PNG or JPEG image, base64 (standard alphabet; padding optional; a
+    /// `data:image/…;base64,` prefix is accepted).
+    #[schema(example = "iVBORw0KGgoAAAANSUhEUgAAAAgAAAAI…")]
+    pub image: String,
+}
+
+/// The multipart form of a predict request with image files (documentation only: the
+/// handler reads it).
+#[allow(dead_code)]
+#[derive(ToSchema)]
+struct PredictForm {
+    /// One or more PNG or JPEG files; repeat the field for several images. Answers
+    /// come in the order of the fields.
+    #[schema(value_type = Vec<String>, format = Binary)]
+    image: Vec<Vec<u8>>,
+}
+
+/// A predict request: JSON, or a multipart form of image files.
+pub enum PredictBody {
+    Json(PredictRequest),
+    Images(Vec<Vec<u8>>),
+}
+
+impl FromRequest<AppState> for PredictBody {
+    type Rejection = ApiError;
+
+    async fn from_request(req: Request, state: &AppState) -> Result<Self, ApiError> {
+        let multipart = req
+            .headers()
+            .get(header::CONTENT_TYPE)
+            .and_then(|v| v.to_str().ok())
+            .is_some_and(|v| v.starts_with("multipart/form-data"));
+        if !multipart {
+            let ApiJson(body) = ApiJson::from_request(req, state).await?;
+            return Ok(PredictBody::Json(body));
+        }
+        let mut form = Multipart::from_request(req, state)
+            .await
+            .map_err(|e| ApiError::new(e.status(), "invalid_multipart", e.body_text()))?;
+        let max = state.settings.max_predict_inputs;
+        let mut images = Vec::new();
+        while let Some(field) = form.next_field().await? {
+            if field.name() != Some("image") {
+                return Err(ApiError::invalid(
+                    field.name().unwrap_or("form").to_owned(),
+                    "unknown_field",
+                    "the form takes `image` files only; repeat the field for several images",
+                ));
+            }
+            if images.len() == max {
+                return Err(too_many_inputs(max));
+            }
+            images.push(field.bytes().await?.to_vec());
+        }
+        Ok(PredictBody::Images(images))
+    }
+}
+
+fn too_many_inputs(max: usize) -> ApiError {
+    ApiError::invalid(
+        "inputs",
+        "too_many_inputs",
+        format!("at most {max} inputs per request"),
+    )
 }
 
 #[derive(Debug, Deserialize, ToSchema)]
@@ -214,96 +286,148 @@ async fn delete_model(
     }))
 }
 
-/// Classify texts with a fine-tuned model.
+/// Classify texts or images with a fine-tuned model.
 ///
 /// Returns, for each input, the most probable label, its probability and every
-/// label's probability. The model is loaded on first use and kept in memory.
+/// label's probability. Send JSON (texts, text pairs, or base64 images), or a
+/// multipart form with one `image` file per input. The model is loaded on first use
+/// and kept in memory.
 #[utoipa::path(post, path = "/v1/models/{model}/predict", tag = "models",
     params(("model" = String, Path, description = "The model's id, `ft:...`")),
-    request_body = PredictRequest,
+    request_body(content(
+        (PredictRequest = "application/json"),
+        (PredictForm = "multipart/form-data"))),
     responses(
         (status = 200, description = "One prediction per input", body = PredictResponse),
-        (status = 400, description = "Invalid inputs", body = ErrorResponse),
+        (status = 400, description = "Invalid inputs; `param` names the input at fault", body = ErrorResponse),
         (status = 404, description = "No such model", body = ErrorResponse),
-        (status = 415, description = "The body is not JSON", body = ErrorResponse),
+        (status = 413, description = "The body is over the size limit", body = ErrorResponse),
+        (status = 415, description = "The body is neither JSON nor a multipart form", body = ErrorResponse),
         (status = 429, description = "Too many predictions in flight; retry after `Retry-After` seconds", body = ErrorResponse)))]
 async fn predict(
     State(state): State<AppState>,
     project: Project,
     Path(id): Path<String>,
-    ApiJson(req): ApiJson<PredictRequest>,
+    body: PredictBody,
 ) -> Result<Json<PredictResponse>, ApiError> {
-    let settings = &state.settings;
-    if req.inputs.is_empty() {
-        return Err(ApiError::invalid(
-            "inputs",
-            "empty",
-            "send at least one input",
-        ));
-    }
-    if req.inputs.len() > settings.max_predict_inputs {
-        return Err(ApiError::invalid(
-            "inputs",
-            "too_many_inputs",
-            format!("at most {} inputs per request", settings.max_predict_inputs),
-        ));
-    }
-    let is_pair = |input: &PredictInput| matches!(input, PredictInput::Pair(_));
-    let pairs = is_pair(&req.inputs[0]);
-    if let Some(i) = req.inputs.iter().position(|input| is_pair(input) != pairs) {
-        return Err(ApiError::invalid(
-            format!("inputs[{i}]"),
-            "mixed_inputs",
-            "inputs must be all texts or all text pairs",
-        ));
-    }
-    let too_long = |input: &PredictInput| match input {
-        PredictInput::Text(t) => t.chars().count() > settings.max_predict_chars,
-        PredictInput::Pair(p) => {
-            p.text.chars().count() + p.text_pair.chars().count() > settings.max_predict_chars
+    let inputs = match body {
+        PredictBody::Json(req) => json_inputs(&state, req.inputs).await?,
+        PredictBody::Images(images) => {
+            check_count(&state, images.len())?;
+            let raw = images.into_iter().map(RawImage::Bytes).collect();
+            PredictInputs::Images(checked_images(&state, raw).await?)
         }
     };
-    if let Some(i) = req.inputs.iter().position(too_long) {
-        return Err(ApiError::invalid(
-            format!("inputs[{i}]"),
-            "input_too_long",
-            format!(
-                "inputs are at most {} characters",
-                settings.max_predict_chars
-            ),
-        ));
-    }
     let model = state
         .db
         .get_model(&project.id, &id)
         .await
         .map_err(not_found_as(&id))?;
     let dir = state.artifacts.local_dir(&model.storage_key).await?;
-    let (texts, text_pairs) = if pairs {
-        req.inputs
-            .into_iter()
-            .filter_map(|input| match input {
-                PredictInput::Pair(p) => Some((p.text, p.text_pair)),
-                PredictInput::Text(_) => None,
-            })
-            .unzip()
-    } else {
-        let texts = req
-            .inputs
-            .into_iter()
-            .filter_map(|input| match input {
-                PredictInput::Text(t) => Some(t),
-                PredictInput::Pair(_) => None,
-            })
-            .collect();
-        (texts, Vec::new())
-    };
-    let predictions = state
-        .predictor
-        .predict(&id, dir, texts, pairs.then_some(text_pairs))
-        .await?;
+    let predictions = state.predictor.predict(&id, dir, inputs).await?;
     Ok(Json(PredictResponse {
         model: id,
         predictions: predictions.into_iter().map(PredictionOut::from).collect(),
     }))
+}
+
+fn check_count(state: &AppState, n: usize) -> Result<(), ApiError> {
+    if n == 0 {
+        return Err(ApiError::invalid(
+            "inputs",
+            "empty",
+            "send at least one input",
+        ));
+    }
+    let max = state.settings.max_predict_inputs;
+    if n > max {
+        return Err(too_many_inputs(max));
+    }
+    Ok(())
+}
+
+fn input_error(i: usize, (kind, message): Refusal) -> ApiError {
+    ApiError::invalid(
+        format!("inputs[{i}]"),
+        kind.code(),
+        format!("input {i}: {message}"),
+    )
+}
+
+/// An image as the request sent it.
+enum RawImage {
+    Base64(String),
+    Bytes(Vec<u8>),
+}
+
+/// Decodes and checks every image as uploads are checked (a PNG or JPEG by its bytes,
+/// within the size bounds, decodable), off the async threads.
+async fn checked_images(state: &AppState, raw: Vec<RawImage>) -> Result<Vec<Vec<u8>>, ApiError> {
+    let limits = state.settings.dataset_limits.clone();
+    tokio::task::spawn_blocking(move || {
+        raw.into_iter()
+            .enumerate()
+            .map(|(i, image)| {
+                match image {
+                    RawImage::Base64(encoded) => decode_base64(&encoded, &limits),
+                    RawImage::Bytes(bytes) => check_image(&bytes, &limits).map(|()| bytes),
+                }
+                .map_err(|refusal| input_error(i, refusal))
+            })
+            .collect()
+    })
+    .await
+    .map_err(|e| ApiError::internal("image checks", &e))?
+}
+
+/// The inputs of a JSON request, all of one kind, each within the limits.
+async fn json_inputs(
+    state: &AppState,
+    inputs: Vec<PredictInput>,
+) -> Result<PredictInputs, ApiError> {
+    check_count(state, inputs.len())?;
+    let kind = |input: &PredictInput| match input {
+        PredictInput::Text(_) => 0,
+        PredictInput::Pair(_) => 1,
+        PredictInput::Image(_) => 2,
+    };
+    let first = kind(&inputs[0]);
+    if let Some(i) = inputs.iter().position(|input| kind(input) != first) {
+        return Err(ApiError::invalid(
+            format!("inputs[{i}]"),
+            "mixed_inputs",
+            "inputs must be all texts, all text pairs or all images",
+        ));
+    }
+    let max_chars = state.settings.max_predict_chars;
+    let too_long = |input: &PredictInput| match input {
+        PredictInput::Text(t) => t.chars().count() > max_chars,
+        PredictInput::Pair(p) => p.text.chars().count() + p.text_pair.chars().count() > max_chars,
+        PredictInput::Image(_) => false,
+    };
+    if let Some(i) = inputs.iter().position(too_long) {
+        return Err(ApiError::invalid(
+            format!("inputs[{i}]"),
+            "input_too_long",
+            format!("inputs are at most {max_chars} characters"),
+        ));
+    }
+    let mut texts = Vec::new();
+    let mut pairs = Vec::new();
+    let mut images = Vec::new();
+    for input in inputs {
+        match input {
+            PredictInput::Text(t) => texts.push(t),
+            PredictInput::Pair(p) => {
+                texts.push(p.text);
+                pairs.push(p.text_pair);
+            }
+            PredictInput::Image(image) => images.push(RawImage::Base64(image.image)),
+        }
+    }
+    Ok(match first {
+        0 => PredictInputs::Texts(texts),
+        1 => PredictInputs::Pairs { texts, pairs },
+        _ => PredictInputs::Images(checked_images(state, images).await?),
+    })
 }

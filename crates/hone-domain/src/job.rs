@@ -100,6 +100,12 @@ pub struct Method {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schema(read_only)]
     pub chosen: Option<ChosenMethod>,
+    /// The from-scratch baseline: the base model's architecture from random weights,
+    /// trained as `type` says (`full` is the usual baseline). Its validation metrics
+    /// next to a pretrained job's on the same data are what transfer is worth there.
+    /// Not with `auto`. Default `false`.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub from_scratch: bool,
 }
 
 /// What `auto` decided.
@@ -121,6 +127,13 @@ impl Method {
             return Err(ValidationError::new(
                 "method.chosen",
                 "is set by the server for `auto` jobs; leave it out",
+            ));
+        }
+        if self.from_scratch && self.kind == MethodType::Auto {
+            return Err(ValidationError::new(
+                "method.from_scratch",
+                "`auto` picks how to transfer pretrained weights; name a strategy for a \
+                 from-scratch baseline",
             ));
         }
         match (self.kind, self.frozen_layers) {
@@ -181,9 +194,15 @@ pub fn choose_method(e: &AutoEvidence) -> ChosenMethod {
     let probe = e.probe_macro_f1.map_or(String::new(), |f| {
         format!("; a linear probe on frozen features reaches macro-F1 {f:.3}")
     });
+    // Images have no tokens (the worker passes 0): their evidence leaves them out.
+    let tokens = if e.mean_tokens > 0.0 {
+        format!(", {:.0} tokens on average", e.mean_tokens)
+    } else {
+        String::new()
+    };
     let data = format!(
-        "{} training examples in {} classes, {} in the smallest, {:.0} tokens on average{probe}",
-        e.examples, e.classes, e.smallest_class, e.mean_tokens
+        "{} training examples in {} classes, {} in the smallest{tokens}{probe}",
+        e.examples, e.classes, e.smallest_class
     );
     let half = e.model_layers / 2;
     let (kind, frozen_layers, why) = if e.smallest_class < AUTO_MIN_CLASS_EXAMPLES {
@@ -359,6 +378,12 @@ pub struct HyperparametersInput {
     /// 1. Default: every task weighs 1.
     #[schema(example = json!({"sentiment": 1.0, "topic": 0.5}))]
     pub task_weights: Option<BTreeMap<String, f64>>,
+    /// Image base models only: train `full` and `partial` on a random resized crop and
+    /// horizontal flip of each image, drawn anew every epoch (`feature_extraction`
+    /// computes its features once, on the centre crop, and never augments). Turn it off
+    /// for images whose orientation carries the label (digits, text). Default `true`.
+    #[schema(example = true)]
+    pub augment: Option<bool>,
 }
 
 /// Hyperparameters with every default filled in and every bound checked; stored with
@@ -391,6 +416,10 @@ pub struct Hyperparameters {
     /// Multi-task: the weights the request gave; tasks not named weigh 1.
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub task_weights: BTreeMap<String, f64>,
+    /// Image jobs: random crops and flips in training (see the request field); always
+    /// `false` for text, as for every job stored before images.
+    #[serde(default)]
+    pub augment: bool,
     /// The fields that took their default rather than a value from the request. An
     /// `auto` job re-derives these once it has chosen its strategy.
     #[serde(default)]
@@ -429,6 +458,7 @@ impl Hyperparameters {
             early_stopping_patience: 0,
             early_stopping_metric: MonitorMetric::Loss,
             task_weights: BTreeMap::new(),
+            augment: false,
             defaulted: Vec::new(),
         }
     }
@@ -465,9 +495,45 @@ impl Hyperparameters {
 }
 
 impl HyperparametersInput {
-    /// `model_max_len` is the base model's position limit, the upper bound of
-    /// `max_seq_len`; `method` picks the defaults.
+    /// For a text base model: `model_max_len` is its position limit, the upper bound
+    /// of `max_seq_len`; `method` picks the defaults.
     pub fn validate(
+        &self,
+        model_max_len: u32,
+        method: MethodType,
+    ) -> Result<Hyperparameters, ValidationError> {
+        if self.augment.is_some() {
+            return Err(ValidationError::new(
+                "hyperparameters.augment",
+                "applies to image base models only",
+            ));
+        }
+        self.validate_common(model_max_len, method)
+    }
+
+    /// For an image base model, which has no token limit or pooling choice and takes a
+    /// linear head: the fields that only mean something for text are refused by name
+    /// rather than silently ignored. `max_seq_len` is stored as 0.
+    pub fn validate_image(&self, method: MethodType) -> Result<Hyperparameters, ValidationError> {
+        let text_only = [
+            ("max_seq_len", self.max_seq_len.is_some()),
+            ("pooling", self.pooling.is_some()),
+            ("head", self.head.is_some_and(|h| h != HeadType::Linear)),
+        ];
+        if let Some((name, _)) = text_only.iter().find(|(_, given)| *given) {
+            return Err(ValidationError::new(
+                format!("hyperparameters.{name}"),
+                "applies to text base models only (an image model's input size and \
+                 preprocessing come from the base model, and its head is linear)",
+            ));
+        }
+        let mut hp = self.validate_common(u32::MAX, method)?;
+        hp.max_seq_len = 0;
+        hp.augment = self.augment.unwrap_or(true);
+        Ok(hp)
+    }
+
+    fn validate_common(
         &self,
         model_max_len: u32,
         method: MethodType,
@@ -580,6 +646,7 @@ impl HyperparametersInput {
                 .early_stopping_metric
                 .unwrap_or(d.early_stopping_metric),
             task_weights,
+            augment: false,
             defaulted,
         })
     }
@@ -606,6 +673,58 @@ pub fn validate_suffix(suffix: &str) -> Result<(), ValidationError> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn image_models_refuse_text_fields_and_take_augment() {
+        let hp = HyperparametersInput::default()
+            .validate_image(MethodType::Full)
+            .expect("defaults are valid");
+        assert_eq!((hp.max_seq_len, hp.augment), (0, true));
+        let off = HyperparametersInput {
+            augment: Some(false),
+            ..HyperparametersInput::default()
+        };
+        assert!(!off.validate_image(MethodType::Full).expect("valid").augment);
+        let err = off.validate(512, MethodType::Full).expect_err("text");
+        assert_eq!(err.param, "hyperparameters.augment");
+        for (input, param) in [
+            (
+                HyperparametersInput {
+                    max_seq_len: Some(64),
+                    ..HyperparametersInput::default()
+                },
+                "hyperparameters.max_seq_len",
+            ),
+            (
+                HyperparametersInput {
+                    pooling: Some(PoolingType::Cls),
+                    ..HyperparametersInput::default()
+                },
+                "hyperparameters.pooling",
+            ),
+            (
+                HyperparametersInput {
+                    head: Some(HeadType::Mlp),
+                    ..HyperparametersInput::default()
+                },
+                "hyperparameters.head",
+            ),
+        ] {
+            let err = input
+                .validate_image(MethodType::Full)
+                .expect_err("text-only field");
+            assert_eq!(err.param, param);
+        }
+        // Text jobs never augment, nor did any job stored before the field existed.
+        let text = HyperparametersInput::default()
+            .validate(512, MethodType::Full)
+            .expect("valid");
+        assert!(!text.augment);
+        let mut stored = serde_json::to_value(Hyperparameters::default()).expect("json");
+        stored.as_object_mut().expect("object").remove("augment");
+        let back: Hyperparameters = serde_json::from_value(stored).expect("reads");
+        assert!(!back.augment);
+    }
 
     #[test]
     fn defaults_fill_missing_fields() {
@@ -716,7 +835,7 @@ mod tests {
         let partial = |k| Method {
             kind: MethodType::Partial,
             frozen_layers: k,
-            chosen: None,
+            ..Method::default()
         };
         assert_eq!(
             partial(None).validate(6).expect("ok").frozen_layers,
@@ -737,16 +856,29 @@ mod tests {
         );
         let chosen = Method {
             kind: MethodType::Auto,
-            frozen_layers: None,
             chosen: Some(ChosenMethod {
                 kind: MethodType::Full,
                 frozen_layers: None,
                 reason: "x".into(),
             }),
+            ..Method::default()
         };
         assert_eq!(
             chosen.validate(6).expect_err("chosen").param,
             "method.chosen"
+        );
+        let scratch = |kind| Method {
+            kind,
+            from_scratch: true,
+            ..Method::default()
+        };
+        assert!(scratch(MethodType::Full).validate(6).is_ok());
+        assert_eq!(
+            scratch(MethodType::Auto)
+                .validate(6)
+                .expect_err("auto")
+                .param,
+            "method.from_scratch"
         );
     }
 

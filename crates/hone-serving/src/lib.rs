@@ -46,11 +46,69 @@ pub enum ServingError {
     Predict(String),
 }
 
+/// What one request asks a model to classify: one kind of input per request, the
+/// kind the model was trained on.
+#[derive(Debug, Clone, PartialEq)]
+pub enum PredictInputs {
+    Texts(Vec<String>),
+    /// `texts[i]` with `pairs[i]`, for models trained on text pairs.
+    Pairs {
+        texts: Vec<String>,
+        pairs: Vec<String>,
+    },
+    /// Encoded PNG or JPEG images, for image models.
+    Images(Vec<Vec<u8>>),
+}
+
+impl PredictInputs {
+    pub fn len(&self) -> usize {
+        match self {
+            PredictInputs::Texts(t) | PredictInputs::Pairs { texts: t, .. } => t.len(),
+            PredictInputs::Images(i) => i.len(),
+        }
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// Whether `other` can share forward passes with these inputs.
+    fn same_kind(&self, other: &PredictInputs) -> bool {
+        std::mem::discriminant(self) == std::mem::discriminant(other)
+    }
+
+    /// All requests' inputs in order, as one (all of the first one's kind).
+    fn concat<'a>(all: impl IntoIterator<Item = &'a PredictInputs> + Clone) -> PredictInputs {
+        let mut merged = match all.clone().into_iter().next() {
+            Some(PredictInputs::Pairs { .. }) => PredictInputs::Pairs {
+                texts: Vec::new(),
+                pairs: Vec::new(),
+            },
+            Some(PredictInputs::Images(_)) => PredictInputs::Images(Vec::new()),
+            _ => PredictInputs::Texts(Vec::new()),
+        };
+        for inputs in all {
+            match (&mut merged, inputs) {
+                (PredictInputs::Texts(m), PredictInputs::Texts(t)) => m.extend(t.iter().cloned()),
+                (
+                    PredictInputs::Pairs { texts, pairs },
+                    PredictInputs::Pairs { texts: t, pairs: p },
+                ) => {
+                    texts.extend(t.iter().cloned());
+                    pairs.extend(p.iter().cloned());
+                }
+                (PredictInputs::Images(m), PredictInputs::Images(i)) => m.extend(i.iter().cloned()),
+                _ => {}
+            }
+        }
+        merged
+    }
+}
+
 struct Request {
     model_id: String,
     model_dir: PathBuf,
-    texts: Vec<String>,
-    pairs: Option<Vec<String>>,
+    inputs: PredictInputs,
     reply: oneshot::Sender<Result<Vec<Prediction>, ServingError>>,
     /// Held until the request is answered; `None` for a merged batch, whose requests
     /// hold their own.
@@ -90,13 +148,11 @@ impl Predictor {
     }
 
     /// Predicts with the model published in `model_dir`, loading it on first use.
-    /// `pairs` holds the second text of every input, for models trained on pairs.
     pub async fn predict(
         &self,
         model_id: &str,
         model_dir: PathBuf,
-        texts: Vec<String>,
-        pairs: Option<Vec<String>>,
+        inputs: PredictInputs,
     ) -> Result<Vec<Prediction>, ServingError> {
         let permit = self
             .admission
@@ -108,8 +164,7 @@ impl Predictor {
             .send(Message::Predict(Request {
                 model_id: model_id.to_owned(),
                 model_dir,
-                texts,
-                pairs,
+                inputs,
                 reply,
                 _permit: Some(permit),
             }))
@@ -140,14 +195,13 @@ fn run(config: ServingConfig, rx: mpsc::Receiver<Message>) {
         // this one's forward passes (up to a batch of inputs): under concurrent load
         // the thread runs full batches instead of one small request at a time.
         let mut batch = vec![first];
-        let mut inputs = batch[0].texts.len();
+        let mut inputs = batch[0].inputs.len();
         while inputs < config.batch_size {
             match rx.try_recv() {
                 Ok(Message::Predict(r))
-                    if r.model_id == batch[0].model_id
-                        && r.pairs.is_some() == batch[0].pairs.is_some() =>
+                    if r.model_id == batch[0].model_id && r.inputs.same_kind(&batch[0].inputs) =>
                 {
-                    inputs += r.texts.len();
+                    inputs += r.inputs.len();
                     batch.push(r);
                 }
                 Ok(other) => {
@@ -178,13 +232,7 @@ fn predict_batch(
     let merged = Request {
         model_id: batch[0].model_id.clone(),
         model_dir: batch[0].model_dir.clone(),
-        texts: batch.iter().flat_map(|r| r.texts.iter().cloned()).collect(),
-        pairs: batch[0].pairs.as_ref().map(|_| {
-            batch
-                .iter()
-                .flat_map(|r| r.pairs.iter().flatten().cloned())
-                .collect()
-        }),
+        inputs: PredictInputs::concat(batch.iter().map(|r| &r.inputs)),
         reply: oneshot::channel().0,
         _permit: None,
     };
@@ -192,7 +240,8 @@ fn predict_batch(
         Ok(predictions) => {
             let mut predictions = predictions.into_iter();
             for request in batch {
-                let own: Vec<Prediction> = predictions.by_ref().take(request.texts.len()).collect();
+                let own: Vec<Prediction> =
+                    predictions.by_ref().take(request.inputs.len()).collect();
                 let _ = request.reply.send(Ok(own));
             }
         }
@@ -224,10 +273,15 @@ fn predict_one(
     let classifier = cache
         .get(&request.model_id)
         .ok_or_else(|| ServingError::Predict("model vanished from the cache".into()))?;
-    classifier
-        .predict_inputs(&request.texts, request.pairs.as_deref(), config.batch_size)
-        .map_err(|e| match e {
-            hone_train::TrainError::InvalidInput(m) => ServingError::BadInput(m),
-            other => ServingError::Predict(other.to_string()),
-        })
+    let predictions = match &request.inputs {
+        PredictInputs::Texts(texts) => classifier.predict_inputs(texts, None, config.batch_size),
+        PredictInputs::Pairs { texts, pairs } => {
+            classifier.predict_inputs(texts, Some(pairs), config.batch_size)
+        }
+        PredictInputs::Images(images) => classifier.predict_images(images, config.batch_size),
+    };
+    predictions.map_err(|e| match e {
+        hone_train::TrainError::InvalidInput(m) => ServingError::BadInput(m),
+        other => ServingError::Predict(other.to_string()),
+    })
 }

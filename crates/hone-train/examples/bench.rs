@@ -193,7 +193,10 @@ fn main() -> anyhow::Result<()> {
     let num_labels = classifier.labels().len();
     let predict = |texts: &[String]| -> Result<Vec<f32>, TrainError> {
         tch::no_grad(|| {
-            let encoded = classifier.tokenizer().encode(texts)?;
+            let encoded = classifier
+                .tokenizer()
+                .ok_or_else(|| TrainError::InvalidInput("a text model".into()))?
+                .encode(texts)?;
             let items: Vec<&Encoded> = encoded.iter().collect();
             let batch = pad_to(collate(&items, pad_id, device)?, seq_len, pad_id)?;
             let probs = classifier
@@ -320,6 +323,7 @@ fn publish_and_load(
     }
     ModelMeta {
         format_version: MODEL_META_VERSION,
+        modality: Default::default(),
         architecture: bert_config.model_type.clone(),
         pooling: Pooling::Mean,
         head: HeadType::Linear,

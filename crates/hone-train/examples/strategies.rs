@@ -220,6 +220,7 @@ fn run_strategy(
             texts: plan.train.texts.clone(),
             text_pairs: None,
             labels: plan.train.labels.clone().into(),
+            ..TrainData::default()
         },
         validation: None,
         config,

@@ -11,7 +11,7 @@
 use std::io::Read;
 use std::path::Path;
 
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 
 use crate::bert::BertConfig;
 use crate::classifier::{CONFIG_FILE, WEIGHTS_FILE};
@@ -20,9 +20,11 @@ use crate::error::TrainError;
 use crate::tokenize::TOKENIZER_FILE;
 
 /// What a base model reads.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum Modality {
+    /// The default of `hone_model.json` files written before images existed.
+    #[default]
     Text,
     Image,
 }

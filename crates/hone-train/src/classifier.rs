@@ -14,6 +14,7 @@ use tch::{nn, Tensor};
 
 pub use hone_domain::job::{HeadType, PoolingType as Pooling};
 
+use crate::base_model::Modality;
 use crate::bert::{mean_pool, BertConfig, BertModel, Linear, WeightInit};
 use crate::error::TrainError;
 use crate::objective::{Objective, TaskSpec};
@@ -29,9 +30,9 @@ pub const CONFIG_FILE: &str = "config.json";
 /// What hone adds to a published model directory so it can be served.
 pub const MODEL_META_FILE: &str = "hone_model.json";
 /// The `format_version` this crate writes; it reads every version since 1 (version 1
-/// had neither `head` nor a pooling other than mean, version 2 no task type: the
-/// defaults describe them).
-pub const MODEL_META_VERSION: u32 = 3;
+/// had neither `head` nor a pooling other than mean, version 2 no task type, version 3
+/// no modality: the defaults describe them).
+pub const MODEL_META_VERSION: u32 = 4;
 
 /// `hone_model.json`: what a published directory needs besides the base model's files
 /// to be served — the label order of the head and how inputs were cut. The worker
@@ -40,6 +41,9 @@ pub const MODEL_META_VERSION: u32 = 3;
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct ModelMeta {
     pub format_version: u32,
+    /// What the model reads; text for every file before version 4.
+    #[serde(default)]
+    pub modality: Modality,
     /// The encoder family (config.json's `model_type`).
     pub architecture: String,
     pub pooling: Pooling,
@@ -59,6 +63,7 @@ pub struct ModelMeta {
     /// Multi-label: a label is predicted when its probability is at least this.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub threshold: Option<f32>,
+    /// Tokens per text; 0 for an image model, whose input size is config.json's.
     pub max_seq_len: usize,
 }
 

@@ -1,17 +1,22 @@
 //! Serving a published model: load a directory written by
-//! [`TrainedModel::save`](crate::train::TrainedModel::save) and classify texts.
+//! [`TrainedModel::save`](crate::train::TrainedModel::save) and classify texts or
+//! images.
 
 use std::path::Path;
 
 use serde::Serialize;
 use tch::{nn, Device, Kind, Tensor};
 
+use crate::base_model::{architecture_of, Modality};
 use crate::bert::{BertConfig, WeightInit};
 use crate::classifier::{ModelMeta, SequenceClassifier, CONFIG_FILE, WEIGHTS_FILE};
+use crate::efficientnet::{EfficientNetConfig, Init};
 use crate::error::TrainError;
 use crate::objective::{Objective, UNTUNED_THRESHOLD};
 use crate::tokenize::{collate, Encoded, TextTokenizer};
-use crate::train::{check_vocab, evaluate_encoded, EvalMetrics, TrainData};
+use crate::train::{check_vocab, evaluate_data, EvalMetrics, TrainData};
+use crate::vision::ImageClassifier;
+use crate::vision_data::Preprocess;
 use crate::weights::load_safetensors;
 use hone_domain::dataset::TaskType;
 
@@ -64,60 +69,116 @@ fn class_prediction(labels: &[String], row: &[f32]) -> ClassPrediction {
     }
 }
 
+/// The network of a model and what prepares its inputs: a text classifier and its
+/// tokenizer, or an image classifier and its preprocessing. Training and serving share
+/// it, so a trained model predicts through the code a loaded one uses.
+// One per loaded model, never in a collection: the variants' sizes do not matter.
+#[allow(clippy::large_enum_variant)]
+#[derive(Debug)]
+pub(crate) enum Network {
+    Text {
+        model: SequenceClassifier,
+        tokenizer: TextTokenizer,
+    },
+    Image {
+        model: ImageClassifier,
+        preprocess: Preprocess,
+    },
+}
+
+impl Network {
+    /// Logits from pooled backbone features (what feature extraction trains on).
+    pub(crate) fn head_forward(&self, pooled: &Tensor, train: bool) -> Result<Tensor, TrainError> {
+        match self {
+            Network::Text { model, .. } => model.head_forward(pooled, train),
+            Network::Image { model, .. } => model.head_forward(pooled, train),
+        }
+    }
+
+    pub(crate) fn modality(&self) -> Modality {
+        match self {
+            Network::Text { .. } => Modality::Text,
+            Network::Image { .. } => Modality::Image,
+        }
+    }
+}
+
 /// A published model loaded for inference. Not `Sync` (libtorch tensors): keep it
 /// on the thread that serves predictions.
 #[derive(Debug)]
 pub struct Classifier {
     vs: nn::VarStore,
-    model: SequenceClassifier,
-    tokenizer: TextTokenizer,
+    network: Network,
     meta: ModelMeta,
     objective: Objective,
     device: Device,
 }
 
 impl Classifier {
-    /// Loads `dir` (hone_model.json, config.json, tokenizer.json, model.safetensors)
-    /// onto `device`. Draws no random numbers.
+    /// Loads `dir` (hone_model.json, config.json, model.safetensors and, for a text
+    /// model, tokenizer.json) onto `device`. Draws no random numbers.
     pub fn load(dir: &Path, device: Device) -> Result<Self, TrainError> {
         let meta = ModelMeta::read(dir)?;
-        let config = BertConfig::from_file(&dir.join(CONFIG_FILE))?;
-        if meta.architecture != config.model_type {
-            return Err(TrainError::config(
-                dir.join(crate::classifier::MODEL_META_FILE),
-                format!(
-                    "architecture {:?} does not match config.json's model_type {:?}",
-                    meta.architecture, config.model_type
-                ),
-            ));
-        }
-        if meta.max_seq_len > config.max_position_embeddings {
-            return Err(TrainError::config(
-                dir.join(crate::classifier::MODEL_META_FILE),
-                format!(
-                    "max_seq_len {} exceeds max_position_embeddings {}",
-                    meta.max_seq_len, config.max_position_embeddings
-                ),
-            ));
-        }
-        let tokenizer = TextTokenizer::from_dir(dir, meta.max_seq_len)?;
-        check_vocab(&tokenizer, &config, dir)?;
         let vs = nn::VarStore::new(device);
         let objective = meta.objective();
-        let model = SequenceClassifier::with_heads(
-            &vs.root(),
-            &config,
-            &objective.sizes(),
-            objective.task_type == TaskType::MultiTask,
-            meta.head,
-            meta.pooling,
-            WeightInit::Zeros,
-        )?;
+        let per_task = objective.task_type == TaskType::MultiTask;
+        let meta_file = || dir.join(crate::classifier::MODEL_META_FILE);
+        let (model_type, modality) = architecture_of(dir)?;
+        if (meta.architecture.as_str(), meta.modality) != (model_type.as_str(), modality) {
+            return Err(TrainError::config(
+                meta_file(),
+                format!(
+                    "architecture {:?} ({}) does not match config.json's model_type {model_type:?} ({})",
+                    meta.architecture,
+                    meta.modality.as_str(),
+                    modality.as_str()
+                ),
+            ));
+        }
+        let network = match meta.modality {
+            Modality::Text => {
+                let config = BertConfig::from_file(&dir.join(CONFIG_FILE))?;
+                if meta.max_seq_len > config.max_position_embeddings {
+                    return Err(TrainError::config(
+                        meta_file(),
+                        format!(
+                            "max_seq_len {} exceeds max_position_embeddings {}",
+                            meta.max_seq_len, config.max_position_embeddings
+                        ),
+                    ));
+                }
+                let tokenizer = TextTokenizer::from_dir(dir, meta.max_seq_len)?;
+                check_vocab(&tokenizer, &config, dir)?;
+                let model = SequenceClassifier::with_heads(
+                    &vs.root(),
+                    &config,
+                    &objective.sizes(),
+                    per_task,
+                    meta.head,
+                    meta.pooling,
+                    WeightInit::Zeros,
+                )?;
+                Network::Text { model, tokenizer }
+            }
+            Modality::Image => {
+                let config = EfficientNetConfig::from_file(&dir.join(CONFIG_FILE))?;
+                let model = ImageClassifier::new(
+                    &vs.root(),
+                    &config,
+                    &objective.sizes(),
+                    per_task,
+                    Init::Zeros,
+                )?;
+                Network::Image {
+                    model,
+                    preprocess: Preprocess::from_config(&config),
+                }
+            }
+        };
         load_safetensors(&vs, &dir.join(WEIGHTS_FILE), &|_| false)?;
         Ok(Self {
             vs,
-            model,
-            tokenizer,
+            network,
             meta,
             objective,
             device,
@@ -126,16 +187,14 @@ impl Classifier {
 
     pub(crate) fn from_parts(
         vs: nn::VarStore,
-        model: SequenceClassifier,
-        tokenizer: TextTokenizer,
+        network: Network,
         meta: ModelMeta,
         device: Device,
     ) -> Self {
         let objective = meta.objective();
         Self {
             vs,
-            model,
-            tokenizer,
+            network,
             meta,
             objective,
             device,
@@ -164,12 +223,86 @@ impl Classifier {
         &self.meta
     }
 
-    pub fn model(&self) -> &SequenceClassifier {
-        &self.model
+    /// What the model reads: texts (or text pairs) or images.
+    pub fn modality(&self) -> Modality {
+        self.network.modality()
     }
 
-    pub fn tokenizer(&self) -> &TextTokenizer {
-        &self.tokenizer
+    /// The text classifier; `None` for an image model.
+    pub fn model(&self) -> Option<&SequenceClassifier> {
+        match &self.network {
+            Network::Text { model, .. } => Some(model),
+            Network::Image { .. } => None,
+        }
+    }
+
+    /// The text model's tokenizer; `None` for an image model.
+    pub fn tokenizer(&self) -> Option<&TextTokenizer> {
+        match &self.network {
+            Network::Text { tokenizer, .. } => Some(tokenizer),
+            Network::Image { .. } => None,
+        }
+    }
+
+    /// The text side of the model, or why there is none.
+    fn text(&self) -> Result<(&SequenceClassifier, &TextTokenizer), TrainError> {
+        match &self.network {
+            Network::Text { model, tokenizer } => Ok((model, tokenizer)),
+            Network::Image { .. } => Err(TrainError::InvalidInput(
+                "this model classifies images, not texts".into(),
+            )),
+        }
+    }
+
+    /// Classifies PNG or JPEG images (`images[i]` the encoded bytes of input `i`),
+    /// `batch_size` per forward pass, answers in input order. Images are prepared as
+    /// validation data was in training: the shorter side resized, the centre cropped,
+    /// normalised with the base model's statistics. An input that does not decode is
+    /// refused by its index before anything runs.
+    pub fn predict_images(
+        &self,
+        images: &[Vec<u8>],
+        batch_size: usize,
+    ) -> Result<Vec<Prediction>, TrainError> {
+        let (model, preprocess) = match &self.network {
+            Network::Image { model, preprocess } => (model, preprocess),
+            Network::Text { .. } => {
+                return Err(TrainError::InvalidInput(
+                    "this model classifies texts, not images".into(),
+                ))
+            }
+        };
+        if batch_size == 0 {
+            return Err(TrainError::InvalidInput(
+                "batch_size must be positive".into(),
+            ));
+        }
+        let resized = images
+            .iter()
+            .enumerate()
+            .map(|(i, bytes)| {
+                preprocess.decode_resized(bytes).map_err(|_| {
+                    TrainError::InvalidInput(format!("input {i}: not a PNG or JPEG image"))
+                })
+            })
+            .collect::<Result<Vec<_>, _>>()?;
+        let width = self.objective.width();
+        let size = preprocess.image_size as i64;
+        let mut out = Vec::with_capacity(images.len() * width);
+        tch::no_grad(|| -> Result<(), TrainError> {
+            for chunk in resized.chunks(batch_size) {
+                let mut flat = Vec::with_capacity(chunk.len() * preprocess.numel());
+                for image in chunk {
+                    flat.extend_from_slice(&preprocess.eval_pixels(image)?);
+                }
+                let batch = Tensor::f_from_slice(&flat)?
+                    .f_view([chunk.len() as i64, 3, size, size])?
+                    .f_to_device(self.device)?;
+                out.extend(self.flat_probabilities(&model.forward(&batch, false)?)?);
+            }
+            Ok(())
+        })?;
+        Ok(self.predictions(&out))
     }
 
     /// Classifies `texts`, `batch_size` per forward pass, answers in input order.
@@ -228,9 +361,25 @@ impl Classifier {
             return Ok(Vec::new());
         }
         let probabilities = self.probabilities(texts, pairs, batch_size)?;
+        Ok(self.predictions(&probabilities))
+    }
+
+    /// The probabilities of a batch's logits, row-major on the CPU.
+    fn flat_probabilities(&self, logits: &Tensor) -> Result<Vec<f32>, TrainError> {
+        let probs = self
+            .objective
+            .probabilities(logits)?
+            .f_to_kind(Kind::Float)?
+            .f_to_device(Device::Cpu)?
+            .f_flatten(0, -1)?;
+        Ok(Vec::<f32>::try_from(&probs)?)
+    }
+
+    /// Answers from probabilities, `inputs × outputs` row-major.
+    fn predictions(&self, probabilities: &[f32]) -> Vec<Prediction> {
         let objective = &self.objective;
         let spans = objective.spans();
-        Ok(probabilities
+        probabilities
             .chunks(objective.width())
             .map(|row| match objective.task_type {
                 TaskType::Classification => {
@@ -262,7 +411,7 @@ impl Classifier {
                         .collect(),
                 ),
             })
-            .collect())
+            .collect()
     }
 
     /// Probabilities (a softmax per head, or a sigmoid per label), `texts.len() ×
@@ -273,7 +422,8 @@ impl Classifier {
         pairs: Option<&[String]>,
         batch_size: usize,
     ) -> Result<Vec<f32>, TrainError> {
-        let encoded = self.tokenizer.encode_maybe_pairs(texts, pairs)?;
+        let (model, tokenizer) = self.text()?;
+        let encoded = tokenizer.encode_maybe_pairs(texts, pairs)?;
         let mut order: Vec<usize> = (0..encoded.len()).collect();
         order.sort_by_key(|&i| encoded[i].len());
         let num_labels = self.objective.width();
@@ -281,14 +431,8 @@ impl Classifier {
         tch::no_grad(|| -> Result<(), TrainError> {
             for indices in order.chunks(batch_size) {
                 let items: Vec<&Encoded> = indices.iter().map(|&i| &encoded[i]).collect();
-                let batch = collate(&items, self.tokenizer.pad_id(), self.device)?;
-                let probs = self
-                    .objective
-                    .probabilities(&self.model.forward(&batch, false)?)?
-                    .f_to_kind(Kind::Float)?
-                    .f_to_device(Device::Cpu)?
-                    .f_flatten(0, -1)?;
-                let probs = Vec::<f32>::try_from(&probs)?;
+                let batch = collate(&items, tokenizer.pad_id(), self.device)?;
+                let probs = self.flat_probabilities(&model.forward(&batch, false)?)?;
                 for (row, &i) in probs.chunks(num_labels).zip(indices) {
                     out[i * num_labels..(i + 1) * num_labels].copy_from_slice(row);
                 }
@@ -299,30 +443,26 @@ impl Classifier {
     }
 
     /// Loss, accuracy and macro-F1 on labelled examples (targets of the model's task
-    /// type, indexing its labels).
+    /// type, indexing its labels): texts for a text model, images for an image model.
     pub fn evaluate(&self, data: &TrainData, batch_size: usize) -> Result<EvalMetrics, TrainError> {
-        if batch_size == 0 || data.is_empty() || data.texts.len() != data.labels.len() {
+        if batch_size == 0 || data.is_empty() || data.len() != data.labels.len() {
             return Err(TrainError::InvalidInput(
                 "evaluation needs examples with targets and a positive batch_size".into(),
             ));
         }
         self.objective.check(&data.labels, "evaluation")?;
-        let encoded = self
-            .tokenizer
-            .encode_maybe_pairs(&data.texts, data.text_pairs.as_deref())?;
-        evaluate_encoded(
-            &self.model,
+        evaluate_data(
+            &self.network,
             &self.objective,
-            &encoded,
-            &data.labels,
-            self.tokenizer.pad_id(),
+            data,
             batch_size,
             self.device,
         )
     }
 
-    /// Logits for pre-built tensors, for callers that batch themselves.
+    /// Logits for pre-built tensors of a text model, for callers that batch themselves.
     pub fn logits(&self, batch: &crate::tokenize::Batch) -> Result<Tensor, TrainError> {
-        tch::no_grad(|| self.model.forward(batch, false))
+        let (model, _) = self.text()?;
+        tch::no_grad(|| model.forward(batch, false))
     }
 }

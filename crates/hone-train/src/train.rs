@@ -1,14 +1,17 @@
-//! Transfer of a base model directory to a [`SequenceClassifier`]: every weight
-//! ([`Strategy::Full`]), the top of the encoder ([`Strategy::Partial`]) or the head
-//! alone on features of the frozen encoder computed once ([`Strategy::FeatureExtraction`]).
+//! Transfer of a base model directory to a [`SequenceClassifier`] (text) or an
+//! [`ImageClassifier`] (images): every weight ([`Strategy::Full`]), the top of the
+//! backbone ([`Strategy::Partial`]) or the head alone on features of the frozen backbone
+//! computed once ([`Strategy::FeatureExtraction`]). Both modalities run the same loop
+//! (best epoch, early stopping, checkpoints, evaluation); only what feeds it differs —
+//! token ids, or images that the loader decodes, augments and batches on its own threads.
 //!
 //! The recipe is transformers' `Trainer` default, so results are comparable with what
 //! users know: cross-entropy, AdamW (no decay on biases and LayerNorm), linear warmup
 //! then linear decay to zero stepped once per batch, gradient-norm clipping, dropout
 //! only while training. Frozen variables get no gradient and no optimizer state. With
 //! validation data every epoch is scored, the best epoch's weights are the ones
-//! returned, and training may stop early. Everything that draws random numbers — head initialisation,
-//! dropout, the shuffle — is seeded from [`TrainConfig::seed`], so a job rerun with the
+//! returned, and training may stop early. Everything that draws random numbers — head
+//! initialisation, dropout, the shuffle, image augmentation — is seeded from [`TrainConfig::seed`], so a job rerun with the
 //! same seed on the same machine reproduces its losses exactly.
 //!
 //! [`fine_tune`] blocks; the worker runs it on a dedicated OS thread and hears about
@@ -28,17 +31,23 @@ use hone_domain::dataset::TaskType;
 use hone_domain::job::{ClassWeights, MonitorMetric};
 use hone_domain::metrics::GeneralizationGap;
 
+use std::sync::Arc;
+
+use crate::base_model::{architecture_of, Modality};
 use crate::bert::{BertConfig, BertModel, WeightInit};
 use crate::classifier::{
     is_head_variable, pool, HeadType, ModelMeta, Pooling, SequenceClassifier, CONFIG_FILE,
     MODEL_META_VERSION, WEIGHTS_FILE,
 };
+use crate::efficientnet::{EfficientNetConfig, Init as ImageInit};
 pub use crate::error::TrainError;
 use crate::objective::{Objective, Report, Targets, UNTUNED_THRESHOLD};
 pub use crate::optim::Optimizer;
-use crate::predict::Classifier;
+use crate::predict::{Classifier, Network};
 use crate::resume::{self, TrainState};
 use crate::tokenize::{collate, Encoded, TextTokenizer, TOKENIZER_FILE};
+use crate::vision::ImageClassifier;
+use crate::vision_data::{ImageSet, LoaderOptions, Mode as ImageMode, Preprocess};
 use crate::weights::load_safetensors;
 
 /// Hyperparameters of one fine-tuning run.
@@ -72,6 +81,15 @@ pub struct TrainConfig {
     pub early_stopping_patience: u32,
     /// What picks the best epoch (needs validation data).
     pub monitor: MonitorMetric,
+    /// Images only: train `full` and `partial` on a random resized crop and flip of
+    /// each image, drawn per (seed, epoch, image) so a resumed run draws the same ones.
+    /// Feature extraction trains on features computed once, so never augments.
+    #[serde(default = "augment_default")]
+    pub augment: bool,
+}
+
+fn augment_default() -> bool {
+    true
 }
 
 /// Which weights train.
@@ -108,34 +126,69 @@ impl Default for TrainConfig {
             class_weights: ClassWeights::None,
             early_stopping_patience: 0,
             monitor: MonitorMetric::Loss,
+            augment: true,
         }
     }
 }
 
 /// Examples as parallel vectors; `labels` index the labels of [`TrainJob::objective`].
+/// A text job fills `texts`, an image job `images`, never both.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct TrainData {
     pub texts: Vec<String>,
     /// The second text of every example, for pair tasks (paraphrase, entailment),
     /// encoded as a BERT pair.
     pub text_pairs: Option<Vec<String>>,
+    /// The encoded PNG or JPEG of every example of an image job: decoded and resized
+    /// by the loader as training needs them, so a dataset costs its file size in memory.
+    pub images: Vec<Vec<u8>>,
     pub labels: Targets,
 }
 
 impl TrainData {
+    /// Image examples with their targets.
+    pub fn images(images: Vec<Vec<u8>>, labels: Targets) -> Self {
+        Self {
+            images,
+            labels,
+            ..Self::default()
+        }
+    }
+
     pub fn len(&self) -> usize {
-        self.texts.len()
+        self.texts.len().max(self.images.len())
     }
 
     pub fn is_empty(&self) -> bool {
-        self.texts.is_empty()
+        self.len() == 0
+    }
+
+    /// The examples at `rows`, in that order.
+    pub fn select(&self, rows: &[usize]) -> Self {
+        let pick = |v: &[String]| rows.iter().map(|&i| v[i].clone()).collect();
+        Self {
+            texts: if self.texts.is_empty() {
+                Vec::new()
+            } else {
+                pick(&self.texts)
+            },
+            text_pairs: self.text_pairs.as_deref().map(pick),
+            images: if self.images.is_empty() {
+                Vec::new()
+            } else {
+                rows.iter().map(|&i| self.images[i].clone()).collect()
+            },
+            labels: self.labels.select(rows),
+        }
     }
 }
 
 /// Everything one run needs. `device` is the caller's choice (CUDA when present).
 #[derive(Debug)]
 pub struct TrainJob<'a> {
-    /// A Hugging Face model directory: config.json, model.safetensors, tokenizer.json.
+    /// A base model directory: config.json and model.safetensors, plus tokenizer.json
+    /// for a text model (a Hugging Face directory); config.json's `model_type` says
+    /// which modality `train` and `validation` must hold.
     pub base_model_dir: &'a Path,
     /// What the heads predict: the labels (single- or multi-label) or the tasks.
     pub objective: Objective,
@@ -291,15 +344,20 @@ const OPTIONAL_FILES: &[&str] = &[
 ];
 
 impl TrainedModel {
-    /// Writes a published model directory: `model.safetensors` (encoder under its
-    /// checkpoint names, head as `head.weight`/`head.bias`), the base model's config and
-    /// tokenizer files, and `hone_model.json`.
+    /// Writes a published model directory: `model.safetensors` (backbone under its
+    /// checkpoint names, head as `head.weight`/`head.bias`), the base model's config
+    /// (and a text model's tokenizer files), and `hone_model.json`.
     pub fn save(&self, dir: &Path) -> Result<(), TrainError> {
         std::fs::create_dir_all(dir).map_err(|e| TrainError::io(dir, e))?;
         self.classifier.var_store().save(dir.join(WEIGHTS_FILE))?;
-        for name in REQUIRED_FILES.iter().chain(OPTIONAL_FILES) {
+        // An image model's preprocessing (input size, normalisation) is in config.json.
+        let (required, optional) = match self.classifier.modality() {
+            Modality::Text => (REQUIRED_FILES, OPTIONAL_FILES),
+            Modality::Image => (&[CONFIG_FILE][..], &[][..]),
+        };
+        for name in required.iter().chain(optional) {
             let src = self.base_model_dir.join(name);
-            if !src.is_file() && OPTIONAL_FILES.contains(name) {
+            if !src.is_file() && optional.contains(name) {
                 continue;
             }
             std::fs::copy(&src, dir.join(name)).map_err(|e| TrainError::io(&src, e))?;
@@ -351,41 +409,156 @@ pub fn fine_tune(
     fine_tune_with(job, EncoderInit::Pretrained, observer)
 }
 
-/// What the training loop feeds the model: token ids, or pooled features of a frozen
-/// encoder.
+/// What the training loop feeds the model: token ids, pooled features of a frozen
+/// backbone, or images the loader prepares.
 enum Inputs<'a> {
-    Tokens { encoded: &'a [Encoded], pad_id: u32 },
+    Tokens {
+        encoded: &'a [Encoded],
+        pad_id: u32,
+    },
     Features(&'a Tensor),
+    Images {
+        set: &'a Arc<ImageSet>,
+        /// The seed of training-time augmentation; `None` trains on the centre crop.
+        augment: Option<u64>,
+    },
 }
+
+/// The examples of one batch and, for images, their prepared pixels.
+struct InputBatch {
+    indices: Vec<usize>,
+    images: Option<Tensor>,
+}
+
+type InputBatches<'a> = Box<dyn Iterator<Item = Result<InputBatch, TrainError>> + 'a>;
 
 impl Inputs<'_> {
     fn len(&self) -> Result<usize, TrainError> {
         Ok(match self {
             Inputs::Tokens { encoded, .. } => encoded.len(),
             Inputs::Features(t) => t.size2()?.0 as usize,
+            Inputs::Images { set, .. } => set.len(),
         })
     }
 
-    /// Logits of the examples at `indices`.
-    fn logits(
+    /// The examples of `order` in batches of `batch_size`; `epoch` is the training
+    /// epoch (augmented images when enabled), `None` evaluation. Images are prepared
+    /// ahead on the loader's threads while the network works.
+    fn batches(
         &self,
-        model: &SequenceClassifier,
-        indices: &[usize],
-        train: bool,
-        device: Device,
-    ) -> Result<Tensor, TrainError> {
+        order: Vec<usize>,
+        batch_size: usize,
+        epoch: Option<u32>,
+    ) -> Result<InputBatches<'static>, TrainError> {
         match self {
-            Inputs::Tokens { encoded, pad_id } => {
-                let items: Vec<&Encoded> = indices.iter().map(|&i| &encoded[i]).collect();
-                model.forward(&collate(&items, *pad_id, device)?, train)
+            Inputs::Images { set, augment } => {
+                let mode = match (epoch, augment) {
+                    (Some(epoch), Some(seed)) => ImageMode::Train {
+                        seed: *seed,
+                        epoch: u64::from(epoch),
+                    },
+                    _ => ImageMode::Eval,
+                };
+                let batches = set.batches(order, batch_size, mode)?;
+                Ok(Box::new(batches.map(|b| {
+                    b.map(|b| InputBatch {
+                        indices: b.indices,
+                        images: Some(b.images),
+                    })
+                })))
             }
-            Inputs::Features(features) => {
-                let rows: Vec<i64> = indices.iter().map(|&i| i as i64).collect();
-                let rows = Tensor::f_from_slice(&rows)?.f_to_device(features.device())?;
-                model.head_forward(&features.f_index_select(0, &rows)?, train)
+            _ => {
+                let chunks: Vec<Vec<usize>> =
+                    order.chunks(batch_size).map(<[usize]>::to_vec).collect();
+                Ok(Box::new(chunks.into_iter().map(|indices| {
+                    Ok(InputBatch {
+                        indices,
+                        images: None,
+                    })
+                })))
             }
         }
     }
+
+    /// Logits of one batch.
+    fn logits(
+        &self,
+        network: &Network,
+        batch: &InputBatch,
+        train: bool,
+        device: Device,
+    ) -> Result<Tensor, TrainError> {
+        match (self, network, &batch.images) {
+            (Inputs::Tokens { encoded, pad_id }, Network::Text { model, .. }, _) => {
+                let items: Vec<&Encoded> = batch.indices.iter().map(|&i| &encoded[i]).collect();
+                model.forward(&collate(&items, *pad_id, device)?, train)
+            }
+            (Inputs::Features(features), _, _) => {
+                let rows: Vec<i64> = batch.indices.iter().map(|&i| i as i64).collect();
+                let rows = Tensor::f_from_slice(&rows)?.f_to_device(features.device())?;
+                network.head_forward(&features.f_index_select(0, &rows)?, train)
+            }
+            (Inputs::Images { .. }, Network::Image { model, .. }, Some(images)) => {
+                model.forward(&images.f_to_device(device)?, train)
+            }
+            _ => Err(TrainError::InvalidInput(
+                "the inputs are not of the model's modality".into(),
+            )),
+        }
+    }
+}
+
+/// Pooled features of every image of `set` under `model`'s frozen backbone, in eval
+/// mode under `no_grad` on evaluation-preprocessed images: `[images, channels]` f32 on
+/// the CPU, row `i` for image `i`.
+fn image_features(
+    model: &ImageClassifier,
+    set: &Arc<ImageSet>,
+    batch_size: usize,
+    device: Device,
+    cancelled: &dyn Fn() -> bool,
+) -> Result<Tensor, TrainError> {
+    let channels = model.config().head_channels() as i64;
+    let mut parts = vec![Tensor::f_zeros([0, channels], (Kind::Float, Device::Cpu))?];
+    tch::no_grad(|| {
+        for batch in set.batches((0..set.len()).collect(), batch_size.max(1), ImageMode::Eval)? {
+            if cancelled() {
+                return Err(TrainError::Cancelled);
+            }
+            let images = batch?.images.f_to_device(device)?;
+            parts.push(
+                model
+                    .forward_features(&images, false)?
+                    .f_to_kind(Kind::Float)?
+                    .f_to_device(Device::Cpu)?,
+            );
+        }
+        Ok(Tensor::f_cat(&parts, 0)?)
+    })
+}
+
+/// The pooled features of `images` (PNG or JPEG bytes) under the pretrained backbone
+/// of the image base model in `base_model_dir`, exactly as
+/// [`Strategy::FeatureExtraction`] trains on them: `[images, channels]` f32 on the CPU.
+/// Callers cache them (keyed by base model and data: the preprocessing is the base
+/// model's) and hand them back through [`TrainJob::features`].
+pub fn extract_image_features(
+    base_model_dir: &Path,
+    images: Vec<Vec<u8>>,
+    batch_size: usize,
+    device: Device,
+    cancelled: &dyn Fn() -> bool,
+) -> Result<Tensor, TrainError> {
+    let config = EfficientNetConfig::from_file(&base_model_dir.join(CONFIG_FILE))?;
+    let vs = nn::VarStore::new(device);
+    let model = ImageClassifier::new(&vs.root(), &config, &[1], false, ImageInit::Zeros)?;
+    load_safetensors(&vs, &base_model_dir.join(WEIGHTS_FILE), &is_head_variable)?;
+    let set = ImageSet::new(
+        images,
+        Preprocess::from_config(&config),
+        LoaderOptions::default(),
+    )?;
+    image_features(&model, &set, batch_size, device, cancelled)
 }
 
 /// [`fine_tune`] with the choice of starting from the checkpoint or from random
@@ -407,52 +580,98 @@ pub fn fine_tune_with(
         checkpoint_dir,
         resume_from,
     } = job;
-    check_job(&objective, &train, validation.as_ref(), &config)?;
-
-    let bert_config = BertConfig::from_file(&base_model_dir.join(CONFIG_FILE))?;
-    if config.max_seq_len > bert_config.max_position_embeddings {
-        return Err(TrainError::InvalidInput(format!(
-            "max_seq_len {} exceeds the base model's max_position_embeddings {}",
-            config.max_seq_len, bert_config.max_position_embeddings
-        )));
-    }
-    let layers = bert_config.num_hidden_layers;
-    if let Strategy::Partial { frozen_layers } = config.strategy {
-        if frozen_layers > layers {
-            return Err(TrainError::InvalidInput(format!(
-                "frozen_layers {frozen_layers} exceeds the base model's {layers} layers"
-            )));
-        }
-    }
-    let tokenizer = TextTokenizer::from_dir(base_model_dir, config.max_seq_len)?;
-    check_vocab(&tokenizer, &bert_config, base_model_dir)?;
+    let (architecture, modality) = architecture_of(base_model_dir)?;
+    check_job(&objective, &train, validation.as_ref(), &config, modality)?;
+    let per_task = objective.task_type == TaskType::MultiTask;
+    let cancelled = || observer.cancelled();
 
     tch::manual_seed(config.seed as i64);
     let vs = nn::VarStore::new(device);
-    let model = SequenceClassifier::with_heads(
-        &vs.root(),
-        &bert_config,
-        &objective.sizes(),
-        objective.task_type == TaskType::MultiTask,
-        config.head,
-        config.pooling,
-        WeightInit::random(&bert_config),
-    )?;
-    if init == EncoderInit::Pretrained {
-        load_safetensors(&vs, &base_model_dir.join(WEIGHTS_FILE), &is_head_variable)?;
-    }
-    let frozen = freeze(&vs, config.strategy, layers)?;
-
-    let pad_id = tokenizer.pad_id();
-    let train_encoded = tokenizer.encode_maybe_pairs(&train.texts, train.text_pairs.as_deref())?;
-    let validation_encoded = match &validation {
-        Some(v) => Some(tokenizer.encode_maybe_pairs(&v.texts, v.text_pairs.as_deref())?),
-        None => None,
+    // What each modality feeds the loop: token ids or an image loader per set.
+    let mut encoded: Option<(Vec<Encoded>, Option<Vec<Encoded>>, u32)> = None;
+    let mut image_sets: Option<(Arc<ImageSet>, Option<Arc<ImageSet>>)> = None;
+    let (network, frozen, hidden) = match modality {
+        Modality::Text => {
+            let bert_config = BertConfig::from_file(&base_model_dir.join(CONFIG_FILE))?;
+            if config.max_seq_len > bert_config.max_position_embeddings {
+                return Err(TrainError::InvalidInput(format!(
+                    "max_seq_len {} exceeds the base model's max_position_embeddings {}",
+                    config.max_seq_len, bert_config.max_position_embeddings
+                )));
+            }
+            let layers = bert_config.num_hidden_layers;
+            if let Strategy::Partial { frozen_layers } = config.strategy {
+                if frozen_layers > layers {
+                    return Err(TrainError::InvalidInput(format!(
+                        "frozen_layers {frozen_layers} exceeds the base model's {layers} layers"
+                    )));
+                }
+            }
+            let tokenizer = TextTokenizer::from_dir(base_model_dir, config.max_seq_len)?;
+            check_vocab(&tokenizer, &bert_config, base_model_dir)?;
+            let model = SequenceClassifier::with_heads(
+                &vs.root(),
+                &bert_config,
+                &objective.sizes(),
+                per_task,
+                config.head,
+                config.pooling,
+                WeightInit::random(&bert_config),
+            )?;
+            if init == EncoderInit::Pretrained {
+                load_safetensors(&vs, &base_model_dir.join(WEIGHTS_FILE), &is_head_variable)?;
+            }
+            let frozen = freeze(&vs, config.strategy, layers)?;
+            let pad_id = tokenizer.pad_id();
+            let train_encoded =
+                tokenizer.encode_maybe_pairs(&train.texts, train.text_pairs.as_deref())?;
+            let validation_encoded = match &validation {
+                Some(v) => Some(tokenizer.encode_maybe_pairs(&v.texts, v.text_pairs.as_deref())?),
+                None => None,
+            };
+            encoded = Some((train_encoded, validation_encoded, pad_id));
+            (
+                Network::Text { model, tokenizer },
+                frozen,
+                bert_config.hidden_size,
+            )
+        }
+        Modality::Image => {
+            let image_config = EfficientNetConfig::from_file(&base_model_dir.join(CONFIG_FILE))?;
+            let sizes = objective.sizes();
+            let mut model = match init {
+                EncoderInit::Pretrained => {
+                    ImageClassifier::from_base_model(&vs, base_model_dir, &sizes, per_task)?
+                }
+                EncoderInit::Random => {
+                    ImageClassifier::from_scratch(&vs, &image_config, &sizes, per_task)?
+                }
+            };
+            let frozen = model.freeze(&vs, config.strategy)?;
+            let preprocess = Preprocess::from_config(&image_config);
+            let set = |images: &[Vec<u8>]| {
+                ImageSet::new(
+                    images.to_vec(),
+                    preprocess.clone(),
+                    LoaderOptions::default(),
+                )
+            };
+            let validation_set = match &validation {
+                Some(v) => Some(set(&v.images)?),
+                None => None,
+            };
+            image_sets = Some((set(&train.images)?, validation_set));
+            (
+                Network::Image { model, preprocess },
+                frozen,
+                image_config.head_channels(),
+            )
+        }
     };
-    let cancelled = || observer.cancelled();
+
     let (train_features, validation_features) = match (config.strategy, features) {
         (Strategy::FeatureExtraction, Some(f)) => {
-            let hidden = bert_config.hidden_size as i64;
+            let hidden = hidden as i64;
             let check = |t: Tensor, n: usize, name: &str| -> Result<Tensor, TrainError> {
                 if t.size() != [n as i64, hidden] {
                     return Err(TrainError::InvalidInput(format!(
@@ -474,38 +693,86 @@ pub fn fine_tune_with(
             (Some(check(f.train, train.len(), "training")?), v)
         }
         (Strategy::FeatureExtraction, None) => {
-            let extract = |encoded: &[Encoded]| {
-                pooled_features(
-                    model.encoder(),
-                    config.pooling,
-                    encoded,
-                    pad_id,
-                    config.batch_size.max(32),
-                    device,
-                    &cancelled,
-                )
+            let batch_size = config.batch_size.max(32);
+            let extract = |which: Which| -> Result<Option<Tensor>, TrainError> {
+                let features = match (&network, &encoded, &image_sets) {
+                    (Network::Text { model, .. }, Some((train, validation, pad_id)), _) => {
+                        let e = match which {
+                            Which::Train => Some(train),
+                            Which::Validation => validation.as_ref(),
+                        };
+                        match e {
+                            Some(e) => Some(pooled_features(
+                                model.encoder(),
+                                config.pooling,
+                                e,
+                                *pad_id,
+                                batch_size,
+                                device,
+                                &cancelled,
+                            )?),
+                            None => None,
+                        }
+                    }
+                    (Network::Image { model, .. }, _, Some((train, validation))) => {
+                        let set = match which {
+                            Which::Train => Some(train),
+                            Which::Validation => validation.as_ref(),
+                        };
+                        match set {
+                            Some(set) => {
+                                Some(image_features(model, set, batch_size, device, &cancelled)?)
+                            }
+                            None => None,
+                        }
+                    }
+                    _ => None,
+                };
+                features
+                    .map(|f| f.f_to_device(device))
+                    .transpose()
+                    .map_err(Into::into)
             };
-            let t = extract(&train_encoded)?.f_to_device(device)?;
-            let v = match &validation_encoded {
-                Some(e) => Some(extract(e)?.f_to_device(device)?),
-                None => None,
-            };
-            (Some(t), v)
+            (extract(Which::Train)?, extract(Which::Validation)?)
         }
         _ => (None, None),
     };
-    let train_inputs = match &train_features {
-        Some(f) => Inputs::Features(f),
-        None => Inputs::Tokens {
-            encoded: &train_encoded,
-            pad_id,
-        },
+    let augment =
+        (config.augment && config.strategy != Strategy::FeatureExtraction).then_some(config.seed);
+    let inputs_of = |which: Which| -> Option<Inputs> {
+        let features = match which {
+            Which::Train => train_features.as_ref(),
+            Which::Validation => validation_features.as_ref(),
+        };
+        if let Some(f) = features {
+            return Some(Inputs::Features(f));
+        }
+        if let Some((train, validation, pad_id)) = &encoded {
+            let encoded = match which {
+                Which::Train => train,
+                Which::Validation => validation.as_ref()?,
+            };
+            return Some(Inputs::Tokens {
+                encoded,
+                pad_id: *pad_id,
+            });
+        }
+        let (train, validation) = image_sets.as_ref()?;
+        Some(match which {
+            Which::Train => Inputs::Images {
+                set: train,
+                augment,
+            },
+            Which::Validation => Inputs::Images {
+                set: validation.as_ref()?,
+                augment: None,
+            },
+        })
     };
-    let validation_inputs = match (&validation_features, &validation_encoded) {
-        (Some(f), _) => Some(Inputs::Features(f)),
-        (None, Some(encoded)) => Some(Inputs::Tokens { encoded, pad_id }),
-        (None, None) => None,
-    };
+    let train_inputs = inputs_of(Which::Train).ok_or_else(|| {
+        TrainError::InvalidInput("the training set has no inputs of the model's kind".into())
+    })?;
+    let validation_inputs = inputs_of(Which::Validation);
 
     let steps_per_epoch = train.len().div_ceil(config.batch_size) as u64;
     let total_steps = steps_per_epoch * u64::from(config.epochs);
@@ -573,12 +840,14 @@ pub fn fine_tune_with(
         let mut order: Vec<usize> = (0..train.len()).collect();
         order.shuffle(&mut StdRng::seed_from_u64(epoch_seed));
         let mut loss_sum = 0.0;
-        for indices in order.chunks(config.batch_size) {
+        for batch in train_inputs.batches(order, config.batch_size, Some(epoch))? {
             if observer.cancelled() {
                 return Err(TrainError::Cancelled);
             }
+            let batch = batch?;
+            let indices = batch.indices.as_slice();
             let learning_rate = schedule.at(step);
-            let logits = train_inputs.logits(&model, indices, true, device)?;
+            let logits = train_inputs.logits(&network, &batch, true, device)?;
             let loss = objective.loss(
                 &logits,
                 &train.labels,
@@ -608,7 +877,7 @@ pub fn fine_tune_with(
         }
         let scored = match (&validation, &validation_inputs) {
             (Some(data), Some(inputs)) => Some(score(
-                &model,
+                &network,
                 &objective,
                 inputs,
                 &data.labels,
@@ -685,7 +954,7 @@ pub fn fine_tune_with(
             let report = objective.report(&data.labels, probs, None);
             let sample: Vec<usize> = (0..train.len()).take(TRAIN_EVAL_EXAMPLES).collect();
             let train_probs = score_subset(
-                &model,
+                &network,
                 &objective,
                 &train_inputs,
                 &sample,
@@ -717,7 +986,8 @@ pub fn fine_tune_with(
 
     let meta = ModelMeta {
         format_version: MODEL_META_VERSION,
-        architecture: bert_config.model_type.clone(),
+        modality,
+        architecture,
         pooling: config.pooling,
         head: config.head,
         text_pairs: train.text_pairs.is_some(),
@@ -728,10 +998,13 @@ pub fn fine_tune_with(
             _ => Vec::new(),
         },
         threshold,
-        max_seq_len: config.max_seq_len,
+        max_seq_len: match modality {
+            Modality::Text => config.max_seq_len,
+            Modality::Image => 0,
+        },
     };
     Ok(TrainedModel {
-        classifier: Classifier::from_parts(vs, model, tokenizer, meta, device),
+        classifier: Classifier::from_parts(vs, network, meta, device),
         base_model_dir: base_model_dir.to_owned(),
         history,
         best_epoch,
@@ -854,12 +1127,17 @@ impl BestEpoch {
     }
 }
 
-/// The variables of `vs` that require a gradient, by name.
+/// The variables of `vs` that training changes, by name: those that require a
+/// gradient and BatchNorm's running statistics (which training updates in place; the
+/// frozen layers' ones are included too, they are small and never change), so a
+/// checkpoint or the best epoch restores an image model exactly.
 fn trainable(vs: &nn::VarStore) -> Vec<(String, Tensor)> {
     let mut named: Vec<(String, Tensor)> = vs
         .variables()
         .into_iter()
-        .filter(|(_, t)| t.requires_grad())
+        .filter(|(name, t)| {
+            t.requires_grad() || name.ends_with(".running_mean") || name.ends_with(".running_var")
+        })
         .collect();
     named.sort_by(|a, b| a.0.cmp(&b.0));
     named
@@ -1137,7 +1415,7 @@ impl Scored {
 /// eval mode under `no_grad`. Results stay on the device until the end, so a GPU is not
 /// stalled once per batch.
 fn score(
-    model: &SequenceClassifier,
+    network: &Network,
     objective: &Objective,
     inputs: &Inputs,
     labels: &Targets,
@@ -1149,12 +1427,13 @@ fn score(
     tch::no_grad(|| {
         let mut loss_sum = Tensor::f_zeros([], (Kind::Float, device))?;
         let mut probs = Vec::new();
-        let all: Vec<usize> = (0..n).collect();
-        for indices in all.chunks(batch_size) {
+        for batch in inputs.batches((0..n).collect(), batch_size, None)? {
             if cancelled() {
                 return Err(TrainError::Cancelled);
             }
-            let logits = inputs.logits(model, indices, false, device)?;
+            let batch = batch?;
+            let indices = batch.indices.as_slice();
+            let logits = inputs.logits(network, &batch, false, device)?;
             let loss = objective.loss(&logits, labels, indices, &[], 0.0)?;
             loss_sum = loss_sum.f_add(&loss.f_mul_scalar(indices.len() as f64)?)?;
             probs.push(objective.probabilities(&logits)?);
@@ -1168,7 +1447,7 @@ fn score(
 
 /// Probabilities of the examples at `indices`.
 fn score_subset(
-    model: &SequenceClassifier,
+    network: &Network,
     objective: &Objective,
     inputs: &Inputs,
     indices: &[usize],
@@ -1177,8 +1456,8 @@ fn score_subset(
 ) -> Result<Vec<Vec<f32>>, TrainError> {
     tch::no_grad(|| {
         let mut probs = Vec::new();
-        for chunk in indices.chunks(batch_size) {
-            let logits = inputs.logits(model, chunk, false, device)?;
+        for batch in inputs.batches(indices.to_vec(), batch_size, None)? {
+            let logits = inputs.logits(network, &batch?, false, device)?;
             probs.push(objective.probabilities(&logits)?);
         }
         let probs = Tensor::f_cat(&probs, 0)?.f_to_device(Device::Cpu)?;
@@ -1191,6 +1470,7 @@ fn check_job(
     train: &TrainData,
     validation: Option<&TrainData>,
     config: &TrainConfig,
+    modality: Modality,
 ) -> Result<(), TrainError> {
     let invalid = |m: String| Err(TrainError::InvalidInput(m));
     objective.validate()?;
@@ -1200,10 +1480,22 @@ fn check_job(
     for (name, data) in
         std::iter::once(("training", train)).chain(validation.map(|v| ("validation", v)))
     {
-        if data.texts.len() != data.labels.len() {
+        let (inputs, what, other) = match modality {
+            Modality::Text => (data.texts.len(), "texts", data.images.len()),
+            Modality::Image => (
+                data.images.len(),
+                "images",
+                data.texts.len() + data.text_pairs.as_ref().map_or(0, Vec::len),
+            ),
+        };
+        if other > 0 {
             return invalid(format!(
-                "the {name} set has {} texts but {} labels",
-                data.texts.len(),
+                "the {name} set is not made of {what}, as the base model reads"
+            ));
+        }
+        if inputs != data.labels.len() {
+            return invalid(format!(
+                "the {name} set has {inputs} {what} but {} labels",
                 data.labels.len()
             ));
         }
@@ -1231,6 +1523,9 @@ fn check_job(
     }
     if validation.is_some_and(TrainData::is_empty) {
         return invalid("the validation set is empty".into());
+    }
+    if modality == Modality::Image && config.head != HeadType::Linear {
+        return invalid("image models take a linear head only".into());
     }
     if config.epochs == 0 || config.batch_size == 0 {
         return invalid("epochs and batch_size must be positive".into());
@@ -1306,28 +1601,54 @@ impl LinearSchedule {
     }
 }
 
-/// Loss, accuracy and macro-F1 of `model` on tokenized examples, in eval mode under
-/// `no_grad`.
-pub(crate) fn evaluate_encoded(
-    model: &SequenceClassifier,
+/// Loss, accuracy and macro-F1 of `network` on labelled examples of its modality, in
+/// eval mode under `no_grad`.
+pub(crate) fn evaluate_data(
+    network: &Network,
     objective: &Objective,
-    encoded: &[Encoded],
-    labels: &Targets,
-    pad_id: u32,
+    data: &TrainData,
     batch_size: usize,
     device: Device,
 ) -> Result<EvalMetrics, TrainError> {
-    let inputs = Inputs::Tokens { encoded, pad_id };
+    let encoded;
+    let set;
+    let inputs = match network {
+        Network::Text { tokenizer, .. } => {
+            encoded = tokenizer.encode_maybe_pairs(&data.texts, data.text_pairs.as_deref())?;
+            Inputs::Tokens {
+                encoded: &encoded,
+                pad_id: tokenizer.pad_id(),
+            }
+        }
+        Network::Image { preprocess, .. } => {
+            set = ImageSet::new(
+                data.images.clone(),
+                preprocess.clone(),
+                LoaderOptions::default(),
+            )?;
+            Inputs::Images {
+                set: &set,
+                augment: None,
+            }
+        }
+    };
     let scored = score(
-        model,
+        network,
         objective,
         &inputs,
-        labels,
+        &data.labels,
         batch_size,
         device,
         &|| false,
     )?;
-    Ok(scored.metrics(objective, labels))
+    Ok(scored.metrics(objective, &data.labels))
+}
+
+/// The training or the validation side of a job.
+#[derive(Debug, Clone, Copy)]
+enum Which {
+    Train,
+    Validation,
 }
 
 #[cfg(test)]

@@ -6,8 +6,9 @@
 //! Transfer strategies map onto [`crate::efficientnet::layer_depth`]: depth 0 is the
 //! stem, block `i` is depth `i + 1`, the head convolution `blocks + 1`, the new heads
 //! `blocks + 2`. `partial` with k frozen layers freezes the stem and the first k MBConv
-//! blocks (k is at most the config's block count, 16 for Lite0); `feature_extraction`
-//! freezes everything up to and including the head convolution. Frozen layers also run
+//! blocks (k is at most the block count + 1, the head convolution: 17 for Lite0, as the
+//! catalogue counts layers); `feature_extraction` freezes everything up to and including
+//! the head convolution. Frozen layers also run
 //! BatchNorm in inference mode: their running statistics stay those of ImageNet instead
 //! of drifting to a fine-tuning run's small batches.
 
@@ -111,7 +112,7 @@ impl ImageClassifier {
         self.num_labels
     }
 
-    /// What `partial`'s `frozen_layers` can be at most: the MBConv blocks.
+    /// The MBConv blocks; `partial`'s `frozen_layers` is at most one more.
     pub fn num_blocks(&self) -> usize {
         self.backbone.blocks().len()
     }
@@ -126,10 +127,13 @@ impl ImageClassifier {
     pub fn frozen_depth(&self, strategy: Strategy) -> Result<Option<usize>, TrainError> {
         match strategy {
             Strategy::Full => Ok(None),
-            Strategy::Partial { frozen_layers } if frozen_layers > self.num_blocks() => {
+            // The catalogue counts the head convolution as a layer too (what the API
+            // bounds `frozen_layers` by): all of them frozen leaves the heads alone.
+            Strategy::Partial { frozen_layers } if frozen_layers > self.backbone.num_layers() => {
                 Err(TrainError::InvalidInput(format!(
-                    "frozen_layers {frozen_layers} exceeds the {} blocks of the backbone",
-                    self.num_blocks()
+                    "frozen_layers {frozen_layers} exceeds the {} layers of the backbone \
+                     (its blocks and head convolution)",
+                    self.backbone.num_layers()
                 )))
             }
             Strategy::Partial { frozen_layers } => Ok(Some(frozen_layers)),

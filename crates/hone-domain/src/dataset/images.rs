@@ -79,8 +79,8 @@ pub(super) fn holds_images() -> DatasetError {
     )
 }
 
-/// A refusal without its place: the caller knows the line or the entry.
-type Refusal = (DatasetErrorKind, String);
+/// A refusal without its place: the caller knows the line, the entry or the input.
+pub type Refusal = (DatasetErrorKind, String);
 
 /// Padding is optional and a `data:image/…;base64,` prefix is accepted, since that is
 /// what browsers and most tools produce.
@@ -89,8 +89,8 @@ const BASE64: GeneralPurpose = GeneralPurpose::new(
     GeneralPurposeConfig::new().with_decode_padding_mode(DecodePaddingMode::Indifferent),
 );
 
-/// The image bytes of a JSON Lines `image` field, checked.
-pub(super) fn decode_base64(field: &str, limits: &DatasetLimits) -> Result<Vec<u8>, Refusal> {
+/// The image bytes of a JSON Lines `image` field (or a predict input), checked.
+pub fn decode_base64(field: &str, limits: &DatasetLimits) -> Result<Vec<u8>, Refusal> {
     let encoded = match field.strip_prefix("data:") {
         Some(url) => match url.split_once(";base64,") {
             Some((media, data)) if media.starts_with("image/") => data,
@@ -118,7 +118,7 @@ const JPEG: &[u8] = b"\xFF\xD8\xFF";
 
 /// Refuses what is not a PNG or JPEG by its bytes, whatever its name says, then checks
 /// the header's dimensions before anything is allocated for the pixels, then decodes.
-pub(super) fn check_image(bytes: &[u8], limits: &DatasetLimits) -> Result<(), Refusal> {
+pub fn check_image(bytes: &[u8], limits: &DatasetLimits) -> Result<(), Refusal> {
     let invalid = |message: String| (DatasetErrorKind::InvalidImage, message);
     let format = if bytes.starts_with(PNG) {
         ImageFormat::Png

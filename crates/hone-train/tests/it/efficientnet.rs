@@ -52,6 +52,27 @@ fn tiny_model(seed: i64) -> (nn::VarStore, EfficientNet) {
     (vs, model)
 }
 
+/// A base-model directory (config.json + model.safetensors) of the tiny config with
+/// the weights of `vs`.
+pub fn tiny_directory(vs: &nn::VarStore) -> tempfile::TempDir {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let config = serde_json::to_string_pretty(&tiny_config()).expect("json");
+    std::fs::write(dir.path().join("config.json"), config).expect("config");
+    let tensors: Vec<(String, Tensor)> = vs
+        .variables()
+        .into_iter()
+        .map(|(name, t)| (name, t.detach()))
+        .collect();
+    Tensor::write_safetensors(&tensors, dir.path().join("model.safetensors")).expect("weights");
+    dir
+}
+
+/// A base-model directory of the tiny config with random weights.
+pub fn tiny_image_base(seed: i64) -> tempfile::TempDir {
+    let (vs, _model) = tiny_model(seed);
+    tiny_directory(&vs)
+}
+
 pub fn var(vs: &nn::VarStore, name: &str) -> Tensor {
     vs.variables()
         .get(name)
@@ -166,15 +187,7 @@ fn frozen_layers_stay_in_inference_mode() {
 fn tiny_directory_is_catalogued_and_loads_back() {
     let _lock = torch_lock();
     let (vs, model) = tiny_model(4);
-    let dir = tempfile::tempdir().expect("tempdir");
-    let config = serde_json::to_string_pretty(&tiny_config()).expect("json");
-    std::fs::write(dir.path().join("config.json"), config).expect("config");
-    let tensors: Vec<(String, Tensor)> = vs
-        .variables()
-        .into_iter()
-        .map(|(name, t)| (name, t.detach()))
-        .collect();
-    Tensor::write_safetensors(&tensors, dir.path().join("model.safetensors")).expect("weights");
+    let dir = tiny_directory(&vs);
 
     let info = inspect_base_model(dir.path()).expect("inspect");
     assert_eq!(info.architecture, "efficientnet_lite");

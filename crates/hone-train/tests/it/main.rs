@@ -10,6 +10,7 @@
 mod base_models;
 mod common;
 mod efficientnet;
+mod image_training;
 mod model;
 mod parity;
 mod resume;

@@ -15,11 +15,11 @@ use crate::common::{fast_config, labels, tiny_base_model, torch_lock, toy_data, 
 /// Records steps, epochs and checkpoints; stops training once it has seen
 /// `stop_after_checkpoints` of them.
 #[derive(Default)]
-struct Run {
-    losses: Vec<f64>,
-    epochs: Vec<EpochMetrics>,
-    checkpoints: Vec<Checkpoint>,
-    stop_after_checkpoints: Option<usize>,
+pub struct Run {
+    pub losses: Vec<f64>,
+    pub epochs: Vec<EpochMetrics>,
+    pub checkpoints: Vec<Checkpoint>,
+    pub stop_after_checkpoints: Option<usize>,
 }
 
 impl TrainObserver for Run {

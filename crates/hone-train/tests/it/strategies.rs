@@ -264,6 +264,7 @@ fn pair_data(n: usize, seed: u64) -> TrainData {
         texts: filler.texts,
         text_pairs: Some(sentiment.texts),
         labels: sentiment.labels,
+        ..TrainData::default()
     }
 }
 

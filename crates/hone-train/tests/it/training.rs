@@ -122,11 +122,23 @@ fn save_then_load_predicts_the_same() {
             .expect("json");
     assert_eq!(
         meta,
-        serde_json::json!({"format_version": 3, "architecture": "bert", "pooling": "mean",
-                           "head": "linear", "text_pairs": false, "task_type": "classification",
-                           "labels": ["negative", "positive"],
+        serde_json::json!({"format_version": 4, "modality": "text", "architecture": "bert",
+                           "pooling": "mean", "head": "linear", "text_pairs": false,
+                           "task_type": "classification", "labels": ["negative", "positive"],
                            "max_seq_len": 16})
     );
+    // A version-3 file (before images) has no modality and is a text model.
+    let mut v3 = meta.clone();
+    v3["format_version"] = 3.into();
+    v3.as_object_mut().expect("object").remove("modality");
+    let v3_dir = tempfile::tempdir().expect("tempdir");
+    for entry in std::fs::read_dir(&published).expect("dir") {
+        let path = entry.expect("entry").path();
+        std::fs::copy(&path, v3_dir.path().join(path.file_name().expect("name"))).expect("copy");
+    }
+    std::fs::write(v3_dir.path().join("hone_model.json"), v3.to_string()).expect("write");
+    let old = Classifier::load(v3_dir.path(), Device::Cpu).expect("a v3 model loads");
+    assert_eq!(old.modality(), hone_train::Modality::Text);
     let names: Vec<String> = Tensor::read_safetensors(published.join("model.safetensors"))
         .expect("weights")
         .into_iter()

@@ -7,7 +7,8 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use hone_domain::data_report::{DataReport, DataReportBuilder};
-use hone_domain::dataset::{parse_examples, Example, TaskType};
+use hone_domain::dataset::images::read_image_examples;
+use hone_domain::dataset::{parse_examples, Example, Modality, TaskType};
 use hone_domain::job::{
     choose_method, AutoEvidence, ChosenMethod, Hyperparameters, Method, MethodType,
 };
@@ -21,10 +22,10 @@ use hone_store::jobs::{ClaimedJob, NewEvent};
 use hone_store::models::NewModel;
 use hone_store::{ArtifactStore, Db};
 use hone_train::train::{
-    fine_tune, Checkpoint, EpochMetrics, Evaluation, Features, StepProgress, Strategy, TrainConfig,
-    TrainData, TrainError, TrainJob, TrainObserver,
+    fine_tune, fine_tune_with, Checkpoint, EncoderInit, EpochMetrics, Evaluation, Features,
+    StepProgress, Strategy, TrainConfig, TrainData, TrainError, TrainJob, TrainObserver,
 };
-use hone_train::{BertConfig, FeatureRun, Objective, Report};
+use hone_train::{FeatureRun, Objective, Report};
 use rand::rngs::StdRng;
 use rand::seq::SliceRandom;
 use rand::SeedableRng;
@@ -196,12 +197,20 @@ async fn finish_stopped(
     Ok(())
 }
 
+/// A file's examples: for an image file, `images[i]` is example `i`'s encoded image and
+/// its `text` is empty.
+struct FileExamples {
+    examples: Vec<Example>,
+    images: Vec<Vec<u8>>,
+    sha256: String,
+}
+
 async fn read_examples(
     db: &Db,
     artifacts: &Arc<dyn ArtifactStore>,
     file_id: &str,
     param: &str,
-) -> Result<(Vec<Example>, String), Failure> {
+) -> Result<FileExamples, Failure> {
     let file = db.get_file_of_job(file_id).await.map_err(|e| match e {
         hone_store::StoreError::NotFound => user(
             "file_not_found",
@@ -222,9 +231,32 @@ async fn read_examples(
             Some(param),
         ));
     }
-    let examples = parse_examples(file.object.format, &bytes)
-        .map_err(|e| user("invalid_file", format!("{file_id}: {e}"), Some(param)))?;
-    Ok((examples, digest))
+    let invalid = |e: hone_domain::dataset::DatasetError| {
+        user("invalid_file", format!("{file_id}: {e}"), Some(param))
+    };
+    let (examples, images) = match file.object.modality {
+        Modality::Text => (
+            parse_examples(file.object.format, &bytes).map_err(invalid)?,
+            Vec::new(),
+        ),
+        Modality::Image => read_image_examples(file.object.format, &bytes)
+            .map_err(invalid)?
+            .into_iter()
+            .map(|e| {
+                let example = Example {
+                    text: String::new(),
+                    text_pair: None,
+                    target: e.target,
+                };
+                (example, e.image)
+            })
+            .unzip(),
+    };
+    Ok(FileExamples {
+        examples,
+        images,
+        sha256: digest,
+    })
 }
 
 async fn prepare(
@@ -245,8 +277,11 @@ async fn prepare(
             Some("base_model"),
         ));
     }
-    let (train_examples, file_sha256) =
-        read_examples(db, artifacts, &job.training_file, "training_file").await?;
+    let FileExamples {
+        examples: train_examples,
+        images: train_images,
+        sha256: file_sha256,
+    } = read_examples(db, artifacts, &job.training_file, "training_file").await?;
     let task_type = train_examples
         .first()
         .map(|e| e.target.task_type())
@@ -256,39 +291,44 @@ async fn prepare(
         .is_some_and(|e| e.text_pair.is_some());
     let objective = objective_of(&train_examples, task_type, &job.hyperparameters)?;
     let indexer = Indexer::new(&objective);
-    let to_data = |examples: Vec<Example>, param: &str| -> Result<TrainData, Failure> {
-        let mut texts = Vec::with_capacity(examples.len());
-        let mut text_pairs = pairs.then(|| Vec::with_capacity(examples.len()));
-        let mut targets = Vec::with_capacity(examples.len());
-        for e in examples {
-            match (&e.text_pair, &mut text_pairs) {
-                (Some(pair), Some(pairs)) => pairs.push(pair.clone()),
-                (None, None) => {}
-                _ => {
-                    let what = if pairs { "text pairs" } else { "single texts" };
-                    return Err(user(
-                        "task_mismatch",
-                        format!("the {param} is not made of {what} like the training file"),
-                        Some(param),
-                    ));
+    let to_data =
+        |examples: Vec<Example>, images: Vec<Vec<u8>>, param: &str| -> Result<TrainData, Failure> {
+            let mut texts = Vec::with_capacity(examples.len());
+            let mut text_pairs = pairs.then(|| Vec::with_capacity(examples.len()));
+            let mut targets = Vec::with_capacity(examples.len());
+            for e in examples {
+                match (&e.text_pair, &mut text_pairs) {
+                    (Some(pair), Some(pairs)) => pairs.push(pair.clone()),
+                    (None, None) => {}
+                    _ => {
+                        let what = if pairs { "text pairs" } else { "single texts" };
+                        return Err(user(
+                            "task_mismatch",
+                            format!("the {param} is not made of {what} like the training file"),
+                            Some(param),
+                        ));
+                    }
                 }
+                targets.push(indexer.index(&e.target, param)?);
+                texts.push(e.text);
             }
-            targets.push(indexer.index(&e.target, param)?);
-            texts.push(e.text);
-        }
-        Ok(TrainData {
-            texts,
-            text_pairs,
-            labels: indexer.collect(targets),
-        })
-    };
-    let file = to_data(train_examples, "training_file")?;
+            if !images.is_empty() {
+                return Ok(TrainData::images(images, indexer.collect(targets)));
+            }
+            Ok(TrainData {
+                texts,
+                text_pairs,
+                labels: indexer.collect(targets),
+                ..TrainData::default()
+            })
+        };
+    let file = to_data(train_examples, train_images, "training_file")?;
     let (train_rows, validation) = match &job.validation_file {
         Some(id) => {
-            let (examples, sha) = read_examples(db, artifacts, id, "validation_file").await?;
+            let v = read_examples(db, artifacts, id, "validation_file").await?;
             (
                 (0..file.len()).collect(),
-                Validation::File(to_data(examples, "validation_file")?, sha),
+                Validation::File(to_data(v.examples, v.images, "validation_file")?, v.sha256),
             )
         }
         None => {
@@ -305,9 +345,17 @@ async fn prepare(
     let pair_of = |data: &TrainData, i: usize| -> Option<String> {
         data.text_pairs.as_ref().map(|p| p[i].clone())
     };
+    // An image stands in the report as its digest: identical images count as leaked
+    // into validation as identical texts do.
+    let input_of = |data: &TrainData, i: usize| -> String {
+        match data.images.get(i) {
+            Some(image) => hex::encode(Sha256::digest(image)),
+            None => data.texts[i].clone(),
+        }
+    };
     for &i in &train_rows {
         data_report.add_training(
-            &file.texts[i],
+            &input_of(&file, i),
             pair_of(&file, i).as_deref(),
             &report_labels(&objective, &file.labels, i),
         );
@@ -316,12 +364,12 @@ async fn prepare(
         Validation::None => {}
         Validation::Split(rows) => {
             for &i in rows {
-                data_report.add_validation(&file.texts[i], pair_of(&file, i).as_deref());
+                data_report.add_validation(&input_of(&file, i), pair_of(&file, i).as_deref());
             }
         }
         Validation::File(data, _) => {
-            for (i, text) in data.texts.iter().enumerate() {
-                data_report.add_validation(text, pair_of(data, i).as_deref());
+            for i in 0..data.len() {
+                data_report.add_validation(&input_of(data, i), pair_of(data, i).as_deref());
             }
         }
     }
@@ -369,8 +417,13 @@ async fn train_and_publish(
         &job.id,
         attempt,
         &NewEvent::info(format!(
-            "Fine-tuning {} ({}{}) on {} examples ({validation_note}), {}, for {} epochs",
+            "Fine-tuning {}{} ({}{}) on {} examples ({validation_note}), {}, for {} epochs",
             job.base_model,
+            if job.method.from_scratch {
+                " from random weights (the from-scratch baseline)"
+            } else {
+                ""
+            },
             method.as_str(),
             frozen.map_or(String::new(), |k| format!(", {k} layers frozen")),
             trained_examples,
@@ -382,20 +435,33 @@ async fn train_and_publish(
     .map_err(|e| transient("storage_error", e.to_string()))?;
 
     // The feature cache: only strategies that train on frozen features fill it.
-    let needs_features = matches!(method, MethodType::FeatureExtraction | MethodType::Auto);
+    // A from-scratch baseline's frozen features are those of random weights: never
+    // the cache's.
+    let needs_features = matches!(method, MethodType::FeatureExtraction | MethodType::Auto)
+        && !job.method.from_scratch;
     let mut cache = FeatureCacheKeys::default();
     if needs_features {
         let weights = features::base_weights_digest(&prepared.base_dir)
             .await
             .map_err(|e| transient("worker_error", format!("cannot read the base model: {e}")))?;
-        let key = |file_sha: &str| {
-            features::cache_key(
-                &job.base_model,
-                &weights,
-                file_sha,
-                hp.max_seq_len,
-                hp.pooling,
+        // An image model's features also depend on its preprocessing (input size,
+        // normalisation), which config.json holds: its digest joins the key.
+        let base_key = if prepared.file.images.is_empty() {
+            job.base_model.clone()
+        } else {
+            let config = tokio::fs::read(prepared.base_dir.join("config.json"))
+                .await
+                .map_err(|e| {
+                    transient("worker_error", format!("cannot read the base model: {e}"))
+                })?;
+            format!(
+                "{}@{}",
+                job.base_model,
+                hex::encode(Sha256::digest(&config))
             )
+        };
+        let key = |file_sha: &str| {
+            features::cache_key(&base_key, &weights, file_sha, hp.max_seq_len, hp.pooling)
         };
         let train =
             features::lookup(artifacts, key(&prepared.file_sha256), &out_dir, "train").await;
@@ -716,16 +782,10 @@ fn run_training(
     let cancelled = || flags.any();
     let hp = &hyperparameters;
     let max_seq_len = hp.max_seq_len as usize;
-    let bert = BertConfig::from_file(&base_dir.join("config.json"))?;
-    let hidden = bert.hidden_size;
-    let pick = |data: &TrainData, rows: &[usize]| TrainData {
-        texts: rows.iter().map(|&i| data.texts[i].clone()).collect(),
-        text_pairs: data
-            .text_pairs
-            .as_ref()
-            .map(|p| rows.iter().map(|&i| p[i].clone()).collect()),
-        labels: data.labels.select(rows),
-    };
+    let base = hone_train::inspect_base_model(&base_dir)?;
+    let hidden = base.hidden_size;
+    let images = base.modality == hone_train::Modality::Image;
+    let pick = |data: &TrainData, rows: &[usize]| data.select(rows);
     let train = pick(&file, &train_rows);
     let validation_data = match &validation {
         Validation::None => None,
@@ -740,10 +800,38 @@ fn run_training(
         batch_size: 64,
         device,
     };
-    let lengths =
-        hone_train::transfer::token_lengths(&base_dir, &train.texts, train.text_pairs.as_deref())?;
-    let mean_tokens = lengths.iter().sum::<usize>() as f64 / lengths.len().max(1) as f64;
-    send(Update::TokenLengths(lengths));
+    // Token counts mean nothing for images: `auto` sees 0 and the report leaves
+    // truncation out.
+    let mean_tokens = if images {
+        0.0
+    } else {
+        let lengths = hone_train::transfer::token_lengths(
+            &base_dir,
+            &train.texts,
+            train.text_pairs.as_deref(),
+        )?;
+        let mean = lengths.iter().sum::<usize>() as f64 / lengths.len().max(1) as f64;
+        send(Update::TokenLengths(lengths));
+        mean
+    };
+    let extract = |data: &TrainData| -> Result<Tensor, TrainError> {
+        if images {
+            hone_train::train::extract_image_features(
+                &base_dir,
+                data.images.clone(),
+                64,
+                device,
+                &cancelled,
+            )
+        } else {
+            hone_train::extract_features(
+                &feature_run,
+                &data.texts,
+                data.text_pairs.as_deref(),
+                &cancelled,
+            )
+        }
+    };
 
     // Features of the frozen encoder: the whole training file (cached) when a strategy
     // may train on them, else a sample for the transferability estimate.
@@ -760,12 +848,7 @@ fn run_training(
                 ),
             }
         }
-        let t = hone_train::extract_features(
-            &feature_run,
-            &data.texts,
-            data.text_pairs.as_deref(),
-            &cancelled,
-        )?;
+        let t = extract(data)?;
         if let Some((key, _)) = entry {
             let path = out_dir.join(format!("{name}-features.safetensors"));
             hone_train::transfer::save_features(&t, &path)?;
@@ -780,41 +863,32 @@ fn run_training(
         Some(_) => Some(features_of(&cache.train, &file, "train")?),
         None => None,
     };
-    let rows_tensor = |rows: &[usize]| -> Result<Tensor, TrainError> {
-        let rows: Vec<i64> = rows.iter().map(|&i| i as i64).collect();
-        Ok(Tensor::f_from_slice(&rows)?)
-    };
 
     // Transferability on a sample of the training rows (the first ones of a seeded
-    // shuffle, so every class is likely present).
-    let mut sample: Vec<usize> = (0..train.len()).collect();
-    sample.shuffle(&mut StdRng::seed_from_u64(seed));
-    sample.truncate(TRANSFERABILITY_EXAMPLES);
-    sample.sort_unstable();
-    let sample_data = pick(&train, &sample);
-    let sample_features = match &file_features {
-        Some(f) => {
-            let file_rows: Vec<usize> = sample.iter().map(|&i| train_rows[i]).collect();
-            f.f_index_select(0, &rows_tensor(&file_rows)?)?
-        }
-        None => hone_train::extract_features(
+    // shuffle, so every class is likely present); text base models only so far.
+    if images {
+        notice(
+            EventLevel::Info,
+            "No transferability estimate: it covers text base models so far".to_owned(),
+        );
+    } else if !method.from_scratch {
+        estimate_transferability(
             &feature_run,
-            &sample_data.texts,
-            sample_data.text_pairs.as_deref(),
+            file_features.as_ref(),
+            &train,
+            &train_rows,
+            seed,
+            &send,
             &cancelled,
-        )?,
-    };
-    match transferability(&feature_run, &sample_features, &sample_data, seed) {
-        Ok(t) => send(Update::Transferability(t)),
-        Err(TrainError::Cancelled) => return Err(TrainError::Cancelled),
-        Err(e) => notice(
-            EventLevel::Warn,
-            format!("No transferability estimate: {e}"),
-        ),
+        )?;
     }
     if cancelled() {
         return Err(TrainError::Cancelled);
     }
+    let rows_tensor = |rows: &[usize]| -> Result<Tensor, TrainError> {
+        let rows: Vec<i64> = rows.iter().map(|&i| i as i64).collect();
+        Ok(Tensor::f_from_slice(&rows)?)
+    };
 
     let split_features = |f: &Tensor| -> Result<Features, TrainError> {
         let train_f = f.f_index_select(0, &rows_tensor(&train_rows)?)?;
@@ -873,7 +947,7 @@ fn run_training(
             smallest_class,
             mean_tokens,
             probe_macro_f1: probe.evaluation().map(|e| e.validation.macro_f1()),
-            model_layers: bert.num_hidden_layers as u32,
+            model_layers: base.num_layers as u32,
         });
         hp = hp.rebased_on(chosen.kind);
         strategy = strategy_of((chosen.kind, chosen.frozen_layers));
@@ -888,13 +962,22 @@ fn run_training(
         flags: flags.clone(),
         quiet: false,
     };
+    let init = if method.from_scratch {
+        EncoderInit::Random
+    } else {
+        EncoderInit::Pretrained
+    };
     let model = match resume_from {
         Some(_) => {
             let features_again = features.as_ref().map(|f| Features {
                 train: f.train.shallow_clone(),
                 validation: f.validation.as_ref().map(Tensor::shallow_clone),
             });
-            match fine_tune(job_for(strategy, &hp, features, true, true), &mut observer) {
+            match fine_tune_with(
+                job_for(strategy, &hp, features, true, true),
+                init,
+                &mut observer,
+            ) {
                 Err(TrainError::Resume(reason)) => {
                     notice(
                         EventLevel::Warn,
@@ -902,15 +985,20 @@ fn run_training(
                             "Cannot resume from the checkpoint ({reason}); training from the start"
                         ),
                     );
-                    fine_tune(
+                    fine_tune_with(
                         job_for(strategy, &hp, features_again, true, false),
+                        init,
                         &mut observer,
                     )?
                 }
                 other => other?,
             }
         }
-        None => fine_tune(job_for(strategy, &hp, features, true, false), &mut observer)?,
+        None => fine_tune_with(
+            job_for(strategy, &hp, features, true, false),
+            init,
+            &mut observer,
+        )?,
     };
     model.save(&out_dir.join("model"))?;
     Ok(ThreadOutput {
@@ -918,6 +1006,46 @@ fn run_training(
         epochs_run: model.history().len() as u32,
         evaluation: model.evaluation().cloned(),
     })
+}
+
+/// The transferability estimate on a sample of the training rows (the first ones of a
+/// seeded shuffle, so every class is likely present), from the file's features when
+/// they were computed anyway; an estimate that fails is a warning, not a failure.
+fn estimate_transferability(
+    run: &FeatureRun,
+    file_features: Option<&Tensor>,
+    train: &TrainData,
+    train_rows: &[usize],
+    seed: u64,
+    send: &dyn Fn(Update),
+    cancelled: &dyn Fn() -> bool,
+) -> Result<(), TrainError> {
+    let mut sample: Vec<usize> = (0..train.len()).collect();
+    sample.shuffle(&mut StdRng::seed_from_u64(seed));
+    sample.truncate(TRANSFERABILITY_EXAMPLES);
+    sample.sort_unstable();
+    let sample_data = train.select(&sample);
+    let sample_features = match file_features {
+        Some(f) => {
+            let file_rows: Vec<i64> = sample.iter().map(|&i| train_rows[i] as i64).collect();
+            f.f_index_select(0, &Tensor::f_from_slice(&file_rows)?)?
+        }
+        None => hone_train::extract_features(
+            run,
+            &sample_data.texts,
+            sample_data.text_pairs.as_deref(),
+            cancelled,
+        )?,
+    };
+    match transferability(run, &sample_features, &sample_data, seed) {
+        Ok(t) => send(Update::Transferability(t)),
+        Err(TrainError::Cancelled) => return Err(TrainError::Cancelled),
+        Err(e) => send(Update::Notice(
+            EventLevel::Warn,
+            format!("No transferability estimate: {e}"),
+        )),
+    }
+    Ok(())
 }
 
 /// LogME of the base model's features and of a random encoder's on the same sample.
@@ -1006,6 +1134,7 @@ fn train_config(hp: &Hyperparameters, strategy: Strategy, seed: u64) -> TrainCon
         class_weights: hp.class_weights,
         early_stopping_patience: hp.early_stopping_patience,
         monitor: hp.early_stopping_metric,
+        augment: hp.augment,
     }
 }
 
