@@ -26,7 +26,7 @@ const EXPECTED: &[(&str, &str, &str)] = &[
     (
         "post",
         "/v1/models/{model}/predict",
-        "Classify texts with a fine-tuned model.",
+        "Classify texts or images with a fine-tuned model.",
     ),
     ("get", "/healthz", "Liveness"),
 ];

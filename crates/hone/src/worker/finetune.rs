@@ -18,7 +18,7 @@ use hone_domain::resources::{
 };
 use hone_domain::split::stratified_split;
 use hone_domain::ModelId;
-use hone_store::jobs::{ClaimedJob, NewEvent};
+use hone_store::jobs::{ClaimedJob, Lease, NewEvent};
 use hone_store::models::NewModel;
 use hone_store::{ArtifactStore, Db};
 use hone_train::train::{
@@ -179,16 +179,21 @@ async fn finish_stopped(
         return Ok(()); // another worker owns the job now
     }
     if flags.cancelled.load(Ordering::Relaxed) {
+        // A cancelled job leaves nothing behind: its checkpoints go with it, before
+        // the job reads `cancelled`, so that a client who sees that status finds no
+        // files left. Every attempt's checkpoints lie under the job's folder, recorded
+        // or not (a stale attempt's upload is never recorded).
+        let remove = |key: String| async move {
+            if let Err(e) = artifacts.delete(&key).await {
+                tracing::warn!(error = %e, key, "cannot remove a cancelled job's checkpoint");
+            }
+        };
+        if let Lease::Held { .. } = db.cancel_requested(job_id, attempt).await? {
+            remove(hone_store::checkpoints::job_prefix(job_id)).await;
+        }
         if db.finish_cancelled(job_id, attempt).await? {
-            // A cancelled job leaves nothing behind: its checkpoints go with it.
-            // Every attempt's checkpoints lie under the job's folder, recorded or not
-            // (a stale attempt's upload is never recorded).
-            let keys = db.delete_checkpoints(job_id).await?;
-            let folder = hone_store::checkpoints::job_prefix(job_id);
-            for key in keys.iter().chain(std::iter::once(&folder)) {
-                if let Err(e) = artifacts.delete(key).await {
-                    tracing::warn!(error = %e, key, "cannot remove a cancelled job's checkpoint");
-                }
+            for key in db.delete_checkpoints(job_id).await? {
+                remove(key).await;
             }
         }
     } else {
