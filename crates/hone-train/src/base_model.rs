@@ -11,7 +11,7 @@
 use std::io::Read;
 use std::path::Path;
 
-use serde::{Deserialize, Serialize};
+use serde::Serialize;
 
 use crate::bert::BertConfig;
 use crate::classifier::{CONFIG_FILE, WEIGHTS_FILE};
@@ -19,24 +19,8 @@ use crate::efficientnet::{self, EfficientNetConfig};
 use crate::error::TrainError;
 use crate::tokenize::TOKENIZER_FILE;
 
-/// What a base model reads.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
-#[serde(rename_all = "lowercase")]
-pub enum Modality {
-    /// The default of `hone_model.json` files written before images existed.
-    #[default]
-    Text,
-    Image,
-}
-
-impl Modality {
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Self::Text => "text",
-            Self::Image => "image",
-        }
-    }
-}
+/// What a base model reads: the modality files have, so the two compare directly.
+pub use hone_domain::dataset::Modality;
 
 /// Every architecture hone builds, by config.json's `model_type`.
 pub const ARCHITECTURES: &[(&str, Modality)] = &[
