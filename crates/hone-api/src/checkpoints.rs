@@ -14,7 +14,7 @@ use utoipa_axum::routes;
 
 use crate::auth::Project;
 use crate::error::{ApiError, ErrorResponse};
-use crate::jobs::job_id;
+use crate::jobs::{job_id, not_found_as};
 use crate::AppState;
 
 pub fn router() -> OpenApiRouter<AppState> {
@@ -40,10 +40,7 @@ async fn list_checkpoints(
         .db
         .get_job(&project.id, id.as_str())
         .await
-        .map_err(|e| match e {
-            StoreError::NotFound => ApiError::not_found("fine-tuning job", &raw),
-            other => other.into(),
-        })?;
+        .map_err(not_found_as(&raw))?;
     let rows: Vec<JobCheckpoint> = state
         .db
         .list_checkpoints(&project.id, id.as_str())
@@ -87,10 +84,7 @@ async fn publish_checkpoint(
         .db
         .get_job(&project.id, id.as_str())
         .await
-        .map_err(|e| match e {
-            StoreError::NotFound => ApiError::not_found("fine-tuning job", &raw),
-            other => other.into(),
-        })?;
+        .map_err(not_found_as(&raw))?;
     let checkpoint = match state
         .db
         .get_checkpoint(&project.id, id.as_str(), epoch_number)

@@ -359,7 +359,8 @@ pub(crate) fn job_id(raw: &str) -> Result<JobId, ApiError> {
     JobId::parse(raw).ok_or_else(|| ApiError::not_found("fine-tuning job", raw))
 }
 
-fn not_found_as(raw: &str) -> impl Fn(StoreError) -> ApiError + '_ {
+/// A store error, with `NotFound` said of the job `raw`.
+pub(crate) fn not_found_as(raw: &str) -> impl Fn(StoreError) -> ApiError + '_ {
     move |e| match e {
         StoreError::NotFound => ApiError::not_found("fine-tuning job", raw),
         other => other.into(),

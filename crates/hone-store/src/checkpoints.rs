@@ -190,15 +190,16 @@ impl Db {
         }))
     }
 
-    /// Forgets a job's checkpoints; the storage keys of their weights, for the caller
-    /// to delete.
-    pub async fn delete_checkpoints(&self, job_id: &str) -> Result<Vec<String>, StoreError> {
-        Ok(sqlx::query_scalar(
-            "DELETE FROM fine_tuning_job_checkpoints WHERE job_id = $1 RETURNING storage_key",
+    /// Forgets a job's checkpoints; how many there were. Their files all lie under
+    /// [`job_prefix`], which the caller removes.
+    pub async fn delete_checkpoints(&self, job_id: &str) -> Result<u64, StoreError> {
+        Ok(
+            sqlx::query("DELETE FROM fine_tuning_job_checkpoints WHERE job_id = $1")
+                .bind(job_id)
+                .execute(&self.pool)
+                .await?
+                .rows_affected(),
         )
-        .bind(job_id)
-        .fetch_all(&self.pool)
-        .await?)
     }
 }
 

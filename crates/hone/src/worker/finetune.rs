@@ -183,18 +183,14 @@ async fn finish_stopped(
         // the job reads `cancelled`, so that a client who sees that status finds no
         // files left. Every attempt's checkpoints lie under the job's folder, recorded
         // or not (a stale attempt's upload is never recorded).
-        let remove = |key: String| async move {
-            if let Err(e) = artifacts.delete(&key).await {
-                tracing::warn!(error = %e, key, "cannot remove a cancelled job's checkpoint");
-            }
-        };
         if let Lease::Held { .. } = db.cancel_requested(job_id, attempt).await? {
-            remove(hone_store::checkpoints::job_prefix(job_id)).await;
+            let folder = hone_store::checkpoints::job_prefix(job_id);
+            if let Err(e) = artifacts.delete(&folder).await {
+                tracing::warn!(error = %e, folder, "cannot remove a cancelled job's checkpoints");
+            }
         }
         if db.finish_cancelled(job_id, attempt).await? {
-            for key in db.delete_checkpoints(job_id).await? {
-                remove(key).await;
-            }
+            db.delete_checkpoints(job_id).await?;
         }
     } else {
         db.release_job(job_id, attempt).await?;
