@@ -6,8 +6,9 @@ use std::sync::{Mutex, MutexGuard};
 
 use hone_train::bert::{BertConfig, BertModel, WeightInit};
 use hone_train::train::{
-    EpochMetrics, StepProgress, TrainConfig, TrainData, TrainObserver, TrainedModel,
+    EpochMetrics, StepProgress, TrainConfig, TrainData, TrainJob, TrainObserver, TrainedModel,
 };
+use hone_train::Objective;
 use rand::rngs::StdRng;
 use rand::seq::SliceRandom;
 use rand::{Rng, SeedableRng};
@@ -163,6 +164,28 @@ pub fn class(p: &hone_train::Prediction) -> &hone_train::ClassPrediction {
 
 pub fn labels() -> Vec<String> {
     vec!["negative".into(), "positive".into()]
+}
+
+/// A job on the CPU with nothing precomputed: no cached features, no checkpoints, no
+/// resume point.
+pub fn cpu_job<'a>(
+    base: &'a Path,
+    objective: Objective,
+    train: TrainData,
+    validation: Option<TrainData>,
+    config: TrainConfig,
+) -> TrainJob<'a> {
+    TrainJob {
+        base_model_dir: base,
+        objective,
+        train,
+        validation,
+        config,
+        device: Device::Cpu,
+        features: None,
+        checkpoint_dir: None,
+        resume_from: None,
+    }
 }
 
 pub fn fast_config(seed: u64) -> TrainConfig {

@@ -8,13 +8,11 @@ use std::path::{Path, PathBuf};
 use hone_domain::job::MonitorMetric;
 use hone_train::base_model::Modality;
 use hone_train::test_images::{read_digits, LabelledImage};
-use hone_train::train::{
-    fine_tune, fine_tune_with, EncoderInit, Strategy, TrainConfig, TrainData, TrainJob,
-};
+use hone_train::train::{fine_tune, fine_tune_with, EncoderInit, Strategy, TrainConfig, TrainData};
 use hone_train::{Classifier, Objective, Prediction, Targets, TaskSpec, TrainError};
 use tch::Device;
 
-use crate::common::{torch_lock, weights};
+use crate::common::{cpu_job, torch_lock, weights};
 use crate::efficientnet::{lite0_dir, tiny_image_base};
 use crate::resume::Run;
 
@@ -74,26 +72,6 @@ fn image_config(strategy: Strategy, epochs: u32) -> TrainConfig {
     }
 }
 
-fn job<'a>(
-    base: &'a Path,
-    objective: Objective,
-    train: TrainData,
-    validation: Option<TrainData>,
-    config: TrainConfig,
-) -> TrainJob<'a> {
-    TrainJob {
-        base_model_dir: base,
-        objective,
-        train,
-        validation,
-        config,
-        device: Device::Cpu,
-        features: None,
-        checkpoint_dir: None,
-        resume_from: None,
-    }
-}
-
 const CLASSES: &[u8] = &[0, 1, 7];
 
 #[test]
@@ -110,7 +88,7 @@ fn every_strategy_trains_an_image_model_and_lowers_the_loss() {
     ] {
         let mut run = Run::default();
         let model = fine_tune(
-            job(
+            cpu_job(
                 base.path(),
                 Objective::classification(class_names(CLASSES)),
                 train.clone(),
@@ -136,7 +114,7 @@ fn every_strategy_trains_an_image_model_and_lowers_the_loss() {
         config.augment = augment;
         let mut run = Run::default();
         fine_tune(
-            job(
+            cpu_job(
                 base.path(),
                 Objective::classification(class_names(CLASSES)),
                 train.clone(),
@@ -154,7 +132,7 @@ fn every_strategy_trains_an_image_model_and_lowers_the_loss() {
 
     // More frozen layers than the backbone has is refused by name.
     let err = fine_tune(
-        job(
+        cpu_job(
             base.path(),
             Objective::classification(class_names(CLASSES)),
             train.clone(),
@@ -172,7 +150,7 @@ fn every_strategy_trains_an_image_model_and_lowers_the_loss() {
         ..TrainData::default()
     };
     let err = fine_tune(
-        job(
+        cpu_job(
             base.path(),
             Objective::classification(class_names(CLASSES)),
             texts,
@@ -209,7 +187,7 @@ fn image_models_take_multi_label_and_multi_task_heads() {
     );
     let mut run = Run::default();
     let model = fine_tune(
-        job(
+        cpu_job(
             base.path(),
             Objective::multi_label(vec!["round".into(), "loop-top".into()]),
             multi.clone(),
@@ -256,7 +234,7 @@ fn image_models_take_multi_label_and_multi_task_heads() {
     let data = TrainData::images(pngs(&images), Targets::Tasks(targets));
     let mut run = Run::default();
     let model = fine_tune(
-        job(
+        cpu_job(
             base.path(),
             Objective::multi_task(tasks),
             data.clone(),
@@ -301,7 +279,7 @@ fn a_saved_image_model_loads_and_predicts_as_the_trained_one() {
     let base = tiny_image_base(33);
     let train = class_data(&sample(&all, CLASSES, 8, 0), CLASSES);
     let model = fine_tune(
-        job(
+        cpu_job(
             base.path(),
             Objective::classification(class_names(CLASSES)),
             train,
@@ -386,7 +364,7 @@ fn an_augmented_image_job_resumes_from_a_checkpoint_as_if_never_stopped() {
         let mut config = image_config(Strategy::Full, 3);
         assert!(config.augment, "augmentation is on by default");
         config.monitor = MonitorMetric::Accuracy;
-        let mut j = job(
+        let mut j = cpu_job(
             base.path(),
             Objective::classification(class_names(CLASSES)),
             train.clone(),
@@ -445,7 +423,7 @@ fn lite0_pretrained_features_beat_from_scratch_on_digits() {
         config.learning_rate = 1e-2;
         config.batch_size = 16;
         let model = fine_tune_with(
-            job(
+            cpu_job(
                 &base,
                 Objective::classification(class_names(&classes)),
                 train.clone(),

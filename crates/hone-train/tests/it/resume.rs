@@ -8,9 +8,10 @@ use hone_train::train::{
     fine_tune, Checkpoint, EpochMetrics, StepProgress, Strategy, TrainJob, TrainObserver,
 };
 use hone_train::{Objective, TrainError};
-use tch::Device;
 
-use crate::common::{fast_config, labels, tiny_base_model, torch_lock, toy_data, weights, Naming};
+use crate::common::{
+    cpu_job, fast_config, labels, tiny_base_model, torch_lock, toy_data, weights, Naming,
+};
 
 /// Records steps, epochs and checkpoints; stops training once it has seen
 /// `stop_after_checkpoints` of them.
@@ -48,15 +49,14 @@ fn job<'a>(base: &'a Path, strategy: Strategy, checkpoints: &'a Path) -> TrainJo
         config.learning_rate = 1e-2;
     }
     TrainJob {
-        base_model_dir: base,
-        objective: Objective::classification(labels()),
-        train: toy_data(40, 1),
-        validation: Some(toy_data(16, 2)),
-        config,
-        device: Device::Cpu,
-        features: None,
         checkpoint_dir: Some(checkpoints),
-        resume_from: None,
+        ..cpu_job(
+            base,
+            Objective::classification(labels()),
+            toy_data(40, 1),
+            Some(toy_data(16, 2)),
+            config,
+        )
     }
 }
 

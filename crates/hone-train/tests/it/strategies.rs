@@ -9,24 +9,20 @@ use hone_train::{Classifier, Report};
 use tch::{Device, Tensor};
 
 use crate::common::{
-    class, fast_config, labels, single, tiny_base_model, torch_lock, toy_data, weights, Naming,
-    Recorder,
+    class, cpu_job, fast_config, labels, single, tiny_base_model, torch_lock, toy_data, weights,
+    Naming, Recorder,
 };
 
 fn job(base: &std::path::Path, strategy: Strategy, validation: Option<TrainData>) -> TrainJob<'_> {
     let mut config = fast_config(3);
     config.strategy = strategy;
-    TrainJob {
-        base_model_dir: base,
-        objective: Objective::classification(labels()),
-        train: toy_data(48, 1),
+    cpu_job(
+        base,
+        Objective::classification(labels()),
+        toy_data(48, 1),
         validation,
         config,
-        device: Device::Cpu,
-        features: None,
-        checkpoint_dir: None,
-        resume_from: None,
-    }
+    )
 }
 
 fn base_weights(base: &std::path::Path) -> HashMap<String, Tensor> {

@@ -13,7 +13,9 @@ use rand::seq::SliceRandom;
 use rand::{Rng, SeedableRng};
 use tch::{Device, Tensor};
 
-use crate::common::{fast_config, tiny_base_model, torch_lock, Naming, FILLER, NEGATIVE, POSITIVE};
+use crate::common::{
+    cpu_job, fast_config, tiny_base_model, torch_lock, Naming, FILLER, NEGATIVE, POSITIVE,
+};
 
 /// Sentences with any subset of {a positive word, a negative word}: label `neg`
 /// when a negative word is in, `pos` when a positive one is — both, one or none.
@@ -105,17 +107,7 @@ fn job<'a>(
     config.epochs = 8;
     config.batch_size = 16;
     config.learning_rate = 3e-3;
-    TrainJob {
-        base_model_dir: base,
-        objective,
-        train,
-        validation,
-        config,
-        device: Device::Cpu,
-        features: None,
-        checkpoint_dir: None,
-        resume_from: None,
-    }
+    cpu_job(base, objective, train, validation, config)
 }
 
 #[test]

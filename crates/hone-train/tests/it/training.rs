@@ -7,7 +7,7 @@ use hone_train::TrainError;
 use tch::{Device, Tensor};
 
 use crate::common::{
-    class, fast_config, labels, tiny_base_model, torch_lock, toy_data, Naming, Recorder,
+    class, cpu_job, fast_config, labels, tiny_base_model, torch_lock, toy_data, Naming, Recorder,
 };
 
 fn job(
@@ -16,17 +16,13 @@ fn job(
     train: TrainData,
     validation: Option<TrainData>,
 ) -> TrainJob<'_> {
-    TrainJob {
-        base_model_dir: base,
-        objective: Objective::classification(labels()),
+    cpu_job(
+        base,
+        Objective::classification(labels()),
         train,
         validation,
-        config: fast_config(seed),
-        device: Device::Cpu,
-        features: None,
-        checkpoint_dir: None,
-        resume_from: None,
-    }
+        fast_config(seed),
+    )
 }
 
 #[test]
