@@ -3,24 +3,12 @@
 //! before any model runs, and an error names the input at fault.
 
 use base64::Engine;
-use serde_json::{json, Value};
+use serde_json::json;
 
 use crate::image_files::png;
 use crate::support::TestServer;
 
 const PATH: &str = "/v1/models/ft:efficientnet-lite0:none:0/predict";
-
-async fn multipart(s: &TestServer, form: reqwest::multipart::Form) -> (u16, Value) {
-    let r = s
-        .client
-        .post(s.url(PATH))
-        .multipart(form)
-        .send()
-        .await
-        .expect("POST");
-    let status = r.status().as_u16();
-    (status, r.json().await.unwrap_or(Value::Null))
-}
 
 fn file(bytes: Vec<u8>, name: &str) -> reqwest::multipart::Part {
     reqwest::multipart::Part::bytes(bytes).file_name(name.to_owned())
@@ -57,7 +45,7 @@ async fn image_inputs_are_checked_and_the_one_at_fault_is_named() {
     let form = reqwest::multipart::Form::new()
         .part("image", file(png(1), "a.png"))
         .part("image", file(b"plain text".to_vec(), "b.png"));
-    let (status, err) = multipart(&s, form).await;
+    let (status, err) = s.post_form(PATH, form).await;
     assert_eq!(status, 400, "{err}");
     assert_eq!(err["error"]["param"], "inputs[1]", "{err}");
     assert_eq!(err["error"]["code"], "invalid_image", "{err}");
@@ -69,17 +57,17 @@ async fn image_inputs_are_checked_and_the_one_at_fault_is_named() {
     );
 
     let form = reqwest::multipart::Form::new().part("file", file(png(1), "a.png"));
-    let (status, err) = multipart(&s, form).await;
+    let (status, err) = s.post_form(PATH, form).await;
     assert_eq!(status, 400, "{err}");
     assert_eq!(err["error"]["param"], "file", "{err}");
 
     let form = reqwest::multipart::Form::new().text("note", "");
-    let (status, err) = multipart(&s, form).await;
+    let (status, err) = s.post_form(PATH, form).await;
     assert_eq!(status, 400, "{err}");
 
     // Well-formed images reach the model lookup: this model does not exist.
     let form = reqwest::multipart::Form::new().part("image", file(png(1), "a.png"));
-    let (status, err) = multipart(&s, form).await;
+    let (status, err) = s.post_form(PATH, form).await;
     assert_eq!(status, 404, "{err}");
     let (status, err) = s
         .post_json(PATH, &json!({"inputs": [{"image": good}]}))

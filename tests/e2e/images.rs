@@ -195,15 +195,8 @@ async fn feature_extraction_on_lite0_learns_fashion_mnist_from_a_zip() {
                 .file_name(format!("{i}.png")),
         );
     }
-    let r = s
-        .client
-        .post(s.url(&path))
-        .multipart(form)
-        .send()
-        .await
-        .expect("POST");
-    assert_eq!(r.status().as_u16(), 200);
-    let files: Value = r.json().await.expect("json");
+    let (status, files) = s.post_form(&path, form).await;
+    assert_eq!(status, 200, "{files}");
     let from_files: Vec<&str> = files["predictions"]
         .as_array()
         .expect("predictions")

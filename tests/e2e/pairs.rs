@@ -135,15 +135,8 @@ async fn multi_label_jobs_train_and_predict_label_sets() {
             "file",
             reqwest::multipart::Part::bytes(lines.into_bytes()).file_name("tags.jsonl"),
         );
-    let r = s
-        .client
-        .post(s.url("/v1/files"))
-        .multipart(form)
-        .send()
-        .await
-        .expect("upload");
-    assert_eq!(r.status().as_u16(), 400);
-    let err: serde_json::Value = r.json().await.expect("json");
+    let (status, err) = s.post_form("/v1/files", form).await;
+    assert_eq!(status, 400, "{err}");
     assert!(
         err["error"]["message"]
             .as_str()

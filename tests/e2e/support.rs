@@ -262,6 +262,19 @@ impl TestServer {
         (status, r.json().await.unwrap_or(Value::Null))
     }
 
+    /// POSTs a multipart form.
+    pub async fn post_form(&self, path: &str, form: reqwest::multipart::Form) -> (u16, Value) {
+        let r = self
+            .client
+            .post(self.url(path))
+            .multipart(form)
+            .send()
+            .await
+            .expect("POST a form");
+        let status = r.status().as_u16();
+        (status, r.json().await.unwrap_or(Value::Null))
+    }
+
     pub async fn upload(&self, filename: &str, bytes: Vec<u8>) -> (u16, Value) {
         self.upload_as(&self.key, filename, bytes).await
     }

@@ -75,16 +75,8 @@ async fn a_large_upload_keeps_the_servers_memory_flat() {
             reqwest::multipart::Part::stream_with_length(body, total).file_name("big.jsonl"),
         );
     let started = std::time::Instant::now();
-    let response = s
-        .client
-        .post(s.url("/v1/files"))
-        .multipart(form)
-        .send()
-        .await
-        .expect("upload");
+    let (status, file) = s.post_form("/v1/files", form).await;
     let seconds = started.elapsed().as_secs_f64();
-    let status = response.status().as_u16();
-    let file: serde_json::Value = response.json().await.expect("json");
     assert_eq!(status, 200, "{file}");
     assert_eq!(file["bytes"], total, "{file}");
     assert_eq!(file["examples"], lines, "{file}");
