@@ -152,23 +152,12 @@ impl SequenceClassifier {
         pooling: Pooling,
         init: WeightInit,
     ) -> Result<Self, TrainError> {
-        if outputs.is_empty() || outputs.contains(&0) || (!per_task && outputs.len() != 1) {
-            return Err(TrainError::InvalidInput(
-                "a classifier needs labels for every head".into(),
-            ));
-        }
+        let paths = head_paths(vs, outputs, per_task)?;
         let encoder = BertModel::new(vs, config, init)?;
         let hidden = config.hidden_size;
-        let root = vs.sub(HEAD_PREFIX);
-        let heads = outputs
-            .iter()
-            .enumerate()
-            .map(|(i, &n)| {
-                let head_vs = if per_task {
-                    root.sub(i.to_string())
-                } else {
-                    vs.sub(HEAD_PREFIX)
-                };
+        let heads = paths
+            .into_iter()
+            .map(|(head_vs, n)| {
                 Ok(match head {
                     HeadType::Linear => Head::Linear(Linear::new(&head_vs, hidden, n, init)?),
                     HeadType::Mlp => Head::Mlp {
@@ -246,6 +235,34 @@ impl SequenceClassifier {
             _ => Tensor::f_cat(&logits, 1)?,
         })
     }
+}
+
+/// Where each head's variables live, with its number of outputs: under `head.` for a
+/// single head, under `head.{i}.` for task `i` when `per_task`. Refuses a head without
+/// labels, and several heads unless `per_task`.
+pub(crate) fn head_paths<'a>(
+    vs: &nn::Path<'a>,
+    outputs: &[usize],
+    per_task: bool,
+) -> Result<Vec<(nn::Path<'a>, usize)>, TrainError> {
+    if outputs.is_empty() || outputs.contains(&0) || (!per_task && outputs.len() != 1) {
+        return Err(TrainError::InvalidInput(
+            "a classifier needs labels for every head".into(),
+        ));
+    }
+    let root = vs.sub(HEAD_PREFIX);
+    Ok(outputs
+        .iter()
+        .enumerate()
+        .map(|(i, &n)| {
+            let path = if per_task {
+                root.sub(i.to_string())
+            } else {
+                vs.sub(HEAD_PREFIX)
+            };
+            (path, n)
+        })
+        .collect())
 }
 
 /// One vector per input from the encoder's last hidden states `[batch, seq, hidden]`.

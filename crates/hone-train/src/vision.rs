@@ -17,7 +17,7 @@ use std::path::Path;
 use tch::{nn, Tensor};
 
 use crate::bert::{Linear, WeightInit};
-use crate::classifier::{is_head_variable, CONFIG_FILE, HEAD_PREFIX, WEIGHTS_FILE};
+use crate::classifier::{head_paths, is_head_variable, CONFIG_FILE, WEIGHTS_FILE};
 use crate::efficientnet::{layer_depth, EfficientNet, EfficientNetConfig, Init};
 use crate::error::TrainError;
 use crate::train::Strategy;
@@ -46,24 +46,12 @@ impl ImageClassifier {
         per_task: bool,
         init: Init,
     ) -> Result<Self, TrainError> {
-        if outputs.is_empty() || outputs.contains(&0) || (!per_task && outputs.len() != 1) {
-            return Err(TrainError::InvalidInput(
-                "a classifier needs labels for every head".into(),
-            ));
-        }
+        let paths = head_paths(vs, outputs, per_task)?;
         let backbone = EfficientNet::backbone(vs, config, init)?;
         let features = config.head_channels();
-        let heads = outputs
-            .iter()
-            .enumerate()
-            .map(|(i, &n)| {
-                let head_vs = if per_task {
-                    vs.sub(HEAD_PREFIX).sub(i.to_string())
-                } else {
-                    vs.sub(HEAD_PREFIX)
-                };
-                Linear::new(&head_vs, features, n, HEAD_INIT)
-            })
+        let heads = paths
+            .into_iter()
+            .map(|(head_vs, n)| Linear::new(&head_vs, features, n, HEAD_INIT))
             .collect::<Result<Vec<_>, _>>()?;
         Ok(Self {
             backbone,
