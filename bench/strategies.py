@@ -458,7 +458,8 @@ def loadavg():
 
 def timed_child(name, cmd):
     """Runs cmd; the mean number of CPUs other processes kept busy meanwhile."""
-    print(f"strategies: {name}: {' '.join(map(str, cmd))}", file=sys.stderr, flush=True)
+    print(f"{Path(sys.argv[0]).stem}: {name}: {' '.join(map(str, cmd))}", file=sys.stderr,
+          flush=True)
     hz = os.sysconf("SC_CLK_TCK")
     before = busy_jiffies(), resource.getrusage(resource.RUSAGE_CHILDREN), time.monotonic()
     subprocess.run(cmd, check=True)
@@ -468,23 +469,23 @@ def timed_child(name, cmd):
     return round(max(0.0, machine - own) / (after[2] - before[2]), 2)
 
 
-def run(args):
+def run_sides(plan, hone_bin, script, threads, model_dir, follow_hone=False):
+    """Writes `plan`, runs hone's example on it and then `script train`, each timed with
+    how busy the rest of the machine kept; returns both sides' results and the run's
+    metadata. `follow_hone` hands the PyTorch side hone's result (`--follow`)."""
     load_before = loadavg()
-    plan = make_plan(args)
     with tempfile.TemporaryDirectory() as tmp:
         tmp = Path(tmp)
         write_json(tmp / "plan.json", plan)
-        common = ["--plan", tmp / "plan.json", "--threads", str(args.threads)]
-        if args.model_dir:
-            common += ["--model-dir", args.model_dir]
-        others = {
-            "hone": timed_child("hone", [HONE_BIN, *common, "--json", tmp / "hone.json"]),
-            "pytorch": timed_child("pytorch", [sys.executable, __file__, "train", *common,
-                                               "--json", tmp / "pytorch.json"]),
-        }
+        common = ["--plan", tmp / "plan.json", "--threads", str(threads)]
+        if model_dir:
+            common += ["--model-dir", model_dir]
+        follow = ["--follow", tmp / "hone.json"] if follow_hone else []
+        others = {"hone": timed_child("hone", [hone_bin, *common, "--json", tmp / "hone.json"])}
+        others["pytorch"] = timed_child("pytorch", [
+            sys.executable, script, "train", *common, *follow, "--json", tmp / "pytorch.json"])
         hone = json.loads((tmp / "hone.json").read_text())
         pytorch = json.loads((tmp / "pytorch.json").read_text())
-    load_after = loadavg()
     env = os.environ
     meta = {
         "date": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
@@ -494,23 +495,36 @@ def run(args):
         "nproc": os.cpu_count(),
         "quiet_wait": env.get("BENCH_QUIET"),
         "loadavg_before": load_before,
-        "loadavg_after": load_after,
+        "loadavg_after": loadavg(),
         # Mean number of CPUs that other processes kept busy while each side ran.
         "other_load_cpus": others,
     }
-    result = report(plan, hone, pytorch, meta)
+    return hone, pytorch, meta
+
+
+def publish(result, hone, pytorch, out, table_text):
+    """Writes the result with both raw sides to `out` and prints the table, warning when
+    the machine was busy."""
     result["raw"] = {"hone": hone, "pytorch": pytorch}
-    write_json(args.out, result)
-    print(table(result))
-    print(f"\nloadavg before {load_before}, after {load_after}; other load (CPUs) "
-          f"hone {others['hone']:.2f}, pytorch {others['pytorch']:.2f}")
+    write_json(out, result)
+    print(table_text)
+    others = result["other_load_cpus"]
+    print(f"\nloadavg before {result['loadavg_before']}, after {result['loadavg_after']}; "
+          f"other load (CPUs) hone {others['hone']:.2f}, pytorch {others['pytorch']:.2f}")
+    if max(others.values()) > 0.1 * (os.cpu_count() or 1):
+        print(f"{Path(sys.argv[0]).stem}: warning: other processes kept the machine busy; "
+              "the times are not trustworthy, rerun on a quiet machine", file=sys.stderr)
+
+
+def run(args):
+    plan = make_plan(args)
+    hone, pytorch, meta = run_sides(plan, HONE_BIN, __file__, args.threads, args.model_dir)
+    result = report(plan, hone, pytorch, meta)
+    publish(result, hone, pytorch, args.out, table(result))
     fe = result["full_over_feature_extraction_later_epoch"].get("hone")
     if fe is not None and fe < 10:
         print(f"strategies: warning: hone's feature_extraction epochs are only {fe:.1f}× "
               "faster than full's", file=sys.stderr)
-    if max(others.values()) > 0.1 * (os.cpu_count() or 1):
-        print("strategies: warning: other processes kept the machine busy; the times are "
-              "not trustworthy, rerun on a quiet machine", file=sys.stderr)
 
 
 def main():

@@ -38,6 +38,11 @@ use hone_train::weights::load_safetensors;
 use hone_train::{Classifier, SequenceClassifier, TrainError};
 use tch::{nn, Device, Kind, Reduction, Tensor};
 
+// The epoch clock is for the strategy benchmarks; this one times steps itself.
+#[allow(dead_code)]
+mod support;
+use support::{libtorch_version, write_json};
+
 /// The reference's hyperparameters (bench/reference.py).
 const LEARNING_RATE: f64 = 2e-5;
 const WEIGHT_DECAY: f64 = 0.01;
@@ -251,12 +256,7 @@ fn main() -> anyhow::Result<()> {
             "model": args.model_dir.file_name().map(|n| n.to_string_lossy()),
             "final_loss": final_loss,
         });
-        if let Some(parent) = path.parent().filter(|p| !p.as_os_str().is_empty()) {
-            std::fs::create_dir_all(parent)
-                .with_context(|| format!("creating {}", parent.display()))?;
-        }
-        let text = serde_json::to_string_pretty(&result)? + "\n";
-        std::fs::write(path, text).with_context(|| format!("writing {}", path.display()))?;
+        write_json(path, &result)?;
     }
     Ok(())
 }
@@ -336,11 +336,4 @@ fn publish_and_load(
     }
     .write(dir)?;
     Ok(Classifier::load(dir, device)?)
-}
-
-/// The libtorch this binary was built against, as scripts/setup records it.
-fn libtorch_version() -> String {
-    option_env!("LIBTORCH")
-        .and_then(|dir| std::fs::read_to_string(Path::new(dir).join("build-version")).ok())
-        .map_or_else(|| "unknown".to_owned(), |v| v.trim().to_owned())
 }

@@ -23,11 +23,12 @@ use anyhow::{ensure, Context};
 use clap::Parser;
 use hone_train::train::Strategy;
 use hone_train::Objective;
-use hone_train::{
-    fine_tune, EpochMetrics, StepProgress, TrainConfig, TrainData, TrainJob, TrainObserver,
-};
+use hone_train::{fine_tune, TrainConfig, TrainData, TrainJob};
 use serde::{Deserialize, Serialize};
 use tch::Device;
+
+mod support;
+use support::{libtorch_version, write_json, EpochClock};
 
 /// hone's transfer strategies on the data and configs of a strategies plan.
 #[derive(Debug, Parser)]
@@ -95,26 +96,6 @@ struct StrategyResult {
     predictions: Vec<usize>,
 }
 
-/// Remembers when each epoch ended.
-struct EpochClock {
-    start: Instant,
-    epoch_end_s: Vec<f64>,
-    train_losses: Vec<f64>,
-}
-
-impl TrainObserver for EpochClock {
-    fn on_step(&mut self, _progress: &StepProgress) {}
-
-    fn on_epoch(&mut self, metrics: &EpochMetrics) {
-        self.epoch_end_s.push(self.start.elapsed().as_secs_f64());
-        self.train_losses.push(metrics.train_loss);
-    }
-
-    fn cancelled(&self) -> bool {
-        false
-    }
-}
-
 fn main() -> anyhow::Result<()> {
     let args = Args::parse();
     let text = std::fs::read_to_string(&args.plan)
@@ -177,12 +158,7 @@ fn main() -> anyhow::Result<()> {
         "model": args.model_dir.file_name().map(|n| n.to_string_lossy()),
         "strategies": results,
     });
-    if let Some(parent) = args.json.parent().filter(|p| !p.as_os_str().is_empty()) {
-        std::fs::create_dir_all(parent)
-            .with_context(|| format!("creating {}", parent.display()))?;
-    }
-    let text = serde_json::to_string_pretty(&output)? + "\n";
-    std::fs::write(&args.json, text).with_context(|| format!("writing {}", args.json.display()))
+    write_json(&args.json, &output)
 }
 
 /// One `fine_tune` call, timed from the outside, then the test predictions.
@@ -229,11 +205,7 @@ fn run_strategy(
         checkpoint_dir: None,
         resume_from: None,
     };
-    let mut clock = EpochClock {
-        start: Instant::now(),
-        epoch_end_s: Vec::new(),
-        train_losses: Vec::new(),
-    };
+    let mut clock = EpochClock::starting_now();
     let trained = fine_tune(job, &mut clock)?;
     let total_s = clock.start.elapsed().as_secs_f64();
 
@@ -260,11 +232,4 @@ fn run_strategy(
         predict_s,
         predictions,
     })
-}
-
-/// The libtorch this binary was built against, as scripts/setup records it.
-fn libtorch_version() -> String {
-    option_env!("LIBTORCH")
-        .and_then(|dir| std::fs::read_to_string(Path::new(dir).join("build-version")).ok())
-        .map_or_else(|| "unknown".to_owned(), |v| v.trim().to_owned())
 }

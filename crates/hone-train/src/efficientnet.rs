@@ -373,7 +373,10 @@ impl Init {
 }
 
 fn relu6(xs: &Tensor) -> Result<Tensor, TchError> {
-    xs.f_clamp(0.0, 6.0)
+    // ATen's relu6 is hardtanh(0, 6), whose backward is one fused kernel; `clamp`'s
+    // backward is ge, le, and, where over the whole activation (10 % of a full
+    // fine-tuning step's time on Lite0, measured with perf).
+    xs.f_relu6()
 }
 
 /// TensorFlow's `"SAME"` padding along one axis: (before, after).

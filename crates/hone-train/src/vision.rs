@@ -26,6 +26,13 @@ use crate::train::Strategy;
 /// bias zero), which also keeps the first logits near zero.
 const HEAD_INIT: WeightInit = WeightInit::Random { std: 0.01 };
 
+/// The least BatchNorm momentum of a network trained from scratch (PyTorch's default).
+/// Its running statistics start at mean 0 and variance 1, which describe nothing; at
+/// a pretrained config's momentum (Lite0's 0.01, TensorFlow's 0.99) they would still
+/// be more than half the initial ones after the 57 steps of 3 epochs of 300 images,
+/// and evaluation would run on them.
+pub const SCRATCH_BN_MOMENTUM: f64 = 0.1;
+
 /// EfficientNet backbone + dropout + linear heads.
 #[derive(Debug)]
 pub struct ImageClassifier {
@@ -78,14 +85,19 @@ impl ImageClassifier {
 
     /// The same network from random initialisation, the from-scratch baseline:
     /// convolutions He-normal over the fan-out and BatchNorm identity, as torchvision
-    /// initialises its EfficientNets.
+    /// initialises its EfficientNets, and BatchNorm statistics that follow the data at
+    /// least at [`SCRATCH_BN_MOMENTUM`].
     pub fn from_scratch(
         vs: &nn::VarStore,
         config: &EfficientNetConfig,
         outputs: &[usize],
         per_task: bool,
     ) -> Result<Self, TrainError> {
-        Self::new(&vs.root(), config, outputs, per_task, Init::Random)
+        let config = EfficientNetConfig {
+            batch_norm_momentum: config.batch_norm_momentum.max(SCRATCH_BN_MOMENTUM),
+            ..config.clone()
+        };
+        Self::new(&vs.root(), &config, outputs, per_task, Init::Random)
     }
 
     pub fn backbone(&self) -> &EfficientNet {

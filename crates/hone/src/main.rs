@@ -18,6 +18,11 @@ mod worker;
 
 use config::Config;
 
+/// jemalloc for every allocation of the process, libtorch's included (it replaces
+/// `malloc` itself); its policy of keeping freed pages is in .cargo/config.toml.
+#[global_allocator]
+static ALLOCATOR: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
+
 #[derive(Parser)]
 #[command(name = "hone", version, about = "Fine-tuning as a service")]
 struct Cli {

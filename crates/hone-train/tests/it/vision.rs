@@ -8,8 +8,9 @@ use std::time::Instant;
 use hone_train::efficientnet::EfficientNet;
 use hone_train::test_images::{read_digits, read_fashion_mnist_test};
 use hone_train::train::Strategy;
-use hone_train::vision::ImageClassifier;
+use hone_train::vision::{ImageClassifier, SCRATCH_BN_MOMENTUM};
 use hone_train::vision_data::{decode_rgb8, ImageSet, LoaderOptions, Mode, Preprocess};
+use hone_train::EfficientNetConfig;
 use tch::nn::OptimizerConfig;
 use tch::{nn, Device, Kind, Tensor};
 
@@ -50,6 +51,22 @@ fn heads_are_named_as_the_text_classifier_names_them() {
     let none = nn::VarStore::new(Device::Cpu);
     assert!(ImageClassifier::from_scratch(&none, &tiny_config(), &[2, 2], false).is_err());
     assert!(ImageClassifier::from_scratch(&none, &tiny_config(), &[0], false).is_err());
+}
+
+#[test]
+fn from_scratch_batch_norm_statistics_follow_the_data_faster() {
+    let _lock = torch_lock();
+    let config = tiny_config();
+    assert_eq!(config.batch_norm_momentum, 0.01);
+    let (_vs, model) = tiny_classifier(3, &[2], false);
+    assert_eq!(model.config().batch_norm_momentum, SCRATCH_BN_MOMENTUM);
+    let faster = EfficientNetConfig {
+        batch_norm_momentum: 0.5,
+        ..config
+    };
+    let vs = nn::VarStore::new(Device::Cpu);
+    let model = ImageClassifier::from_scratch(&vs, &faster, &[2], false).expect("model");
+    assert_eq!(model.config().batch_norm_momentum, 0.5);
 }
 
 #[test]
