@@ -372,11 +372,12 @@ impl Init {
     }
 }
 
-fn relu6(xs: &Tensor) -> Result<Tensor, TchError> {
-    // ATen's relu6 is hardtanh(0, 6), whose backward is one fused kernel; `clamp`'s
-    // backward is ge, le, and, where over the whole activation (10 % of a full
-    // fine-tuning step's time on Lite0, measured with perf).
-    xs.f_relu6()
+/// In place on a BatchNorm's output, as the reference's `ReLU6(inplace=True)`: no
+/// second activation-sized buffer. ATen's relu6 is hardtanh(0, 6), whose backward is
+/// one fused kernel; `clamp`'s backward is ge, le, and, where over the whole activation
+/// (10 % of a full fine-tuning step's time on Lite0, measured with perf).
+fn relu6(mut xs: Tensor) -> Result<Tensor, TchError> {
+    xs.f_relu6_()
 }
 
 /// TensorFlow's `"SAME"` padding along one axis: (before, after).
@@ -553,12 +554,11 @@ impl MbConvBlock {
 
     fn forward(&self, inputs: &Tensor, train: bool) -> Result<Tensor, TchError> {
         let mut xs = match &self.expand {
-            Some((conv, bn)) => relu6(&bn.forward(&conv.forward(inputs)?, train)?)?,
+            Some((conv, bn)) => relu6(bn.forward(&conv.forward(inputs)?, train)?)?,
             None => inputs.shallow_clone(),
         };
         xs = relu6(
-            &self
-                .bn1
+            self.bn1
                 .forward(&self.depthwise_conv.forward(&xs)?, train)?,
         )?;
         xs = self.bn2.forward(&self.project_conv.forward(&xs)?, train)?;
@@ -728,13 +728,13 @@ impl EfficientNet {
             )));
         }
         let stem = self.conv_stem.forward(images)?;
-        let mut xs = relu6(&self.bn0.forward(&stem, self.trains(0, train))?)?;
+        let mut xs = relu6(self.bn0.forward(&stem, self.trains(0, train))?)?;
         for (i, block) in self.blocks.iter().enumerate() {
             xs = block.forward(&xs, self.trains(i + 1, train))?;
         }
         let head = self.conv_head.forward(&xs)?;
         let train_head = self.trains(self.blocks.len() + 1, train);
-        xs = relu6(&self.bn1.forward(&head, train_head)?)?;
+        xs = relu6(self.bn1.forward(&head, train_head)?)?;
         Ok(xs.f_adaptive_avg_pool2d([1, 1])?.f_flatten(1, -1)?)
     }
 
