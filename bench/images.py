@@ -77,7 +77,7 @@ import zlib
 from importlib import metadata
 from pathlib import Path
 
-from strategies import publish, ratio, run_sides, scores, write_json
+from strategies import cli, publish, ratio, run_sides, scores
 
 ROOT = Path(__file__).resolve().parents[1]
 DATA = Path("/usr/share/datasets/fashion-mnist")
@@ -568,68 +568,21 @@ def run(args):
     publish(result, hone, pytorch, args.out, table(result))
 
 
-def main():
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
-                                     formatter_class=argparse.RawDescriptionHelpFormatter,
-                                     epilog=__doc__.split("\n\n", 1)[1])
-    sub = parser.add_subparsers(dest="command", required=True)
-
-    p_plan = sub.add_parser("plan", help="write the data and configs both sides read")
-    add_plan_args(p_plan)
-    p_plan.add_argument("--out", type=Path, required=True)
-
-    p_train = sub.add_parser("train", help="the PyTorch side")
-    p_train.add_argument("--plan", type=Path, required=True)
-    p_train.add_argument("--model-dir", type=Path, default=MODEL_DIR)
-    p_train.add_argument("--threads", type=int, default=None,
-                         help="torch.set_num_threads; default: torch's own choice")
-    p_train.add_argument("--strategies", default="",
-                         help="comma-separated subset of the plan's strategies")
-    p_train.add_argument("--follow", type=Path,
-                         help="hone's result, whose auto choice the auto row repeats")
-    p_train.add_argument("--json", type=Path, required=True)
-
-    p_report = sub.add_parser("report", help="score and compare two sides' results")
-    p_report.add_argument("--plan", type=Path, required=True)
-    p_report.add_argument("--hone", type=Path, required=True)
-    p_report.add_argument("--pytorch", type=Path, required=True)
-    p_report.add_argument("--out", type=Path)
-
-    p_run = sub.add_parser("run", help="plan, both sides, report")
-    add_plan_args(p_run)
-    p_run.add_argument("--threads", type=int, default=2)
-    p_run.add_argument("--model-dir", type=Path, default=MODEL_DIR)
-    p_run.add_argument("--out", type=Path, default=ROOT / "bench/results/images.json")
-
-    args = parser.parse_args()
-    if args.command in ("plan", "run"):
-        check_plan_args(parser, args)
-    if args.command == "plan":
-        write_json(args.out, make_plan(args))
-    elif args.command == "train":
-        plan = json.loads(args.plan.read_text())
-        only = {s for s in args.strategies.split(",") if s}
-        unknown = only - set(STRATEGIES)
-        if unknown:
-            parser.error(f"unknown strategies {sorted(unknown)}; known: {STRATEGIES}")
-        chosen = None
-        if args.follow:
-            hone = json.loads(args.follow.read_text())
-            chosen = next((s.get("chosen") for s in hone["strategies"] if s["name"] == "auto"),
-                          None)
-        write_json(args.json, train_side(plan, args.model_dir, args.threads, only, chosen))
-    elif args.command == "report":
-        plan = json.loads(args.plan.read_text())
-        result = report(plan, json.loads(args.hone.read_text()),
-                        json.loads(args.pytorch.read_text()), {})
-        if args.out:
-            write_json(args.out, result)
-        print(table(result))
-    else:
-        if args.threads < 1:
-            parser.error("--threads must be >= 1")
-        run(args)
+def train(plan, args, only):
+    """The PyTorch side, repeating hone's `auto` choice when --follow names its result."""
+    chosen = None
+    if args.follow:
+        hone = json.loads(args.follow.read_text())
+        chosen = next((s.get("chosen") for s in hone["strategies"] if s["name"] == "auto"),
+                      None)
+    return train_side(plan, args.model_dir, args.threads, only, chosen)
 
 
 if __name__ == "__main__":
-    main()
+    cli(__doc__, add_plan_args=add_plan_args, check_plan_args=check_plan_args,
+        make_plan=make_plan, strategies=STRATEGIES, model_dir=MODEL_DIR,
+        out=ROOT / "bench/results/images.json", train=train, report=report, table=table,
+        run=run,
+        add_train_args=lambda parser: parser.add_argument(
+            "--follow", type=Path,
+            help="hone's result, whose auto choice the auto row repeats"))

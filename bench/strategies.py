@@ -527,10 +527,14 @@ def run(args):
               "faster than full's", file=sys.stderr)
 
 
-def main():
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
+def cli(doc, *, add_plan_args, check_plan_args, make_plan, strategies, model_dir, out,
+        train, report, table, run, add_train_args=lambda parser: None):
+    """The four subcommands (plan, train, report, run) of a side-by-side benchmark
+    script, `doc` its module docstring. `train(plan, args, only)` is the PyTorch side
+    on the strategies in `only` (all when empty); `add_train_args` adds its own flags."""
+    parser = argparse.ArgumentParser(description=doc.split("\n\n")[0],
                                      formatter_class=argparse.RawDescriptionHelpFormatter,
-                                     epilog=__doc__.split("\n\n", 1)[1])
+                                     epilog=doc.split("\n\n", 1)[1])
     sub = parser.add_subparsers(dest="command", required=True)
 
     p_plan = sub.add_parser("plan", help="write the data and configs both sides read")
@@ -539,12 +543,12 @@ def main():
 
     p_train = sub.add_parser("train", help="the PyTorch side")
     p_train.add_argument("--plan", type=Path, required=True)
-    p_train.add_argument("--model-dir", type=Path,
-                         default=ROOT / ".deps/models/all-MiniLM-L6-v2")
+    p_train.add_argument("--model-dir", type=Path, default=model_dir)
     p_train.add_argument("--threads", type=int, default=None,
                          help="torch.set_num_threads; default: torch's own choice")
     p_train.add_argument("--strategies", default="",
                          help="comma-separated subset of the plan's strategies")
+    add_train_args(p_train)
     p_train.add_argument("--json", type=Path, required=True)
 
     p_report = sub.add_parser("report", help="score and compare two sides' results")
@@ -556,8 +560,8 @@ def main():
     p_run = sub.add_parser("run", help="plan, both sides, report")
     add_plan_args(p_run)
     p_run.add_argument("--threads", type=int, default=2)
-    p_run.add_argument("--model-dir", type=Path)
-    p_run.add_argument("--out", type=Path, default=ROOT / "bench/results/strategies.json")
+    p_run.add_argument("--model-dir", type=Path, default=model_dir)
+    p_run.add_argument("--out", type=Path, default=out)
 
     args = parser.parse_args()
     if args.command in ("plan", "run"):
@@ -567,10 +571,10 @@ def main():
     elif args.command == "train":
         plan = json.loads(args.plan.read_text())
         only = {s for s in args.strategies.split(",") if s}
-        unknown = only - set(STRATEGIES)
+        unknown = only - set(strategies)
         if unknown:
-            parser.error(f"unknown strategies {sorted(unknown)}; known: {STRATEGIES}")
-        write_json(args.json, train_side(plan, args.model_dir, args.threads, only))
+            parser.error(f"unknown strategies {sorted(unknown)}; known: {strategies}")
+        write_json(args.json, train(plan, args, only))
     elif args.command == "report":
         plan = json.loads(args.plan.read_text())
         result = report(plan, json.loads(args.hone.read_text()),
@@ -585,4 +589,9 @@ def main():
 
 
 if __name__ == "__main__":
-    main()
+    cli(__doc__, add_plan_args=add_plan_args, check_plan_args=check_plan_args,
+        make_plan=make_plan, strategies=STRATEGIES,
+        model_dir=ROOT / ".deps/models/all-MiniLM-L6-v2",
+        out=ROOT / "bench/results/strategies.json",
+        train=lambda plan, args, only: train_side(plan, args.model_dir, args.threads, only),
+        report=report, table=table, run=run)
