@@ -22,7 +22,6 @@
 //! ```
 
 use std::path::{Path, PathBuf};
-use std::time::Instant;
 
 use anyhow::{bail, ensure, Context};
 use base64::Engine;
@@ -36,29 +35,20 @@ use serde::{Deserialize, Serialize};
 use tch::{Device, Tensor};
 
 mod support;
-use support::{libtorch_version, write_json, EpochClock};
+use support::{EpochClock, Measured, PlanArgs};
 
 /// Batch of the feature pass, as the worker runs it.
 const FEATURE_BATCH: usize = 64;
 
-/// hone's image transfer strategies on the data and recipes of an images plan.
+/// hone's image transfer strategies on the data and recipes of an images plan
+/// (`bench/images.py plan`).
 #[derive(Debug, Parser)]
 struct Args {
-    /// The plan `bench/images.py plan` wrote.
-    #[arg(long)]
-    plan: PathBuf,
+    #[command(flatten)]
+    run: PlanArgs,
     /// The image base-model directory (config.json + model.safetensors).
     #[arg(long, default_value = concat!(env!("CARGO_MANIFEST_DIR"), "/../../.deps/models/efficientnet-lite0"))]
     model_dir: PathBuf,
-    /// tch::set_num_threads; default: libtorch's own choice.
-    #[arg(long)]
-    threads: Option<i32>,
-    /// Comma-separated subset of the plan's strategies; default: all.
-    #[arg(long, value_delimiter = ',')]
-    strategies: Vec<String>,
-    /// Write the results here.
-    #[arg(long)]
-    json: PathBuf,
 }
 
 #[derive(Debug, Deserialize)]
@@ -118,11 +108,14 @@ struct StrategyResult {
     chosen: Option<Chosen>,
     #[serde(skip_serializing_if = "Option::is_none")]
     probe_macro_f1: Option<f64>,
-    total_s: f64,
-    epoch_end_s: Vec<f64>,
-    train_losses: Vec<f64>,
-    predict_s: f64,
-    predictions: Vec<usize>,
+    #[serde(flatten)]
+    measured: Measured,
+}
+
+impl AsRef<Measured> for StrategyResult {
+    fn as_ref(&self) -> &Measured {
+        &self.measured
+    }
 }
 
 /// The plan's images decoded from base64, per split.
@@ -134,61 +127,24 @@ struct Data {
 
 fn main() -> anyhow::Result<()> {
     let args = Args::parse();
-    let text = std::fs::read_to_string(&args.plan)
-        .with_context(|| format!("reading {}", args.plan.display()))?;
-    let plan: Plan =
-        serde_json::from_str(&text).with_context(|| format!("parsing {}", args.plan.display()))?;
+    let plan: Plan = args
+        .run
+        .read_plan(|plan: &Plan| plan.strategies.iter().map(|s| s.name.clone()).collect())?;
     ensure!(
         plan.common.eval_batch_size >= 1,
         "eval_batch_size must be >= 1"
     );
-    for wanted in &args.strategies {
-        ensure!(
-            plan.strategies.iter().any(|s| &s.name == wanted),
-            "the plan has no strategy {wanted:?}"
-        );
-    }
-    if let Some(threads) = args.threads {
-        ensure!(threads >= 1, "--threads must be >= 1");
-        tch::set_num_threads(threads);
-    }
     let data = Data {
         train: train_data("train", &plan.train)?,
         validation: train_data("validation", &plan.validation)?,
         test: decode("test", &plan.test)?,
     };
-
-    let mut results = Vec::new();
-    for recipe in &plan.strategies {
-        if !args.strategies.is_empty() && !args.strategies.contains(&recipe.name) {
-            continue;
-        }
-        eprintln!("hone: {}", recipe.name);
-        let result = run_strategy(&plan, &data, recipe, &args.model_dir)?;
-        let losses: Vec<String> = result
-            .train_losses
-            .iter()
-            .map(|l| format!("{l:.3}"))
-            .collect();
-        eprintln!(
-            "hone: {}: {:.1}s, losses {}",
-            recipe.name,
-            result.total_s,
-            losses.join(" ")
-        );
-        results.push(result);
-    }
-
-    let output = serde_json::json!({
-        "impl": "hone",
-        "torch": libtorch_version(),
-        "hone_train": env!("CARGO_PKG_VERSION"),
-        "threads": tch::get_num_threads(),
-        "device": "cpu",
-        "model": args.model_dir.file_name().map(|n| n.to_string_lossy()),
-        "strategies": results,
-    });
-    write_json(&args.json, &output)
+    args.run.run_all(
+        &args.model_dir,
+        &plan.strategies,
+        |r| &r.name,
+        |recipe| run_strategy(&plan, &data, recipe, &args.model_dir),
+    )
 }
 
 fn decode(split: &str, examples: &Examples) -> anyhow::Result<Vec<Vec<u8>>> {
@@ -420,31 +376,15 @@ fn run_strategy(
         )?,
         (other, _) => bail!("unknown strategy {other:?}"),
     };
-    let total_s = clock.start.elapsed().as_secs_f64();
-
-    let start = Instant::now();
-    let predictions = trained
-        .classifier()
-        .predict_images(&data.test, plan.common.eval_batch_size)?;
-    let predict_s = start.elapsed().as_secs_f64();
-    let predictions = predictions
-        .iter()
-        .map(|p| {
-            let label = p.label().context("not a single-label prediction")?;
-            plan.labels
-                .iter()
-                .position(|l| l == label)
-                .with_context(|| format!("predicted an unknown label {label:?}"))
-        })
-        .collect::<anyhow::Result<Vec<usize>>>()?;
+    let measured = Measured::finish(clock, &plan.labels, || {
+        trained
+            .classifier()
+            .predict_images(&data.test, plan.common.eval_batch_size)
+    })?;
     Ok(StrategyResult {
         recipe: recipe.clone(),
         chosen,
         probe_macro_f1,
-        total_s,
-        epoch_end_s: clock.epoch_end_s,
-        train_losses: clock.train_losses,
-        predict_s,
-        predictions,
+        measured,
     })
 }

@@ -17,9 +17,8 @@
 //! ```
 
 use std::path::{Path, PathBuf};
-use std::time::Instant;
 
-use anyhow::{ensure, Context};
+use anyhow::ensure;
 use clap::Parser;
 use hone_train::train::Strategy;
 use hone_train::Objective;
@@ -28,26 +27,17 @@ use serde::{Deserialize, Serialize};
 use tch::Device;
 
 mod support;
-use support::{libtorch_version, write_json, EpochClock};
+use support::{EpochClock, Measured, PlanArgs};
 
-/// hone's transfer strategies on the data and configs of a strategies plan.
+/// hone's transfer strategies on the data and configs of a strategies plan
+/// (`bench/strategies.py plan`).
 #[derive(Debug, Parser)]
 struct Args {
-    /// The plan `bench/strategies.py plan` wrote.
-    #[arg(long)]
-    plan: PathBuf,
+    #[command(flatten)]
+    run: PlanArgs,
     /// Hugging Face model directory.
     #[arg(long, default_value = concat!(env!("CARGO_MANIFEST_DIR"), "/../../.deps/models/all-MiniLM-L6-v2"))]
     model_dir: PathBuf,
-    /// tch::set_num_threads; default: libtorch's own choice.
-    #[arg(long)]
-    threads: Option<i32>,
-    /// Comma-separated subset of the plan's strategies; default: all.
-    #[arg(long, value_delimiter = ',')]
-    strategies: Vec<String>,
-    /// Write the results here.
-    #[arg(long)]
-    json: PathBuf,
 }
 
 #[derive(Debug, Deserialize)]
@@ -89,19 +79,21 @@ struct Examples {
 struct StrategyResult {
     #[serde(flatten)]
     plan: StrategyPlan,
-    total_s: f64,
-    epoch_end_s: Vec<f64>,
-    train_losses: Vec<f64>,
-    predict_s: f64,
-    predictions: Vec<usize>,
+    #[serde(flatten)]
+    measured: Measured,
+}
+
+impl AsRef<Measured> for StrategyResult {
+    fn as_ref(&self) -> &Measured {
+        &self.measured
+    }
 }
 
 fn main() -> anyhow::Result<()> {
     let args = Args::parse();
-    let text = std::fs::read_to_string(&args.plan)
-        .with_context(|| format!("reading {}", args.plan.display()))?;
-    let plan: Plan =
-        serde_json::from_str(&text).with_context(|| format!("parsing {}", args.plan.display()))?;
+    let plan: Plan = args
+        .run
+        .read_plan(|plan: &Plan| plan.strategies.iter().map(|s| s.name.clone()).collect())?;
     ensure!(
         plan.common.eval_batch_size >= 1,
         "eval_batch_size must be >= 1"
@@ -114,51 +106,12 @@ fn main() -> anyhow::Result<()> {
             set.labels.len()
         );
     }
-    for wanted in &args.strategies {
-        ensure!(
-            plan.strategies.iter().any(|s| &s.name == wanted),
-            "the plan has no strategy {wanted:?}"
-        );
-    }
-    if let Some(threads) = args.threads {
-        ensure!(threads >= 1, "--threads must be >= 1");
-        tch::set_num_threads(threads);
-    }
-
-    let mut results = Vec::new();
-    for strategy_plan in &plan.strategies {
-        if !args.strategies.is_empty() && !args.strategies.contains(&strategy_plan.name) {
-            continue;
-        }
-        eprintln!(
-            "hone: {} ({} epochs, lr {})",
-            strategy_plan.name, strategy_plan.epochs, strategy_plan.learning_rate
-        );
-        let result = run_strategy(&plan, strategy_plan, &args.model_dir)?;
-        let losses: Vec<String> = result
-            .train_losses
-            .iter()
-            .map(|l| format!("{l:.3}"))
-            .collect();
-        eprintln!(
-            "hone: {}: {:.1}s, losses {}",
-            strategy_plan.name,
-            result.total_s,
-            losses.join(" ")
-        );
-        results.push(result);
-    }
-
-    let output = serde_json::json!({
-        "impl": "hone",
-        "torch": libtorch_version(),
-        "hone_train": env!("CARGO_PKG_VERSION"),
-        "threads": tch::get_num_threads(),
-        "device": "cpu",
-        "model": args.model_dir.file_name().map(|n| n.to_string_lossy()),
-        "strategies": results,
-    });
-    write_json(&args.json, &output)
+    args.run.run_all(
+        &args.model_dir,
+        &plan.strategies,
+        |s| &s.name,
+        |strategy_plan| run_strategy(&plan, strategy_plan, &args.model_dir),
+    )
 }
 
 /// One `fine_tune` call, timed from the outside, then the test predictions.
@@ -207,29 +160,13 @@ fn run_strategy(
     };
     let mut clock = EpochClock::starting_now();
     let trained = fine_tune(job, &mut clock)?;
-    let total_s = clock.start.elapsed().as_secs_f64();
-
-    let start = Instant::now();
-    let predictions = trained
-        .classifier()
-        .predict(&plan.test.texts, common.eval_batch_size)?;
-    let predict_s = start.elapsed().as_secs_f64();
-    let predictions = predictions
-        .iter()
-        .map(|p| {
-            let label = p.label().context("not a single-label prediction")?;
-            plan.labels
-                .iter()
-                .position(|l| l == label)
-                .with_context(|| format!("predicted an unknown label {label:?}"))
-        })
-        .collect::<anyhow::Result<Vec<usize>>>()?;
+    let measured = Measured::finish(clock, &plan.labels, || {
+        trained
+            .classifier()
+            .predict(&plan.test.texts, common.eval_batch_size)
+    })?;
     Ok(StrategyResult {
         plan: strategy_plan.clone(),
-        total_s,
-        epoch_end_s: clock.epoch_end_s,
-        train_losses: clock.train_losses,
-        predict_s,
-        predictions,
+        measured,
     })
 }
