@@ -59,11 +59,7 @@ async fn upload(s: &TestServer, name: &str, images: &[LabelledImage]) -> Value {
 /// Runs a job to success; the job, its validation accuracy and how long it took.
 async fn run(s: &TestServer, request: Value) -> (Value, f64, f64) {
     let started = Instant::now();
-    let (status, job) = s.post_json("/v1/fine_tuning/jobs", &request).await;
-    assert_eq!(status, 200, "{job}");
-    let id = job["id"].as_str().expect("id");
-    let job = s.wait_for_job(id, Duration::from_secs(600)).await;
-    assert_eq!(job["status"], "succeeded", "{job}");
+    let job = s.train(&request, Duration::from_secs(600)).await;
     let validation = &job["result"]["evaluation"]["validation"];
     assert_eq!(validation["examples"], 100, "{validation}");
     let accuracy = validation["accuracy"].as_f64().expect("accuracy");

@@ -25,9 +25,8 @@ async fn a_pair_model_trains_and_predicts_on_pairs_only() {
     assert_eq!(file["task_type"], "classification", "{file}");
     assert_eq!(file["text_pairs"], true, "{file}");
 
-    let (status, job) = s
-        .post_json(
-            "/v1/fine_tuning/jobs",
+    let job = s
+        .train(
             &json!({
                 "base_model": "all-MiniLM-L6-v2",
                 "training_file": file["id"],
@@ -35,13 +34,9 @@ async fn a_pair_model_trains_and_predicts_on_pairs_only() {
                 "hyperparameters": {"epochs": 2, "max_seq_len": 64},
                 "seed": 3,
             }),
+            Duration::from_secs(600),
         )
         .await;
-    assert_eq!(status, 200, "{job}");
-    let job = s
-        .wait_for_job(job["id"].as_str().expect("id"), Duration::from_secs(600))
-        .await;
-    assert_eq!(job["status"], "succeeded", "{job}");
     let model = job["fine_tuned_model"].as_str().expect("model");
     let predict = format!("/v1/models/{model}/predict");
 
@@ -144,20 +139,15 @@ async fn multi_label_jobs_train_and_predict_label_sets() {
         "{err}"
     );
 
-    let (status, job) = s
-        .post_json(
-            "/v1/fine_tuning/jobs",
+    let job = s
+        .train(
             &json!({"base_model": "all-MiniLM-L6-v2", "training_file": file["id"],
                     "method": {"type": "feature_extraction"},
                     "hyperparameters": {"epochs": 40, "learning_rate": 0.01,
                                         "validation_split": 0.25}, "seed": 3}),
+            Duration::from_secs(600),
         )
         .await;
-    assert_eq!(status, 200, "{job}");
-    let job = s
-        .wait_for_job(job["id"].as_str().expect("id"), Duration::from_secs(600))
-        .await;
-    assert_eq!(job["status"], "succeeded", "{job}");
     let report = &job["result"]["evaluation"]["multi_label"];
     assert_eq!(report["examples"], 12, "{report}");
     assert!(

@@ -10,23 +10,17 @@ use crate::sentiment::{held_out_accuracy, split};
 use crate::support::{jsonl, messages, TestServer};
 
 async fn train(s: &TestServer, file: &Value, method: Value, hyperparameters: Value) -> Value {
-    let (status, job) = s
-        .post_json(
-            "/v1/fine_tuning/jobs",
-            &json!({
-                "base_model": "all-MiniLM-L6-v2",
-                "training_file": file["id"],
-                "method": method,
-                "hyperparameters": hyperparameters,
-                "seed": 7,
-            }),
-        )
-        .await;
-    assert_eq!(status, 200, "{job}");
-    let id = job["id"].as_str().expect("id");
-    let job = s.wait_for_job(id, Duration::from_secs(1200)).await;
-    assert_eq!(job["status"], "succeeded", "{job}");
-    job
+    s.train(
+        &json!({
+            "base_model": "all-MiniLM-L6-v2",
+            "training_file": file["id"],
+            "method": method,
+            "hyperparameters": hyperparameters,
+            "seed": 7,
+        }),
+        Duration::from_secs(1200),
+    )
+    .await
 }
 
 #[tokio::test]

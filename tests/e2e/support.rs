@@ -299,6 +299,18 @@ impl TestServer {
         (status, r.json().await.unwrap_or(Value::Null))
     }
 
+    /// Creates a fine-tuning job from `request` and waits up to `limit` for it to
+    /// succeed; returns the finished job.
+    pub async fn train(&self, request: &Value, limit: Duration) -> Value {
+        let (status, job) = self.post_json("/v1/fine_tuning/jobs", request).await;
+        assert_eq!(status, 200, "{job}");
+        let job = self
+            .wait_for_job(job["id"].as_str().expect("id"), limit)
+            .await;
+        assert_eq!(job["status"], "succeeded", "{job}");
+        job
+    }
+
     /// Polls a job until it reaches a terminal status; returns the job.
     pub async fn wait_for_job(&self, id: &str, limit: Duration) -> Value {
         let deadline = tokio::time::Instant::now() + limit;
