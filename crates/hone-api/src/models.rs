@@ -303,7 +303,7 @@ async fn delete_model(
         (status = 404, description = "No such model", body = ErrorResponse),
         (status = 413, description = "The body is over the size limit", body = ErrorResponse),
         (status = 415, description = "The body is neither JSON nor a multipart form", body = ErrorResponse),
-        (status = 429, description = "Too many predictions in flight; retry after `Retry-After` seconds", body = ErrorResponse)))]
+        (status = 429, description = "The inference queue stayed full for the queue timeout; retry after `Retry-After` seconds", body = ErrorResponse)))]
 async fn predict(
     State(state): State<AppState>,
     project: Project,

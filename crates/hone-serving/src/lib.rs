@@ -4,9 +4,13 @@
 //! libtorch models are not `Sync` and inference is CPU-heavy, so models live on a
 //! dedicated OS thread that owns a bounded LRU cache of loaded classifiers; requests
 //! reach it over a channel and answer over a oneshot, and the async runtime never runs
-//! a forward pass. A semaphore bounds the requests waiting for that thread: when it is
-//! full the caller is told at once (the API answers 429) instead of queueing without end.
+//! a forward pass. A semaphore bounds the requests waiting for that thread; when it is
+//! full a request waits for a place, in arrival order, for at most
+//! [`ServingConfig::queue_timeout`], and only then is it turned away (the API answers
+//! 429): a burst queues for a moment instead of failing, and a sustained overload still
+//! fails fast rather than queueing without end.
 
+mod admission;
 pub mod catalog;
 pub mod checkpoints;
 pub mod transferability;
@@ -14,11 +18,13 @@ pub mod transferability;
 use std::num::NonZeroUsize;
 use std::path::PathBuf;
 use std::sync::{mpsc, Arc};
+use std::time::Duration;
 
+use admission::Admission;
 use hone_train::predict::Classifier;
 pub use hone_train::predict::{ClassPrediction, Prediction};
 use lru::LruCache;
-use tokio::sync::{oneshot, OwnedSemaphorePermit, Semaphore};
+use tokio::sync::{oneshot, OwnedSemaphorePermit};
 
 #[derive(Clone, Debug)]
 pub struct ServingConfig {
@@ -26,14 +32,18 @@ pub struct ServingConfig {
     pub cache_size: usize,
     /// Requests admitted at once (running or waiting for the inference thread).
     pub max_pending: usize,
+    /// How long a request may wait for admission before it is refused as overloaded.
+    pub queue_timeout: Duration,
     /// Inputs per forward pass.
     pub batch_size: usize,
     pub device: tch::Device,
+    /// libtorch intra-op threads of the inference thread.
+    pub threads: usize,
 }
 
 #[derive(Debug, thiserror::Error)]
 pub enum ServingError {
-    #[error("too many prediction requests in flight; retry shortly")]
+    #[error("the prediction queue is full and stayed full; retry shortly")]
     Overloaded,
     #[error("the inference thread has stopped")]
     Stopped,
@@ -124,7 +134,7 @@ enum Message {
 #[derive(Clone)]
 pub struct Predictor {
     tx: mpsc::Sender<Message>,
-    admission: Arc<Semaphore>,
+    admission: Arc<Admission>,
 }
 
 impl std::fmt::Debug for Predictor {
@@ -136,12 +146,13 @@ impl std::fmt::Debug for Predictor {
 impl Predictor {
     pub fn start(config: ServingConfig) -> std::io::Result<Self> {
         let (tx, rx) = mpsc::channel::<Message>();
-        let admission = Arc::new(Semaphore::new(config.max_pending.max(1)));
+        let admission = Arc::new(Admission::new(config.max_pending, config.queue_timeout));
         let span = tracing::Span::current();
         std::thread::Builder::new()
             .name("hone-inference".into())
             .spawn(move || {
                 let _entered = span.enter();
+                hone_train::threads::use_intra_op_threads(config.threads);
                 run(config, rx)
             })?;
         Ok(Self { tx, admission })
@@ -154,11 +165,7 @@ impl Predictor {
         model_dir: PathBuf,
         inputs: PredictInputs,
     ) -> Result<Vec<Prediction>, ServingError> {
-        let permit = self
-            .admission
-            .clone()
-            .try_acquire_owned()
-            .map_err(|_| ServingError::Overloaded)?;
+        let permit = self.admission.admit().await?;
         let (reply, answer) = oneshot::channel();
         self.tx
             .send(Message::Predict(Request {

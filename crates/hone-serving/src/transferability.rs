@@ -53,6 +53,8 @@ pub enum EstimateError {
 #[derive(Clone)]
 pub struct Estimator {
     device: tch::Device,
+    /// libtorch intra-op threads of an estimate's thread.
+    threads: usize,
     admission: Arc<Semaphore>,
 }
 
@@ -120,9 +122,10 @@ pub struct ModelEstimate {
 }
 
 impl Estimator {
-    pub fn new(device: tch::Device) -> Self {
+    pub fn new(device: tch::Device, threads: usize) -> Self {
         Self {
             device,
+            threads,
             admission: Arc::new(Semaphore::new(CONCURRENT_ESTIMATES)),
         }
     }
@@ -146,12 +149,13 @@ impl Estimator {
         let stop = Arc::new(AtomicBool::new(false));
         let _cancel_on_drop = CancelOnDrop(stop.clone());
         let (reply, answer) = oneshot::channel();
-        let device = self.device;
+        let (device, threads) = (self.device, self.threads);
         let span = tracing::Span::current();
         std::thread::Builder::new()
             .name("hone-transferability".into())
             .spawn(move || {
                 let _entered = span.enter();
+                hone_train::threads::use_intra_op_threads(threads);
                 let result = estimate_all(&input, device, &|| stop.load(Ordering::Relaxed));
                 // Free the slot before answering: a client that sends its next request
                 // as soon as it has this answer must not be told the estimator is busy.

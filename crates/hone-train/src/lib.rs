@@ -4,7 +4,9 @@
 //! [`train::fine_tune`] on a dedicated OS thread and publishes the directory that
 //! [`train::TrainedModel::save`] writes; the server loads it with
 //! [`predict::Classifier::load`]. Every call takes the device it runs on, and the
-//! library never sets libtorch's thread count — the binary decides both.
+//! library never picks libtorch's thread count: the binary decides both, and each of
+//! its threads that runs tensors sets its own count with
+//! [`threads::use_intra_op_threads`].
 //!
 //! Reproducibility: training seeds libtorch's global generator. Loading models for
 //! inference draws no random numbers, so serving in the same process does not disturb
@@ -21,6 +23,7 @@ pub mod optim;
 pub mod predict;
 pub mod resume;
 pub mod test_images;
+pub mod threads;
 pub mod tokenize;
 pub mod train;
 pub mod transfer;

@@ -26,8 +26,11 @@ pub struct Config {
     pub device: String,
     /// Jobs trained at once by one worker process.
     pub worker_concurrency: usize,
-    /// libtorch intra-op threads; 0 lets libtorch use every core.
-    pub threads: usize,
+    /// libtorch intra-op threads of the inference thread; 0 picks them for the cores
+    /// this process may use ([`Config::threads`]).
+    pub inference_threads: usize,
+    /// libtorch intra-op threads of each training job; 0 picks them for the cores.
+    pub training_threads: usize,
     /// A running job's lease; a worker that misses heartbeats this long loses its job
     /// to the queue.
     pub lease_seconds: u64,
@@ -50,8 +53,11 @@ pub struct Config {
     pub max_image_pixels: u64,
     /// Fine-tuned models kept loaded for predictions.
     pub predict_cache_size: usize,
-    /// Predict requests admitted at once; more get 429.
+    /// Predict requests admitted to the inference queue at once; more wait for a place.
     pub predict_max_pending: usize,
+    /// How long a predict request waits for a place in the inference queue before it
+    /// is answered 429.
+    pub predict_queue_timeout_ms: u64,
     /// Inputs per forward pass when predicting.
     pub predict_batch_size: usize,
     /// Inputs per predict request.
@@ -76,7 +82,8 @@ impl Default for Config {
             models_dir: PathBuf::from(REPO_DIR).join(".deps/models"),
             device: "auto".into(),
             worker_concurrency: 1,
-            threads: 0,
+            inference_threads: 0,
+            training_threads: 0,
             lease_seconds: 60,
             poll_interval_ms: 2000,
             job_max_attempts: 3,
@@ -90,6 +97,7 @@ impl Default for Config {
             max_image_pixels: limits.max_image_pixels,
             predict_cache_size: 4,
             predict_max_pending: 64,
+            predict_queue_timeout_ms: 5000,
             predict_batch_size: 32,
             max_predict_inputs: 256,
             max_active_jobs_per_project: 16,
@@ -129,6 +137,47 @@ impl Config {
     }
 }
 
+/// libtorch intra-op threads for each role of one process, resolved by [`Config::threads`].
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Threads {
+    /// The inference thread's (predict).
+    pub inference: usize,
+    /// Each training job's.
+    pub training: usize,
+}
+
+impl Config {
+    /// The configured thread counts, with 0 ("auto") resolved for `cores` cores and the
+    /// roles this process plays.
+    ///
+    /// A short predict request is a chain of small operations: split over threads it
+    /// spends more time waking and waiting for them than computing, so inference gets
+    /// one thread per four cores (at least one), and requests that arrive together are
+    /// batched instead. Training's large matrix products do scale: a worker alone shares
+    /// every core among its concurrent jobs; next to an API (`hone all`) it leaves the
+    /// inference thread its cores, so that predictions stay fast while a job trains.
+    pub fn threads(&self, cores: usize, serving: bool, training: bool) -> Threads {
+        let cores = cores.max(1);
+        let inference = match self.inference_threads {
+            0 => (cores / 4).max(1),
+            n => n,
+        };
+        let training_cores = if serving && training {
+            cores.saturating_sub(inference).max(1)
+        } else {
+            cores
+        };
+        let training = match self.training_threads {
+            0 => (training_cores / self.worker_concurrency.max(1)).max(1),
+            n => n,
+        };
+        Threads {
+            inference,
+            training,
+        }
+    }
+}
+
 /// The byte range of the password in `scheme://user:password@host/...`.
 fn url_password_span(url: &str) -> Option<(usize, usize)> {
     let authority_start = url.find("://")? + 3;
@@ -147,6 +196,50 @@ mod tests {
         assert_eq!(c.database_url_redacted(), c.database_url);
         c.database_url = "postgres://u:secret@h:5432/db".into();
         assert_eq!(c.database_url_redacted(), "postgres://u:***@h:5432/db");
+    }
+
+    #[test]
+    fn automatic_threads_split_the_cores_between_roles() {
+        let c = Config::default();
+        let t = |cores, serving, training| c.threads(cores, serving, training);
+        // API and worker together: inference keeps its share, training the rest.
+        assert_eq!(
+            t(2, true, true),
+            Threads {
+                inference: 1,
+                training: 1
+            }
+        );
+        assert_eq!(
+            t(16, true, true),
+            Threads {
+                inference: 4,
+                training: 12
+            }
+        );
+        // Alone, each role has every core.
+        assert_eq!(t(16, false, true).training, 16);
+        assert_eq!(t(2, true, false).inference, 1);
+        // Concurrent jobs share the training cores.
+        let c = Config {
+            worker_concurrency: 4,
+            ..Config::default()
+        };
+        assert_eq!(c.threads(16, false, true).training, 4);
+        assert_eq!(c.threads(2, false, true).training, 1);
+        // Set counts win.
+        let c = Config {
+            inference_threads: 2,
+            training_threads: 3,
+            ..Config::default()
+        };
+        assert_eq!(
+            c.threads(2, true, true),
+            Threads {
+                inference: 2,
+                training: 3
+            }
+        );
     }
 
     // `Jail::expect_with` fixes the closure's error type to figment's own.

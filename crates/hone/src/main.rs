@@ -118,9 +118,16 @@ async fn run(command: Command, config: Config) -> anyhow::Result<()> {
         keys::bootstrap(&db).await?;
     }
 
-    if config.threads > 0 {
-        tch::set_num_threads(i32::try_from(config.threads).unwrap_or(i32::MAX));
-    }
+    let serving = matches!(command, Command::All | Command::Serve);
+    let training = matches!(command, Command::All | Command::Worker);
+    let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
+    let threads = config.threads(cores, serving, training);
+    tracing::info!(
+        cores,
+        inference_threads = threads.inference,
+        training_threads = threads.training,
+        "libtorch threads"
+    );
     let device = parse_device(&config.device)?;
     let artifacts: Arc<dyn ArtifactStore> = Arc::new(
         LocalArtifactStore::new(config.data_dir.join("artifacts"))
@@ -132,7 +139,7 @@ async fn run(command: Command, config: Config) -> anyhow::Result<()> {
 
     let mut tasks = Vec::new();
     if matches!(command, Command::All | Command::Worker) {
-        let settings = worker::WorkerSettings::from_config(&config, device);
+        let settings = worker::WorkerSettings::from_config(&config, device, threads.training);
         tasks.push(tokio::spawn(worker::run(
             db.clone(),
             artifacts.clone(),
@@ -146,6 +153,7 @@ async fn run(command: Command, config: Config) -> anyhow::Result<()> {
             db.clone(),
             artifacts.clone(),
             device,
+            threads,
             shutdown.clone(),
         )
         .await;

@@ -10,20 +10,23 @@ use hone_serving::{Predictor, ServingConfig};
 use hone_store::{ArtifactStore, Db};
 use tokio_util::sync::CancellationToken;
 
-use crate::config::Config;
+use crate::config::{Config, Threads};
 
 pub async fn run(
     config: &Config,
     db: Db,
     artifacts: Arc<dyn ArtifactStore>,
     device: tch::Device,
+    threads: Threads,
     shutdown: CancellationToken,
 ) -> anyhow::Result<()> {
     let predictor = Predictor::start(ServingConfig {
         cache_size: config.predict_cache_size,
         max_pending: config.predict_max_pending,
+        queue_timeout: std::time::Duration::from_millis(config.predict_queue_timeout_ms),
         batch_size: config.predict_batch_size,
         device,
+        threads: threads.inference,
     })
     .context("cannot start the inference thread")?;
     let dataset_limits = DatasetLimits {
@@ -41,7 +44,8 @@ pub async fn run(
         db,
         artifacts,
         predictor,
-        transferability: Estimator::new(device),
+        // An estimate is batch work, like training: it gets training's threads.
+        transferability: Estimator::new(device, threads.training),
         settings: Arc::new(ApiSettings {
             models_dir: config.models_dir.clone(),
             dataset_limits,

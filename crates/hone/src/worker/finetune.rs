@@ -498,6 +498,7 @@ async fn train_and_publish(
         hyperparameters: hp.clone(),
         seed: job.seed as u64,
         device: settings.device,
+        threads: settings.threads,
         out_dir: out_dir.clone(),
         cache,
     };
@@ -737,6 +738,8 @@ struct ThreadInput {
     hyperparameters: Hyperparameters,
     seed: u64,
     device: tch::Device,
+    /// libtorch intra-op threads for this thread.
+    threads: usize,
     out_dir: PathBuf,
     cache: FeatureCacheKeys,
     /// A checkpoint of an earlier attempt to go on from.
@@ -772,10 +775,12 @@ fn run_training(
         hyperparameters,
         seed,
         device,
+        threads,
         out_dir,
         cache,
         resume_from,
     } = input;
+    hone_train::threads::use_intra_op_threads(threads);
     let send = |u: Update| {
         let _ = tx.send(u);
     };

@@ -27,10 +27,12 @@ pub struct WorkerSettings {
     pub models_dir: std::path::PathBuf,
     pub scratch_dir: std::path::PathBuf,
     pub device: tch::Device,
+    /// libtorch intra-op threads of each job's training thread.
+    pub threads: usize,
 }
 
 impl WorkerSettings {
-    pub fn from_config(config: &Config, device: tch::Device) -> Self {
+    pub fn from_config(config: &Config, device: tch::Device, threads: usize) -> Self {
         let host = std::env::var("HOSTNAME").unwrap_or_else(|_| "localhost".into());
         Self {
             id: format!(
@@ -44,6 +46,7 @@ impl WorkerSettings {
             models_dir: config.models_dir.clone(),
             scratch_dir: config.data_dir.join("scratch"),
             device,
+            threads,
         }
     }
 }
