@@ -13,7 +13,6 @@
 //! mixes task types nearly always means two files were concatenated, and a trainer
 //! could only guess which rows to drop.
 
-use std::borrow::Cow;
 use std::collections::BTreeMap;
 use std::io::{Read, Seek};
 
@@ -23,6 +22,7 @@ mod csv;
 mod error;
 pub mod images;
 mod jsonl;
+mod row;
 mod rules;
 mod types;
 
@@ -32,6 +32,7 @@ pub use types::{
 };
 
 use csv::Csv;
+use row::{Input, Row, RowTarget};
 use rules::Rules;
 
 const BOM: &[u8] = b"\xEF\xBB\xBF";
@@ -202,60 +203,6 @@ pub fn parse_examples(format: DatasetFormat, bytes: &[u8]) -> Result<Vec<Example
 }
 
 fn ignore(_row: Row<'_>) {}
-
-/// An example as the parser hands it on: borrowed from the input where it can be, so
-/// that validating allocates no texts.
-struct Row<'a> {
-    input: Input<'a>,
-    target: RowTarget<'a>,
-}
-
-enum Input<'a> {
-    Text {
-        text: Cow<'a, str>,
-        text_pair: Option<Cow<'a, str>>,
-    },
-    /// PNG or JPEG bytes as uploaded, decoded and bounds-checked already.
-    Image(Vec<u8>),
-}
-
-enum RowTarget<'a> {
-    Single(Cow<'a, str>),
-    Multi(Vec<Cow<'a, str>>),
-    /// In the file's order; duplicates are refused by [`Rules::accept`].
-    Tasks(Vec<(Cow<'a, str>, Cow<'a, str>)>),
-}
-
-impl RowTarget<'_> {
-    fn into_target(self) -> Target {
-        match self {
-            RowTarget::Single(label) => Target::Single(label.into_owned()),
-            RowTarget::Multi(labels) => {
-                Target::Multi(labels.into_iter().map(Cow::into_owned).collect())
-            }
-            RowTarget::Tasks(tasks) => Target::Tasks(
-                tasks
-                    .into_iter()
-                    .map(|(task, label)| (task.into_owned(), label.into_owned()))
-                    .collect(),
-            ),
-        }
-    }
-}
-
-impl Row<'_> {
-    /// `None` for an image row, which [`images::ImageExample`] holds instead.
-    fn into_example(self) -> Option<Example> {
-        match self.input {
-            Input::Text { text, text_pair } => Some(Example {
-                text: text.into_owned(),
-                text_pair: text_pair.map(Cow::into_owned),
-                target: self.target.into_target(),
-            }),
-            Input::Image(_) => None,
-        }
-    }
-}
 
 /// The one parser behind both the validator and [`parse_examples`]. It cuts the stream
 /// into records, keeps only an unfinished record between chunks, and hands each
