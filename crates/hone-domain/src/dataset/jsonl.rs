@@ -149,7 +149,7 @@ pub(super) fn record<F: FnMut(Row<'_>)>(
     let input = match input {
         PendingInput::Text(text) => Input::Text { text, text_pair },
         PendingInput::Image(encoded) => Input::Image(
-            super::images::decode_base64(&encoded, &rules.limits)
+            super::images::check::decode_base64(&encoded, &rules.limits)
                 .map_err(|(kind, message)| error(kind, message, "image"))?,
         ),
     };
