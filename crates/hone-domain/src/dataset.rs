@@ -31,10 +31,8 @@ pub use types::{
     DatasetFormat, DatasetLimits, DatasetSummary, Example, Modality, Target, TaskType,
 };
 
-use csv::Csv;
 use parser::Parser;
-use row::{Input, Row, RowTarget};
-use rules::Rules;
+use row::Row;
 
 /// Checks an upload as it streams in, without keeping more than one record of it.
 ///

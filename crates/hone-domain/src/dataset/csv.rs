@@ -5,7 +5,10 @@
 
 use std::borrow::Cow;
 
-use super::{DatasetError, DatasetErrorKind, Input, Modality, Row, RowTarget, Rules, TaskType};
+use super::error::{DatasetError, DatasetErrorKind};
+use super::row::{Input, Row, RowTarget};
+use super::rules::Rules;
+use super::types::{Modality, TaskType};
 
 /// CSV state across records. Record boundaries are found by [`CsvScanner`]; the fields
 /// of a whole record are then split and unescaped by `csv_core`.

@@ -17,10 +17,11 @@ use std::io::{Cursor, Read, Seek};
 use zip::result::ZipError;
 use zip::ZipArchive;
 
-use super::{
-    DatasetError, DatasetErrorKind, DatasetFormat, DatasetLimits, Input, Modality, Parser, Row,
-    RowTarget, Rules, Target, TaskType,
-};
+use super::error::{DatasetError, DatasetErrorKind};
+use super::parser::Parser;
+use super::row::{Input, Row, RowTarget};
+use super::rules::Rules;
+use super::types::{DatasetFormat, DatasetLimits, Modality, Target, TaskType};
 
 pub(super) mod check;
 

@@ -7,7 +7,10 @@ use std::fmt;
 use serde::de::{self, Deserializer, IgnoredAny, MapAccess, SeqAccess, Visitor};
 use serde::Deserialize;
 
-use super::{DatasetError, DatasetErrorKind, Input, Modality, Row, RowTarget, Rules, TaskType};
+use super::error::{DatasetError, DatasetErrorKind};
+use super::row::{Input, Row, RowTarget};
+use super::rules::Rules;
+use super::types::{Modality, TaskType};
 
 /// Checks one line and hands its example on.
 pub(super) fn record<F: FnMut(Row<'_>)>(

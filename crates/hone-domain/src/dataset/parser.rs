@@ -5,7 +5,12 @@
 
 use std::collections::BTreeMap;
 
-use super::{jsonl, Csv, DatasetError, DatasetErrorKind, DatasetFormat, DatasetLimits, Row, Rules};
+use super::csv::Csv;
+use super::error::{DatasetError, DatasetErrorKind};
+use super::jsonl;
+use super::row::Row;
+use super::rules::Rules;
+use super::types::{DatasetFormat, DatasetLimits};
 
 pub(super) const BOM: &[u8] = b"\xEF\xBB\xBF";
 

@@ -5,7 +5,7 @@
 
 use std::borrow::Cow;
 
-use super::{Example, Target};
+use super::types::{Example, Target};
 
 /// An example as the parser hands it on: borrowed from the input where it can be, so
 /// that validating allocates no texts.

@@ -7,9 +7,9 @@
 use std::borrow::Cow;
 use std::collections::{BTreeMap, HashSet};
 
-use super::{
-    DatasetError, DatasetErrorKind, DatasetLimits, Input, Modality, Row, RowTarget, TaskType,
-};
+use super::error::{DatasetError, DatasetErrorKind};
+use super::row::{Input, Row, RowTarget};
+use super::types::{DatasetLimits, Modality, TaskType};
 
 /// What the first example (or the caller) set for the whole file.
 #[derive(Clone, Copy)]
