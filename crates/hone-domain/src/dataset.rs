@@ -1,6 +1,6 @@
-//! Training datasets for text classification, checked while they stream in: one label
-//! per example, several labels per example, or one label per task of a multi-task
-//! model, each on single texts or on text pairs.
+//! Training datasets for classification, checked while they stream in: one label per
+//! example, several labels per example, or one label per task of a multi-task model,
+//! each on single texts, on text pairs or on images ([`images`]).
 //!
 //! An upload is validated chunk by chunk as it arrives, so that a bad file is refused
 //! with its line and reason before anything is kept, and memory stays bounded by the
@@ -12,6 +12,14 @@
 //! [`DatasetValidator::expecting`]) and every later example must agree: a file that
 //! mixes task types nearly always means two files were concatenated, and a trainer
 //! could only guess which rows to drop.
+//!
+//! The modules import downwards only, so that a stage can change without the ones
+//! below it noticing: `types` and `error` are the words every stage uses; `row` is an
+//! example on its way from a syntax to a sink; `rules` are the content rules all
+//! formats share; `csv`, `jsonl` and [`images`] (with `images::check` for one image)
+//! cut their syntax into rows; `parser` drives a syntax over a stream; on top sit the
+//! entry points, [`DatasetValidator`], [`parse_examples`] and
+//! [`images::read_image_examples`].
 
 use std::io::{Read, Seek};
 
