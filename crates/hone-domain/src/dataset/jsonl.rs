@@ -7,7 +7,10 @@ use std::fmt;
 use serde::de::{self, Deserializer, IgnoredAny, MapAccess, SeqAccess, Visitor};
 use serde::Deserialize;
 
-use super::{DatasetError, DatasetErrorKind, Input, Modality, Row, RowTarget, Rules, TaskType};
+use super::error::{DatasetError, DatasetErrorKind};
+use super::row::{Input, Row, RowTarget};
+use super::rules::Rules;
+use super::types::{Modality, TaskType};
 
 /// Checks one line and hands its example on.
 pub(super) fn record<F: FnMut(Row<'_>)>(
@@ -28,26 +31,6 @@ pub(super) fn record<F: FnMut(Row<'_>)>(
         )
         .at(blank));
     }
-    let value: Line<'_> = serde_json::from_str(body).map_err(|e| {
-        let message = e.to_string();
-        let suffix = format!(" at line {} column {}", e.line(), e.column());
-        let reason = message.strip_suffix(&suffix).unwrap_or(&message);
-        DatasetError::new(
-            DatasetErrorKind::InvalidJson,
-            format!("invalid JSON at column {}: {reason}", e.column()),
-        )
-        .at(line)
-    })?;
-    let record = match value {
-        Line::Object(record) => record,
-        Line::Other(kind) => {
-            return Err(DatasetError::new(
-                DatasetErrorKind::NotAnObject,
-                format!("expected a JSON object like {{\"text\": …, \"label\": …}}, found {kind}"),
-            )
-            .at(line))
-        }
-    };
     let Record {
         text,
         text_pair,
@@ -55,7 +38,7 @@ pub(super) fn record<F: FnMut(Row<'_>)>(
         label,
         labels,
         duplicate,
-    } = *record;
+    } = *parse(line, body)?;
     let error = |kind, message: String, field| DatasetError::new(kind, message).at(line).on(field);
     if let Some(field) = duplicate {
         return Err(error(
@@ -103,7 +86,57 @@ pub(super) fn record<F: FnMut(Row<'_>)>(
             Some(string(pair).map_err(|m| error(DatasetErrorKind::WrongType, m, "text_pair"))?)
         }
     };
-    let target = match (label, labels) {
+    let target = pending_target(rules, line, label, labels)?;
+    let modality = match input {
+        PendingInput::Text(_) => Modality::Text,
+        PendingInput::Image(_) => Modality::Image,
+    };
+    rules.check_shape(line, target.task_type(), text_pair.is_some(), modality)?;
+    // Decoded only once the example's shape is known to fit the file: a text file
+    // with one stray image line is better told so than why the image is bad.
+    let input = match input {
+        PendingInput::Text(text) => Input::Text { text, text_pair },
+        PendingInput::Image(encoded) => Input::Image(
+            super::images::check::decode_base64(&encoded, &rules.limits)
+                .map_err(|(kind, message)| error(kind, message, "image"))?,
+        ),
+    };
+    let target = checked_target(target, line)?;
+    rules.accept(line, Row { input, target }, sink)
+}
+
+/// The line as JSON, reduced to the fields the rules look at; anything but an object
+/// is refused.
+fn parse(line: u64, body: &str) -> Result<Box<Record<'_>>, DatasetError> {
+    let value: Line<'_> = serde_json::from_str(body).map_err(|e| {
+        let message = e.to_string();
+        let suffix = format!(" at line {} column {}", e.line(), e.column());
+        let reason = message.strip_suffix(&suffix).unwrap_or(&message);
+        DatasetError::new(
+            DatasetErrorKind::InvalidJson,
+            format!("invalid JSON at column {}: {reason}", e.column()),
+        )
+        .at(line)
+    })?;
+    match value {
+        Line::Object(record) => Ok(record),
+        Line::Other(kind) => Err(DatasetError::new(
+            DatasetErrorKind::NotAnObject,
+            format!("expected a JSON object like {{\"text\": …, \"label\": …}}, found {kind}"),
+        )
+        .at(line)),
+    }
+}
+
+/// The target's shape, from whichever of `label` and `labels` the example has.
+fn pending_target<'a>(
+    rules: &Rules,
+    line: u64,
+    label: Option<Scalar<'a>>,
+    labels: Option<Labels<'a>>,
+) -> Result<Pending<'a>, DatasetError> {
+    let error = |kind, message: String, field| DatasetError::new(kind, message).at(line).on(field);
+    Ok(match (label, labels) {
         (Some(_), Some(_)) => {
             return Err(error(
                 DatasetErrorKind::ConflictingFields,
@@ -138,29 +171,21 @@ pub(super) fn record<F: FnMut(Row<'_>)>(
             );
             return Err(error(DatasetErrorKind::WrongType, message, "labels"));
         }
-    };
-    let modality = match input {
-        PendingInput::Text(_) => Modality::Text,
-        PendingInput::Image(_) => Modality::Image,
-    };
-    rules.check_shape(line, target.task_type(), text_pair.is_some(), modality)?;
-    // Decoded only once the example's shape is known to fit the file: a text file
-    // with one stray image line is better told so than why the image is bad.
-    let input = match input {
-        PendingInput::Text(text) => Input::Text { text, text_pair },
-        PendingInput::Image(encoded) => Input::Image(
-            super::images::decode_base64(&encoded, &rules.limits)
-                .map_err(|(kind, message)| error(kind, message, "image"))?,
-        ),
-    };
+    })
+}
+
+/// The target's values as labels: strings, or integers and booleans as their JSON text.
+fn checked_target(target: Pending<'_>, line: u64) -> Result<RowTarget<'_>, DatasetError> {
     let wrong_type = |what: &str, found: &Scalar<'_>, field| {
         let message = format!(
             "{what} be a string, an integer or a boolean, found {}",
             found.kind()
         );
-        error(DatasetErrorKind::WrongType, message, field)
+        DatasetError::new(DatasetErrorKind::WrongType, message)
+            .at(line)
+            .on(field)
     };
-    let target = match target {
+    Ok(match target {
         Pending::Single(label) => RowTarget::Single(label.into_label().map_err(|found| {
             let mut e = wrong_type("must", &found, "label");
             if matches!(found, Scalar::Other("an array")) {
@@ -195,8 +220,7 @@ pub(super) fn record<F: FnMut(Row<'_>)>(
                 })
                 .collect::<Result<_, _>>()?,
         ),
-    };
-    rules.accept(line, Row { input, target }, sink)
+    })
 }
 
 /// An example's input before its content is checked.

@@ -1,5 +1,8 @@
 #![allow(clippy::unwrap_used)]
 
+use std::collections::BTreeMap;
+
+use super::parser::BOM;
 use super::*;
 
 use DatasetErrorKind as K;
