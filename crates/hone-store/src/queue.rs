@@ -8,8 +8,9 @@
 //! - The rescuer requeues `running` jobs whose lease expired (or fails them when no
 //!   attempts are left), so a dead worker's job is not stuck `running` for ever.
 //! - Every write a worker makes to its job, finishing writes above all, is guarded by
-//!   `status = 'running' AND attempt = <its attempt>`: a worker that lost its lease
-//!   (paused past it, then woke up) must not overwrite whoever holds the job now.
+//!   `status = 'running' AND attempt = <its attempt>` (`HELD`, which `update_held`
+//!   puts on every UPDATE): a worker that lost its lease (paused past it, then woke
+//!   up) must not overwrite whoever holds the job now.
 
 use std::time::Duration;
 
@@ -18,11 +19,42 @@ use hone_domain::job::{Hyperparameters, JobStatus};
 use hone_domain::resources::{
     EventLevel, EventType, FineTuningJob, JobError, JobProgress, JobResult,
 };
+use sqlx::error::BoxDynError;
+use sqlx::postgres::PgArguments;
 use sqlx::types::Json;
+use sqlx::{Arguments, PgExecutor};
 
 use crate::events::{insert_event, NewEvent};
 use crate::job_rows::{JobRow, COLUMNS};
 use crate::{Db, StoreError};
+
+/// The guard on every write a worker makes to the job it holds: the job is still
+/// running, at the worker's attempt ($1 the job id, $2 the attempt).
+const HELD: &str = "id = $1 AND status = 'running' AND attempt = $2";
+
+/// `UPDATE fine_tuning_jobs SET {set}` under [`HELD`]; false when the job is no longer
+/// the worker's at `attempt`, and then nothing was written. `set` is a clause of ours,
+/// never built from input: its values are placeholders from $3 on, which `values` adds
+/// in that order after the id and attempt bound here.
+async fn update_held<'e>(
+    exec: impl PgExecutor<'e>,
+    id: &str,
+    attempt: i32,
+    set: &'static str,
+    values: impl FnOnce(&mut PgArguments) -> Result<(), BoxDynError>,
+) -> Result<bool, StoreError> {
+    let mut args = PgArguments::default();
+    args.add(id).map_err(sqlx::Error::Encode)?;
+    args.add(attempt).map_err(sqlx::Error::Encode)?;
+    values(&mut args).map_err(sqlx::Error::Encode)?;
+    let done = sqlx::query_with(
+        &format!("UPDATE fine_tuning_jobs SET {set} WHERE {HELD}"),
+        args,
+    )
+    .execute(exec)
+    .await?;
+    Ok(done.rows_affected() == 1)
+}
 
 /// A job a worker holds: its row, and the attempt number that fences its writes.
 #[derive(Clone, Debug)]
@@ -96,11 +128,11 @@ impl Db {
         attempt: i32,
         lease: Duration,
     ) -> Result<Lease, StoreError> {
-        let cancel: Option<bool> = sqlx::query_scalar(
+        let cancel: Option<bool> = sqlx::query_scalar(&format!(
             "UPDATE fine_tuning_jobs SET lease_expires_at = now() + $3 * interval '1 millisecond'
-             WHERE id = $1 AND status = 'running' AND attempt = $2
-             RETURNING cancel_requested",
-        )
+             WHERE {HELD}
+             RETURNING cancel_requested"
+        ))
         .bind(id)
         .bind(attempt)
         .bind(lease_millis(lease))
@@ -119,16 +151,10 @@ impl Db {
         attempt: i32,
         progress: &JobProgress,
     ) -> Result<bool, StoreError> {
-        let done = sqlx::query(
-            "UPDATE fine_tuning_jobs SET progress = $3
-             WHERE id = $1 AND status = 'running' AND attempt = $2",
-        )
-        .bind(id)
-        .bind(attempt)
-        .bind(Json(progress))
-        .execute(&self.pool)
-        .await?;
-        Ok(done.rows_affected() == 1)
+        update_held(&self.pool, id, attempt, "progress = $3", |v| {
+            v.add(Json(progress))
+        })
+        .await
     }
 
     /// Replaces the loss and metric curves of a job this worker holds.
@@ -138,16 +164,10 @@ impl Db {
         attempt: i32,
         metrics: &serde_json::Value,
     ) -> Result<bool, StoreError> {
-        let done = sqlx::query(
-            "UPDATE fine_tuning_jobs SET metrics = $3
-             WHERE id = $1 AND status = 'running' AND attempt = $2",
-        )
-        .bind(id)
-        .bind(attempt)
-        .bind(Json(metrics))
-        .execute(&self.pool)
-        .await?;
-        Ok(done.rows_affected() == 1)
+        update_held(&self.pool, id, attempt, "metrics = $3", |v| {
+            v.add(Json(metrics))
+        })
+        .await
     }
 
     /// Records the strategy an `auto` job chose (fenced like every worker write).
@@ -158,17 +178,17 @@ impl Db {
         method: &hone_domain::job::Method,
         hyperparameters: &Hyperparameters,
     ) -> Result<bool, StoreError> {
-        let done = sqlx::query(
-            "UPDATE fine_tuning_jobs SET method = $3, hyperparameters = $4
-             WHERE id = $1 AND status = 'running' AND attempt = $2",
+        update_held(
+            &self.pool,
+            id,
+            attempt,
+            "method = $3, hyperparameters = $4",
+            |v| {
+                v.add(Json(method))?;
+                v.add(Json(hyperparameters))
+            },
         )
-        .bind(id)
-        .bind(attempt)
-        .bind(Json(method))
-        .bind(Json(hyperparameters))
-        .execute(&self.pool)
-        .await?;
-        Ok(done.rows_affected() == 1)
+        .await
     }
 
     /// Adds an event to a job this worker holds (fenced like every worker write).
@@ -179,13 +199,12 @@ impl Db {
         event: &NewEvent,
     ) -> Result<bool, StoreError> {
         let mut tx = self.pool.begin().await?;
-        let held: Option<String> = sqlx::query_scalar(
-            "SELECT id FROM fine_tuning_jobs WHERE id = $1 AND status = 'running' AND attempt = $2",
-        )
-        .bind(id)
-        .bind(attempt)
-        .fetch_optional(&mut *tx)
-        .await?;
+        let held: Option<String> =
+            sqlx::query_scalar(&format!("SELECT id FROM fine_tuning_jobs WHERE {HELD}"))
+                .bind(id)
+                .bind(attempt)
+                .fetch_optional(&mut *tx)
+                .await?;
         if held.is_none() {
             return Ok(false);
         }
@@ -204,19 +223,19 @@ impl Db {
         result: &JobResult,
     ) -> Result<bool, StoreError> {
         let mut tx = self.pool.begin().await?;
-        let done = sqlx::query(
-            "UPDATE fine_tuning_jobs
-             SET status = 'succeeded', finalized_at = now(), lease_expires_at = NULL,
-                 fine_tuned_model = $3, result = $4
-             WHERE id = $1 AND status = 'running' AND attempt = $2",
+        let held = update_held(
+            &mut *tx,
+            id,
+            attempt,
+            "status = 'succeeded', finalized_at = now(), lease_expires_at = NULL,
+             fine_tuned_model = $3, result = $4",
+            |v| {
+                v.add(&model.id)?;
+                v.add(Json(result))
+            },
         )
-        .bind(id)
-        .bind(attempt)
-        .bind(&model.id)
-        .bind(Json(result))
-        .execute(&mut *tx)
         .await?;
-        if done.rows_affected() != 1 {
+        if !held {
             return Ok(false);
         }
         crate::models::insert_model(&mut *tx, model, result).await?;
@@ -240,10 +259,9 @@ impl Db {
         retryable: bool,
     ) -> Result<JobStatus, StoreError> {
         let mut tx = self.pool.begin().await?;
-        let max: Option<i32> = sqlx::query_scalar(
-            "SELECT max_attempts FROM fine_tuning_jobs
-             WHERE id = $1 AND status = 'running' AND attempt = $2 FOR UPDATE",
-        )
+        let max: Option<i32> = sqlx::query_scalar(&format!(
+            "SELECT max_attempts FROM fine_tuning_jobs WHERE {HELD} FOR UPDATE"
+        ))
         .bind(id)
         .bind(attempt)
         .fetch_optional(&mut *tx)
@@ -315,36 +333,34 @@ impl Db {
     /// Marks a running job cancelled once its worker stopped.
     pub async fn finish_cancelled(&self, id: &str, attempt: i32) -> Result<bool, StoreError> {
         let mut tx = self.pool.begin().await?;
-        let done = sqlx::query(
-            "UPDATE fine_tuning_jobs
-             SET status = 'cancelled', finalized_at = now(), lease_expires_at = NULL
-             WHERE id = $1 AND status = 'running' AND attempt = $2",
+        let held = update_held(
+            &mut *tx,
+            id,
+            attempt,
+            "status = 'cancelled', finalized_at = now(), lease_expires_at = NULL",
+            |_| Ok(()),
         )
-        .bind(id)
-        .bind(attempt)
-        .execute(&mut *tx)
         .await?;
-        if done.rows_affected() == 1 {
+        if held {
             insert_event(&mut *tx, id, &NewEvent::info("Job cancelled")).await?;
         }
         tx.commit().await?;
-        Ok(done.rows_affected() == 1)
+        Ok(held)
     }
 
     /// Hands a job back to the queue without spending an attempt (graceful shutdown).
     pub async fn release_job(&self, id: &str, attempt: i32) -> Result<bool, StoreError> {
         let mut tx = self.pool.begin().await?;
-        let done = sqlx::query(
-            "UPDATE fine_tuning_jobs
-             SET status = 'queued', lease_expires_at = NULL, attempt = attempt - 1,
-                 scheduled_at = now()
-             WHERE id = $1 AND status = 'running' AND attempt = $2",
+        let held = update_held(
+            &mut *tx,
+            id,
+            attempt,
+            "status = 'queued', lease_expires_at = NULL, attempt = attempt - 1,
+             scheduled_at = now()",
+            |_| Ok(()),
         )
-        .bind(id)
-        .bind(attempt)
-        .execute(&mut *tx)
         .await?;
-        if done.rows_affected() == 1 {
+        if held {
             insert_event(
                 &mut *tx,
                 id,
@@ -353,7 +369,7 @@ impl Db {
             .await?;
         }
         tx.commit().await?;
-        Ok(done.rows_affected() == 1)
+        Ok(held)
     }
 
     /// Requeues running jobs whose lease expired (their worker died), or fails them
@@ -447,10 +463,9 @@ pub fn retry_backoff(attempt: i32) -> Duration {
 impl Db {
     /// Like `heartbeat` without renewing: a cheap check between renewals.
     pub async fn cancel_requested(&self, id: &str, attempt: i32) -> Result<Lease, StoreError> {
-        let cancel: Option<bool> = sqlx::query_scalar(
-            "SELECT cancel_requested FROM fine_tuning_jobs
-             WHERE id = $1 AND status = 'running' AND attempt = $2",
-        )
+        let cancel: Option<bool> = sqlx::query_scalar(&format!(
+            "SELECT cancel_requested FROM fine_tuning_jobs WHERE {HELD}"
+        ))
         .bind(id)
         .bind(attempt)
         .fetch_optional(&self.pool)
