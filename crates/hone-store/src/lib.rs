@@ -4,13 +4,16 @@
 pub mod artifacts;
 pub mod checkpoints;
 mod db;
+pub mod events;
 pub mod feature_cache;
 pub mod files;
 pub mod idempotency;
+mod job_rows;
 pub mod jobs;
 pub mod listener;
 pub mod models;
 pub mod projects;
+pub mod queue;
 
 pub use artifacts::{ArtifactStore, LocalArtifactStore, PendingObject};
 pub use db::{connect, ensure_database, migrate, Db, StoreError};

@@ -8,8 +8,9 @@ use hone_domain::job::JobStatus;
 use hone_domain::resources::{EpochPoint, JobError, JobProgress, JobResult};
 use hone_domain::PageRequest;
 use hone_store::checkpoints::NewCheckpoint;
-use hone_store::jobs::{Lease, NewEvent};
+use hone_store::events::NewEvent;
 use hone_store::models::NewModel;
+use hone_store::queue::Lease;
 use hone_store::Db;
 
 const LEASE: Duration = Duration::from_secs(30);

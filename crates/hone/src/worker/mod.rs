@@ -9,7 +9,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
-use hone_store::jobs::{ClaimedJob, Lease};
+use hone_store::queue::{ClaimedJob, Lease};
 use hone_store::{ArtifactStore, Db};
 use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;

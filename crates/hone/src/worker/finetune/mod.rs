@@ -18,8 +18,9 @@ use hone_domain::resources::{
 };
 use hone_domain::split::stratified_split;
 use hone_domain::ModelId;
-use hone_store::jobs::{ClaimedJob, Lease, NewEvent};
+use hone_store::events::NewEvent;
 use hone_store::models::NewModel;
+use hone_store::queue::{ClaimedJob, Lease};
 use hone_store::{ArtifactStore, Db};
 use hone_train::train::{
     fine_tune, fine_tune_with, Checkpoint, EncoderInit, EpochMetrics, Evaluation, Features,

@@ -1,0 +1,478 @@
+//! The queue the workers take jobs from, after river's design. Its invariants, and why:
+//!
+//! - A claim is committed at once, and no transaction is held while a job trains:
+//!   training runs for minutes to hours, and a transaction that long would hold row
+//!   locks and a pool connection, and lose the claim with any blip of the connection.
+//! - The claimed row carries a lease that the worker's heartbeat renews, so that a
+//!   worker that died (killed, machine gone) is noticed without anyone telling us.
+//! - The rescuer requeues `running` jobs whose lease expired (or fails them when no
+//!   attempts are left), so a dead worker's job is not stuck `running` for ever.
+//! - Every write a worker makes to its job, finishing writes above all, is guarded by
+//!   `status = 'running' AND attempt = <its attempt>` (`HELD`, which `update_held`
+//!   puts on every UPDATE): a worker that lost its lease (paused past it, then woke
+//!   up) must not overwrite whoever holds the job now.
+
+use std::time::Duration;
+
+use chrono::Utc;
+use hone_domain::job::{Hyperparameters, JobStatus};
+use hone_domain::resources::{
+    EventLevel, EventType, FineTuningJob, JobError, JobProgress, JobResult,
+};
+use sqlx::error::BoxDynError;
+use sqlx::postgres::PgArguments;
+use sqlx::types::Json;
+use sqlx::{Arguments, PgExecutor};
+
+use crate::events::{insert_event, NewEvent};
+use crate::job_rows::{JobRow, COLUMNS};
+use crate::{Db, StoreError};
+
+/// The guard on every write a worker makes to the job it holds: the job is still
+/// running, at the worker's attempt ($1 the job id, $2 the attempt).
+const HELD: &str = "id = $1 AND status = 'running' AND attempt = $2";
+
+/// `UPDATE fine_tuning_jobs SET {set}` under [`HELD`]; false when the job is no longer
+/// the worker's at `attempt`, and then nothing was written. `set` is a clause of ours,
+/// never built from input: its values are placeholders from $3 on, which `values` adds
+/// in that order after the id and attempt bound here.
+async fn update_held<'e>(
+    exec: impl PgExecutor<'e>,
+    id: &str,
+    attempt: i32,
+    set: &'static str,
+    values: impl FnOnce(&mut PgArguments) -> Result<(), BoxDynError>,
+) -> Result<bool, StoreError> {
+    let mut args = PgArguments::default();
+    args.add(id).map_err(sqlx::Error::Encode)?;
+    args.add(attempt).map_err(sqlx::Error::Encode)?;
+    values(&mut args).map_err(sqlx::Error::Encode)?;
+    let done = sqlx::query_with(
+        &format!("UPDATE fine_tuning_jobs SET {set} WHERE {HELD}"),
+        args,
+    )
+    .execute(exec)
+    .await?;
+    Ok(done.rows_affected() == 1)
+}
+
+/// A job a worker holds: its row, and the attempt number that fences its writes.
+#[derive(Clone, Debug)]
+pub struct ClaimedJob {
+    pub job: FineTuningJob,
+    pub attempt: i32,
+}
+
+/// What the heartbeat learns besides keeping the lease.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Lease {
+    Held {
+        cancel_requested: bool,
+    },
+    /// The job is no longer ours (rescued after a missed heartbeat, or finished).
+    Lost,
+}
+
+impl Db {
+    /// Claims the next queued job, if any, and commits the claim at once.
+    pub async fn claim_job(
+        &self,
+        worker: &str,
+        lease: Duration,
+    ) -> Result<Option<ClaimedJob>, StoreError> {
+        let row: Option<JobRow> = sqlx::query_as(&format!(
+            "WITH next AS (
+                 SELECT id FROM fine_tuning_jobs
+                 WHERE status = 'queued' AND scheduled_at <= now()
+                 ORDER BY priority, scheduled_at, id
+                 LIMIT 1 FOR UPDATE SKIP LOCKED)
+             UPDATE fine_tuning_jobs j
+             SET status = 'running', attempt = j.attempt + 1, attempted_at = now(),
+                 attempted_by = $1, lease_expires_at = now() + $2 * interval '1 millisecond',
+                 started_at = coalesce(j.started_at, now())
+             FROM next WHERE j.id = next.id
+             RETURNING {}",
+            COLUMNS
+                .split(',')
+                .map(|c| format!("j.{}", c.trim()))
+                .collect::<Vec<_>>()
+                .join(", ")
+        ))
+        .bind(worker)
+        .bind(lease_millis(lease))
+        .fetch_optional(&self.pool)
+        .await?;
+        match row {
+            Some(row) => {
+                let job = FineTuningJob::try_from(row)?;
+                let attempt = job.attempt;
+                self.add_event(
+                    &job.id,
+                    attempt,
+                    &NewEvent::info(format!(
+                        "Worker {worker} started attempt {attempt} of {}",
+                        job.max_attempts
+                    )),
+                )
+                .await?;
+                Ok(Some(ClaimedJob { job, attempt }))
+            }
+            None => Ok(None),
+        }
+    }
+
+    /// Renews the lease, and tells the worker whether the user asked to cancel.
+    pub async fn heartbeat(
+        &self,
+        id: &str,
+        attempt: i32,
+        lease: Duration,
+    ) -> Result<Lease, StoreError> {
+        let cancel: Option<bool> = sqlx::query_scalar(&format!(
+            "UPDATE fine_tuning_jobs SET lease_expires_at = now() + $3 * interval '1 millisecond'
+             WHERE {HELD}
+             RETURNING cancel_requested"
+        ))
+        .bind(id)
+        .bind(attempt)
+        .bind(lease_millis(lease))
+        .fetch_optional(&self.pool)
+        .await?;
+        Ok(match cancel {
+            Some(cancel_requested) => Lease::Held { cancel_requested },
+            None => Lease::Lost,
+        })
+    }
+
+    /// Records progress; returns false when the job is no longer this worker's.
+    pub async fn set_progress(
+        &self,
+        id: &str,
+        attempt: i32,
+        progress: &JobProgress,
+    ) -> Result<bool, StoreError> {
+        update_held(&self.pool, id, attempt, "progress = $3", |v| {
+            v.add(Json(progress))
+        })
+        .await
+    }
+
+    /// Replaces the loss and metric curves of a job this worker holds.
+    pub async fn set_metrics(
+        &self,
+        id: &str,
+        attempt: i32,
+        metrics: &serde_json::Value,
+    ) -> Result<bool, StoreError> {
+        update_held(&self.pool, id, attempt, "metrics = $3", |v| {
+            v.add(Json(metrics))
+        })
+        .await
+    }
+
+    /// Records the strategy an `auto` job chose (fenced like every worker write).
+    pub async fn set_method(
+        &self,
+        id: &str,
+        attempt: i32,
+        method: &hone_domain::job::Method,
+        hyperparameters: &Hyperparameters,
+    ) -> Result<bool, StoreError> {
+        update_held(
+            &self.pool,
+            id,
+            attempt,
+            "method = $3, hyperparameters = $4",
+            |v| {
+                v.add(Json(method))?;
+                v.add(Json(hyperparameters))
+            },
+        )
+        .await
+    }
+
+    /// Adds an event to a job this worker holds (fenced like every worker write).
+    pub async fn add_event(
+        &self,
+        id: &str,
+        attempt: i32,
+        event: &NewEvent,
+    ) -> Result<bool, StoreError> {
+        let mut tx = self.pool.begin().await?;
+        let held: Option<String> =
+            sqlx::query_scalar(&format!("SELECT id FROM fine_tuning_jobs WHERE {HELD}"))
+                .bind(id)
+                .bind(attempt)
+                .fetch_optional(&mut *tx)
+                .await?;
+        if held.is_none() {
+            return Ok(false);
+        }
+        insert_event(&mut *tx, id, event).await?;
+        tx.commit().await?;
+        Ok(true)
+    }
+
+    /// Finishes a job successfully and registers its model, in one transaction: a job
+    /// never shows `succeeded` without its model, nor a model without its job.
+    pub async fn succeed_job(
+        &self,
+        id: &str,
+        attempt: i32,
+        model: &crate::models::NewModel,
+        result: &JobResult,
+    ) -> Result<bool, StoreError> {
+        let mut tx = self.pool.begin().await?;
+        let held = update_held(
+            &mut *tx,
+            id,
+            attempt,
+            "status = 'succeeded', finalized_at = now(), lease_expires_at = NULL,
+             fine_tuned_model = $3, result = $4",
+            |v| {
+                v.add(&model.id)?;
+                v.add(Json(result))
+            },
+        )
+        .await?;
+        if !held {
+            return Ok(false);
+        }
+        crate::models::insert_model(&mut *tx, model, result).await?;
+        insert_event(
+            &mut *tx,
+            id,
+            &NewEvent::info(format!("Job succeeded: model {} published", model.id)),
+        )
+        .await?;
+        tx.commit().await?;
+        Ok(true)
+    }
+
+    /// Ends a job as `failed` (a user error, or the last attempt) or, for a transient
+    /// error with attempts left, puts it back in the queue after a backoff.
+    pub async fn fail_job(
+        &self,
+        id: &str,
+        attempt: i32,
+        error: &JobError,
+        retryable: bool,
+    ) -> Result<JobStatus, StoreError> {
+        let mut tx = self.pool.begin().await?;
+        let max: Option<i32> = sqlx::query_scalar(&format!(
+            "SELECT max_attempts FROM fine_tuning_jobs WHERE {HELD} FOR UPDATE"
+        ))
+        .bind(id)
+        .bind(attempt)
+        .fetch_optional(&mut *tx)
+        .await?;
+        let Some(max) = max else {
+            return Ok(JobStatus::Running);
+        };
+        let history = serde_json::json!([{ "attempt": attempt, "code": error.code, "message": error.message, "at": Utc::now() }]);
+        let status = if retryable && attempt < max {
+            let backoff = retry_backoff(attempt);
+            sqlx::query(
+                "UPDATE fine_tuning_jobs
+                 SET status = 'queued', lease_expires_at = NULL, errors = errors || $3,
+                     scheduled_at = now() + $4 * interval '1 millisecond'
+                 WHERE id = $1 AND attempt = $2",
+            )
+            .bind(id)
+            .bind(attempt)
+            .bind(Json(&history))
+            .bind(lease_millis(backoff))
+            .execute(&mut *tx)
+            .await?;
+            insert_event(
+                &mut *tx,
+                id,
+                &NewEvent {
+                    level: EventLevel::Warn,
+                    kind: EventType::Message,
+                    message: format!(
+                        "Attempt {attempt} failed ({}); retrying in {} s",
+                        error.message,
+                        backoff.as_secs()
+                    ),
+                    data: None,
+                },
+            )
+            .await?;
+            JobStatus::Queued
+        } else {
+            sqlx::query(
+                "UPDATE fine_tuning_jobs
+                 SET status = 'failed', finalized_at = now(), lease_expires_at = NULL,
+                     error = $3, errors = errors || $4
+                 WHERE id = $1 AND attempt = $2",
+            )
+            .bind(id)
+            .bind(attempt)
+            .bind(Json(error))
+            .bind(Json(&history))
+            .execute(&mut *tx)
+            .await?;
+            insert_event(
+                &mut *tx,
+                id,
+                &NewEvent {
+                    level: EventLevel::Error,
+                    kind: EventType::Message,
+                    message: format!("Job failed: {}", error.message),
+                    data: None,
+                },
+            )
+            .await?;
+            JobStatus::Failed
+        };
+        tx.commit().await?;
+        Ok(status)
+    }
+
+    /// Marks a running job cancelled once its worker stopped.
+    pub async fn finish_cancelled(&self, id: &str, attempt: i32) -> Result<bool, StoreError> {
+        let mut tx = self.pool.begin().await?;
+        let held = update_held(
+            &mut *tx,
+            id,
+            attempt,
+            "status = 'cancelled', finalized_at = now(), lease_expires_at = NULL",
+            |_| Ok(()),
+        )
+        .await?;
+        if held {
+            insert_event(&mut *tx, id, &NewEvent::info("Job cancelled")).await?;
+        }
+        tx.commit().await?;
+        Ok(held)
+    }
+
+    /// Hands a job back to the queue without spending an attempt (graceful shutdown).
+    pub async fn release_job(&self, id: &str, attempt: i32) -> Result<bool, StoreError> {
+        let mut tx = self.pool.begin().await?;
+        let held = update_held(
+            &mut *tx,
+            id,
+            attempt,
+            "status = 'queued', lease_expires_at = NULL, attempt = attempt - 1,
+             scheduled_at = now()",
+            |_| Ok(()),
+        )
+        .await?;
+        if held {
+            insert_event(
+                &mut *tx,
+                id,
+                &NewEvent::info("Worker shut down; job returned to the queue"),
+            )
+            .await?;
+        }
+        tx.commit().await?;
+        Ok(held)
+    }
+
+    /// Requeues running jobs whose lease expired (their worker died), or fails them
+    /// when they have used up their attempts. Returns how many were rescued.
+    pub async fn rescue_expired(&self) -> Result<u64, StoreError> {
+        let mut tx = self.pool.begin().await?;
+        let expired: Vec<(String, i32, i32, bool)> = sqlx::query_as(
+            "SELECT id, attempt, max_attempts, cancel_requested FROM fine_tuning_jobs
+             WHERE status = 'running' AND lease_expires_at < now()
+             FOR UPDATE SKIP LOCKED",
+        )
+        .fetch_all(&mut *tx)
+        .await?;
+        for (id, attempt, max, cancel) in &expired {
+            let message = format!("The worker of attempt {attempt} stopped responding");
+            if *cancel {
+                sqlx::query(
+                    "UPDATE fine_tuning_jobs SET status = 'cancelled', finalized_at = now(),
+                         lease_expires_at = NULL WHERE id = $1",
+                )
+                .bind(id)
+                .execute(&mut *tx)
+                .await?;
+                insert_event(
+                    &mut *tx,
+                    id,
+                    &NewEvent::info(format!("{message}; job cancelled")),
+                )
+                .await?;
+            } else if attempt < max {
+                sqlx::query(
+                    "UPDATE fine_tuning_jobs SET status = 'queued', lease_expires_at = NULL,
+                         scheduled_at = now() WHERE id = $1",
+                )
+                .bind(id)
+                .execute(&mut *tx)
+                .await?;
+                insert_event(
+                    &mut *tx,
+                    id,
+                    &NewEvent {
+                        level: EventLevel::Warn,
+                        kind: EventType::Message,
+                        message: format!("{message}; job requeued"),
+                        data: None,
+                    },
+                )
+                .await?;
+            } else {
+                let error = JobError {
+                    code: "worker_lost".into(),
+                    message: format!("{message} and no attempts are left"),
+                    param: None,
+                };
+                sqlx::query(
+                    "UPDATE fine_tuning_jobs SET status = 'failed', finalized_at = now(),
+                         lease_expires_at = NULL, error = $2 WHERE id = $1",
+                )
+                .bind(id)
+                .bind(Json(&error))
+                .execute(&mut *tx)
+                .await?;
+                insert_event(
+                    &mut *tx,
+                    id,
+                    &NewEvent {
+                        level: EventLevel::Error,
+                        kind: EventType::Message,
+                        message: error.message.clone(),
+                        data: None,
+                    },
+                )
+                .await?;
+            }
+        }
+        tx.commit().await?;
+        Ok(expired.len() as u64)
+    }
+}
+
+fn lease_millis(d: Duration) -> f64 {
+    d.as_secs_f64() * 1000.0
+}
+
+/// Exponential backoff between attempts: 10 s, 20 s, 40 s, … capped at 10 minutes.
+pub fn retry_backoff(attempt: i32) -> Duration {
+    let exp = u32::try_from(attempt.saturating_sub(1)).unwrap_or(0).min(6);
+    Duration::from_secs((10u64 << exp).min(600))
+}
+
+impl Db {
+    /// Like `heartbeat` without renewing: a cheap check between renewals.
+    pub async fn cancel_requested(&self, id: &str, attempt: i32) -> Result<Lease, StoreError> {
+        let cancel: Option<bool> = sqlx::query_scalar(&format!(
+            "SELECT cancel_requested FROM fine_tuning_jobs WHERE {HELD}"
+        ))
+        .bind(id)
+        .bind(attempt)
+        .fetch_optional(&self.pool)
+        .await?;
+        Ok(match cancel {
+            Some(cancel_requested) => Lease::Held { cancel_requested },
+            None => Lease::Lost,
+        })
+    }
+}
