@@ -8,7 +8,7 @@ use hone_domain::dataset::{Example, Target, TaskType};
 use hone_domain::job::Hyperparameters;
 use hone_train::{Objective, Targets, TaskSpec};
 
-use super::{user, Failure};
+use super::failure::{user, Failure};
 
 /// The objective of a training file of `task_type`: every label (or task and label)
 /// it uses.
