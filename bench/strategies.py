@@ -486,8 +486,20 @@ def run_sides(plan, hone_bin, script, threads, model_dir, follow_hone=False):
             sys.executable, script, "train", *common, *follow, "--json", tmp / "pytorch.json"])
         hone = json.loads((tmp / "hone.json").read_text())
         pytorch = json.loads((tmp / "pytorch.json").read_text())
-    env = os.environ
     meta = {
+        **run_meta(load_before),
+        # Mean number of CPUs that other processes kept busy while each side ran.
+        "other_load_cpus": others,
+    }
+    return hone, pytorch, meta
+
+
+def run_meta(load_before) -> dict:
+    """What a benchmark's result says about its run: when, which commit and command
+    (the BENCH_* variables its shell script sets), the machine, whether it was quiet,
+    and the load average before (`load_before`) and now."""
+    env = os.environ
+    return {
         "date": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
         "commit": env.get("BENCH_COMMIT"),
         "command": env.get("BENCH_COMMAND"),
@@ -496,10 +508,7 @@ def run_sides(plan, hone_bin, script, threads, model_dir, follow_hone=False):
         "quiet_wait": env.get("BENCH_QUIET"),
         "loadavg_before": load_before,
         "loadavg_after": loadavg(),
-        # Mean number of CPUs that other processes kept busy while each side ran.
-        "other_load_cpus": others,
     }
-    return hone, pytorch, meta
 
 
 def publish(result, hone, pytorch, out, table_text):
