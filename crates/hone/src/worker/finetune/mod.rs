@@ -1,23 +1,20 @@
-//! The fine-tuning job body: read and check the data, train on a dedicated OS thread
-//! (libtorch work never runs on the async runtime), report progress, publish the model.
+//! The fine-tuning job, by stage: [`prepare`] reads and checks the data, [`thread`]
+//! trains on a dedicated OS thread (libtorch never runs on the async runtime),
+//! [`progress`] reports what it does, [`publish`] publishes the model. This file runs the
+//! stages in order and says how an attempt ends.
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::Instant;
 
 use hone_domain::job::MethodType;
-use hone_domain::resources::{EvaluationReport, JobResult};
-use hone_domain::ModelId;
+use hone_domain::resources::JobResult;
 use hone_store::events::NewEvent;
 use hone_store::feature_cache as features;
-use hone_store::models::NewModel;
 use hone_store::queue::{ClaimedJob, Lease};
 use hone_store::{ArtifactStore, Db};
-use hone_train::train::TrainError;
-use hone_train::Report;
 use sha2::{Digest, Sha256};
-use tokio::sync::{mpsc, oneshot};
 
 use super::{StopFlags, WorkerSettings};
 
@@ -28,12 +25,11 @@ mod publish;
 mod targets;
 mod thread;
 
-use failure::{classify, transient, Failure};
+use failure::{transient, Failure};
 use prepare::{prepare, Prepared, Validation};
-use progress::{eval_report, resume_point, Reporter};
-use publish::{model_tasks, write_manifest};
+use progress::{resume_point, Reporter};
 use targets::describe;
-use thread::{run_training, FeatureCacheKeys, ThreadInput};
+use thread::{FeatureCacheKeys, ThreadInput};
 
 #[tracing::instrument(skip_all, fields(job.id = %claimed.job.id, attempt = claimed.attempt))]
 pub async fn run_job(
@@ -104,19 +100,53 @@ async fn train_and_publish(
 ) -> Result<(), Failure> {
     let job = &claimed.job;
     let attempt = claimed.attempt;
-    let hp = &job.hyperparameters;
     let out_dir = settings.scratch_dir.join(format!("{}-{attempt}", job.id));
-    let _ = std::fs::remove_dir_all(&out_dir);
     // Whatever ends the attempt (success, failure, cancel, shutdown), its scratch
     // files go: the training thread has stopped by the time this function returns.
-    let _scratch = ScratchDir(out_dir.clone());
-    std::fs::create_dir_all(&out_dir).map_err(|e| {
-        transient(
-            "worker_error",
-            format!("cannot create {}: {e}", out_dir.display()),
-        )
-    })?;
+    let _scratch = ScratchDir::create(out_dir.clone())?;
     let trained_examples = prepared.train_rows.len() as u64;
+    announce(db, claimed, &prepared).await?;
+    let cache = feature_cache(db, artifacts, claimed, &prepared, &out_dir).await?;
+
+    let Prepared {
+        base_dir,
+        objective,
+        file,
+        train_rows,
+        validation,
+        data_report,
+        ..
+    } = prepared;
+    let mut reporter = Reporter::new(db, artifacts, job, attempt, data_report);
+    let resume_from = resume_point(db, artifacts, &mut reporter, attempt, &out_dir).await;
+    let input = ThreadInput {
+        resume_from,
+        base_dir,
+        objective: objective.clone(),
+        file,
+        train_rows,
+        validation,
+        method: job.method.clone(),
+        hyperparameters: job.hyperparameters.clone(),
+        seed: job.seed as u64,
+        device: settings.device,
+        threads: settings.threads,
+        out_dir: out_dir.clone(),
+        cache,
+    };
+    let started = Instant::now();
+    let output = thread::train(input, &job.id, &mut reporter, flags).await?;
+    let result = publish::job_result(output, trained_examples, started.elapsed(), &mut reporter);
+    warn_if_overfitting(&reporter, &result).await;
+    publish::publish(
+        db, artifacts, claimed, &reporter, &objective, &result, &out_dir,
+    )
+    .await
+}
+
+/// The job's first event: what trains, on what, how long.
+async fn announce(db: &Db, claimed: &ClaimedJob, prepared: &Prepared) -> Result<(), Failure> {
+    let job = &claimed.job;
     let validation_note = match &prepared.validation {
         Validation::None => "no validation data".to_owned(),
         Validation::Split(rows) => format!("{} held out for validation", rows.len()),
@@ -125,7 +155,7 @@ async fn train_and_publish(
     let (method, frozen) = job.method.effective();
     db.add_event(
         &job.id,
-        attempt,
+        claimed.attempt,
         &NewEvent::info(format!(
             "Fine-tuning {}{} ({}{}) on {} examples ({validation_note}), {}, for {} epochs",
             job.base_model,
@@ -136,216 +166,111 @@ async fn train_and_publish(
             },
             method.as_str(),
             frozen.map_or(String::new(), |k| format!(", {k} layers frozen")),
-            trained_examples,
+            prepared.train_rows.len(),
             describe(&prepared.objective),
-            hp.epochs
+            job.hyperparameters.epochs
         )),
     )
     .await
-    .map_err(|e| transient("storage_error", e.to_string()))?;
+    .map(|_| ())
+    .map_err(|e| transient("storage_error", e.to_string()))
+}
 
-    // The feature cache: only strategies that train on frozen features fill it.
-    // A from-scratch baseline's frozen features are those of random weights: never
-    // the cache's.
-    let needs_features = matches!(method, MethodType::FeatureExtraction | MethodType::Auto)
-        && !job.method.from_scratch;
+/// The feature-cache entries of a job that may train on frozen features, with the
+/// cached files copied to scratch when there are some.
+async fn feature_cache(
+    db: &Db,
+    artifacts: &Arc<dyn ArtifactStore>,
+    claimed: &ClaimedJob,
+    prepared: &Prepared,
+    out_dir: &Path,
+) -> Result<FeatureCacheKeys, Failure> {
+    let job = &claimed.job;
+    let hp = &job.hyperparameters;
     let mut cache = FeatureCacheKeys::default();
-    if needs_features {
-        let weights = features::base_weights_digest(&prepared.base_dir)
+    // Only strategies that train on frozen features fill it. A from-scratch baseline's
+    // frozen features are those of random weights: never the cache's.
+    let (method, _) = job.method.effective();
+    if !matches!(method, MethodType::FeatureExtraction | MethodType::Auto)
+        || job.method.from_scratch
+    {
+        return Ok(cache);
+    }
+    let weights = features::base_weights_digest(&prepared.base_dir)
+        .await
+        .map_err(|e| transient("worker_error", format!("cannot read the base model: {e}")))?;
+    // An image model's features also depend on its preprocessing (input size,
+    // normalisation), which config.json holds: its digest joins the key.
+    let base_key = if prepared.file.images.is_empty() {
+        job.base_model.clone()
+    } else {
+        let config = tokio::fs::read(prepared.base_dir.join("config.json"))
             .await
             .map_err(|e| transient("worker_error", format!("cannot read the base model: {e}")))?;
-        // An image model's features also depend on its preprocessing (input size,
-        // normalisation), which config.json holds: its digest joins the key.
-        let base_key = if prepared.file.images.is_empty() {
-            job.base_model.clone()
-        } else {
-            let config = tokio::fs::read(prepared.base_dir.join("config.json"))
-                .await
-                .map_err(|e| {
-                    transient("worker_error", format!("cannot read the base model: {e}"))
-                })?;
-            format!(
-                "{}@{}",
-                job.base_model,
-                hex::encode(Sha256::digest(&config))
-            )
-        };
-        let key = |file_sha: &str| {
-            features::cache_key(&base_key, &weights, file_sha, hp.max_seq_len, hp.pooling)
-        };
-        let train =
-            features::lookup(artifacts, key(&prepared.file_sha256), &out_dir, "train").await;
-        if train.1.is_some() {
-            db.add_event(
-                &job.id,
-                attempt,
-                &NewEvent::info(
-                    "Reusing the cached features of the training file: the frozen encoder does not run again",
-                ),
-            )
-            .await
-            .map_err(|e| transient("storage_error", e.to_string()))?;
-        }
-        cache.train = Some(train);
-        if let Validation::File(_, sha) = &prepared.validation {
-            cache.validation =
-                Some(features::lookup(artifacts, key(sha), &out_dir, "validation").await);
-        }
-    }
-
-    let mut reporter = Reporter::new(db, artifacts, job, attempt, prepared.data_report);
-    let resume_from = resume_point(db, artifacts, &mut reporter, attempt, &out_dir).await;
-
-    let input = ThreadInput {
-        resume_from,
-        base_dir: prepared.base_dir.clone(),
-        objective: prepared.objective.clone(),
-        file: prepared.file,
-        train_rows: prepared.train_rows,
-        validation: prepared.validation,
-        method: job.method.clone(),
-        hyperparameters: hp.clone(),
-        seed: job.seed as u64,
-        device: settings.device,
-        threads: settings.threads,
-        out_dir: out_dir.clone(),
-        cache,
+        format!(
+            "{}@{}",
+            job.base_model,
+            hex::encode(Sha256::digest(&config))
+        )
     };
-    let (tx, mut rx) = mpsc::unbounded_channel();
-    let (done_tx, done_rx) = oneshot::channel();
-    let observer_flags = flags.clone();
-    let span = tracing::Span::current();
-    let started = Instant::now();
-    std::thread::Builder::new()
-        .name(format!("hone-train-{}", &job.id))
-        .spawn(move || {
-            let _entered = span.enter();
-            let result = run_training(input, &tx, &observer_flags);
-            let _ = done_tx.send(result);
-        })
-        .map_err(|e| {
-            transient(
-                "worker_error",
-                format!("cannot start the training thread: {e}"),
-            )
-        })?;
-
-    let mut done_rx = done_rx;
-    let outcome = loop {
-        tokio::select! {
-            Some(update) = rx.recv() => reporter.handle(update).await,
-            result = &mut done_rx => break result,
-        }
+    let key = |file_sha: &str| {
+        features::cache_key(&base_key, &weights, file_sha, hp.max_seq_len, hp.pooling)
     };
-    while let Ok(update) = rx.try_recv() {
-        reporter.handle(update).await;
-    }
-    reporter.flush().await;
-    reporter.save_metrics().await;
-    let stopped = || transient("stopped", "training stopped");
-    let output = match outcome {
-        Err(_) => return Err(transient("worker_error", "the training thread died")),
-        Ok(Err(TrainError::Cancelled)) => return Err(stopped()),
-        Ok(Err(e)) if flags.any() => {
-            tracing::warn!(error = %e, "training ended while stopping");
-            return Err(stopped());
-        }
-        Ok(Err(e)) => return Err(classify(e)),
-        Ok(Ok(output)) => output,
-    };
-
-    let kept = output.kept.as_ref();
-    let result = JobResult {
-        train_loss: kept.map(|m| m.train_loss).unwrap_or(f64::NAN),
-        validation: kept.and_then(|m| m.validation.as_ref()).map(eval_report),
-        trained_examples,
-        training_seconds: started.elapsed().as_secs_f64(),
-        best_epoch: kept.map(|m| m.epoch),
-        epochs_run: Some(output.epochs_run),
-        stopped_early: output.evaluation.as_ref().is_some_and(|e| e.stopped_early),
-        evaluation: output.evaluation.map(|e| {
-            let mut report = EvaluationReport {
-                validation: None,
-                multi_label: None,
-                tasks: Vec::new(),
-                generalization: e.generalization,
-            };
-            match e.validation {
-                Report::Classification(r) => report.validation = Some(r),
-                Report::MultiLabel(r) => report.multi_label = Some(r),
-                Report::MultiTask(t) => report.tasks = t,
-            }
-            report
-        }),
-        data_report: reporter.data_report.take(),
-        transferability: reporter.transferability.take(),
-    };
-    if let Some(gap) = result.evaluation.as_ref().map(|e| &e.generalization) {
-        if gap.overfitting {
-            reporter
-                .event(NewEvent::warn(format!(
-                    "Possible overfitting: training accuracy {:.3} vs validation accuracy {:.3} \
-                     (gap {:.3}); consider more data, fewer epochs, early stopping or a \
-                     frozen strategy",
-                    gap.train_accuracy, gap.validation_accuracy, gap.gap
-                )))
-                .await;
-        }
-    }
-    let job_method = reporter
-        .method
-        .clone()
-        .unwrap_or_else(|| job.method.clone());
-    let model_id = ModelId::for_job(
-        &job.base_model,
-        job.suffix.as_deref(),
-        &hone_domain::JobId::parse(&job.id)
-            .ok_or_else(|| transient("worker_error", "malformed job id"))?,
-    );
-    let model_dir = out_dir.join("model");
-    write_manifest(
-        &model_dir,
-        job,
-        &job_method,
-        model_id.as_str(),
-        &prepared.objective,
-        &result,
-    )
-    .map_err(|e| transient("storage_error", format!("cannot write the manifest: {e}")))?;
-    let key = hone_store::models::attempt_storage_key(model_id.as_str(), attempt);
-    artifacts
-        .put_dir(&key, &model_dir)
+    let train = features::lookup(artifacts, key(&prepared.file_sha256), out_dir, "train").await;
+    if train.1.is_some() {
+        db.add_event(
+            &job.id,
+            claimed.attempt,
+            &NewEvent::info(
+                "Reusing the cached features of the training file: the frozen encoder does not run again",
+            ),
+        )
         .await
-        .map_err(|e| transient("storage_error", format!("cannot publish the model: {e}")))?;
-    let new_model = NewModel {
-        id: model_id.to_string(),
-        job_id: job.id.clone(),
-        base_model: job.base_model.clone(),
-        storage_key: key.clone(),
-        task_type: prepared.objective.task_type,
-        labels: prepared.objective.labels().to_vec(),
-        tasks: model_tasks(&prepared.objective),
-        checkpoint_epoch: None,
+        .map_err(|e| transient("storage_error", e.to_string()))?;
+    }
+    cache.train = Some(train);
+    if let Validation::File(_, sha) = &prepared.validation {
+        cache.validation = Some(features::lookup(artifacts, key(sha), out_dir, "validation").await);
+    }
+    Ok(cache)
+}
+
+/// A warning event when the final model fits its training data much better than the
+/// validation data.
+async fn warn_if_overfitting(reporter: &Reporter<'_>, result: &JobResult) {
+    let Some(gap) = result.evaluation.as_ref().map(|e| &e.generalization) else {
+        return;
     };
-    match db.succeed_job(&job.id, attempt, &new_model, &result).await {
-        Ok(true) => {
-            tracing::info!(model = %model_id, seconds = result.training_seconds, "job succeeded");
-            Ok(())
-        }
-        Ok(false) => {
-            // The lease was lost meanwhile: the job is someone else's now.
-            let _ = artifacts.delete(&key).await;
-            Ok(())
-        }
-        Err(e) => {
-            let _ = artifacts.delete(&key).await;
-            Err(transient("storage_error", e.to_string()))
-        }
+    if gap.overfitting {
+        reporter
+            .event(NewEvent::warn(format!(
+                "Possible overfitting: training accuracy {:.3} vs validation accuracy {:.3} \
+                 (gap {:.3}); consider more data, fewer epochs, early stopping or a \
+                 frozen strategy",
+                gap.train_accuracy, gap.validation_accuracy, gap.gap
+            )))
+            .await;
     }
 }
 
-/// A scratch directory removed when dropped.
+/// A scratch directory, created empty and removed when dropped.
 struct ScratchDir(PathBuf);
+
+impl ScratchDir {
+    /// Empties and creates `dir`. The guard exists before the directory does, so a
+    /// half-made one goes too.
+    fn create(dir: PathBuf) -> Result<Self, Failure> {
+        let _ = std::fs::remove_dir_all(&dir);
+        let guard = Self(dir);
+        std::fs::create_dir_all(&guard.0).map_err(|e| {
+            transient(
+                "worker_error",
+                format!("cannot create {}: {e}", guard.0.display()),
+            )
+        })?;
+        Ok(guard)
+    }
+}
 
 impl Drop for ScratchDir {
     fn drop(&mut self) {

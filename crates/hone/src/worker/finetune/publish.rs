@@ -1,16 +1,25 @@
-//! What a published model records of its job: the manifest written beside its weights.
+//! Publishing a trained job: its result, the manifest written beside the model's
+//! weights, the upload of the model directory and the attempt-guarded `succeed_job`.
 
 use std::path::Path;
+use std::sync::Arc;
+use std::time::Duration;
 
 use hone_domain::dataset::TaskType;
 use hone_domain::job::Method;
-use hone_domain::resources::JobResult;
-use hone_train::Objective;
+use hone_domain::resources::{EvaluationReport, JobResult};
+use hone_domain::ModelId;
+use hone_store::models::NewModel;
+use hone_store::queue::ClaimedJob;
+use hone_store::{ArtifactStore, Db};
+use hone_train::{Objective, Report};
+
+use super::failure::{transient, Failure};
+use super::progress::{eval_report, Reporter};
+use super::thread::ThreadOutput;
 
 /// A multi-task model's tasks and their labels, as the model object lists them.
-pub(super) fn model_tasks(
-    objective: &Objective,
-) -> Option<std::collections::BTreeMap<String, Vec<String>>> {
+fn model_tasks(objective: &Objective) -> Option<std::collections::BTreeMap<String, Vec<String>>> {
     (objective.task_type == TaskType::MultiTask).then(|| {
         objective
             .heads
@@ -20,7 +29,7 @@ pub(super) fn model_tasks(
     })
 }
 
-pub(super) fn write_manifest(
+fn write_manifest(
     dir: &Path,
     job: &hone_domain::resources::FineTuningJob,
     method: &Method,
@@ -49,4 +58,104 @@ pub(super) fn write_manifest(
         dir.join("manifest.json"),
         serde_json::to_vec_pretty(&manifest)?,
     )
+}
+
+/// The job's result from what the training thread kept and what the reporter gathered.
+pub(super) fn job_result(
+    output: ThreadOutput,
+    trained_examples: u64,
+    elapsed: Duration,
+    reporter: &mut Reporter<'_>,
+) -> JobResult {
+    let kept = output.kept.as_ref();
+    JobResult {
+        train_loss: kept.map(|m| m.train_loss).unwrap_or(f64::NAN),
+        validation: kept.and_then(|m| m.validation.as_ref()).map(eval_report),
+        trained_examples,
+        training_seconds: elapsed.as_secs_f64(),
+        best_epoch: kept.map(|m| m.epoch),
+        epochs_run: Some(output.epochs_run),
+        stopped_early: output.evaluation.as_ref().is_some_and(|e| e.stopped_early),
+        evaluation: output.evaluation.map(|e| {
+            let mut report = EvaluationReport {
+                validation: None,
+                multi_label: None,
+                tasks: Vec::new(),
+                generalization: e.generalization,
+            };
+            match e.validation {
+                Report::Classification(r) => report.validation = Some(r),
+                Report::MultiLabel(r) => report.multi_label = Some(r),
+                Report::MultiTask(t) => report.tasks = t,
+            }
+            report
+        }),
+        data_report: reporter.data_report.take(),
+        transferability: reporter.transferability.take(),
+    }
+}
+
+/// Publishes the model the training thread saved under `out_dir` and marks the job
+/// succeeded; when the job is no longer this attempt's, the upload is taken back.
+pub(super) async fn publish(
+    db: &Db,
+    artifacts: &Arc<dyn ArtifactStore>,
+    claimed: &ClaimedJob,
+    reporter: &Reporter<'_>,
+    objective: &Objective,
+    result: &JobResult,
+    out_dir: &Path,
+) -> Result<(), Failure> {
+    let job = &claimed.job;
+    let attempt = claimed.attempt;
+    let job_method = reporter
+        .method
+        .clone()
+        .unwrap_or_else(|| job.method.clone());
+    let model_id = ModelId::for_job(
+        &job.base_model,
+        job.suffix.as_deref(),
+        &hone_domain::JobId::parse(&job.id)
+            .ok_or_else(|| transient("worker_error", "malformed job id"))?,
+    );
+    let model_dir = out_dir.join("model");
+    write_manifest(
+        &model_dir,
+        job,
+        &job_method,
+        model_id.as_str(),
+        objective,
+        result,
+    )
+    .map_err(|e| transient("storage_error", format!("cannot write the manifest: {e}")))?;
+    let key = hone_store::models::attempt_storage_key(model_id.as_str(), attempt);
+    artifacts
+        .put_dir(&key, &model_dir)
+        .await
+        .map_err(|e| transient("storage_error", format!("cannot publish the model: {e}")))?;
+    let new_model = NewModel {
+        id: model_id.to_string(),
+        job_id: job.id.clone(),
+        base_model: job.base_model.clone(),
+        storage_key: key.clone(),
+        task_type: objective.task_type,
+        labels: objective.labels().to_vec(),
+        tasks: model_tasks(objective),
+        checkpoint_epoch: None,
+    };
+    match db.succeed_job(&job.id, attempt, &new_model, result).await {
+        Ok(true) => {
+            tracing::info!(model = %model_id, seconds = result.training_seconds, "job succeeded");
+            Ok(())
+        }
+        Ok(false) => {
+            // The lease was lost meanwhile: the job is someone else's now.
+            let _ = artifacts.delete(&key).await;
+            Ok(())
+        }
+        Err(e) => {
+            let _ = artifacts.delete(&key).await;
+            Err(transient("storage_error", e.to_string()))
+        }
+    }
 }

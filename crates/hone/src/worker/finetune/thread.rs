@@ -11,24 +11,26 @@ use hone_domain::resources::{EventLevel, Transferability};
 use hone_train::train::{
     fine_tune, fine_tune_with, Checkpoint, EncoderInit, EpochMetrics, Evaluation, Features,
     StepProgress, Strategy, TrainConfig, TrainData, TrainError, TrainJob, TrainObserver,
+    TrainedModel,
 };
 use hone_train::{FeatureRun, Objective};
 use rand::rngs::StdRng;
 use rand::seq::SliceRandom;
 use rand::SeedableRng;
 use tch::Tensor;
-use tokio::sync::mpsc;
+use tokio::sync::{mpsc, oneshot};
 
+use super::failure::{classify, transient, Failure};
 use super::prepare::Validation;
-use super::progress::Update;
+use super::progress::{Reporter, Update};
 use super::targets::class_evidence;
 use crate::worker::StopFlags;
 
-pub(super) struct Observer {
-    pub(super) tx: mpsc::UnboundedSender<Update>,
-    pub(super) flags: Arc<StopFlags>,
+struct Observer {
+    tx: mpsc::UnboundedSender<Update>,
+    flags: Arc<StopFlags>,
     /// A probe reports nothing but still obeys cancellation.
-    pub(super) quiet: bool,
+    quiet: bool,
 }
 
 impl TrainObserver for Observer {
@@ -96,257 +98,79 @@ pub(super) struct ThreadOutput {
 
 /// Training examples the transferability estimate scores: LogME is cheap, the
 /// features are not, and a couple of thousand examples rank models reliably.
-pub(super) const TRANSFERABILITY_EXAMPLES: usize = 2000;
+const TRANSFERABILITY_EXAMPLES: usize = 2000;
+
+/// Runs `input` on a training thread of its own and feeds its updates to `reporter`
+/// until it ends: what the thread hands back, or why the job stops.
+pub(super) async fn train(
+    input: ThreadInput,
+    job_id: &str,
+    reporter: &mut Reporter<'_>,
+    flags: &Arc<StopFlags>,
+) -> Result<ThreadOutput, Failure> {
+    let (tx, mut rx) = mpsc::unbounded_channel();
+    let (done_tx, mut done_rx) = oneshot::channel();
+    let observer_flags = flags.clone();
+    let span = tracing::Span::current();
+    std::thread::Builder::new()
+        .name(format!("hone-train-{job_id}"))
+        .spawn(move || {
+            let _entered = span.enter();
+            let result = run_training(input, &tx, &observer_flags);
+            let _ = done_tx.send(result);
+        })
+        .map_err(|e| {
+            transient(
+                "worker_error",
+                format!("cannot start the training thread: {e}"),
+            )
+        })?;
+    let outcome = loop {
+        tokio::select! {
+            Some(update) = rx.recv() => reporter.handle(update).await,
+            result = &mut done_rx => break result,
+        }
+    };
+    while let Ok(update) = rx.try_recv() {
+        reporter.handle(update).await;
+    }
+    reporter.flush().await;
+    reporter.save_metrics().await;
+    let stopped = || transient("stopped", "training stopped");
+    match outcome {
+        Err(_) => Err(transient("worker_error", "the training thread died")),
+        Ok(Err(TrainError::Cancelled)) => Err(stopped()),
+        Ok(Err(e)) if flags.any() => {
+            tracing::warn!(error = %e, "training ended while stopping");
+            Err(stopped())
+        }
+        Ok(Err(e)) => Err(classify(e)),
+        Ok(Ok(output)) => Ok(output),
+    }
+}
 
 /// The whole tch side of a job, on its own OS thread: token counts, features and the
 /// transferability estimate, `auto`'s choice, training, saving.
-pub(super) fn run_training(
+fn run_training(
     input: ThreadInput,
     tx: &mpsc::UnboundedSender<Update>,
     flags: &Arc<StopFlags>,
 ) -> Result<ThreadOutput, TrainError> {
-    let ThreadInput {
-        base_dir,
-        objective,
-        file,
-        train_rows,
-        validation,
-        method,
-        hyperparameters,
-        seed,
-        device,
-        threads,
-        out_dir,
-        cache,
-        resume_from,
-    } = input;
-    hone_train::threads::use_intra_op_threads(threads);
-    let send = |u: Update| {
-        let _ = tx.send(u);
-    };
-    let notice = |level: EventLevel, message: String| send(Update::Notice(level, message));
-    let cancelled = || flags.any();
-    let hp = &hyperparameters;
-    let max_seq_len = hp.max_seq_len as usize;
-    let base = hone_train::inspect_base_model(&base_dir)?;
-    let hidden = base.hidden_size;
-    let images = base.modality == hone_train::Modality::Image;
-    let pick = |data: &TrainData, rows: &[usize]| data.select(rows);
-    let train = pick(&file, &train_rows);
-    let validation_data = match &validation {
-        Validation::None => None,
-        Validation::Split(rows) => Some(pick(&file, rows)),
-        Validation::File(data, _) => Some(data.clone()),
-    };
-
-    let feature_run = FeatureRun {
-        base_model_dir: &base_dir,
-        max_seq_len,
-        pooling: hp.pooling,
-        batch_size: 64,
-        device,
-    };
-    // Token counts mean nothing for images: `auto` sees 0 and the report leaves
-    // truncation out.
-    let mean_tokens = if images {
-        0.0
-    } else {
-        let lengths = hone_train::transfer::token_lengths(
-            &base_dir,
-            &train.texts,
-            train.text_pairs.as_deref(),
-        )?;
-        let mean = lengths.iter().sum::<usize>() as f64 / lengths.len().max(1) as f64;
-        send(Update::TokenLengths(lengths));
-        mean
-    };
-    let extract = |data: &TrainData| -> Result<Tensor, TrainError> {
-        if images {
-            hone_train::train::extract_image_features(
-                &base_dir,
-                data.images.clone(),
-                64,
-                device,
-                &cancelled,
-            )
-        } else {
-            hone_train::extract_features(
-                &feature_run,
-                &data.texts,
-                data.text_pairs.as_deref(),
-                &cancelled,
-            )
-        }
-    };
-
-    // Features of the frozen encoder: the whole training file (cached) when a strategy
-    // may train on them, else a sample for the transferability estimate.
-    let features_of = |entry: &Option<(String, Option<PathBuf>)>,
-                       data: &TrainData,
-                       name: &str|
-     -> Result<Tensor, TrainError> {
-        if let Some((_, Some(path))) = entry {
-            match hone_train::transfer::load_features(path, data.len(), hidden) {
-                Ok(t) => return Ok(t),
-                Err(e) => notice(
-                    EventLevel::Warn,
-                    format!("Ignoring a damaged feature cache entry: {e}"),
-                ),
-            }
-        }
-        let t = extract(data)?;
-        if let Some((key, _)) = entry {
-            let path = out_dir.join(format!("{name}-features.safetensors"));
-            hone_train::transfer::save_features(&t, &path)?;
-            send(Update::FeaturesComputed {
-                key: key.clone(),
-                path,
-            });
-        }
-        Ok(t)
-    };
-    let file_features = match &cache.train {
-        Some(_) => Some(features_of(&cache.train, &file, "train")?),
-        None => None,
-    };
-
-    // Transferability on a sample of the training rows (the first ones of a seeded
-    // shuffle, so every class is likely present); text base models only so far.
-    if images {
-        notice(
-            EventLevel::Info,
-            "No transferability estimate: it covers text base models so far".to_owned(),
-        );
-    } else if !method.from_scratch {
-        estimate_transferability(
-            &feature_run,
-            file_features.as_ref(),
-            &train,
-            &train_rows,
-            seed,
-            &send,
-            &cancelled,
-        )?;
-    }
-    if cancelled() {
+    hone_train::threads::use_intra_op_threads(input.threads);
+    let run = Run::new(input, tx, flags)?;
+    let mean_tokens = run.token_lengths()?;
+    let file_features = run.file_features()?;
+    run.estimate_transferability(file_features.as_ref())?;
+    if run.cancelled() {
         return Err(TrainError::Cancelled);
     }
-    let rows_tensor = |rows: &[usize]| -> Result<Tensor, TrainError> {
-        let rows: Vec<i64> = rows.iter().map(|&i| i as i64).collect();
-        Ok(Tensor::f_from_slice(&rows)?)
-    };
-
-    let split_features = |f: &Tensor| -> Result<Features, TrainError> {
-        let train_f = f.f_index_select(0, &rows_tensor(&train_rows)?)?;
-        let validation_f = match &validation {
-            Validation::None => None,
-            Validation::Split(rows) => Some(f.f_index_select(0, &rows_tensor(rows)?)?),
-            Validation::File(data, _) => Some(features_of(&cache.validation, data, "validation")?),
-        };
-        Ok(Features {
-            train: train_f,
-            validation: validation_f,
-        })
-    };
-    let checkpoint_dir = out_dir.join("checkpoints");
-    let job_for = |strategy: Strategy,
-                   hp: &Hyperparameters,
-                   features: Option<Features>,
-                   checkpoints: bool,
-                   resume: bool| TrainJob {
-        base_model_dir: &base_dir,
-        objective: objective.clone(),
-        train: train.clone(),
-        validation: validation_data.clone(),
-        config: train_config(hp, strategy, seed),
-        device,
-        features,
-        checkpoint_dir: checkpoints.then_some(checkpoint_dir.as_path()),
-        resume_from: resume_from.as_deref().filter(|_| resume),
-    };
-
-    let (mut strategy, mut hp) = (strategy_of(method.effective()), hp.clone());
-    if method.kind == MethodType::Auto && method.chosen.is_none() {
-        let features = file_features
-            .as_ref()
-            .ok_or_else(|| TrainError::InvalidInput("auto needs features".into()))?;
-        let probe_hp = hp.rebased_on(MethodType::FeatureExtraction);
-        let mut quiet = Observer {
-            tx: tx.clone(),
-            flags: flags.clone(),
-            quiet: true,
-        };
-        let probe = fine_tune(
-            job_for(
-                Strategy::FeatureExtraction,
-                &probe_hp,
-                Some(split_features(features)?),
-                false,
-                false,
-            ),
-            &mut quiet,
-        )?;
-        let (classes, smallest_class) = class_evidence(&objective, &train.labels);
-        let chosen = choose_method(&AutoEvidence {
-            examples: train.len(),
-            classes,
-            smallest_class,
-            mean_tokens,
-            probe_macro_f1: probe.evaluation().map(|e| e.validation.macro_f1()),
-            model_layers: base.num_layers as u32,
-        });
-        hp = hp.rebased_on(chosen.kind);
-        strategy = strategy_of((chosen.kind, chosen.frozen_layers));
-        send(Update::Chosen(chosen, hp.epochs));
-    }
+    let (strategy, hp) = run.resolve_method(file_features.as_ref(), mean_tokens)?;
     let features = match (strategy, &file_features) {
-        (Strategy::FeatureExtraction, Some(f)) => Some(split_features(f)?),
+        (Strategy::FeatureExtraction, Some(f)) => Some(run.split_features(f)?),
         _ => None,
     };
-    let mut observer = Observer {
-        tx: tx.clone(),
-        flags: flags.clone(),
-        quiet: false,
-    };
-    let init = if method.from_scratch {
-        EncoderInit::Random
-    } else {
-        EncoderInit::Pretrained
-    };
-    let model = match resume_from {
-        Some(_) => {
-            let features_again = features.as_ref().map(|f| Features {
-                train: f.train.shallow_clone(),
-                validation: f.validation.as_ref().map(Tensor::shallow_clone),
-            });
-            match fine_tune_with(
-                job_for(strategy, &hp, features, true, true),
-                init,
-                &mut observer,
-            ) {
-                Err(TrainError::Resume(reason)) => {
-                    notice(
-                        EventLevel::Warn,
-                        format!(
-                            "Cannot resume from the checkpoint ({reason}); training from the start"
-                        ),
-                    );
-                    fine_tune_with(
-                        job_for(strategy, &hp, features_again, true, false),
-                        init,
-                        &mut observer,
-                    )?
-                }
-                other => other?,
-            }
-        }
-        None => fine_tune_with(
-            job_for(strategy, &hp, features, true, false),
-            init,
-            &mut observer,
-        )?,
-    };
-    model.save(&out_dir.join("model"))?;
+    let model = run.train(strategy, &hp, features)?;
+    model.save(&run.input.out_dir.join("model"))?;
     Ok(ThreadOutput {
         kept: model.final_metrics().cloned(),
         epochs_run: model.history().len() as u32,
@@ -354,10 +178,312 @@ pub(super) fn run_training(
     })
 }
 
+/// One job on its training thread: what it owns, the data as the trainer takes it, and
+/// the channel it reports on. Each step of [`run_training`] is a method.
+struct Run<'a> {
+    input: ThreadInput,
+    tx: &'a mpsc::UnboundedSender<Update>,
+    flags: &'a Arc<StopFlags>,
+    base: hone_train::BaseModelInfo,
+    /// Token counts mean nothing for images: `auto` sees 0 and the report leaves
+    /// truncation out.
+    images: bool,
+    /// The training rows of the file.
+    train: TrainData,
+    validation: Option<TrainData>,
+    checkpoint_dir: PathBuf,
+}
+
+impl<'a> Run<'a> {
+    fn new(
+        input: ThreadInput,
+        tx: &'a mpsc::UnboundedSender<Update>,
+        flags: &'a Arc<StopFlags>,
+    ) -> Result<Self, TrainError> {
+        let base = hone_train::inspect_base_model(&input.base_dir)?;
+        let images = base.modality == hone_train::Modality::Image;
+        let train = input.file.select(&input.train_rows);
+        let validation = match &input.validation {
+            Validation::None => None,
+            Validation::Split(rows) => Some(input.file.select(rows)),
+            Validation::File(data, _) => Some(data.clone()),
+        };
+        let checkpoint_dir = input.out_dir.join("checkpoints");
+        Ok(Self {
+            checkpoint_dir,
+            input,
+            tx,
+            flags,
+            base,
+            images,
+            train,
+            validation,
+        })
+    }
+
+    fn send(&self, update: Update) {
+        let _ = self.tx.send(update);
+    }
+
+    fn cancelled(&self) -> bool {
+        self.flags.any()
+    }
+
+    fn observer(&self, quiet: bool) -> Observer {
+        Observer {
+            tx: self.tx.clone(),
+            flags: self.flags.clone(),
+            quiet,
+        }
+    }
+
+    fn feature_run(&self) -> FeatureRun<'_> {
+        FeatureRun {
+            base_model_dir: &self.input.base_dir,
+            max_seq_len: self.input.hyperparameters.max_seq_len as usize,
+            pooling: self.input.hyperparameters.pooling,
+            batch_size: 64,
+            device: self.input.device,
+        }
+    }
+
+    /// Sends the training inputs' token counts for the data report; their mean (0 for
+    /// images) is evidence for `auto`.
+    fn token_lengths(&self) -> Result<f64, TrainError> {
+        if self.images {
+            return Ok(0.0);
+        }
+        let lengths = hone_train::transfer::token_lengths(
+            &self.input.base_dir,
+            &self.train.texts,
+            self.train.text_pairs.as_deref(),
+        )?;
+        let mean = lengths.iter().sum::<usize>() as f64 / lengths.len().max(1) as f64;
+        self.send(Update::TokenLengths(lengths));
+        Ok(mean)
+    }
+
+    /// The frozen encoder's features of `data`.
+    fn extract(&self, data: &TrainData) -> Result<Tensor, TrainError> {
+        let cancelled = || self.cancelled();
+        if self.images {
+            hone_train::train::extract_image_features(
+                &self.input.base_dir,
+                data.images.clone(),
+                64,
+                self.input.device,
+                &cancelled,
+            )
+        } else {
+            hone_train::extract_features(
+                &self.feature_run(),
+                &data.texts,
+                data.text_pairs.as_deref(),
+                &cancelled,
+            )
+        }
+    }
+
+    /// Features of `data` from the cache entry when it has a sound copy, else computed
+    /// and handed to the reporter to cache under the entry's key.
+    fn features_of(
+        &self,
+        entry: &Option<(String, Option<PathBuf>)>,
+        data: &TrainData,
+        name: &str,
+    ) -> Result<Tensor, TrainError> {
+        if let Some((_, Some(path))) = entry {
+            match hone_train::transfer::load_features(path, data.len(), self.base.hidden_size) {
+                Ok(t) => return Ok(t),
+                Err(e) => self.send(Update::Notice(
+                    EventLevel::Warn,
+                    format!("Ignoring a damaged feature cache entry: {e}"),
+                )),
+            }
+        }
+        let t = self.extract(data)?;
+        if let Some((key, _)) = entry {
+            let path = self
+                .input
+                .out_dir
+                .join(format!("{name}-features.safetensors"));
+            hone_train::transfer::save_features(&t, &path)?;
+            self.send(Update::FeaturesComputed {
+                key: key.clone(),
+                path,
+            });
+        }
+        Ok(t)
+    }
+
+    /// Features of the frozen encoder for the whole training file, when a strategy may
+    /// train on them (the worker then made a cache entry for them).
+    fn file_features(&self) -> Result<Option<Tensor>, TrainError> {
+        match &self.input.cache.train {
+            Some(_) => Ok(Some(self.features_of(
+                &self.input.cache.train,
+                &self.input.file,
+                "train",
+            )?)),
+            None => Ok(None),
+        }
+    }
+
+    /// Transferability on a sample of the training rows; text base models only so far,
+    /// and never for the from-scratch baseline.
+    fn estimate_transferability(&self, file_features: Option<&Tensor>) -> Result<(), TrainError> {
+        if self.images {
+            self.send(Update::Notice(
+                EventLevel::Info,
+                "No transferability estimate: it covers text base models so far".to_owned(),
+            ));
+            return Ok(());
+        }
+        if self.input.method.from_scratch {
+            return Ok(());
+        }
+        estimate_transferability(
+            &self.feature_run(),
+            file_features,
+            &self.train,
+            &self.input.train_rows,
+            self.input.seed,
+            &|u| self.send(u),
+            &|| self.cancelled(),
+        )
+    }
+
+    /// The file's features split as the training and validation rows are.
+    fn split_features(&self, f: &Tensor) -> Result<Features, TrainError> {
+        let rows_tensor = |rows: &[usize]| -> Result<Tensor, TrainError> {
+            let rows: Vec<i64> = rows.iter().map(|&i| i as i64).collect();
+            Ok(Tensor::f_from_slice(&rows)?)
+        };
+        let train = f.f_index_select(0, &rows_tensor(&self.input.train_rows)?)?;
+        let validation = match &self.input.validation {
+            Validation::None => None,
+            Validation::Split(rows) => Some(f.f_index_select(0, &rows_tensor(rows)?)?),
+            Validation::File(data, _) => {
+                Some(self.features_of(&self.input.cache.validation, data, "validation")?)
+            }
+        };
+        Ok(Features { train, validation })
+    }
+
+    fn job_for(
+        &self,
+        strategy: Strategy,
+        hp: &Hyperparameters,
+        features: Option<Features>,
+        checkpoints: bool,
+        resume: bool,
+    ) -> TrainJob<'_> {
+        TrainJob {
+            base_model_dir: &self.input.base_dir,
+            objective: self.input.objective.clone(),
+            train: self.train.clone(),
+            validation: self.validation.clone(),
+            config: train_config(hp, strategy, self.input.seed),
+            device: self.input.device,
+            features,
+            checkpoint_dir: checkpoints.then_some(self.checkpoint_dir.as_path()),
+            resume_from: self.input.resume_from.as_deref().filter(|_| resume),
+        }
+    }
+
+    /// The strategy and hyperparameters to train with: the job's own, or for `auto`
+    /// the choice made from the data and a quick probe on the frozen features (sent to
+    /// the reporter, which records it).
+    fn resolve_method(
+        &self,
+        file_features: Option<&Tensor>,
+        mean_tokens: f64,
+    ) -> Result<(Strategy, Hyperparameters), TrainError> {
+        let method = &self.input.method;
+        let hp = self.input.hyperparameters.clone();
+        if method.kind != MethodType::Auto || method.chosen.is_some() {
+            return Ok((strategy_of(method.effective()), hp));
+        }
+        let features =
+            file_features.ok_or_else(|| TrainError::InvalidInput("auto needs features".into()))?;
+        let probe_hp = hp.rebased_on(MethodType::FeatureExtraction);
+        let probe = fine_tune(
+            self.job_for(
+                Strategy::FeatureExtraction,
+                &probe_hp,
+                Some(self.split_features(features)?),
+                false,
+                false,
+            ),
+            &mut self.observer(true),
+        )?;
+        let (classes, smallest_class) = class_evidence(&self.input.objective, &self.train.labels);
+        let chosen = choose_method(&AutoEvidence {
+            examples: self.train.len(),
+            classes,
+            smallest_class,
+            mean_tokens,
+            probe_macro_f1: probe.evaluation().map(|e| e.validation.macro_f1()),
+            model_layers: self.base.num_layers as u32,
+        });
+        let hp = hp.rebased_on(chosen.kind);
+        let strategy = strategy_of((chosen.kind, chosen.frozen_layers));
+        self.send(Update::Chosen(chosen, hp.epochs));
+        Ok((strategy, hp))
+    }
+
+    /// Trains, from the earlier attempt's checkpoint when there is one; a checkpoint
+    /// that cannot be resumed from costs a warning and a fresh start.
+    fn train(
+        &self,
+        strategy: Strategy,
+        hp: &Hyperparameters,
+        features: Option<Features>,
+    ) -> Result<TrainedModel, TrainError> {
+        let init = if self.input.method.from_scratch {
+            EncoderInit::Random
+        } else {
+            EncoderInit::Pretrained
+        };
+        let mut observer = self.observer(false);
+        if self.input.resume_from.is_none() {
+            return fine_tune_with(
+                self.job_for(strategy, hp, features, true, false),
+                init,
+                &mut observer,
+            );
+        }
+        let features_again = features.as_ref().map(|f| Features {
+            train: f.train.shallow_clone(),
+            validation: f.validation.as_ref().map(Tensor::shallow_clone),
+        });
+        match fine_tune_with(
+            self.job_for(strategy, hp, features, true, true),
+            init,
+            &mut observer,
+        ) {
+            Err(TrainError::Resume(reason)) => {
+                self.send(Update::Notice(
+                    EventLevel::Warn,
+                    format!(
+                        "Cannot resume from the checkpoint ({reason}); training from the start"
+                    ),
+                ));
+                fine_tune_with(
+                    self.job_for(strategy, hp, features_again, true, false),
+                    init,
+                    &mut observer,
+                )
+            }
+            other => other,
+        }
+    }
+}
+
 /// The transferability estimate on a sample of the training rows (the first ones of a
 /// seeded shuffle, so every class is likely present), from the file's features when
 /// they were computed anyway; an estimate that fails is a warning, not a failure.
-pub(super) fn estimate_transferability(
+fn estimate_transferability(
     run: &FeatureRun,
     file_features: Option<&Tensor>,
     train: &TrainData,
@@ -395,7 +521,7 @@ pub(super) fn estimate_transferability(
 }
 
 /// LogME of the base model's features and of a random encoder's on the same sample.
-pub(super) fn transferability(
+fn transferability(
     run: &FeatureRun,
     features: &Tensor,
     sample: &TrainData,
@@ -421,7 +547,7 @@ pub(super) fn transferability(
     })
 }
 
-pub(super) fn strategy_of((kind, frozen): (MethodType, Option<u32>)) -> Strategy {
+fn strategy_of((kind, frozen): (MethodType, Option<u32>)) -> Strategy {
     match kind {
         MethodType::Partial => Strategy::Partial {
             frozen_layers: frozen.unwrap_or(0) as usize,
@@ -432,7 +558,7 @@ pub(super) fn strategy_of((kind, frozen): (MethodType, Option<u32>)) -> Strategy
     }
 }
 
-pub(super) fn train_config(hp: &Hyperparameters, strategy: Strategy, seed: u64) -> TrainConfig {
+fn train_config(hp: &Hyperparameters, strategy: Strategy, seed: u64) -> TrainConfig {
     TrainConfig {
         epochs: hp.epochs,
         batch_size: hp.batch_size as usize,
