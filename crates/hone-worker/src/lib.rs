@@ -1,5 +1,6 @@
 //! The worker: claims queued jobs from Postgres and runs them, keeping each claim
-//! alive with a heartbeat. The runner knows nothing of training; `finetune` does.
+//! alive with a heartbeat. The runner (this file) knows nothing of training;
+//! `finetune` does, and its `thread` module is the only one here that touches tensors.
 //!
 //! Wake-ups come from LISTEN/NOTIFY with polling as the fallback; a rescuer requeues
 //! jobs whose worker died (lease expired). On shutdown a worker stops its job at the
@@ -14,12 +15,11 @@ use hone_store::{ArtifactStore, Db};
 use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
 
-use crate::config::Config;
-
 mod finetune;
 
 #[derive(Clone, Debug)]
 pub struct WorkerSettings {
+    /// Names this worker in the jobs it holds (`attempted_by`): [`worker_id`].
     pub id: String,
     pub concurrency: usize,
     pub poll_interval: Duration,
@@ -31,24 +31,15 @@ pub struct WorkerSettings {
     pub threads: usize,
 }
 
-impl WorkerSettings {
-    pub fn from_config(config: &Config, device: tch::Device, threads: usize) -> Self {
-        let host = std::env::var("HOSTNAME").unwrap_or_else(|_| "localhost".into());
-        Self {
-            id: format!(
-                "{host}:{}:{}",
-                std::process::id(),
-                &uuid::Uuid::new_v4().simple().to_string()[..8]
-            ),
-            concurrency: config.worker_concurrency.max(1),
-            poll_interval: Duration::from_millis(config.poll_interval_ms.max(50)),
-            lease: Duration::from_secs(config.lease_seconds.max(2)),
-            models_dir: config.models_dir.clone(),
-            scratch_dir: config.data_dir.join("scratch"),
-            device,
-            threads,
-        }
-    }
+/// A worker's name for the jobs it holds: host, process and a random part, so that two
+/// workers of one process (or a restarted one) never pass for each other.
+pub fn worker_id() -> String {
+    let host = std::env::var("HOSTNAME").unwrap_or_else(|_| "localhost".into());
+    format!(
+        "{host}:{}:{}",
+        std::process::id(),
+        &uuid::Uuid::new_v4().simple().to_string()[..8]
+    )
 }
 
 /// Why a job's training should stop early.

@@ -2,6 +2,7 @@
 //! `HONE_CONFIG`), then `HONE_*` environment variables, later ones winning.
 
 use std::path::PathBuf;
+use std::time::Duration;
 
 use figment::providers::{Env, Format, Serialized, Toml};
 use figment::Figment;
@@ -174,6 +175,26 @@ impl Config {
         Threads {
             inference,
             training,
+        }
+    }
+}
+
+impl Config {
+    /// The worker's settings, its jobs trained on `device` with `training_threads`.
+    pub fn worker_settings(
+        &self,
+        device: tch::Device,
+        training_threads: usize,
+    ) -> hone_worker::WorkerSettings {
+        hone_worker::WorkerSettings {
+            id: hone_worker::worker_id(),
+            concurrency: self.worker_concurrency.max(1),
+            poll_interval: Duration::from_millis(self.poll_interval_ms.max(50)),
+            lease: Duration::from_secs(self.lease_seconds.max(2)),
+            models_dir: self.models_dir.clone(),
+            scratch_dir: self.data_dir.join("scratch"),
+            device,
+            threads: training_threads,
         }
     }
 }

@@ -14,7 +14,6 @@ use tokio_util::sync::CancellationToken;
 mod config;
 mod keys;
 mod serve;
-mod worker;
 
 use config::Config;
 
@@ -139,8 +138,8 @@ async fn run(command: Command, config: Config) -> anyhow::Result<()> {
 
     let mut tasks = Vec::new();
     if matches!(command, Command::All | Command::Worker) {
-        let settings = worker::WorkerSettings::from_config(&config, device, threads.training);
-        tasks.push(tokio::spawn(worker::run(
+        let settings = config.worker_settings(device, threads.training);
+        tasks.push(tokio::spawn(hone_worker::run(
             db.clone(),
             artifacts.clone(),
             settings,

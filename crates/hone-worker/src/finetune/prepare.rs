@@ -17,7 +17,7 @@ use sha2::{Digest, Sha256};
 
 use super::failure::{transient, user, Failure};
 use super::targets::{objective_of, report_labels, Indexer};
-use crate::worker::WorkerSettings;
+use crate::WorkerSettings;
 
 pub(super) struct Prepared {
     pub(super) base_dir: PathBuf,

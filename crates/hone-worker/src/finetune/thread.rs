@@ -24,7 +24,7 @@ use super::failure::{classify, transient, Failure};
 use super::prepare::Validation;
 use super::progress::{Reporter, Update};
 use super::targets::class_evidence;
-use crate::worker::StopFlags;
+use crate::StopFlags;
 
 struct Observer {
     tx: mpsc::UnboundedSender<Update>,
