@@ -28,10 +28,11 @@ use std::time::Instant;
 
 use anyhow::{bail, ensure, Context};
 use clap::Parser;
-use hone_train::bert::{BertConfig, WeightInit};
+use hone_train::bert::BertConfig;
 use hone_train::classifier::{
-    HeadType, ModelMeta, Pooling, CONFIG_FILE, HEAD_PREFIX, MODEL_META_VERSION, WEIGHTS_FILE,
+    HeadType, ModelMeta, Pooling, CONFIG_FILE, MODEL_META_VERSION, WEIGHTS_FILE,
 };
+use hone_train::layers::{WeightInit, HEAD_PREFIX};
 use hone_train::tokenize::{collate, Batch, Encoded, TextTokenizer, TOKENIZER_FILE};
 use hone_train::train::{Optimizer, TrainConfig};
 use hone_train::weights::load_safetensors;

@@ -16,14 +16,11 @@
 use std::path::Path;
 
 use serde::{Deserialize, Serialize};
-use tch::nn::{self, Init};
+use tch::nn;
 use tch::{Device, Kind, TchError, Tensor};
 
 use crate::error::TrainError;
-
-/// Optimizer group of the variables AdamW must not decay (biases and LayerNorm
-/// parameters), as transformers' `Trainer` does; every other variable is in group 0.
-pub const NO_DECAY_GROUP: usize = 1;
+use crate::layers::{dims, dropout, mean_pool, Linear, WeightInit, NO_DECAY_GROUP};
 
 /// The model families whose checkpoints this module loads.
 pub const SUPPORTED_MODEL_TYPES: &[&str] = &["bert"];
@@ -201,67 +198,12 @@ impl BertConfig {
     }
 }
 
-/// How new variables are filled.
-#[derive(Debug, Clone, Copy, PartialEq)]
-pub enum WeightInit {
-    /// As transformers initialises BERT: weights and embeddings normal with this
-    /// standard deviation (the config's `initializer_range`), biases zero, LayerNorm
-    /// identity. Draws from libtorch's global generator.
-    Random { std: f64 },
-    /// Zeros (LayerNorm identity): for variables a checkpoint is about to overwrite.
-    /// Draws no random numbers, so loading a model for inference cannot disturb the
-    /// seeded generator of a training run in the same process.
-    Zeros,
-}
-
 impl WeightInit {
     /// Random with the config's `initializer_range`.
     pub fn random(config: &BertConfig) -> Self {
         Self::Random {
             std: config.initializer_range,
         }
-    }
-
-    fn init(self) -> Init {
-        match self {
-            Self::Random { std } => Init::Randn {
-                mean: 0.0,
-                stdev: std,
-            },
-            Self::Zeros => Init::Const(0.0),
-        }
-    }
-}
-
-fn dims(sizes: &[usize]) -> Vec<i64> {
-    sizes.iter().map(|&s| s as i64).collect()
-}
-
-/// `x @ W^T + b` with the weight laid out as PyTorch's `nn.Linear` (`[out, in]`).
-#[derive(Debug)]
-pub(crate) struct Linear {
-    weight: Tensor,
-    bias: Tensor,
-}
-
-impl Linear {
-    /// Weights drawn as transformers initialises BERT (see [`Init`]), biases zero and
-    /// outside weight decay.
-    pub(crate) fn new(
-        vs: &nn::Path,
-        in_dim: usize,
-        out_dim: usize,
-        init: WeightInit,
-    ) -> Result<Self, TchError> {
-        let weight = vs.f_var("weight", &dims(&[out_dim, in_dim]), init.init())?;
-        let bias = vs
-            .set_group(NO_DECAY_GROUP)
-            .f_zeros("bias", &dims(&[out_dim]))?;
-        Ok(Self { weight, bias })
-    }
-
-    pub(crate) fn forward(&self, xs: &Tensor) -> Result<Tensor, TchError> {
-        xs.f_linear(&self.weight, Some(&self.bias))
     }
 }
 
@@ -293,14 +235,6 @@ impl LayerNorm {
             self.eps,
             true,
         )
-    }
-}
-
-fn dropout(xs: Tensor, p: f64, train: bool) -> Result<Tensor, TchError> {
-    if train && p > 0.0 {
-        xs.f_dropout(p, true)
-    } else {
-        Ok(xs)
     }
 }
 
@@ -570,15 +504,4 @@ fn additive_mask(attention_mask: &Tensor, kind: Kind) -> Result<Option<Tensor>, 
         Tensor::f_zeros([batch, 1, 1, seq_len], (kind, attention_mask.device()))?
             .f_masked_fill(&padding.f_view([batch, 1, 1, seq_len])?, lowest)?,
     ))
-}
-
-/// Mean of `hidden` `[batch, seq, h]` over the positions where `attention_mask` is 1,
-/// as a batched matrix product (one kernel instead of a multiply and a sum).
-pub fn mean_pool(hidden: &Tensor, attention_mask: &Tensor) -> Result<Tensor, TchError> {
-    let mask = attention_mask.f_to_kind(hidden.kind())?.f_unsqueeze(1)?; // [b, 1, seq]
-    let summed = mask.f_bmm(hidden)?.f_squeeze_dim(1)?; // [b, h]
-    let counts = mask
-        .f_sum_dim_intlist(2, false, hidden.kind())?
-        .f_clamp_min(1e-9)?; // [b, 1]
-    summed.f_div(&counts)
 }

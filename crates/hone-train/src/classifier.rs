@@ -15,14 +15,13 @@ use tch::{nn, Tensor};
 pub use hone_domain::job::{HeadType, PoolingType as Pooling};
 
 use crate::base_model::Modality;
-use crate::bert::{mean_pool, BertConfig, BertModel, Linear, WeightInit};
+use crate::bert::{BertConfig, BertModel};
 use crate::error::TrainError;
+use crate::layers::{head_paths, mean_pool, Linear, WeightInit};
 use crate::objective::{Objective, TaskSpec};
 use crate::tokenize::Batch;
 pub use hone_domain::dataset::TaskType;
 
-/// Variable prefix of the classification head.
-pub const HEAD_PREFIX: &str = "head";
 /// Weights file of base and published models.
 pub const WEIGHTS_FILE: &str = "model.safetensors";
 /// Encoder config file of base and published models.
@@ -237,34 +236,6 @@ impl SequenceClassifier {
     }
 }
 
-/// Where each head's variables live, with its number of outputs: under `head.` for a
-/// single head, under `head.{i}.` for task `i` when `per_task`. Refuses a head without
-/// labels, and several heads unless `per_task`.
-pub(crate) fn head_paths<'a>(
-    vs: &nn::Path<'a>,
-    outputs: &[usize],
-    per_task: bool,
-) -> Result<Vec<(nn::Path<'a>, usize)>, TrainError> {
-    if outputs.is_empty() || outputs.contains(&0) || (!per_task && outputs.len() != 1) {
-        return Err(TrainError::InvalidInput(
-            "a classifier needs labels for every head".into(),
-        ));
-    }
-    let root = vs.sub(HEAD_PREFIX);
-    Ok(outputs
-        .iter()
-        .enumerate()
-        .map(|(i, &n)| {
-            let path = if per_task {
-                root.sub(i.to_string())
-            } else {
-                vs.sub(HEAD_PREFIX)
-            };
-            (path, n)
-        })
-        .collect())
-}
-
 /// One vector per input from the encoder's last hidden states `[batch, seq, hidden]`.
 pub fn pool(
     hidden: &Tensor,
@@ -275,9 +246,4 @@ pub fn pool(
         Pooling::Mean => mean_pool(hidden, attention_mask),
         Pooling::Cls => hidden.f_select(1, 0),
     }
-}
-
-/// Whether a variable belongs to the head, which a base checkpoint does not have.
-pub(crate) fn is_head_variable(name: &str) -> bool {
-    name.starts_with(HEAD_PREFIX) && name[HEAD_PREFIX.len()..].starts_with('.')
 }

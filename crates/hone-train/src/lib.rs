@@ -17,6 +17,7 @@ pub mod bert;
 pub mod classifier;
 pub mod efficientnet;
 pub mod error;
+pub mod layers;
 pub mod logme;
 pub mod objective;
 pub mod optim;
@@ -34,10 +35,11 @@ pub mod weights;
 pub use base_model::{
     inspect_base_model, list_base_models, BaseModelInfo, BaseModelInput, Modality,
 };
-pub use bert::{BertConfig, BertModel, WeightInit};
+pub use bert::{BertConfig, BertModel};
 pub use classifier::{HeadType, ModelMeta, Pooling, SequenceClassifier};
 pub use efficientnet::{EfficientNet, EfficientNetConfig};
 pub use error::TrainError;
+pub use layers::WeightInit;
 pub use logme::{logme_classification, logme_multilabel, logme_targets};
 pub use objective::{Objective, Report, Targets, TaskSpec};
 pub use predict::{ClassPrediction, Classifier, Prediction};

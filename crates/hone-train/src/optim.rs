@@ -10,8 +10,8 @@ use std::collections::{BTreeMap, HashSet};
 
 use tch::{nn, Tensor};
 
-use crate::bert::NO_DECAY_GROUP;
 use crate::error::TrainError;
+use crate::layers::NO_DECAY_GROUP;
 use crate::train::{layer_depth, TrainConfig};
 
 const BETA1: f64 = 0.9;

@@ -8,10 +8,11 @@ use serde::Serialize;
 use tch::{nn, Device, Kind, Tensor};
 
 use crate::base_model::{architecture_of, Modality};
-use crate::bert::{BertConfig, WeightInit};
+use crate::bert::BertConfig;
 use crate::classifier::{ModelMeta, SequenceClassifier, CONFIG_FILE, WEIGHTS_FILE};
 use crate::efficientnet::{EfficientNetConfig, Init};
 use crate::error::TrainError;
+use crate::layers::WeightInit;
 use crate::objective::{Objective, UNTUNED_THRESHOLD};
 use crate::tokenize::{collate, Encoded, TextTokenizer};
 use crate::train::{check_vocab, evaluate_data, EvalMetrics, TrainData};

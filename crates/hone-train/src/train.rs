@@ -34,13 +34,14 @@ use hone_domain::metrics::GeneralizationGap;
 use std::sync::Arc;
 
 use crate::base_model::{architecture_of, Modality};
-use crate::bert::{BertConfig, BertModel, WeightInit};
+use crate::bert::{BertConfig, BertModel};
 use crate::classifier::{
-    is_head_variable, pool, HeadType, ModelMeta, Pooling, SequenceClassifier, CONFIG_FILE,
-    MODEL_META_VERSION, WEIGHTS_FILE,
+    pool, HeadType, ModelMeta, Pooling, SequenceClassifier, CONFIG_FILE, MODEL_META_VERSION,
+    WEIGHTS_FILE,
 };
 use crate::efficientnet::{EfficientNetConfig, Init as ImageInit};
 pub use crate::error::TrainError;
+use crate::layers::{is_head_variable, WeightInit};
 use crate::objective::{Objective, Report, Targets, UNTUNED_THRESHOLD};
 pub use crate::optim::Optimizer;
 use crate::predict::{Classifier, Network};

@@ -6,8 +6,9 @@ use std::path::Path;
 
 use tch::{nn, Tensor};
 
-use crate::bert::{BertModel, WeightInit};
+use crate::bert::BertModel;
 use crate::error::TrainError;
+use crate::layers::WeightInit;
 use crate::tokenize::TextTokenizer;
 use crate::train::FeatureRun;
 

@@ -4,7 +4,8 @@ use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::sync::{Mutex, MutexGuard};
 
-use hone_train::bert::{BertConfig, BertModel, WeightInit};
+use hone_train::bert::{BertConfig, BertModel};
+use hone_train::layers::WeightInit;
 use hone_train::train::{
     EpochMetrics, StepProgress, TrainConfig, TrainData, TrainJob, TrainObserver, TrainedModel,
 };

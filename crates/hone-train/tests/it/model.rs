@@ -1,7 +1,8 @@
 //! The encoder, the tokenizer and checkpoint loading.
 
-use hone_train::bert::{BertConfig, BertModel, WeightInit};
+use hone_train::bert::{BertConfig, BertModel};
 use hone_train::classifier::{HeadType, Pooling, SequenceClassifier};
+use hone_train::layers::WeightInit;
 use hone_train::tokenize::{collate, TextTokenizer};
 use hone_train::TrainError;
 use tch::{nn, Device, Kind, Tensor};
