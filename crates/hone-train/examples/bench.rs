@@ -29,11 +29,12 @@ use std::time::Instant;
 use anyhow::{bail, ensure, Context};
 use clap::Parser;
 use hone_train::bert::BertConfig;
-use hone_train::classifier::{
-    HeadType, ModelMeta, Pooling, CONFIG_FILE, MODEL_META_VERSION, WEIGHTS_FILE,
-};
+use hone_train::classifier::{HeadType, Pooling};
 use hone_train::layers::{WeightInit, HEAD_PREFIX};
-use hone_train::tokenize::{collate, Batch, Encoded, TextTokenizer, TOKENIZER_FILE};
+use hone_train::model_dir::{
+    ModelMeta, CONFIG_FILE, MODEL_META_VERSION, TOKENIZER_FILE, WEIGHTS_FILE,
+};
+use hone_train::tokenize::{collate, Batch, Encoded, TextTokenizer};
 use hone_train::train::{Optimizer, TrainConfig};
 use hone_train::weights::load_safetensors;
 use hone_train::{Classifier, SequenceClassifier, TrainError};

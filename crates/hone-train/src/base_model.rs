@@ -14,10 +14,9 @@ use std::path::Path;
 use serde::Serialize;
 
 use crate::bert::BertConfig;
-use crate::classifier::{CONFIG_FILE, WEIGHTS_FILE};
 use crate::efficientnet::{self, EfficientNetConfig};
 use crate::error::TrainError;
-use crate::tokenize::TOKENIZER_FILE;
+use crate::model_dir::{CONFIG_FILE, TOKENIZER_FILE, WEIGHTS_FILE};
 
 /// What a base model reads: the modality files have, so the two compare directly.
 pub use hone_domain::dataset::Modality;

@@ -21,6 +21,7 @@ use tch::{Device, Kind, TchError, Tensor};
 
 use crate::error::TrainError;
 use crate::layers::{dims, dropout, mean_pool, Linear, WeightInit, NO_DECAY_GROUP};
+use crate::model_dir::{CONFIG_FILE, WEIGHTS_FILE};
 
 /// The model families whose checkpoints this module loads.
 pub const SUPPORTED_MODEL_TYPES: &[&str] = &["bert"];
@@ -430,10 +431,10 @@ impl BertModel {
     /// Loads the encoder of a Hugging Face BERT directory (config.json +
     /// model.safetensors) for inference, e.g. to compare it with transformers.
     pub fn load(dir: &Path, device: Device) -> Result<Self, TrainError> {
-        let config = BertConfig::from_file(&dir.join(crate::classifier::CONFIG_FILE))?;
+        let config = BertConfig::from_file(&dir.join(CONFIG_FILE))?;
         let vs = nn::VarStore::new(device);
         let model = Self::new(&vs.root(), &config, WeightInit::Zeros)?;
-        let weights = dir.join(crate::classifier::WEIGHTS_FILE);
+        let weights = dir.join(WEIGHTS_FILE);
         crate::weights::load_safetensors(&vs, &weights, &|_| false)?;
         // The model holds its own handles on the variables; the store can go.
         Ok(model)

@@ -27,9 +27,9 @@ use tch::nn;
 use tch::nn::init::{FanInOut, NonLinearity, NormalOrUniform};
 use tch::{Device, TchError, Tensor};
 
-use crate::classifier::{CONFIG_FILE, WEIGHTS_FILE};
 use crate::error::TrainError;
 use crate::layers::{Linear, WeightInit, NO_DECAY_GROUP};
+use crate::model_dir::{CONFIG_FILE, WEIGHTS_FILE};
 
 /// config.json's `model_type` for this module.
 pub const ARCHITECTURE: &str = "efficientnet_lite";

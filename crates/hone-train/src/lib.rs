@@ -19,6 +19,7 @@ pub mod efficientnet;
 pub mod error;
 pub mod layers;
 pub mod logme;
+pub mod model_dir;
 pub mod objective;
 pub mod optim;
 pub mod predict;
@@ -36,11 +37,12 @@ pub use base_model::{
     inspect_base_model, list_base_models, BaseModelInfo, BaseModelInput, Modality,
 };
 pub use bert::{BertConfig, BertModel};
-pub use classifier::{HeadType, ModelMeta, Pooling, SequenceClassifier};
+pub use classifier::{HeadType, Pooling, SequenceClassifier};
 pub use efficientnet::{EfficientNet, EfficientNetConfig};
 pub use error::TrainError;
 pub use layers::WeightInit;
 pub use logme::{logme_classification, logme_multilabel, logme_targets};
+pub use model_dir::ModelMeta;
 pub use objective::{Objective, Report, Targets, TaskSpec};
 pub use predict::{ClassPrediction, Classifier, Prediction};
 pub use tokenize::{Batch, TextTokenizer};

@@ -9,10 +9,11 @@ use tch::{nn, Device, Kind, Tensor};
 
 use crate::base_model::{architecture_of, Modality};
 use crate::bert::BertConfig;
-use crate::classifier::{ModelMeta, SequenceClassifier, CONFIG_FILE, WEIGHTS_FILE};
+use crate::classifier::SequenceClassifier;
 use crate::efficientnet::{EfficientNetConfig, Init};
 use crate::error::TrainError;
 use crate::layers::WeightInit;
+use crate::model_dir::{ModelMeta, CONFIG_FILE, MODEL_META_FILE, WEIGHTS_FILE};
 use crate::objective::{Objective, UNTUNED_THRESHOLD};
 use crate::tokenize::{collate, Encoded, TextTokenizer};
 use crate::train::{check_vocab, evaluate_data, EvalMetrics, TrainData};
@@ -123,7 +124,7 @@ impl Classifier {
         let vs = nn::VarStore::new(device);
         let objective = meta.objective();
         let per_task = objective.task_type == TaskType::MultiTask;
-        let meta_file = || dir.join(crate::classifier::MODEL_META_FILE);
+        let meta_file = || dir.join(MODEL_META_FILE);
         let (model_type, modality) = architecture_of(dir)?;
         if (meta.architecture.as_str(), meta.modality) != (model_type.as_str(), modality) {
             return Err(TrainError::config(

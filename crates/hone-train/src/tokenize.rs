@@ -15,9 +15,7 @@ use tokenizers::{
 };
 
 use crate::error::TrainError;
-
-/// The file a Hugging Face model directory keeps its fast tokenizer in.
-pub const TOKENIZER_FILE: &str = "tokenizer.json";
+use crate::model_dir::TOKENIZER_FILE;
 
 /// One tokenized text, special tokens included, truncated, not padded.
 #[derive(Debug, Clone, PartialEq, Eq)]

@@ -35,18 +35,19 @@ use std::sync::Arc;
 
 use crate::base_model::{architecture_of, Modality};
 use crate::bert::{BertConfig, BertModel};
-use crate::classifier::{
-    pool, HeadType, ModelMeta, Pooling, SequenceClassifier, CONFIG_FILE, MODEL_META_VERSION,
-    WEIGHTS_FILE,
-};
+use crate::classifier::{pool, HeadType, Pooling, SequenceClassifier};
 use crate::efficientnet::{EfficientNetConfig, Init as ImageInit};
 pub use crate::error::TrainError;
 use crate::layers::{is_head_variable, WeightInit};
+use crate::model_dir::{
+    ModelMeta, CONFIG_FILE, MODEL_META_FILE, MODEL_META_VERSION, OPTIONAL_FILES, REQUIRED_FILES,
+    TOKENIZER_FILE, WEIGHTS_FILE,
+};
 use crate::objective::{Objective, Report, Targets, UNTUNED_THRESHOLD};
 pub use crate::optim::Optimizer;
 use crate::predict::{Classifier, Network};
 use crate::resume::{self, TrainState};
-use crate::tokenize::{collate, Encoded, TextTokenizer, TOKENIZER_FILE};
+use crate::tokenize::{collate, Encoded, TextTokenizer};
 use crate::vision::ImageClassifier;
 use crate::vision_data::{ImageSet, LoaderOptions, Mode as ImageMode, Preprocess};
 use crate::weights::load_safetensors;
@@ -334,15 +335,6 @@ pub struct Evaluation {
 /// Training examples scored for the train/validation gap: enough for a stable
 /// accuracy, few enough that the extra pass stays cheap next to training.
 pub const TRAIN_EVAL_EXAMPLES: usize = 2000;
-
-/// Base-model files a published model carries so it can be served (and opened by
-/// transformers) without the base model directory.
-const REQUIRED_FILES: &[&str] = &[CONFIG_FILE, TOKENIZER_FILE];
-const OPTIONAL_FILES: &[&str] = &[
-    "tokenizer_config.json",
-    "special_tokens_map.json",
-    "vocab.txt",
-];
 
 impl TrainedModel {
     /// Writes a published model directory: `model.safetensors` (backbone under its
@@ -1240,7 +1232,7 @@ pub fn apply_checkpoint(
     for entry in entries {
         let entry = entry.map_err(|e| TrainError::io(model_dir, e))?;
         let name = entry.file_name();
-        if name == WEIGHTS_FILE || name == crate::classifier::MODEL_META_FILE {
+        if name == WEIGHTS_FILE || name == MODEL_META_FILE {
             continue;
         }
         if entry.path().is_file() {
