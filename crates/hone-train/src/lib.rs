@@ -15,12 +15,17 @@
 pub mod base_model;
 pub mod bert;
 pub mod classifier;
+pub mod config;
+pub mod data;
 pub mod efficientnet;
 pub mod error;
+pub mod job;
 pub mod layers;
 pub mod logme;
+pub mod metrics;
 pub mod model_dir;
 pub mod objective;
+pub mod observer;
 pub mod optim;
 pub mod predict;
 pub mod resume;
@@ -38,18 +43,21 @@ pub use base_model::{
 };
 pub use bert::{BertConfig, BertModel};
 pub use classifier::{HeadType, Pooling, SequenceClassifier};
+pub use config::{EncoderInit, Strategy, TrainConfig};
+pub use data::{Features, TrainData};
 pub use efficientnet::{EfficientNet, EfficientNetConfig};
 pub use error::TrainError;
+pub use job::TrainJob;
 pub use layers::WeightInit;
 pub use logme::{logme_classification, logme_multilabel, logme_targets};
+pub use metrics::{EpochMetrics, EvalMetrics, Evaluation, StepProgress};
 pub use model_dir::ModelMeta;
 pub use objective::{Objective, Report, Targets, TaskSpec};
+pub use observer::{Checkpoint, TrainObserver};
 pub use predict::{ClassPrediction, Classifier, Prediction};
 pub use tokenize::{Batch, TextTokenizer};
 pub use train::{
-    apply_checkpoint, extract_features, fine_tune, fine_tune_with, Checkpoint, EncoderInit,
-    EpochMetrics, EvalMetrics, Evaluation, FeatureRun, Features, StepProgress, Strategy,
-    TrainConfig, TrainData, TrainJob, TrainObserver, TrainedModel,
+    apply_checkpoint, extract_features, fine_tune, fine_tune_with, FeatureRun, TrainedModel,
 };
 pub use vision::ImageClassifier;
 pub use vision_data::{ImageBatch, ImageSet, LoaderOptions, Mode as ImageMode, Preprocess};

@@ -14,8 +14,9 @@ use std::path::Path;
 use serde::{Deserialize, Serialize};
 use tch::Tensor;
 
+use crate::config::TrainConfig;
 use crate::error::TrainError;
-use crate::train::{EpochMetrics, TrainConfig};
+use crate::metrics::EpochMetrics;
 
 /// The trainable weights of the epoch.
 pub const WEIGHTS_FILE: &str = "weights.safetensors";

@@ -19,16 +19,15 @@
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
 use rand::rngs::StdRng;
 use rand::seq::SliceRandom;
 use rand::SeedableRng;
-use serde::{Deserialize, Serialize};
 use tch::{nn, Device, Kind, Tensor};
 
 use hone_domain::dataset::TaskType;
-use hone_domain::job::{ClassWeights, MonitorMetric};
+use hone_domain::job::MonitorMetric;
 use hone_domain::metrics::GeneralizationGap;
 
 use std::sync::Arc;
@@ -36,14 +35,21 @@ use std::sync::Arc;
 use crate::base_model::{architecture_of, Modality};
 use crate::bert::{BertConfig, BertModel};
 use crate::classifier::{pool, HeadType, Pooling, SequenceClassifier};
+pub use crate::config::{EncoderInit, Strategy, TrainConfig};
+pub use crate::data::{Features, TrainData};
 use crate::efficientnet::{EfficientNetConfig, Init as ImageInit};
 pub use crate::error::TrainError;
+pub use crate::job::TrainJob;
 use crate::layers::{is_head_variable, WeightInit};
+pub use crate::metrics::{
+    EpochMetrics, EvalMetrics, Evaluation, StepProgress, TRAIN_EVAL_EXAMPLES,
+};
 use crate::model_dir::{
     ModelMeta, CONFIG_FILE, MODEL_META_FILE, MODEL_META_VERSION, OPTIONAL_FILES, REQUIRED_FILES,
     TOKENIZER_FILE, WEIGHTS_FILE,
 };
-use crate::objective::{Objective, Report, Targets, UNTUNED_THRESHOLD};
+use crate::objective::{Objective, Targets, UNTUNED_THRESHOLD};
+pub use crate::observer::{Checkpoint, TrainObserver};
 pub use crate::optim::Optimizer;
 use crate::predict::{Classifier, Network};
 use crate::resume::{self, TrainState};
@@ -51,256 +57,6 @@ use crate::tokenize::{collate, Encoded, TextTokenizer};
 use crate::vision::ImageClassifier;
 use crate::vision_data::{ImageSet, LoaderOptions, Mode as ImageMode, Preprocess};
 use crate::weights::load_safetensors;
-
-/// Hyperparameters of one fine-tuning run.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub struct TrainConfig {
-    pub epochs: u32,
-    pub batch_size: usize,
-    /// Peak learning rate, reached at the end of warmup.
-    pub learning_rate: f64,
-    /// Fraction of all steps spent warming up (rounded up to whole steps).
-    pub warmup_ratio: f64,
-    /// AdamW's decoupled weight decay; biases and LayerNorm parameters are exempt.
-    pub weight_decay: f64,
-    /// Tokens per text, special tokens included; longer texts are truncated.
-    pub max_seq_len: usize,
-    /// Seeds libtorch (head initialisation, dropout) and the shuffle. On CPU a seed
-    /// reproduces a run bit for bit; on CUDA some backward kernels (embedding
-    /// gradients) accumulate with atomics, so reruns agree only to rounding.
-    pub seed: u64,
-    /// Maximum global gradient L2 norm; 0 disables clipping.
-    pub grad_clip: f64,
-    pub strategy: Strategy,
-    pub head: HeadType,
-    pub pooling: Pooling,
-    /// The head trains at the full rate, encoder layer `i` of `L` (1-based) at
-    /// `rate · decay^(L+1-i)`, the embeddings at `rate · decay^(L+1)`.
-    pub layer_lr_decay: f64,
-    pub label_smoothing: f64,
-    pub class_weights: ClassWeights,
-    /// Epochs without improvement of `monitor` before training stops; 0 never stops.
-    pub early_stopping_patience: u32,
-    /// What picks the best epoch (needs validation data).
-    pub monitor: MonitorMetric,
-    /// Images only: train `full` and `partial` on a random resized crop and flip of
-    /// each image, drawn per (seed, epoch, image) so a resumed run draws the same ones.
-    /// Feature extraction trains on features computed once, so never augments.
-    #[serde(default = "augment_default")]
-    pub augment: bool,
-}
-
-fn augment_default() -> bool {
-    true
-}
-
-/// Which weights train.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
-#[serde(rename_all = "snake_case", tag = "type")]
-pub enum Strategy {
-    #[default]
-    Full,
-    /// The embeddings and the first `frozen_layers` encoder layers stay fixed.
-    Partial { frozen_layers: usize },
-    /// The whole encoder stays fixed; its pooled outputs are computed once (or handed
-    /// in through [`TrainJob::features`]) and only the head trains on them.
-    FeatureExtraction,
-}
-
-impl Default for TrainConfig {
-    /// transformers' `TrainingArguments` defaults, with the weight decay and sequence
-    /// length usual for sentence classification.
-    fn default() -> Self {
-        Self {
-            epochs: 3,
-            batch_size: 16,
-            learning_rate: 5e-5,
-            warmup_ratio: 0.0,
-            weight_decay: 0.01,
-            max_seq_len: 128,
-            seed: 42,
-            grad_clip: 1.0,
-            strategy: Strategy::Full,
-            head: HeadType::Linear,
-            pooling: Pooling::Mean,
-            layer_lr_decay: 1.0,
-            label_smoothing: 0.0,
-            class_weights: ClassWeights::None,
-            early_stopping_patience: 0,
-            monitor: MonitorMetric::Loss,
-            augment: true,
-        }
-    }
-}
-
-/// Examples as parallel vectors; `labels` index the labels of [`TrainJob::objective`].
-/// A text job fills `texts`, an image job `images`, never both.
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
-pub struct TrainData {
-    pub texts: Vec<String>,
-    /// The second text of every example, for pair tasks (paraphrase, entailment),
-    /// encoded as a BERT pair.
-    pub text_pairs: Option<Vec<String>>,
-    /// The encoded PNG or JPEG of every example of an image job: decoded and resized
-    /// by the loader as training needs them, so a dataset costs its file size in memory.
-    pub images: Vec<Vec<u8>>,
-    pub labels: Targets,
-}
-
-impl TrainData {
-    /// Image examples with their targets.
-    pub fn images(images: Vec<Vec<u8>>, labels: Targets) -> Self {
-        Self {
-            images,
-            labels,
-            ..Self::default()
-        }
-    }
-
-    pub fn len(&self) -> usize {
-        self.texts.len().max(self.images.len())
-    }
-
-    pub fn is_empty(&self) -> bool {
-        self.len() == 0
-    }
-
-    /// The examples at `rows`, in that order.
-    pub fn select(&self, rows: &[usize]) -> Self {
-        let pick = |v: &[String]| rows.iter().map(|&i| v[i].clone()).collect();
-        Self {
-            texts: if self.texts.is_empty() {
-                Vec::new()
-            } else {
-                pick(&self.texts)
-            },
-            text_pairs: self.text_pairs.as_deref().map(pick),
-            images: if self.images.is_empty() {
-                Vec::new()
-            } else {
-                rows.iter().map(|&i| self.images[i].clone()).collect()
-            },
-            labels: self.labels.select(rows),
-        }
-    }
-}
-
-/// Everything one run needs. `device` is the caller's choice (CUDA when present).
-#[derive(Debug)]
-pub struct TrainJob<'a> {
-    /// A base model directory: config.json and model.safetensors, plus tokenizer.json
-    /// for a text model (a Hugging Face directory); config.json's `model_type` says
-    /// which modality `train` and `validation` must hold.
-    pub base_model_dir: &'a Path,
-    /// What the heads predict: the labels (single- or multi-label) or the tasks.
-    pub objective: Objective,
-    pub train: TrainData,
-    pub validation: Option<TrainData>,
-    pub config: TrainConfig,
-    pub device: Device,
-    /// For [`Strategy::FeatureExtraction`]: the pooled encoder outputs of the inputs,
-    /// as [`extract_features`] computes them, e.g. from a cache. Computed when absent.
-    pub features: Option<Features>,
-    /// Where to write a checkpoint after every epoch (see [`Checkpoint`]); none when
-    /// absent.
-    pub checkpoint_dir: Option<&'a Path>,
-    /// A [`Checkpoint::dir`] of an earlier run of this very job (same data, settings
-    /// and seed) to go on from: training continues after that checkpoint's epoch and
-    /// ends as the uninterrupted run would have.
-    pub resume_from: Option<&'a Path>,
-}
-
-/// The weights one epoch ended with, as far as training changes them: the variables
-/// that require a gradient, under their model names, in a safetensors file. The
-/// frozen ones are the published model's, so [`apply_checkpoint`] on the job's model
-/// rebuilds the model of that epoch exactly. Next to it in [`Checkpoint::dir`] lies
-/// what [`TrainJob::resume_from`] needs to go on from there (see [`crate::resume`]).
-#[derive(Debug, Clone, PartialEq, Serialize)]
-pub struct Checkpoint {
-    pub epoch: u32,
-    /// Optimizer steps taken by the end of the epoch.
-    pub step: u64,
-    /// The weights file, inside `dir`.
-    pub path: PathBuf,
-    /// The whole checkpoint: weights and training state.
-    pub dir: PathBuf,
-    pub metrics: EpochMetrics,
-}
-
-/// Pooled encoder outputs `[examples, hidden]` (f32, any device), row `i` for input `i`.
-#[derive(Debug)]
-pub struct Features {
-    pub train: Tensor,
-    pub validation: Option<Tensor>,
-}
-
-/// Where the encoder's weights come from.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
-pub enum EncoderInit {
-    /// The base model's checkpoint: transfer learning.
-    #[default]
-    Pretrained,
-    /// Random weights of the same architecture: the from-scratch baseline that tells
-    /// how much the pretrained weights are worth on the user's data.
-    Random,
-}
-
-/// Receives progress from the training thread and can stop it.
-pub trait TrainObserver {
-    /// After every optimizer step.
-    fn on_step(&mut self, progress: &StepProgress);
-    /// After every epoch, with its validation metrics when there is a validation set.
-    fn on_epoch(&mut self, metrics: &EpochMetrics);
-    /// Polled before every step (and every evaluation batch); `true` ends training
-    /// with [`TrainError::Cancelled`].
-    fn cancelled(&self) -> bool;
-    /// Something the user should know about the run (early stopping, the epoch kept).
-    fn on_notice(&mut self, _message: &str) {}
-    /// A checkpoint was written (only with [`TrainJob::checkpoint_dir`]).
-    fn on_checkpoint(&mut self, _checkpoint: &Checkpoint) {}
-}
-
-/// Progress after one optimizer step.
-#[derive(Debug, Clone, PartialEq, Serialize)]
-pub struct StepProgress {
-    /// 1-based.
-    pub epoch: u32,
-    /// Global, 1-based.
-    pub step: u64,
-    pub total_steps: u64,
-    /// Mean cross-entropy of this step's batch.
-    pub loss: f64,
-    /// The learning rate this step used.
-    pub learning_rate: f64,
-    /// Since training started (model loading and tokenization included).
-    pub elapsed: Duration,
-}
-
-/// Metrics of one epoch.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub struct EpochMetrics {
-    /// 1-based.
-    pub epoch: u32,
-    /// Mean cross-entropy over the epoch's training examples (with dropout on).
-    pub train_loss: f64,
-    pub validation: Option<EvalMetrics>,
-}
-
-/// Metrics on a labelled set, computed in eval mode.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub struct EvalMetrics {
-    /// Mean cross-entropy.
-    pub loss: f64,
-    pub accuracy: f64,
-    /// Unweighted mean of per-class F1 over the classes that occur in the labels or
-    /// the predictions (scikit-learn's `f1_score(average="macro")`).
-    pub macro_f1: f64,
-    pub examples: usize,
-    /// Multi-label: the decision threshold tuned on this data, at which the metrics
-    /// above were computed.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub threshold: Option<f32>,
-}
 
 /// The result of [`fine_tune`]: the weights of the last epoch, ready to [`save`] — or
 /// to predict with at once, through the same code a loaded model uses.
@@ -314,27 +70,6 @@ pub struct TrainedModel {
     best_epoch: u32,
     evaluation: Option<Evaluation>,
 }
-
-/// How well the returned model does, measured once training is over.
-#[derive(Debug, Clone, PartialEq, Serialize)]
-pub struct Evaluation {
-    /// The epoch whose weights the model holds.
-    pub best_epoch: u32,
-    /// Epochs run, fewer than configured when early stopping ended training.
-    pub epochs_run: u32,
-    pub stopped_early: bool,
-    /// On the validation data: per-class metrics and the confusion matrix (per task
-    /// for multi-task), or per-label metrics at the tuned threshold (multi-label).
-    pub validation: Report,
-    /// On (at most [`TRAIN_EVAL_EXAMPLES`] of) the training data, in eval mode; as
-    /// [`Report::accuracy`] defines it for the task type.
-    pub train_accuracy: f64,
-    pub generalization: GeneralizationGap,
-}
-
-/// Training examples scored for the train/validation gap: enough for a stable
-/// accuracy, few enough that the extra pass stays cheap next to training.
-pub const TRAIN_EVAL_EXAMPLES: usize = 2000;
 
 impl TrainedModel {
     /// Writes a published model directory: `model.safetensors` (backbone under its

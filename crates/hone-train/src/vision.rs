@@ -16,11 +16,11 @@ use std::path::Path;
 
 use tch::{nn, Tensor};
 
+use crate::config::Strategy;
 use crate::efficientnet::{layer_depth, EfficientNet, EfficientNetConfig, Init};
 use crate::error::TrainError;
 use crate::layers::{head_paths, is_head_variable, Linear, WeightInit};
 use crate::model_dir::{CONFIG_FILE, WEIGHTS_FILE};
-use crate::train::Strategy;
 
 /// The head's initialisation: timm's for EfficientNet classifiers (normal, std 0.01,
 /// bias zero), which also keeps the first logits near zero.
