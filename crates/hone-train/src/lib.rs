@@ -24,6 +24,7 @@ pub mod layers;
 pub mod logme;
 pub mod metrics;
 pub mod model_dir;
+mod network;
 pub mod objective;
 pub mod observer;
 pub mod optim;

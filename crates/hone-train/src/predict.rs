@@ -16,6 +16,7 @@ use crate::error::TrainError;
 use crate::layers::WeightInit;
 use crate::metrics::EvalMetrics;
 use crate::model_dir::{ModelMeta, CONFIG_FILE, MODEL_META_FILE, WEIGHTS_FILE};
+use crate::network::Network;
 use crate::objective::{Objective, UNTUNED_THRESHOLD};
 use crate::tokenize::{collate, Encoded, TextTokenizer};
 use crate::train::{check_vocab, evaluate_data};
@@ -70,40 +71,6 @@ fn class_prediction(labels: &[String], row: &[f32]) -> ClassPrediction {
         label: labels[best].clone(),
         score: row[best],
         scores: labels.iter().cloned().zip(row.iter().copied()).collect(),
-    }
-}
-
-/// The network of a model and what prepares its inputs: a text classifier and its
-/// tokenizer, or an image classifier and its preprocessing. Training and serving share
-/// it, so a trained model predicts through the code a loaded one uses.
-// One per loaded model, never in a collection: the variants' sizes do not matter.
-#[allow(clippy::large_enum_variant)]
-#[derive(Debug)]
-pub(crate) enum Network {
-    Text {
-        model: SequenceClassifier,
-        tokenizer: TextTokenizer,
-    },
-    Image {
-        model: ImageClassifier,
-        preprocess: Preprocess,
-    },
-}
-
-impl Network {
-    /// Logits from pooled backbone features (what feature extraction trains on).
-    pub(crate) fn head_forward(&self, pooled: &Tensor, train: bool) -> Result<Tensor, TrainError> {
-        match self {
-            Network::Text { model, .. } => model.head_forward(pooled, train),
-            Network::Image { model, .. } => model.head_forward(pooled, train),
-        }
-    }
-
-    pub(crate) fn modality(&self) -> Modality {
-        match self {
-            Network::Text { .. } => Modality::Text,
-            Network::Image { .. } => Modality::Image,
-        }
     }
 }
 

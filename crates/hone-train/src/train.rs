@@ -48,10 +48,11 @@ use crate::model_dir::{
     ModelMeta, CONFIG_FILE, MODEL_META_FILE, MODEL_META_VERSION, OPTIONAL_FILES, REQUIRED_FILES,
     TOKENIZER_FILE, WEIGHTS_FILE,
 };
+use crate::network::Network;
 use crate::objective::{Objective, Targets, UNTUNED_THRESHOLD};
 pub use crate::observer::{Checkpoint, TrainObserver};
 pub use crate::optim::Optimizer;
-use crate::predict::{Classifier, Network};
+use crate::predict::Classifier;
 use crate::resume::{self, TrainState};
 use crate::tokenize::{collate, Encoded, TextTokenizer};
 use crate::vision::ImageClassifier;
