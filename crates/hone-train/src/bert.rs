@@ -506,3 +506,15 @@ fn additive_mask(attention_mask: &Tensor, kind: Kind) -> Result<Option<Tensor>, 
             .f_masked_fill(&padding.f_view([batch, 1, 1, seq_len])?, lowest)?,
     ))
 }
+
+/// 0 for the embeddings, `i + 1` for encoder layer `i`, `layers + 1` for the rest (the
+/// head): the order in which features get more specific to the pretraining task.
+pub fn layer_depth(name: &str, layers: usize) -> usize {
+    if name.starts_with("embeddings.") {
+        return 0;
+    }
+    name.strip_prefix("encoder.layer.")
+        .and_then(|rest| rest.split('.').next())
+        .and_then(|i| i.parse::<usize>().ok())
+        .map_or(layers + 1, |i| i + 1)
+}

@@ -14,11 +14,16 @@
 
 pub mod base_model;
 pub mod bert;
+mod checks;
 pub mod classifier;
 pub mod config;
 pub mod data;
+mod early_stopping;
 pub mod efficientnet;
 pub mod error;
+mod evaluate;
+pub mod features;
+mod inputs;
 pub mod job;
 pub mod layers;
 pub mod logme;
@@ -30,10 +35,12 @@ pub mod observer;
 pub mod optim;
 pub mod predict;
 pub mod resume;
+mod schedule;
 pub mod test_images;
 pub mod threads;
 pub mod tokenize;
 pub mod train;
+pub mod trainable;
 pub mod transfer;
 pub mod vision;
 pub mod vision_data;
@@ -48,6 +55,7 @@ pub use config::{EncoderInit, Strategy, TrainConfig};
 pub use data::{Features, TrainData};
 pub use efficientnet::{EfficientNet, EfficientNetConfig};
 pub use error::TrainError;
+pub use features::{extract_features, extract_image_features, FeatureRun};
 pub use job::TrainJob;
 pub use layers::WeightInit;
 pub use logme::{logme_classification, logme_multilabel, logme_targets};
@@ -57,8 +65,7 @@ pub use objective::{Objective, Report, Targets, TaskSpec};
 pub use observer::{Checkpoint, TrainObserver};
 pub use predict::{ClassPrediction, Classifier, Prediction};
 pub use tokenize::{Batch, TextTokenizer};
-pub use train::{
-    apply_checkpoint, extract_features, fine_tune, fine_tune_with, FeatureRun, TrainedModel,
-};
+pub use train::{fine_tune, fine_tune_with, TrainedModel};
+pub use trainable::apply_checkpoint;
 pub use vision::ImageClassifier;
 pub use vision_data::{ImageBatch, ImageSet, LoaderOptions, Mode as ImageMode, Preprocess};

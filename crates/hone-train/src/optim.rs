@@ -10,10 +10,10 @@ use std::collections::{BTreeMap, HashSet};
 
 use tch::{nn, Tensor};
 
+use crate::bert::layer_depth;
 use crate::config::TrainConfig;
 use crate::error::TrainError;
 use crate::layers::NO_DECAY_GROUP;
-use crate::train::layer_depth;
 
 const BETA1: f64 = 0.9;
 const BETA2: f64 = 0.999;

@@ -8,9 +8,9 @@ use tch::{nn, Tensor};
 
 use crate::bert::BertModel;
 use crate::error::TrainError;
+use crate::features::FeatureRun;
 use crate::layers::WeightInit;
 use crate::tokenize::TextTokenizer;
-use crate::train::FeatureRun;
 
 /// Name of the tensor in a features file.
 const FEATURES_TENSOR: &str = "features";
