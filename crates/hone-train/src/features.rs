@@ -1,8 +1,9 @@
 //! Pooled features of a frozen backbone: what feature extraction trains a head on, the
-//! worker caches, and the transferability estimate scores. Text features come from
-//! BERT's encoder and the classifier's pooling ([`extract_features`], [`FeatureRun`]),
-//! image features from EfficientNet's global pooling ([`extract_image_features`]);
-//! the loop computes the same ones when no cache hands them in.
+//! worker caches, and the transferability estimate scores (next to those of a randomly
+//! initialised encoder, [`random_init_features`]). Text features come from BERT's
+//! encoder and the classifier's pooling ([`extract_features`], [`FeatureRun`]), image
+//! features from EfficientNet's global pooling ([`extract_image_features`]); the loop
+//! computes the same ones when no cache hands them in.
 
 use std::path::Path;
 use std::sync::Arc;
@@ -14,7 +15,7 @@ use crate::checks::check_vocab;
 use crate::classifier::{pool, Pooling};
 use crate::efficientnet::{EfficientNetConfig, Init as ImageInit};
 use crate::error::TrainError;
-use crate::layers::is_head_variable;
+use crate::layers::{is_head_variable, WeightInit};
 use crate::model_dir::{CONFIG_FILE, WEIGHTS_FILE};
 use crate::tokenize::{collate, Encoded, TextTokenizer};
 use crate::vision::ImageClassifier;
@@ -186,4 +187,22 @@ impl FeatureRun<'_> {
             cancelled,
         )
     }
+}
+
+/// Pooled features of `texts` under an encoder of the base model's architecture with
+/// random weights drawn from `seed`: the no-transfer reference of a transferability
+/// estimate.
+pub fn random_init_features(
+    run: &FeatureRun,
+    texts: &[String],
+    pairs: Option<&[String]>,
+    seed: u64,
+) -> Result<Tensor, TrainError> {
+    let device = run.device;
+    run.features(texts, pairs, &|| false, |config| {
+        tch::manual_seed(seed as i64);
+        let vs = nn::VarStore::new(device);
+        // The model keeps its own handles on the variables; the store can go.
+        BertModel::new(&vs.root(), config, WeightInit::random(config))
+    })
 }

@@ -22,6 +22,7 @@ mod early_stopping;
 pub mod efficientnet;
 pub mod error;
 mod evaluate;
+pub mod feature_file;
 pub mod features;
 mod inputs;
 pub mod job;
@@ -41,7 +42,6 @@ pub mod threads;
 pub mod tokenize;
 pub mod train;
 pub mod trainable;
-pub mod transfer;
 pub mod vision;
 pub mod vision_data;
 pub mod weights;
@@ -69,3 +69,11 @@ pub use train::{fine_tune, fine_tune_with, TrainedModel};
 pub use trainable::apply_checkpoint;
 pub use vision::ImageClassifier;
 pub use vision_data::{ImageBatch, ImageSet, LoaderOptions, Mode as ImageMode, Preprocess};
+
+/// The paths the worker and the transferability estimate call these by; they live in
+/// [`feature_file`], [`features`] and [`tokenize`].
+pub mod transfer {
+    pub use crate::feature_file::{load_features, save_features};
+    pub use crate::features::random_init_features;
+    pub use crate::tokenize::token_lengths;
+}

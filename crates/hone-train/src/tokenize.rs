@@ -201,3 +201,18 @@ pub fn collate(items: &[&Encoded], pad_id: u32, device: Device) -> Result<Batch,
         token_type_ids: tensor(&types)?,
     })
 }
+
+/// Token counts of `texts` under the base model's tokenizer, special tokens included and
+/// nothing truncated: what the data report compares with `max_seq_len`.
+pub fn token_lengths(
+    base_model_dir: &Path,
+    texts: &[String],
+    pairs: Option<&[String]>,
+) -> Result<Vec<usize>, TrainError> {
+    let tokenizer = TextTokenizer::from_dir(base_model_dir, usize::MAX / 2)?;
+    Ok(tokenizer
+        .encode_maybe_pairs(texts, pairs)?
+        .iter()
+        .map(|e| e.len())
+        .collect())
+}
