@@ -1,5 +1,5 @@
 //! Scoring a network on labelled inputs in eval mode: loss and probabilities
-//! ([`Scored`]) and the metrics they give. The loop scores every epoch's validation
+//! ([`ScoredOutputs`]) and the metrics they give. The loop scores every epoch's validation
 //! data and the final train/validation gap with it; the predictor's `evaluate` scores
 //! user data with it. Neither imports the other for it.
 
@@ -14,12 +14,12 @@ use crate::objective::{Objective, Targets};
 use crate::vision_data::{ImageSet, LoaderOptions};
 
 /// Loss and probabilities of a model on labelled inputs.
-pub(crate) struct Scored {
+pub(crate) struct ScoredOutputs {
     pub(crate) loss: f64,
     pub(crate) probs: Vec<Vec<f32>>,
 }
 
-impl Scored {
+impl ScoredOutputs {
     pub(crate) fn metrics(&self, objective: &Objective, truth: &Targets) -> EvalMetrics {
         let report = objective.report(truth, &self.probs, None);
         EvalMetrics {
@@ -43,7 +43,7 @@ pub(crate) fn score(
     batch_size: usize,
     device: Device,
     cancelled: &dyn Fn() -> bool,
-) -> Result<Scored, TrainError> {
+) -> Result<ScoredOutputs, TrainError> {
     let n = inputs.len()?;
     tch::no_grad(|| {
         let mut loss_sum = Tensor::f_zeros([], (Kind::Float, device))?;
@@ -62,7 +62,7 @@ pub(crate) fn score(
         let probs = Tensor::f_cat(&probs, 0)?.f_to_device(Device::Cpu)?;
         let probs: Vec<Vec<f32>> = Vec::try_from(&probs)?;
         let loss = loss_sum.f_double_value(&[])? / n.max(1) as f64;
-        Ok(Scored { loss, probs })
+        Ok(ScoredOutputs { loss, probs })
     })
 }
 

@@ -112,7 +112,7 @@ impl Inputs<'_> {
 
 /// The training or the validation side of a job.
 #[derive(Debug, Clone, Copy)]
-pub(crate) enum Which {
+pub(crate) enum Split {
     Train,
     Validation,
 }

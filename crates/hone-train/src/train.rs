@@ -41,7 +41,7 @@ pub use crate::error::TrainError;
 use crate::evaluate::{score, score_subset};
 pub use crate::features::{extract_features, extract_image_features, FeatureRun};
 use crate::features::{image_features, pooled_features};
-use crate::inputs::{Inputs, Which};
+use crate::inputs::{Inputs, Split};
 pub use crate::job::TrainJob;
 use crate::layers::{is_head_variable, WeightInit};
 pub use crate::metrics::{
@@ -276,12 +276,12 @@ pub fn fine_tune_with(
         }
         (Strategy::FeatureExtraction, None) => {
             let batch_size = config.batch_size.max(32);
-            let extract = |which: Which| -> Result<Option<Tensor>, TrainError> {
+            let extract = |split: Split| -> Result<Option<Tensor>, TrainError> {
                 let features = match (&network, &encoded, &image_sets) {
                     (Network::Text { model, .. }, Some((train, validation, pad_id)), _) => {
-                        let e = match which {
-                            Which::Train => Some(train),
-                            Which::Validation => validation.as_ref(),
+                        let e = match split {
+                            Split::Train => Some(train),
+                            Split::Validation => validation.as_ref(),
                         };
                         match e {
                             Some(e) => Some(pooled_features(
@@ -297,9 +297,9 @@ pub fn fine_tune_with(
                         }
                     }
                     (Network::Image { model, .. }, _, Some((train, validation))) => {
-                        let set = match which {
-                            Which::Train => Some(train),
-                            Which::Validation => validation.as_ref(),
+                        let set = match split {
+                            Split::Train => Some(train),
+                            Split::Validation => validation.as_ref(),
                         };
                         match set {
                             Some(set) => {
@@ -315,24 +315,24 @@ pub fn fine_tune_with(
                     .transpose()
                     .map_err(Into::into)
             };
-            (extract(Which::Train)?, extract(Which::Validation)?)
+            (extract(Split::Train)?, extract(Split::Validation)?)
         }
         _ => (None, None),
     };
     let augment =
         (config.augment && config.strategy != Strategy::FeatureExtraction).then_some(config.seed);
-    let inputs_of = |which: Which| -> Option<Inputs> {
-        let features = match which {
-            Which::Train => train_features.as_ref(),
-            Which::Validation => validation_features.as_ref(),
+    let inputs_of = |split: Split| -> Option<Inputs> {
+        let features = match split {
+            Split::Train => train_features.as_ref(),
+            Split::Validation => validation_features.as_ref(),
         };
         if let Some(f) = features {
             return Some(Inputs::Features(f));
         }
         if let Some((train, validation, pad_id)) = &encoded {
-            let encoded = match which {
-                Which::Train => train,
-                Which::Validation => validation.as_ref()?,
+            let encoded = match split {
+                Split::Train => train,
+                Split::Validation => validation.as_ref()?,
             };
             return Some(Inputs::Tokens {
                 encoded,
@@ -340,21 +340,21 @@ pub fn fine_tune_with(
             });
         }
         let (train, validation) = image_sets.as_ref()?;
-        Some(match which {
-            Which::Train => Inputs::Images {
+        Some(match split {
+            Split::Train => Inputs::Images {
                 set: train,
                 augment,
             },
-            Which::Validation => Inputs::Images {
+            Split::Validation => Inputs::Images {
                 set: validation.as_ref()?,
                 augment: None,
             },
         })
     };
-    let train_inputs = inputs_of(Which::Train).ok_or_else(|| {
+    let train_inputs = inputs_of(Split::Train).ok_or_else(|| {
         TrainError::InvalidInput("the training set has no inputs of the model's kind".into())
     })?;
-    let validation_inputs = inputs_of(Which::Validation);
+    let validation_inputs = inputs_of(Split::Validation);
 
     let steps_per_epoch = train.len().div_ceil(config.batch_size) as u64;
     let total_steps = steps_per_epoch * u64::from(config.epochs);
