@@ -8,6 +8,7 @@ use tch::{nn, Tensor};
 
 use hone_domain::job::MonitorMetric;
 
+use crate::config::TrainConfig;
 use crate::error::TrainError;
 use crate::metrics::EvalMetrics;
 use crate::trainable::trainable;
@@ -111,8 +112,16 @@ impl BestEpoch {
         Ok(true)
     }
 
-    pub(crate) fn epochs_since(&self, epoch: u32) -> u32 {
+    fn epochs_since(&self, epoch: u32) -> u32 {
         self.best.map_or(0, |(best, _)| epoch - best)
+    }
+
+    /// Whether training ends after `epoch`: the patience (0: never) has run out
+    /// without an improvement on the best epoch, and epochs are left to run.
+    pub(crate) fn stops_after(&self, epoch: u32, config: &TrainConfig) -> bool {
+        config.early_stopping_patience > 0
+            && epoch < config.epochs
+            && self.epochs_since(epoch) >= config.early_stopping_patience
     }
 
     /// Puts the best weights back; the best epoch, if any was scored.

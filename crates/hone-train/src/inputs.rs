@@ -6,6 +6,7 @@ use std::sync::Arc;
 
 use tch::{Device, Tensor};
 
+use crate::data::Features;
 use crate::error::TrainError;
 use crate::network::Network;
 use crate::tokenize::{collate, Encoded};
@@ -115,4 +116,61 @@ impl Inputs<'_> {
 pub(crate) enum Split {
     Train,
     Validation,
+}
+
+/// What each split of a run feeds the loop where no features stand in for it: token
+/// ids (a text run) or an image loader (an image run).
+pub(crate) enum Prepared {
+    Tokens {
+        train: Vec<Encoded>,
+        validation: Option<Vec<Encoded>>,
+        pad_id: u32,
+    },
+    Images {
+        train: Arc<ImageSet>,
+        validation: Option<Arc<ImageSet>>,
+    },
+}
+
+impl Prepared {
+    /// The inputs of `split`: its features when there are some, else its token ids or
+    /// images (training images augmented from the seed `augment`, when given); `None`
+    /// when the job has no such split.
+    pub(crate) fn inputs<'a>(
+        &'a self,
+        split: Split,
+        features: Option<&'a Features>,
+        augment: Option<u64>,
+    ) -> Option<Inputs<'a>> {
+        let features = features.and_then(|f| match split {
+            Split::Train => Some(&f.train),
+            Split::Validation => f.validation.as_ref(),
+        });
+        if let Some(f) = features {
+            return Some(Inputs::Features(f));
+        }
+        Some(match (self, split) {
+            (Prepared::Tokens { train, pad_id, .. }, Split::Train) => Inputs::Tokens {
+                encoded: train,
+                pad_id: *pad_id,
+            },
+            (
+                Prepared::Tokens {
+                    validation, pad_id, ..
+                },
+                Split::Validation,
+            ) => Inputs::Tokens {
+                encoded: validation.as_ref()?,
+                pad_id: *pad_id,
+            },
+            (Prepared::Images { train, .. }, Split::Train) => Inputs::Images {
+                set: train,
+                augment,
+            },
+            (Prepared::Images { validation, .. }, Split::Validation) => Inputs::Images {
+                set: validation.as_ref()?,
+                augment: None,
+            },
+        })
+    }
 }

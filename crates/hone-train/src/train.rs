@@ -24,7 +24,7 @@ use std::time::Instant;
 use rand::rngs::StdRng;
 use rand::seq::SliceRandom;
 use rand::SeedableRng;
-use tch::{nn, Kind, Tensor};
+use tch::{nn, Device, Kind, Tensor};
 
 use hone_domain::dataset::TaskType;
 use hone_domain::metrics::GeneralizationGap;
@@ -41,7 +41,7 @@ pub use crate::error::TrainError;
 use crate::evaluate::{score, score_subset};
 pub use crate::features::{extract_features, extract_image_features, FeatureRun};
 use crate::features::{image_features, pooled_features};
-use crate::inputs::{Inputs, Split};
+use crate::inputs::{Inputs, Prepared, Split};
 pub use crate::job::TrainJob;
 use crate::layers::{is_head_variable, WeightInit};
 pub use crate::metrics::{
@@ -144,7 +144,9 @@ pub fn fine_tune(
 }
 
 /// [`fine_tune`] with the choice of starting from the checkpoint or from random
-/// weights of the same architecture.
+/// weights of the same architecture. Reads top to bottom: check the job, build the
+/// network and its inputs, take up a checkpoint, run the epochs, measure the weights
+/// kept, describe the model.
 pub fn fine_tune_with(
     job: TrainJob,
     init: EncoderInit,
@@ -164,257 +166,435 @@ pub fn fine_tune_with(
     } = job;
     let (architecture, modality) = architecture_of(base_model_dir)?;
     check_job(&objective, &train, validation.as_ref(), &config, modality)?;
-    let per_task = objective.task_type == TaskType::MultiTask;
-    let cancelled = || observer.cancelled();
+    let job = JobRef {
+        objective: &objective,
+        train: &train,
+        validation: validation.as_ref(),
+        config: &config,
+        device,
+    };
 
     tch::manual_seed(config.seed as i64);
     let vs = nn::VarStore::new(device);
-    // What each modality feeds the loop: token ids or an image loader per set.
-    let mut encoded: Option<(Vec<Encoded>, Option<Vec<Encoded>>, u32)> = None;
-    let mut image_sets: Option<(Arc<ImageSet>, Option<Arc<ImageSet>>)> = None;
-    let (network, frozen, hidden) = match modality {
-        Modality::Text => {
-            let bert_config = BertConfig::from_file(&base_model_dir.join(CONFIG_FILE))?;
-            if config.max_seq_len > bert_config.max_position_embeddings {
-                return Err(TrainError::InvalidInput(format!(
-                    "max_seq_len {} exceeds the base model's max_position_embeddings {}",
-                    config.max_seq_len, bert_config.max_position_embeddings
-                )));
-            }
-            let layers = bert_config.num_hidden_layers;
-            if let Strategy::Partial { frozen_layers } = config.strategy {
-                if frozen_layers > layers {
-                    return Err(TrainError::InvalidInput(format!(
-                        "frozen_layers {frozen_layers} exceeds the base model's {layers} layers"
-                    )));
-                }
-            }
-            let tokenizer = TextTokenizer::from_dir(base_model_dir, config.max_seq_len)?;
-            check_vocab(&tokenizer, &bert_config, base_model_dir)?;
-            let model = SequenceClassifier::with_heads(
-                &vs.root(),
-                &bert_config,
-                &objective.sizes(),
-                per_task,
-                config.head,
-                config.pooling,
-                WeightInit::random(&bert_config),
-            )?;
-            if init == EncoderInit::Pretrained {
-                load_safetensors(&vs, &base_model_dir.join(WEIGHTS_FILE), &is_head_variable)?;
-            }
-            let frozen = freeze(&vs, config.strategy, layers)?;
-            let pad_id = tokenizer.pad_id();
-            let train_encoded =
-                tokenizer.encode_maybe_pairs(&train.texts, train.text_pairs.as_deref())?;
-            let validation_encoded = match &validation {
-                Some(v) => Some(tokenizer.encode_maybe_pairs(&v.texts, v.text_pairs.as_deref())?),
-                None => None,
-            };
-            encoded = Some((train_encoded, validation_encoded, pad_id));
-            (
-                Network::Text { model, tokenizer },
-                frozen,
-                bert_config.hidden_size,
-            )
-        }
-        Modality::Image => {
-            let image_config = EfficientNetConfig::from_file(&base_model_dir.join(CONFIG_FILE))?;
-            let sizes = objective.sizes();
-            let mut model = match init {
-                EncoderInit::Pretrained => {
-                    ImageClassifier::from_base_model(&vs, base_model_dir, &sizes, per_task)?
-                }
-                EncoderInit::Random => {
-                    ImageClassifier::from_scratch(&vs, &image_config, &sizes, per_task)?
-                }
-            };
-            let frozen = model.freeze(&vs, config.strategy)?;
-            let preprocess = Preprocess::from_config(&image_config);
-            let set = |images: &[Vec<u8>]| {
-                ImageSet::new(
-                    images.to_vec(),
-                    preprocess.clone(),
-                    LoaderOptions::default(),
-                )
-            };
-            let validation_set = match &validation {
-                Some(v) => Some(set(&v.images)?),
-                None => None,
-            };
-            image_sets = Some((set(&train.images)?, validation_set));
-            (
-                Network::Image { model, preprocess },
-                frozen,
-                image_config.head_channels(),
-            )
-        }
+    let Setup {
+        network,
+        frozen,
+        hidden,
+        prepared,
+    } = match modality {
+        Modality::Text => set_up_text(&vs, base_model_dir, &job, init)?,
+        Modality::Image => set_up_image(&vs, base_model_dir, &job, init)?,
     };
-
-    let (train_features, validation_features) = match (config.strategy, features) {
-        (Strategy::FeatureExtraction, Some(f)) => {
-            let hidden = hidden as i64;
-            let check = |t: Tensor, n: usize, name: &str| -> Result<Tensor, TrainError> {
-                if t.size() != [n as i64, hidden] {
-                    return Err(TrainError::InvalidInput(format!(
-                        "{name} features have shape {:?}, expected [{n}, {hidden}]",
-                        t.size()
-                    )));
-                }
-                Ok(t.f_to_kind(Kind::Float)?.f_to_device(device)?)
-            };
-            let v = match (f.validation, &validation) {
-                (Some(t), Some(v)) => Some(check(t, v.len(), "validation")?),
-                (None, None) => None,
-                _ => {
-                    return Err(TrainError::InvalidInput(
-                        "validation features and validation data must come together".into(),
-                    ))
-                }
-            };
-            (Some(check(f.train, train.len(), "training")?), v)
-        }
+    let features = match (config.strategy, features) {
+        (Strategy::FeatureExtraction, Some(f)) => Some(checked_features(f, hidden, &job)?),
         (Strategy::FeatureExtraction, None) => {
-            let batch_size = config.batch_size.max(32);
-            let extract = |split: Split| -> Result<Option<Tensor>, TrainError> {
-                let features = match (&network, &encoded, &image_sets) {
-                    (Network::Text { model, .. }, Some((train, validation, pad_id)), _) => {
-                        let e = match split {
-                            Split::Train => Some(train),
-                            Split::Validation => validation.as_ref(),
-                        };
-                        match e {
-                            Some(e) => Some(pooled_features(
-                                model.encoder(),
-                                config.pooling,
-                                e,
-                                *pad_id,
-                                batch_size,
-                                device,
-                                &cancelled,
-                            )?),
-                            None => None,
-                        }
-                    }
-                    (Network::Image { model, .. }, _, Some((train, validation))) => {
-                        let set = match split {
-                            Split::Train => Some(train),
-                            Split::Validation => validation.as_ref(),
-                        };
-                        match set {
-                            Some(set) => {
-                                Some(image_features(model, set, batch_size, device, &cancelled)?)
-                            }
-                            None => None,
-                        }
-                    }
-                    _ => None,
-                };
-                features
-                    .map(|f| f.f_to_device(device))
-                    .transpose()
-                    .map_err(Into::into)
-            };
-            (extract(Split::Train)?, extract(Split::Validation)?)
+            computed_features(&network, &prepared, &job, &|| observer.cancelled())?
         }
-        _ => (None, None),
+        _ => None,
     };
     let augment =
         (config.augment && config.strategy != Strategy::FeatureExtraction).then_some(config.seed);
-    let inputs_of = |split: Split| -> Option<Inputs> {
-        let features = match split {
-            Split::Train => train_features.as_ref(),
-            Split::Validation => validation_features.as_ref(),
-        };
-        if let Some(f) = features {
-            return Some(Inputs::Features(f));
-        }
-        if let Some((train, validation, pad_id)) = &encoded {
-            let encoded = match split {
-                Split::Train => train,
-                Split::Validation => validation.as_ref()?,
-            };
-            return Some(Inputs::Tokens {
-                encoded,
-                pad_id: *pad_id,
-            });
-        }
-        let (train, validation) = image_sets.as_ref()?;
-        Some(match split {
-            Split::Train => Inputs::Images {
-                set: train,
-                augment,
-            },
-            Split::Validation => Inputs::Images {
-                set: validation.as_ref()?,
-                augment: None,
-            },
-        })
-    };
-    let train_inputs = inputs_of(Split::Train).ok_or_else(|| {
-        TrainError::InvalidInput("the training set has no inputs of the model's kind".into())
-    })?;
-    let validation_inputs = inputs_of(Split::Validation);
+    let train_inputs = prepared
+        .inputs(Split::Train, features.as_ref(), augment)
+        .ok_or_else(|| {
+            TrainError::InvalidInput("the training set has no inputs of the model's kind".into())
+        })?;
+    let validation_inputs = prepared.inputs(Split::Validation, features.as_ref(), augment);
 
-    let steps_per_epoch = train.len().div_ceil(config.batch_size) as u64;
-    let total_steps = steps_per_epoch * u64::from(config.epochs);
-    let schedule = LinearSchedule::new(&config, total_steps);
-    let mut optimizer = Optimizer::new(&vs, &config)?;
-    let loss_weights = objective.loss_weights(config.class_weights, &train.labels, device)?;
+    let mut epochs = EpochLoop::new(
+        job,
+        &network,
+        &vs,
+        &train_inputs,
+        validation_inputs.as_ref(),
+        started,
+    )?;
     tracing::info!(
         examples = train.len(),
         task_type = %objective.task_type,
         outputs = objective.width(),
-        total_steps,
+        total_steps = epochs.total_steps,
         ?device,
         ?init,
         strategy = ?config.strategy,
         frozen_parameters = frozen,
         "fine-tuning"
     );
-
-    let mut history: Vec<EpochMetrics> = Vec::with_capacity(config.epochs as usize);
-    let mut best = BestEpoch::new(&vs, config.monitor)?;
-    let mut step = 0u64;
-    let mut stopped_early = false;
-    let mut best_probs: Option<Vec<Vec<f32>>> = None;
     let mut first_epoch = 1;
     if let Some(dir) = resume_from {
-        let state = (|| {
-            let loaded = resume::load(dir)?;
-            let state = loaded.state;
-            if state.config != config || state.train_examples != train.len() {
-                return Err(TrainError::config(
-                    dir.join(resume::STATE_FILE),
-                    "the checkpoint was taken by a run with other settings or data",
-                ));
-            }
-            load_trainable(&vs, &loaded.weights, dir)?;
-            optimizer.load_state(
-                &prefixed(&loaded.tensors, "optimizer."),
-                &state.optimizer_steps,
-            )?;
-            best.load(state.best, &prefixed(&loaded.tensors, "best."))?;
-            Ok(state)
-        })()
-        .map_err(|e| TrainError::Resume(e.to_string()))?;
-        step = state.step;
-        history = state.history;
-        best_probs = state.best_probs;
-        first_epoch = state.epoch + 1;
-        tracing::info!(epoch = state.epoch, step, "resuming from a checkpoint");
+        let resumed = epochs
+            .resume(dir)
+            .map_err(|e| TrainError::Resume(e.to_string()))?;
+        first_epoch = resumed + 1;
     }
-    let stop_after = |epoch: u32, best: &BestEpoch| {
-        config.early_stopping_patience > 0
-            && epoch < config.epochs
-            && best.epochs_since(epoch) >= config.early_stopping_patience
+    epochs.run(first_epoch, checkpoint_dir, observer)?;
+    let outcome = epochs.finish(observer)?;
+
+    let evaluation = final_evaluation(&job, &network, &train_inputs, &outcome)?;
+    let meta = model_meta(&job, architecture, modality, evaluation.as_ref());
+    Ok(TrainedModel {
+        classifier: Classifier::from_parts(vs, network, meta, device),
+        base_model_dir: base_model_dir.to_owned(),
+        history: outcome.history,
+        best_epoch: outcome.best_epoch,
+        evaluation,
+    })
+}
+
+/// The parts of a [`TrainJob`] every step of a run reads.
+#[derive(Clone, Copy)]
+struct JobRef<'a> {
+    objective: &'a Objective,
+    train: &'a TrainData,
+    validation: Option<&'a TrainData>,
+    config: &'a TrainConfig,
+    device: Device,
+}
+
+/// The network a run trains, and the inputs of each split prepared for it.
+struct Setup {
+    network: Network,
+    /// Scalars the strategy froze.
+    frozen: i64,
+    /// Width of the pooled features the heads read.
+    hidden: usize,
+    prepared: Prepared,
+}
+
+/// A text run: a BERT encoder (the base model's weights, or random ones of its shape)
+/// with new heads, frozen as the strategy says, and both splits tokenized.
+fn set_up_text(
+    vs: &nn::VarStore,
+    base_model_dir: &Path,
+    job: &JobRef,
+    init: EncoderInit,
+) -> Result<Setup, TrainError> {
+    let JobRef {
+        objective,
+        train,
+        validation,
+        config,
+        ..
+    } = *job;
+    let per_task = objective.task_type == TaskType::MultiTask;
+    let bert_config = BertConfig::from_file(&base_model_dir.join(CONFIG_FILE))?;
+    if config.max_seq_len > bert_config.max_position_embeddings {
+        return Err(TrainError::InvalidInput(format!(
+            "max_seq_len {} exceeds the base model's max_position_embeddings {}",
+            config.max_seq_len, bert_config.max_position_embeddings
+        )));
+    }
+    let layers = bert_config.num_hidden_layers;
+    if let Strategy::Partial { frozen_layers } = config.strategy {
+        if frozen_layers > layers {
+            return Err(TrainError::InvalidInput(format!(
+                "frozen_layers {frozen_layers} exceeds the base model's {layers} layers"
+            )));
+        }
+    }
+    let tokenizer = TextTokenizer::from_dir(base_model_dir, config.max_seq_len)?;
+    check_vocab(&tokenizer, &bert_config, base_model_dir)?;
+    let model = SequenceClassifier::with_heads(
+        &vs.root(),
+        &bert_config,
+        &objective.sizes(),
+        per_task,
+        config.head,
+        config.pooling,
+        WeightInit::random(&bert_config),
+    )?;
+    if init == EncoderInit::Pretrained {
+        load_safetensors(vs, &base_model_dir.join(WEIGHTS_FILE), &is_head_variable)?;
+    }
+    let frozen = freeze(vs, config.strategy, layers)?;
+    let pad_id = tokenizer.pad_id();
+    let train_encoded = tokenizer.encode_maybe_pairs(&train.texts, train.text_pairs.as_deref())?;
+    let validation_encoded = match validation {
+        Some(v) => Some(tokenizer.encode_maybe_pairs(&v.texts, v.text_pairs.as_deref())?),
+        None => None,
     };
-    let mut epochs = first_epoch..=config.epochs;
-    if first_epoch > 1 && stop_after(first_epoch - 1, &best) {
-        stopped_early = true;
-        epochs = first_epoch..=first_epoch - 1;
+    Ok(Setup {
+        network: Network::Text { model, tokenizer },
+        frozen,
+        hidden: bert_config.hidden_size,
+        prepared: Prepared::Tokens {
+            train: train_encoded,
+            validation: validation_encoded,
+            pad_id,
+        },
+    })
+}
+
+/// An image run: an EfficientNet backbone (the base model's weights, or the
+/// from-scratch baseline) with new heads, frozen as the strategy says, and a loader
+/// for each split.
+fn set_up_image(
+    vs: &nn::VarStore,
+    base_model_dir: &Path,
+    job: &JobRef,
+    init: EncoderInit,
+) -> Result<Setup, TrainError> {
+    let JobRef {
+        objective,
+        train,
+        validation,
+        config,
+        ..
+    } = *job;
+    let per_task = objective.task_type == TaskType::MultiTask;
+    let image_config = EfficientNetConfig::from_file(&base_model_dir.join(CONFIG_FILE))?;
+    let sizes = objective.sizes();
+    let mut model = match init {
+        EncoderInit::Pretrained => {
+            ImageClassifier::from_base_model(vs, base_model_dir, &sizes, per_task)?
+        }
+        EncoderInit::Random => ImageClassifier::from_scratch(vs, &image_config, &sizes, per_task)?,
+    };
+    let frozen = model.freeze(vs, config.strategy)?;
+    let preprocess = Preprocess::from_config(&image_config);
+    let set = |images: &[Vec<u8>]| {
+        ImageSet::new(
+            images.to_vec(),
+            preprocess.clone(),
+            LoaderOptions::default(),
+        )
+    };
+    let validation_set = match validation {
+        Some(v) => Some(set(&v.images)?),
+        None => None,
+    };
+    let train_set = set(&train.images)?;
+    Ok(Setup {
+        network: Network::Image { model, preprocess },
+        frozen,
+        hidden: image_config.head_channels(),
+        prepared: Prepared::Images {
+            train: train_set,
+            validation: validation_set,
+        },
+    })
+}
+
+/// Features handed in with the job, checked against the data and the backbone's width
+/// and moved to the run's device.
+fn checked_features(f: Features, hidden: usize, job: &JobRef) -> Result<Features, TrainError> {
+    let hidden = hidden as i64;
+    let check = |t: Tensor, n: usize, name: &str| -> Result<Tensor, TrainError> {
+        if t.size() != [n as i64, hidden] {
+            return Err(TrainError::InvalidInput(format!(
+                "{name} features have shape {:?}, expected [{n}, {hidden}]",
+                t.size()
+            )));
+        }
+        Ok(t.f_to_kind(Kind::Float)?.f_to_device(job.device)?)
+    };
+    let validation = match (f.validation, job.validation) {
+        (Some(t), Some(v)) => Some(check(t, v.len(), "validation")?),
+        (None, None) => None,
+        _ => {
+            return Err(TrainError::InvalidInput(
+                "validation features and validation data must come together".into(),
+            ))
+        }
+    };
+    Ok(Features {
+        train: check(f.train, job.train.len(), "training")?,
+        validation,
+    })
+}
+
+/// The frozen backbone's features of both splits, computed once on the run's device.
+fn computed_features(
+    network: &Network,
+    prepared: &Prepared,
+    job: &JobRef,
+    cancelled: &dyn Fn() -> bool,
+) -> Result<Option<Features>, TrainError> {
+    let batch_size = job.config.batch_size.max(32);
+    let device = job.device;
+    let on_device = |t: Tensor| -> Result<Tensor, TrainError> { Ok(t.f_to_device(device)?) };
+    Ok(match (network, prepared) {
+        (
+            Network::Text { model, .. },
+            Prepared::Tokens {
+                train,
+                validation,
+                pad_id,
+            },
+        ) => {
+            let pooled = |encoded: &[Encoded]| {
+                pooled_features(
+                    model.encoder(),
+                    job.config.pooling,
+                    encoded,
+                    *pad_id,
+                    batch_size,
+                    device,
+                    cancelled,
+                )
+                .and_then(on_device)
+            };
+            let train = pooled(train)?;
+            let validation = validation.as_deref().map(pooled).transpose()?;
+            Some(Features { train, validation })
+        }
+        (Network::Image { model, .. }, Prepared::Images { train, validation }) => {
+            let pooled = |set: &Arc<ImageSet>| {
+                image_features(model, set, batch_size, device, cancelled).and_then(on_device)
+            };
+            let train = pooled(train)?;
+            let validation = validation.as_ref().map(pooled).transpose()?;
+            Some(Features { train, validation })
+        }
+        _ => None,
+    })
+}
+
+/// The epochs of a run: what each reads, and what it carries on to the next (the
+/// optimizer, the best epoch so far, steps and history), which is also what a
+/// checkpoint saves.
+struct EpochLoop<'a> {
+    job: JobRef<'a>,
+    network: &'a Network,
+    vs: &'a nn::VarStore,
+    train_inputs: &'a Inputs<'a>,
+    validation_inputs: Option<&'a Inputs<'a>>,
+    schedule: LinearSchedule,
+    total_steps: u64,
+    optimizer: Optimizer,
+    loss_weights: Vec<Option<Tensor>>,
+    best: BestEpoch,
+    /// Optimizer steps taken.
+    step: u64,
+    history: Vec<EpochMetrics>,
+    /// Validation probabilities of the best epoch, for the final report.
+    best_probs: Option<Vec<Vec<f32>>>,
+    stopped_early: bool,
+    started: Instant,
+}
+
+/// How the epochs ended.
+struct Outcome {
+    history: Vec<EpochMetrics>,
+    /// The epoch whose weights the model holds.
+    best_epoch: u32,
+    stopped_early: bool,
+    best_probs: Option<Vec<Vec<f32>>>,
+}
+
+impl<'a> EpochLoop<'a> {
+    fn new(
+        job: JobRef<'a>,
+        network: &'a Network,
+        vs: &'a nn::VarStore,
+        train_inputs: &'a Inputs<'a>,
+        validation_inputs: Option<&'a Inputs<'a>>,
+        started: Instant,
+    ) -> Result<Self, TrainError> {
+        let config = job.config;
+        let steps_per_epoch = job.train.len().div_ceil(config.batch_size) as u64;
+        let total_steps = steps_per_epoch * u64::from(config.epochs);
+        let schedule = LinearSchedule::new(config, total_steps);
+        let optimizer = Optimizer::new(vs, config)?;
+        let loss_weights =
+            job.objective
+                .loss_weights(config.class_weights, &job.train.labels, job.device)?;
+        Ok(Self {
+            job,
+            network,
+            vs,
+            train_inputs,
+            validation_inputs,
+            schedule,
+            total_steps,
+            optimizer,
+            loss_weights,
+            best: BestEpoch::new(vs, config.monitor)?,
+            step: 0,
+            history: Vec::with_capacity(config.epochs as usize),
+            best_probs: None,
+            stopped_early: false,
+            started,
+        })
     }
-    for epoch in epochs {
+
+    /// Takes up where the checkpoint in `dir` (see [`crate::resume`]) left off: its
+    /// weights, the optimizer's state, the best epoch so far, steps and history.
+    /// Returns the checkpoint's epoch.
+    fn resume(&mut self, dir: &Path) -> Result<u32, TrainError> {
+        let loaded = resume::load(dir)?;
+        let state = loaded.state;
+        if state.config != *self.job.config || state.train_examples != self.job.train.len() {
+            return Err(TrainError::config(
+                dir.join(resume::STATE_FILE),
+                "the checkpoint was taken by a run with other settings or data",
+            ));
+        }
+        load_trainable(self.vs, &loaded.weights, dir)?;
+        self.optimizer.load_state(
+            &prefixed(&loaded.tensors, "optimizer."),
+            &state.optimizer_steps,
+        )?;
+        self.best
+            .load(state.best, &prefixed(&loaded.tensors, "best."))?;
+        self.step = state.step;
+        self.history = state.history;
+        self.best_probs = state.best_probs;
+        tracing::info!(
+            epoch = state.epoch,
+            step = self.step,
+            "resuming from a checkpoint"
+        );
+        Ok(state.epoch)
+    }
+
+    /// Epochs `first_epoch` to the last, each trained, scored and checkpointed, unless
+    /// early stopping ends training first.
+    fn run(
+        &mut self,
+        first_epoch: u32,
+        checkpoint_dir: Option<&Path>,
+        observer: &mut dyn TrainObserver,
+    ) -> Result<(), TrainError> {
+        let config = self.job.config;
+        // A run resumed after the epoch that stopped it early has nothing left to do.
+        if first_epoch > 1 && self.best.stops_after(first_epoch - 1, config) {
+            self.stopped_early = true;
+            return Ok(());
+        }
+        for epoch in first_epoch..=config.epochs {
+            let loss_sum = self.train_epoch(epoch, observer)?;
+            let metrics = self.end_epoch(epoch, loss_sum, observer)?;
+            if let Some(dir) = checkpoint_dir {
+                self.save_checkpoint(dir, metrics, observer)?;
+            }
+            if self.best.stops_after(epoch, config) {
+                self.stopped_early = true;
+                observer.on_notice(&format!(
+                    "early stopping after epoch {epoch}: validation {} has not improved for {} epochs",
+                    monitor_name(config.monitor),
+                    config.early_stopping_patience
+                ));
+                break;
+            }
+        }
+        Ok(())
+    }
+
+    /// One pass over the training data in the epoch's order, an optimizer step per
+    /// batch; the sum of the batches' losses weighted by their sizes.
+    fn train_epoch(
+        &mut self,
+        epoch: u32,
+        observer: &mut dyn TrainObserver,
+    ) -> Result<f64, TrainError> {
+        let JobRef {
+            objective,
+            train,
+            config,
+            device,
+            ..
+        } = self.job;
         // Shuffle and dropout of an epoch depend on (seed, epoch) only, so a run
         // resumed at an epoch boundary draws what the uninterrupted one drew.
         let epoch_seed = resume::epoch_seed(config.seed, epoch);
@@ -422,45 +602,68 @@ pub fn fine_tune_with(
         let mut order: Vec<usize> = (0..train.len()).collect();
         order.shuffle(&mut StdRng::seed_from_u64(epoch_seed));
         let mut loss_sum = 0.0;
-        for batch in train_inputs.batches(order, config.batch_size, Some(epoch))? {
+        for batch in self
+            .train_inputs
+            .batches(order, config.batch_size, Some(epoch))?
+        {
             if observer.cancelled() {
                 return Err(TrainError::Cancelled);
             }
             let batch = batch?;
             let indices = batch.indices.as_slice();
-            let learning_rate = schedule.at(step);
-            let logits = train_inputs.logits(&network, &batch, true, device)?;
+            let learning_rate = self.schedule.at(self.step);
+            let logits = self
+                .train_inputs
+                .logits(self.network, &batch, true, device)?;
             let loss = objective.loss(
                 &logits,
                 &train.labels,
                 indices,
-                &loss_weights,
+                &self.loss_weights,
                 config.label_smoothing,
             )?;
-            optimizer.step(&loss, learning_rate)?;
+            self.optimizer.step(&loss, learning_rate)?;
 
             let loss = loss.f_double_value(&[])?;
             if !loss.is_finite() {
                 return Err(TrainError::InvalidInput(format!(
                     "training diverged: the loss is {loss} at step {}; try a lower learning rate",
-                    step + 1
+                    self.step + 1
                 )));
             }
-            step += 1;
+            self.step += 1;
             loss_sum += loss * indices.len() as f64;
             observer.on_step(&StepProgress {
                 epoch,
-                step,
-                total_steps,
+                step: self.step,
+                total_steps: self.total_steps,
                 loss,
                 learning_rate,
-                elapsed: started.elapsed(),
+                elapsed: self.started.elapsed(),
             });
         }
-        let scored = match (&validation, &validation_inputs) {
+        Ok(loss_sum)
+    }
+
+    /// Scores the epoch's weights on the validation data, keeps them aside when they
+    /// are the best so far, and reports the epoch.
+    fn end_epoch(
+        &mut self,
+        epoch: u32,
+        loss_sum: f64,
+        observer: &mut dyn TrainObserver,
+    ) -> Result<EpochMetrics, TrainError> {
+        let JobRef {
+            objective,
+            train,
+            validation,
+            config,
+            device,
+        } = self.job;
+        let scored = match (validation, self.validation_inputs) {
             (Some(data), Some(inputs)) => Some(score(
-                &network,
-                &objective,
+                self.network,
+                objective,
                 inputs,
                 &data.labels,
                 config.batch_size,
@@ -469,8 +672,8 @@ pub fn fine_tune_with(
             )?),
             _ => None,
         };
-        let validation_metrics = match (&validation, &scored) {
-            (Some(data), Some(scored)) => Some(scored.metrics(&objective, &data.labels)),
+        let validation_metrics = match (validation, &scored) {
+            (Some(data), Some(scored)) => Some(scored.metrics(objective, &data.labels)),
             _ => None,
         };
         let metrics = EpochMetrics {
@@ -485,88 +688,130 @@ pub fn fine_tune_with(
             "epoch done"
         );
         if let Some(v) = &metrics.validation {
-            if best.offer(epoch, v)? {
+            if self.best.offer(epoch, v)? {
                 // The final report describes these weights: keep their scores rather
                 // than score the validation data again once they are restored.
-                best_probs = scored.map(|s| s.probs);
+                self.best_probs = scored.map(|s| s.probs);
             }
         }
         observer.on_epoch(&metrics);
-        history.push(metrics.clone());
-        if let Some(dir) = checkpoint_dir {
-            let dir = dir.join(format!("epoch-{epoch}"));
-            let mut state = TrainState::new(epoch, step, &config, train.len());
-            state.history = history.clone();
-            state.best = best.best;
-            state.best_probs = best_probs.clone();
-            state.optimizer_steps = optimizer.steps();
-            let mut tensors = with_prefix(optimizer.state_tensors()?, "optimizer.");
-            tensors.extend(with_prefix(best.saved_named(), "best."));
-            resume::save(&dir, &trainable(&vs), &tensors, &state)?;
-            observer.on_checkpoint(&Checkpoint {
-                epoch,
-                step,
-                path: dir.join(resume::WEIGHTS_FILE),
-                dir,
-                metrics,
-            });
-        }
-        if stop_after(epoch, &best) {
-            stopped_early = true;
-            observer.on_notice(&format!(
-                "early stopping after epoch {epoch}: validation {} has not improved for {} epochs",
-                monitor_name(config.monitor),
-                config.early_stopping_patience
-            ));
-            break;
-        }
-    }
-    let epochs_run = history.len() as u32;
-    let best_epoch = best.restore()?.unwrap_or(epochs_run);
-    if best_epoch != epochs_run {
-        observer.on_notice(&format!(
-            "keeping the weights of epoch {best_epoch}, the best by validation {}",
-            monitor_name(config.monitor)
-        ));
+        self.history.push(metrics.clone());
+        Ok(metrics)
     }
 
-    let evaluation = match (&validation, &best_probs) {
-        (Some(data), Some(probs)) => {
-            // A multi-label model's threshold is tuned here, on the validation data.
-            let report = objective.report(&data.labels, probs, None);
-            let sample: Vec<usize> = (0..train.len()).take(TRAIN_EVAL_EXAMPLES).collect();
-            let train_probs = score_subset(
-                &network,
-                &objective,
-                &train_inputs,
-                &sample,
-                config.batch_size,
-                device,
-            )?;
-            let train_report = objective.report(
-                &train.labels.select(&sample),
-                &train_probs,
-                report.threshold(),
-            );
-            Some(Evaluation {
-                best_epoch,
-                epochs_run,
-                stopped_early,
-                generalization: GeneralizationGap::new(train_report.accuracy(), report.accuracy()),
-                train_accuracy: train_report.accuracy(),
-                validation: report,
-            })
+    /// Writes the checkpoint of the epoch just ended under `dir` (see
+    /// [`crate::resume`]) and reports it.
+    fn save_checkpoint(
+        &self,
+        dir: &Path,
+        metrics: EpochMetrics,
+        observer: &mut dyn TrainObserver,
+    ) -> Result<(), TrainError> {
+        let epoch = metrics.epoch;
+        let dir = dir.join(format!("epoch-{epoch}"));
+        let mut state = TrainState::new(epoch, self.step, self.job.config, self.job.train.len());
+        state.history = self.history.clone();
+        state.best = self.best.best;
+        state.best_probs = self.best_probs.clone();
+        state.optimizer_steps = self.optimizer.steps();
+        let mut tensors = with_prefix(self.optimizer.state_tensors()?, "optimizer.");
+        tensors.extend(with_prefix(self.best.saved_named(), "best."));
+        resume::save(&dir, &trainable(self.vs), &tensors, &state)?;
+        observer.on_checkpoint(&Checkpoint {
+            epoch,
+            step: self.step,
+            path: dir.join(resume::WEIGHTS_FILE),
+            dir,
+            metrics,
+        });
+        Ok(())
+    }
+
+    /// Puts the best epoch's weights back, and says so when they are not the last's.
+    fn finish(self, observer: &mut dyn TrainObserver) -> Result<Outcome, TrainError> {
+        let epochs_run = self.history.len() as u32;
+        let best_epoch = self.best.restore()?.unwrap_or(epochs_run);
+        if best_epoch != epochs_run {
+            observer.on_notice(&format!(
+                "keeping the weights of epoch {best_epoch}, the best by validation {}",
+                monitor_name(self.job.config.monitor)
+            ));
         }
-        _ => None,
+        Ok(Outcome {
+            history: self.history,
+            best_epoch,
+            stopped_early: self.stopped_early,
+            best_probs: self.best_probs,
+        })
+    }
+}
+
+/// How the weights kept do, when there was validation data: on it (as scored when
+/// they were the best epoch's) and on a sample of the training data, for the gap
+/// between the two.
+fn final_evaluation(
+    job: &JobRef,
+    network: &Network,
+    train_inputs: &Inputs,
+    outcome: &Outcome,
+) -> Result<Option<Evaluation>, TrainError> {
+    let JobRef {
+        objective,
+        train,
+        validation,
+        config,
+        device,
+    } = *job;
+    let (Some(data), Some(probs)) = (validation, &outcome.best_probs) else {
+        return Ok(None);
     };
+    // A multi-label model's threshold is tuned here, on the validation data.
+    let report = objective.report(&data.labels, probs, None);
+    let sample: Vec<usize> = (0..train.len()).take(TRAIN_EVAL_EXAMPLES).collect();
+    let train_probs = score_subset(
+        network,
+        objective,
+        train_inputs,
+        &sample,
+        config.batch_size,
+        device,
+    )?;
+    let train_report = objective.report(
+        &train.labels.select(&sample),
+        &train_probs,
+        report.threshold(),
+    );
+    Ok(Some(Evaluation {
+        best_epoch: outcome.best_epoch,
+        epochs_run: outcome.history.len() as u32,
+        stopped_early: outcome.stopped_early,
+        generalization: GeneralizationGap::new(train_report.accuracy(), report.accuracy()),
+        train_accuracy: train_report.accuracy(),
+        validation: report,
+    }))
+}
+
+/// What `hone_model.json` says of the trained model: how to read its inputs, what its
+/// heads predict, and a multi-label model's threshold (tuned on the validation data,
+/// else the untuned one).
+fn model_meta(
+    job: &JobRef,
+    architecture: String,
+    modality: Modality,
+    evaluation: Option<&Evaluation>,
+) -> ModelMeta {
+    let JobRef {
+        objective,
+        train,
+        config,
+        ..
+    } = *job;
     let threshold = (objective.task_type == TaskType::MultiLabel).then(|| {
         evaluation
-            .as_ref()
             .and_then(|e| e.validation.threshold())
             .unwrap_or(UNTUNED_THRESHOLD)
     });
-
-    let meta = ModelMeta {
+    ModelMeta {
         format_version: MODEL_META_VERSION,
         modality,
         architecture,
@@ -584,12 +829,5 @@ pub fn fine_tune_with(
             Modality::Text => config.max_seq_len,
             Modality::Image => 0,
         },
-    };
-    Ok(TrainedModel {
-        classifier: Classifier::from_parts(vs, network, meta, device),
-        base_model_dir: base_model_dir.to_owned(),
-        history,
-        best_epoch,
-        evaluation,
-    })
+    }
 }
