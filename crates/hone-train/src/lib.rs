@@ -37,6 +37,7 @@ pub mod optim;
 pub mod predict;
 pub mod resume;
 mod schedule;
+mod setup;
 pub mod test_images;
 pub mod threads;
 pub mod tokenize;

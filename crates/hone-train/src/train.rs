@@ -16,34 +16,31 @@
 //!
 //! [`fine_tune`] blocks; the worker runs it on a dedicated OS thread and hears about
 //! progress through a [`TrainObserver`], which is also how it asks training to stop.
+//!
+//! [`SequenceClassifier`]: crate::classifier::SequenceClassifier
+//! [`ImageClassifier`]: crate::vision::ImageClassifier
 
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
 use std::time::Instant;
 
 use rand::rngs::StdRng;
 use rand::seq::SliceRandom;
 use rand::SeedableRng;
-use tch::{nn, Device, Kind, Tensor};
+use tch::{nn, Tensor};
 
 use hone_domain::dataset::TaskType;
 use hone_domain::metrics::GeneralizationGap;
 
 use crate::base_model::{architecture_of, Modality};
-use crate::bert::BertConfig;
-use crate::checks::{check_job, check_vocab};
-use crate::classifier::SequenceClassifier;
+use crate::checks::check_job;
 pub use crate::config::{EncoderInit, Strategy, TrainConfig};
 pub use crate::data::{Features, TrainData};
 use crate::early_stopping::{monitor_name, BestEpoch};
-use crate::efficientnet::EfficientNetConfig;
 pub use crate::error::TrainError;
 use crate::evaluate::{score, score_subset};
 pub use crate::features::{extract_features, extract_image_features, FeatureRun};
-use crate::features::{image_features, pooled_features};
-use crate::inputs::{Inputs, Prepared, Split};
+use crate::inputs::{Inputs, Split};
 pub use crate::job::TrainJob;
-use crate::layers::{is_head_variable, WeightInit};
 pub use crate::metrics::{
     EpochMetrics, EvalMetrics, Evaluation, StepProgress, TRAIN_EVAL_EXAMPLES,
 };
@@ -57,12 +54,9 @@ pub use crate::optim::Optimizer;
 use crate::predict::Classifier;
 use crate::resume::{self, TrainState};
 use crate::schedule::LinearSchedule;
-use crate::tokenize::{Encoded, TextTokenizer};
+use crate::setup::{checked_features, computed_features, set_up_image, set_up_text, JobRef, Setup};
 pub use crate::trainable::apply_checkpoint;
-use crate::trainable::{freeze, load_trainable, prefixed, trainable, with_prefix};
-use crate::vision::ImageClassifier;
-use crate::vision_data::{ImageSet, LoaderOptions, Preprocess};
-use crate::weights::load_safetensors;
+use crate::trainable::{load_trainable, prefixed, trainable, with_prefix};
 
 /// The result of [`fine_tune`]: the weights of the last epoch, ready to [`save`] — or
 /// to predict with at once, through the same code a loaded model uses.
@@ -238,215 +232,6 @@ pub fn fine_tune_with(
         history: outcome.history,
         best_epoch: outcome.best_epoch,
         evaluation,
-    })
-}
-
-/// The parts of a [`TrainJob`] every step of a run reads.
-#[derive(Clone, Copy)]
-struct JobRef<'a> {
-    objective: &'a Objective,
-    train: &'a TrainData,
-    validation: Option<&'a TrainData>,
-    config: &'a TrainConfig,
-    device: Device,
-}
-
-/// The network a run trains, and the inputs of each split prepared for it.
-struct Setup {
-    network: Network,
-    /// Scalars the strategy froze.
-    frozen: i64,
-    /// Width of the pooled features the heads read.
-    hidden: usize,
-    prepared: Prepared,
-}
-
-/// A text run: a BERT encoder (the base model's weights, or random ones of its shape)
-/// with new heads, frozen as the strategy says, and both splits tokenized.
-fn set_up_text(
-    vs: &nn::VarStore,
-    base_model_dir: &Path,
-    job: &JobRef,
-    init: EncoderInit,
-) -> Result<Setup, TrainError> {
-    let JobRef {
-        objective,
-        train,
-        validation,
-        config,
-        ..
-    } = *job;
-    let per_task = objective.task_type == TaskType::MultiTask;
-    let bert_config = BertConfig::from_file(&base_model_dir.join(CONFIG_FILE))?;
-    if config.max_seq_len > bert_config.max_position_embeddings {
-        return Err(TrainError::InvalidInput(format!(
-            "max_seq_len {} exceeds the base model's max_position_embeddings {}",
-            config.max_seq_len, bert_config.max_position_embeddings
-        )));
-    }
-    let layers = bert_config.num_hidden_layers;
-    if let Strategy::Partial { frozen_layers } = config.strategy {
-        if frozen_layers > layers {
-            return Err(TrainError::InvalidInput(format!(
-                "frozen_layers {frozen_layers} exceeds the base model's {layers} layers"
-            )));
-        }
-    }
-    let tokenizer = TextTokenizer::from_dir(base_model_dir, config.max_seq_len)?;
-    check_vocab(&tokenizer, &bert_config, base_model_dir)?;
-    let model = SequenceClassifier::with_heads(
-        &vs.root(),
-        &bert_config,
-        &objective.sizes(),
-        per_task,
-        config.head,
-        config.pooling,
-        WeightInit::random(&bert_config),
-    )?;
-    if init == EncoderInit::Pretrained {
-        load_safetensors(vs, &base_model_dir.join(WEIGHTS_FILE), &is_head_variable)?;
-    }
-    let frozen = freeze(vs, config.strategy, layers)?;
-    let pad_id = tokenizer.pad_id();
-    let train_encoded = tokenizer.encode_maybe_pairs(&train.texts, train.text_pairs.as_deref())?;
-    let validation_encoded = match validation {
-        Some(v) => Some(tokenizer.encode_maybe_pairs(&v.texts, v.text_pairs.as_deref())?),
-        None => None,
-    };
-    Ok(Setup {
-        network: Network::Text { model, tokenizer },
-        frozen,
-        hidden: bert_config.hidden_size,
-        prepared: Prepared::Tokens {
-            train: train_encoded,
-            validation: validation_encoded,
-            pad_id,
-        },
-    })
-}
-
-/// An image run: an EfficientNet backbone (the base model's weights, or the
-/// from-scratch baseline) with new heads, frozen as the strategy says, and a loader
-/// for each split.
-fn set_up_image(
-    vs: &nn::VarStore,
-    base_model_dir: &Path,
-    job: &JobRef,
-    init: EncoderInit,
-) -> Result<Setup, TrainError> {
-    let JobRef {
-        objective,
-        train,
-        validation,
-        config,
-        ..
-    } = *job;
-    let per_task = objective.task_type == TaskType::MultiTask;
-    let image_config = EfficientNetConfig::from_file(&base_model_dir.join(CONFIG_FILE))?;
-    let sizes = objective.sizes();
-    let mut model = match init {
-        EncoderInit::Pretrained => {
-            ImageClassifier::from_base_model(vs, base_model_dir, &sizes, per_task)?
-        }
-        EncoderInit::Random => ImageClassifier::from_scratch(vs, &image_config, &sizes, per_task)?,
-    };
-    let frozen = model.freeze(vs, config.strategy)?;
-    let preprocess = Preprocess::from_config(&image_config);
-    let set = |images: &[Vec<u8>]| {
-        ImageSet::new(
-            images.to_vec(),
-            preprocess.clone(),
-            LoaderOptions::default(),
-        )
-    };
-    let validation_set = match validation {
-        Some(v) => Some(set(&v.images)?),
-        None => None,
-    };
-    let train_set = set(&train.images)?;
-    Ok(Setup {
-        network: Network::Image { model, preprocess },
-        frozen,
-        hidden: image_config.head_channels(),
-        prepared: Prepared::Images {
-            train: train_set,
-            validation: validation_set,
-        },
-    })
-}
-
-/// Features handed in with the job, checked against the data and the backbone's width
-/// and moved to the run's device.
-fn checked_features(f: Features, hidden: usize, job: &JobRef) -> Result<Features, TrainError> {
-    let hidden = hidden as i64;
-    let check = |t: Tensor, n: usize, name: &str| -> Result<Tensor, TrainError> {
-        if t.size() != [n as i64, hidden] {
-            return Err(TrainError::InvalidInput(format!(
-                "{name} features have shape {:?}, expected [{n}, {hidden}]",
-                t.size()
-            )));
-        }
-        Ok(t.f_to_kind(Kind::Float)?.f_to_device(job.device)?)
-    };
-    let validation = match (f.validation, job.validation) {
-        (Some(t), Some(v)) => Some(check(t, v.len(), "validation")?),
-        (None, None) => None,
-        _ => {
-            return Err(TrainError::InvalidInput(
-                "validation features and validation data must come together".into(),
-            ))
-        }
-    };
-    Ok(Features {
-        train: check(f.train, job.train.len(), "training")?,
-        validation,
-    })
-}
-
-/// The frozen backbone's features of both splits, computed once on the run's device.
-fn computed_features(
-    network: &Network,
-    prepared: &Prepared,
-    job: &JobRef,
-    cancelled: &dyn Fn() -> bool,
-) -> Result<Option<Features>, TrainError> {
-    let batch_size = job.config.batch_size.max(32);
-    let device = job.device;
-    let on_device = |t: Tensor| -> Result<Tensor, TrainError> { Ok(t.f_to_device(device)?) };
-    Ok(match (network, prepared) {
-        (
-            Network::Text { model, .. },
-            Prepared::Tokens {
-                train,
-                validation,
-                pad_id,
-            },
-        ) => {
-            let pooled = |encoded: &[Encoded]| {
-                pooled_features(
-                    model.encoder(),
-                    job.config.pooling,
-                    encoded,
-                    *pad_id,
-                    batch_size,
-                    device,
-                    cancelled,
-                )
-                .and_then(on_device)
-            };
-            let train = pooled(train)?;
-            let validation = validation.as_deref().map(pooled).transpose()?;
-            Some(Features { train, validation })
-        }
-        (Network::Image { model, .. }, Prepared::Images { train, validation }) => {
-            let pooled = |set: &Arc<ImageSet>| {
-                image_features(model, set, batch_size, device, cancelled).and_then(on_device)
-            };
-            let train = pooled(train)?;
-            let validation = validation.as_ref().map(pooled).transpose()?;
-            Some(Features { train, validation })
-        }
-        _ => None,
     })
 }
 
