@@ -61,7 +61,7 @@ pub use job::TrainJob;
 pub use layers::WeightInit;
 pub use logme::{logme_classification, logme_multilabel, logme_targets};
 pub use metrics::{EpochMetrics, EvalMetrics, Evaluation, StepProgress};
-pub use model_dir::ModelMeta;
+pub use model_dir::{Manifest, ModelMeta};
 pub use objective::{Objective, Report, Targets, TaskSpec};
 pub use observer::{Checkpoint, TrainObserver};
 pub use predict::{ClassPrediction, Classifier, Prediction};
