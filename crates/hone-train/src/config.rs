@@ -5,7 +5,9 @@
 
 use serde::{Deserialize, Serialize};
 
-use hone_domain::job::{ClassWeights, HeadType, MonitorMetric, PoolingType as Pooling};
+use hone_domain::job::{
+    ClassWeights, HeadType, Hyperparameters, MonitorMetric, PoolingType as Pooling,
+};
 
 /// Hyperparameters of one fine-tuning run.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -64,6 +66,34 @@ pub enum Strategy {
     FeatureExtraction,
 }
 
+impl TrainConfig {
+    /// The settings of a job's run: its hyperparameters (already checked by the
+    /// domain when the job was created), the strategy its method resolved to, and its
+    /// seed. Gradients are clipped at norm 1, transformers' default, which the API
+    /// does not expose.
+    pub fn from_hyperparameters(hp: &Hyperparameters, strategy: Strategy, seed: u64) -> Self {
+        Self {
+            epochs: hp.epochs,
+            batch_size: hp.batch_size as usize,
+            learning_rate: hp.learning_rate,
+            warmup_ratio: hp.warmup_ratio,
+            weight_decay: hp.weight_decay,
+            max_seq_len: hp.max_seq_len as usize,
+            seed,
+            grad_clip: 1.0,
+            strategy,
+            head: hp.head,
+            pooling: hp.pooling,
+            layer_lr_decay: hp.layer_lr_decay,
+            label_smoothing: hp.label_smoothing,
+            class_weights: hp.class_weights,
+            early_stopping_patience: hp.early_stopping_patience,
+            monitor: hp.early_stopping_metric,
+            augment: hp.augment,
+        }
+    }
+}
+
 impl Default for TrainConfig {
     /// transformers' `TrainingArguments` defaults, with the weight decay and sequence
     /// length usual for sentence classification.
@@ -99,4 +129,52 @@ pub enum EncoderInit {
     /// Random weights of the same architecture: the from-scratch baseline that tells
     /// how much the pretrained weights are worth on the user's data.
     Random,
+}
+
+#[cfg(test)]
+mod tests {
+    use hone_domain::job::MethodType;
+
+    use super::*;
+
+    #[test]
+    fn from_hyperparameters_takes_every_setting_of_the_job() {
+        let hp = Hyperparameters {
+            epochs: 4,
+            batch_size: 8,
+            max_seq_len: 64,
+            layer_lr_decay: 0.9,
+            head: HeadType::Mlp,
+            pooling: Pooling::Cls,
+            label_smoothing: 0.1,
+            class_weights: ClassWeights::Balanced,
+            early_stopping_patience: 2,
+            early_stopping_metric: MonitorMetric::MacroF1,
+            augment: true,
+            ..Hyperparameters::defaults_for(MethodType::FeatureExtraction)
+        };
+        let strategy = Strategy::Partial { frozen_layers: 2 };
+        assert_eq!(
+            TrainConfig::from_hyperparameters(&hp, strategy, 11),
+            TrainConfig {
+                epochs: 4,
+                batch_size: 8,
+                learning_rate: 1e-3,
+                warmup_ratio: 0.1,
+                weight_decay: 0.01,
+                max_seq_len: 64,
+                seed: 11,
+                grad_clip: 1.0,
+                strategy,
+                head: HeadType::Mlp,
+                pooling: Pooling::Cls,
+                layer_lr_decay: 0.9,
+                label_smoothing: 0.1,
+                class_weights: ClassWeights::Balanced,
+                early_stopping_patience: 2,
+                monitor: MonitorMetric::MacroF1,
+                augment: true,
+            }
+        );
+    }
 }
