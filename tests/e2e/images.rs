@@ -6,7 +6,6 @@ use std::io::{Cursor, Write};
 use std::time::{Duration, Instant};
 
 use base64::Engine;
-use hone_train::test_images::{read_fashion_mnist_test, LabelledImage};
 use rand::rngs::StdRng;
 use rand::seq::SliceRandom;
 use rand::SeedableRng;
@@ -15,6 +14,7 @@ use zip::write::SimpleFileOptions;
 use zip::ZipWriter;
 
 use crate::support::{messages, TestServer};
+use crate::test_images::{read_fashion_mnist_test, LabelledImage};
 
 const CLASSES: [&str; 10] = [
     "tshirt", "trouser", "pullover", "dress", "coat", "sandal", "shirt", "sneaker", "bag", "boot",

@@ -18,5 +18,9 @@ mod shutdown;
 mod strategies;
 mod support;
 mod tasks;
+// hone-train's test images (Fashion-MNIST as PNGs); this binary reads no digits.
+#[path = "../../crates/hone-train/tests/it/test_images.rs"]
+#[allow(dead_code)]
+mod test_images;
 mod transferability;
 mod uploads;

@@ -38,7 +38,6 @@ pub mod predict;
 pub mod resume;
 mod schedule;
 mod setup;
-pub mod test_images;
 pub mod threads;
 pub mod tokenize;
 pub mod train;

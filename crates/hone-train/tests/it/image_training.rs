@@ -7,7 +7,6 @@ use std::path::{Path, PathBuf};
 
 use hone_domain::job::MonitorMetric;
 use hone_train::base_model::Modality;
-use hone_train::test_images::{read_digits, LabelledImage};
 use hone_train::train::{fine_tune, fine_tune_with, EncoderInit, Strategy, TrainConfig, TrainData};
 use hone_train::{Classifier, Objective, Prediction, Targets, TaskSpec, TrainError};
 use tch::Device;
@@ -15,6 +14,7 @@ use tch::Device;
 use crate::common::{cpu_job, torch_lock, weights};
 use crate::efficientnet::{lite0_dir, tiny_image_base};
 use crate::resume::Run;
+use crate::test_images::{read_digits, LabelledImage};
 
 fn digits() -> Vec<LabelledImage> {
     let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../.deps/data/digits.csv.gz");

@@ -16,6 +16,7 @@ mod parity;
 mod resume;
 mod strategies;
 mod tasks;
+mod test_images;
 mod training;
 mod vision;
 mod vision_parity;

@@ -6,7 +6,6 @@ use std::path::Path;
 use std::time::Instant;
 
 use hone_train::efficientnet::EfficientNet;
-use hone_train::test_images::{read_digits, read_fashion_mnist_test};
 use hone_train::train::Strategy;
 use hone_train::vision::{ImageClassifier, SCRATCH_BN_MOMENTUM};
 use hone_train::vision_data::{decode_rgb8, ImageSet, LoaderOptions, Mode, Preprocess};
@@ -16,6 +15,7 @@ use tch::{nn, Device, Kind, Tensor};
 
 use crate::common::torch_lock;
 use crate::efficientnet::{lite0_dir, max_abs, tiny_config, var};
+use crate::test_images::{read_digits, read_fashion_mnist_test};
 
 fn tiny_classifier(
     seed: i64,

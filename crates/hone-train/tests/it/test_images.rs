@@ -1,14 +1,15 @@
-//! Real labelled images for tests and benchmarks, from the files `scripts/setup`
-//! installs: scikit-learn's 8×8 digits (`.deps/data/digits.csv.gz`) and Debian's
-//! Fashion-MNIST (`/usr/share/datasets/fashion-mnist/*.gz`). Public so the end-to-end
-//! tests of the `hone` crate can build upload files from them too.
+//! Real labelled images for tests, from the files `scripts/setup` installs:
+//! scikit-learn's 8×8 digits (`.deps/data/digits.csv.gz`) and Debian's Fashion-MNIST
+//! (`/usr/share/datasets/fashion-mnist/*.gz`). Test code, not library code: the
+//! end-to-end tests of the `hone` crate include this file by its path to build upload
+//! files from the same images.
 
 use std::io::Read;
 use std::path::Path;
 
 use flate2::read::GzDecoder;
 
-use crate::error::TrainError;
+use hone_train::TrainError;
 
 /// A gray image and its class.
 #[derive(Debug, Clone, PartialEq, Eq)]
