@@ -13,7 +13,7 @@ pub use hone_domain::job::{HeadType, PoolingType as Pooling};
 
 use crate::bert::{BertConfig, BertModel};
 use crate::error::TrainError;
-use crate::layers::{head_paths, mean_pool, Linear, WeightInit};
+use crate::layers::{dropout, head_paths, mean_pool, Linear, WeightInit};
 use crate::tokenize::Batch;
 
 /// The classifier on top of the pooled vector.
@@ -123,20 +123,13 @@ impl SequenceClassifier {
     /// Logits from pooled features, every head's side by side; `train` enables
     /// dropout (drawn once per head, as separate heads would).
     pub fn head_forward(&self, pooled: &Tensor, train: bool) -> Result<Tensor, TrainError> {
-        let dropout = |xs: Tensor| -> Result<Tensor, TrainError> {
-            Ok(if train && self.dropout > 0.0 {
-                xs.f_dropout(self.dropout, true)?
-            } else {
-                xs
-            })
-        };
         let mut logits = Vec::with_capacity(self.heads.len());
         for head in &self.heads {
-            let xs = dropout(pooled.shallow_clone())?;
+            let xs = dropout(pooled.shallow_clone(), self.dropout, train)?;
             logits.push(match head {
                 Head::Linear(linear) => linear.forward(&xs)?,
                 Head::Mlp { dense, out_proj } => {
-                    let xs = dropout(dense.forward(&xs)?.f_tanh()?)?;
+                    let xs = dropout(dense.forward(&xs)?.f_tanh()?, self.dropout, train)?;
                     out_proj.forward(&xs)?
                 }
             });

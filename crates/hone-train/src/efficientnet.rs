@@ -28,7 +28,7 @@ use tch::nn::init::{FanInOut, NonLinearity, NormalOrUniform};
 use tch::{Device, TchError, Tensor};
 
 use crate::error::TrainError;
-use crate::layers::{Linear, WeightInit, NO_DECAY_GROUP};
+use crate::layers::{dropout, Linear, WeightInit, NO_DECAY_GROUP};
 use crate::model_dir::{CONFIG_FILE, WEIGHTS_FILE};
 
 /// config.json's `model_type` for this module.
@@ -744,11 +744,8 @@ impl EfficientNet {
         let fc = self.fc.as_ref().ok_or_else(|| {
             TrainError::InvalidInput("this EfficientNet was built without its classifier".into())
         })?;
-        let mut xs = self.forward_features(images, train)?;
-        let p = self.config.dropout_rate;
-        if train && p > 0.0 {
-            xs = xs.f_dropout(p, true)?;
-        }
+        let xs = self.forward_features(images, train)?;
+        let xs = dropout(xs, self.config.dropout_rate, train)?;
         Ok(fc.forward(&xs)?)
     }
 }

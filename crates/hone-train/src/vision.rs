@@ -19,7 +19,7 @@ use tch::{nn, Tensor};
 use crate::config::Strategy;
 use crate::efficientnet::{layer_depth, EfficientNet, EfficientNetConfig, Init};
 use crate::error::TrainError;
-use crate::layers::{head_paths, is_head_variable, Linear, WeightInit};
+use crate::layers::{dropout, head_paths, is_head_variable, Linear, WeightInit};
 use crate::model_dir::{CONFIG_FILE, WEIGHTS_FILE};
 
 /// The head's initialisation: timm's for EfficientNet classifiers (normal, std 0.01,
@@ -174,11 +174,7 @@ impl ImageClassifier {
     pub fn head_forward(&self, pooled: &Tensor, train: bool) -> Result<Tensor, TrainError> {
         let mut logits = Vec::with_capacity(self.heads.len());
         for head in &self.heads {
-            let xs = if train && self.dropout > 0.0 {
-                pooled.f_dropout(self.dropout, true)?
-            } else {
-                pooled.shallow_clone()
-            };
+            let xs = dropout(pooled.shallow_clone(), self.dropout, train)?;
             logits.push(head.forward(&xs)?);
         }
         Ok(match logits.len() {
