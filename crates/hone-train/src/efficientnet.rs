@@ -19,6 +19,11 @@
 //! `batch_norm_momentum`, 0.01 for TensorFlow's 0.99) and `train` uses and updates batch
 //! statistics. For transfer learning the layers up to a depth can be kept in inference
 //! mode while the rest trains ([`EfficientNet::set_frozen_depth`], [`layer_depth`]).
+//!
+//! One architecture, one file (config, the blocks, the network and its layer depths),
+//! as [`crate::bert`] is; it is long because EfficientNet has more kinds of block
+//! (SAME-padded convolutions, BatchNorm, MBConv) than BERT, not because it holds
+//! anything else.
 
 use std::path::Path;
 

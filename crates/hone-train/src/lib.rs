@@ -11,6 +11,26 @@
 //! Reproducibility: training seeds libtorch's global generator. Loading models for
 //! inference draws no random numbers, so serving in the same process does not disturb
 //! a seeded run; two trainings at once in one process would.
+//!
+//! # Layers
+//!
+//! Modules import downwards only, never each other:
+//!
+//! 1. Leaves, the vocabulary everything else shares: [`error`], [`objective`]
+//!    (what the heads predict, losses and reports), [`model_dir`] (a model directory's
+//!    files, [`ModelMeta`] and [`Manifest`]), [`config`], [`data`], [`job`],
+//!    [`metrics`] and [`observer`] (what a run is given and what it reports),
+//!    [`weights`] (loading safetensors by name), [`threads`] (libtorch's thread count
+//!    per OS thread) and [`layers`] (what both architectures are built of).
+//! 2. Architectures, one file each, built from the leaves: [`bert`] and
+//!    [`efficientnet`]; the classifiers on top of them, [`classifier`] (text) and
+//!    [`vision`] (images); their inputs, [`tokenize`] and [`vision_data`]; and
+//!    [`base_model`], the catalogue of base model directories.
+//! 3. Training and inference on those: the steps of a run (`checks`, `setup`,
+//!    `inputs`, `evaluate`, `schedule`, `early_stopping`, [`trainable`], [`optim`],
+//!    [`resume`], [`features`], [`feature_file`]), the loop that runs them
+//!    ([`train`]), and serving ([`predict`]), which shares the network type and the
+//!    scoring with the loop rather than importing it.
 
 pub mod base_model;
 pub mod bert;
