@@ -59,47 +59,41 @@ pub(crate) fn set_up_text(
     job: &JobRef,
     init: EncoderInit,
 ) -> Result<Setup, TrainError> {
-    let JobRef {
-        objective,
-        train,
-        validation,
-        config,
-        ..
-    } = *job;
-    let per_task = objective.task_type == TaskType::MultiTask;
+    let per_task = job.objective.task_type == TaskType::MultiTask;
     let bert_config = BertConfig::from_file(&base_model_dir.join(CONFIG_FILE))?;
-    if config.max_seq_len > bert_config.max_position_embeddings {
+    if job.config.max_seq_len > bert_config.max_position_embeddings {
         return Err(TrainError::InvalidInput(format!(
             "max_seq_len {} exceeds the base model's max_position_embeddings {}",
-            config.max_seq_len, bert_config.max_position_embeddings
+            job.config.max_seq_len, bert_config.max_position_embeddings
         )));
     }
     let layers = bert_config.num_hidden_layers;
-    if let Strategy::Partial { frozen_layers } = config.strategy {
+    if let Strategy::Partial { frozen_layers } = job.config.strategy {
         if frozen_layers > layers {
             return Err(TrainError::InvalidInput(format!(
                 "frozen_layers {frozen_layers} exceeds the base model's {layers} layers"
             )));
         }
     }
-    let tokenizer = TextTokenizer::from_dir(base_model_dir, config.max_seq_len)?;
+    let tokenizer = TextTokenizer::from_dir(base_model_dir, job.config.max_seq_len)?;
     check_vocab(&tokenizer, &bert_config, base_model_dir)?;
     let model = SequenceClassifier::with_heads(
         &vs.root(),
         &bert_config,
-        &objective.sizes(),
+        &job.objective.sizes(),
         per_task,
-        config.head,
-        config.pooling,
+        job.config.head,
+        job.config.pooling,
         WeightInit::random(&bert_config),
     )?;
     if init == EncoderInit::Pretrained {
         load_safetensors(vs, &base_model_dir.join(WEIGHTS_FILE), &is_head_variable)?;
     }
-    let frozen = freeze(vs, config.strategy, layers)?;
+    let frozen = freeze(vs, job.config.strategy, layers)?;
     let pad_id = tokenizer.pad_id();
-    let train_encoded = tokenizer.encode_maybe_pairs(&train.texts, train.text_pairs.as_deref())?;
-    let validation_encoded = match validation {
+    let train_encoded =
+        tokenizer.encode_maybe_pairs(&job.train.texts, job.train.text_pairs.as_deref())?;
+    let validation_encoded = match job.validation {
         Some(v) => Some(tokenizer.encode_maybe_pairs(&v.texts, v.text_pairs.as_deref())?),
         None => None,
     };
@@ -124,23 +118,16 @@ pub(crate) fn set_up_image(
     job: &JobRef,
     init: EncoderInit,
 ) -> Result<Setup, TrainError> {
-    let JobRef {
-        objective,
-        train,
-        validation,
-        config,
-        ..
-    } = *job;
-    let per_task = objective.task_type == TaskType::MultiTask;
+    let per_task = job.objective.task_type == TaskType::MultiTask;
     let image_config = EfficientNetConfig::from_file(&base_model_dir.join(CONFIG_FILE))?;
-    let sizes = objective.sizes();
+    let sizes = job.objective.sizes();
     let mut model = match init {
         EncoderInit::Pretrained => {
             ImageClassifier::from_base_model(vs, base_model_dir, &sizes, per_task)?
         }
         EncoderInit::Random => ImageClassifier::from_scratch(vs, &image_config, &sizes, per_task)?,
     };
-    let frozen = model.freeze(vs, config.strategy)?;
+    let frozen = model.freeze(vs, job.config.strategy)?;
     let preprocess = Preprocess::from_config(&image_config);
     let set = |images: &[Vec<u8>]| {
         ImageSet::new(
@@ -149,11 +136,11 @@ pub(crate) fn set_up_image(
             LoaderOptions::default(),
         )
     };
-    let validation_set = match validation {
+    let validation_set = match job.validation {
         Some(v) => Some(set(&v.images)?),
         None => None,
     };
-    let train_set = set(&train.images)?;
+    let train_set = set(&job.train.images)?;
     Ok(Setup {
         network: Network::Image { model, preprocess },
         frozen,

@@ -373,23 +373,16 @@ impl<'a> EpochLoop<'a> {
         epoch: u32,
         observer: &mut dyn TrainObserver,
     ) -> Result<f64, TrainError> {
-        let JobRef {
-            objective,
-            train,
-            config,
-            device,
-            ..
-        } = self.job;
         // Shuffle and dropout of an epoch depend on (seed, epoch) only, so a run
         // resumed at an epoch boundary draws what the uninterrupted one drew.
-        let epoch_seed = resume::epoch_seed(config.seed, epoch);
+        let epoch_seed = resume::epoch_seed(self.job.config.seed, epoch);
         tch::manual_seed(epoch_seed as i64);
-        let mut order: Vec<usize> = (0..train.len()).collect();
+        let mut order: Vec<usize> = (0..self.job.train.len()).collect();
         order.shuffle(&mut StdRng::seed_from_u64(epoch_seed));
         let mut loss_sum = 0.0;
         for batch in self
             .train_inputs
-            .batches(order, config.batch_size, Some(epoch))?
+            .batches(order, self.job.config.batch_size, Some(epoch))?
         {
             if observer.cancelled() {
                 return Err(TrainError::Cancelled);
@@ -399,13 +392,13 @@ impl<'a> EpochLoop<'a> {
             let learning_rate = self.schedule.at(self.step);
             let logits = self
                 .train_inputs
-                .logits(self.network, &batch, true, device)?;
-            let loss = objective.loss(
+                .logits(self.network, &batch, true, self.job.device)?;
+            let loss = self.job.objective.loss(
                 &logits,
-                &train.labels,
+                &self.job.train.labels,
                 indices,
                 &self.loss_weights,
-                config.label_smoothing,
+                self.job.config.label_smoothing,
             )?;
             self.optimizer.step(&loss, learning_rate)?;
 
@@ -438,32 +431,25 @@ impl<'a> EpochLoop<'a> {
         loss_sum: f64,
         observer: &mut dyn TrainObserver,
     ) -> Result<EpochMetrics, TrainError> {
-        let JobRef {
-            objective,
-            train,
-            validation,
-            config,
-            device,
-        } = self.job;
-        let scored = match (validation, self.validation_inputs) {
+        let scored = match (self.job.validation, self.validation_inputs) {
             (Some(data), Some(inputs)) => Some(score(
                 self.network,
-                objective,
+                self.job.objective,
                 inputs,
                 &data.labels,
-                config.batch_size,
-                device,
+                self.job.config.batch_size,
+                self.job.device,
                 &|| observer.cancelled(),
             )?),
             _ => None,
         };
-        let validation_metrics = match (validation, &scored) {
-            (Some(data), Some(scored)) => Some(scored.metrics(objective, &data.labels)),
+        let validation_metrics = match (self.job.validation, &scored) {
+            (Some(data), Some(scored)) => Some(scored.metrics(self.job.objective, &data.labels)),
             _ => None,
         };
         let metrics = EpochMetrics {
             epoch,
-            train_loss: loss_sum / train.len() as f64,
+            train_loss: loss_sum / self.job.train.len() as f64,
             validation: validation_metrics,
         };
         tracing::info!(
@@ -540,29 +526,22 @@ fn final_evaluation(
     train_inputs: &Inputs,
     outcome: &Outcome,
 ) -> Result<Option<Evaluation>, TrainError> {
-    let JobRef {
-        objective,
-        train,
-        validation,
-        config,
-        device,
-    } = *job;
-    let (Some(data), Some(probs)) = (validation, &outcome.best_probs) else {
+    let (Some(data), Some(probs)) = (job.validation, &outcome.best_probs) else {
         return Ok(None);
     };
     // A multi-label model's threshold is tuned here, on the validation data.
-    let report = objective.report(&data.labels, probs, None);
-    let sample: Vec<usize> = (0..train.len()).take(TRAIN_EVAL_EXAMPLES).collect();
+    let report = job.objective.report(&data.labels, probs, None);
+    let sample: Vec<usize> = (0..job.train.len()).take(TRAIN_EVAL_EXAMPLES).collect();
     let train_probs = score_subset(
         network,
-        objective,
+        job.objective,
         train_inputs,
         &sample,
-        config.batch_size,
-        device,
+        job.config.batch_size,
+        job.device,
     )?;
-    let train_report = objective.report(
-        &train.labels.select(&sample),
+    let train_report = job.objective.report(
+        &job.train.labels.select(&sample),
         &train_probs,
         report.threshold(),
     );
@@ -585,13 +564,7 @@ fn model_meta(
     modality: Modality,
     evaluation: Option<&Evaluation>,
 ) -> ModelMeta {
-    let JobRef {
-        objective,
-        train,
-        config,
-        ..
-    } = *job;
-    let threshold = (objective.task_type == TaskType::MultiLabel).then(|| {
+    let threshold = (job.objective.task_type == TaskType::MultiLabel).then(|| {
         evaluation
             .and_then(|e| e.validation.threshold())
             .unwrap_or(UNTUNED_THRESHOLD)
@@ -600,18 +573,18 @@ fn model_meta(
         format_version: MODEL_META_VERSION,
         modality,
         architecture,
-        pooling: config.pooling,
-        head: config.head,
-        text_pairs: train.text_pairs.is_some(),
-        task_type: objective.task_type,
-        labels: objective.labels().to_vec(),
-        tasks: match objective.task_type {
-            TaskType::MultiTask => objective.heads.clone(),
+        pooling: job.config.pooling,
+        head: job.config.head,
+        text_pairs: job.train.text_pairs.is_some(),
+        task_type: job.objective.task_type,
+        labels: job.objective.labels().to_vec(),
+        tasks: match job.objective.task_type {
+            TaskType::MultiTask => job.objective.heads.clone(),
             _ => Vec::new(),
         },
         threshold,
         max_seq_len: match modality {
-            Modality::Text => config.max_seq_len,
+            Modality::Text => job.config.max_seq_len,
             Modality::Image => 0,
         },
     }
