@@ -7,9 +7,11 @@
 //! file types from here rather than from each other.
 
 use std::collections::BTreeMap;
+use std::ops::RangeInclusive;
 use std::path::Path;
 
 use chrono::{DateTime, Utc};
+use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
 
 use hone_domain::dataset::{Modality, TaskType};
@@ -78,18 +80,8 @@ pub struct ModelMeta {
 impl ModelMeta {
     pub fn read(dir: &Path) -> Result<Self, TrainError> {
         let path = dir.join(MODEL_META_FILE);
-        let bytes = std::fs::read(&path).map_err(|e| TrainError::io(&path, e))?;
-        let meta: Self = serde_json::from_slice(&bytes)
-            .map_err(|e| TrainError::config(&path, format!("not a hone model file: {e}")))?;
-        if !(1..=MODEL_META_VERSION).contains(&meta.format_version) {
-            return Err(TrainError::config(
-                &path,
-                format!(
-                    "format_version {} is not supported (this build reads {MODEL_META_VERSION})",
-                    meta.format_version
-                ),
-            ));
-        }
+        let meta: Self = read_json(&path, "a hone model file")?;
+        check_version(&path, meta.format_version, 1..=MODEL_META_VERSION)?;
         meta.objective()
             .validate()
             .map_err(|e| TrainError::config(&path, e.to_string()))?;
@@ -193,21 +185,38 @@ impl Manifest {
     /// Reads `dir`'s `manifest.json`; refuses another format version.
     pub fn read(dir: &Path) -> Result<Self, TrainError> {
         let path = dir.join(MANIFEST_FILE);
-        let bytes = std::fs::read(&path).map_err(|e| TrainError::io(&path, e))?;
-        let manifest: Self = serde_json::from_slice(&bytes)
-            .map_err(|e| TrainError::config(&path, format!("not a hone manifest: {e}")))?;
-        if manifest.format_version != MANIFEST_VERSION {
-            return Err(TrainError::config(
-                &path,
-                format!(
-                    "manifest format_version {} is not supported (this build reads \
-                     {MANIFEST_VERSION})",
-                    manifest.format_version
-                ),
-            ));
-        }
+        let manifest: Self = read_json(&path, "a hone manifest")?;
+        check_version(
+            &path,
+            manifest.format_version,
+            MANIFEST_VERSION..=MANIFEST_VERSION,
+        )?;
         Ok(manifest)
     }
+}
+
+/// The JSON file at `path` as a `T`; `what` names a `T` when the file is not one.
+fn read_json<T: DeserializeOwned>(path: &Path, what: &str) -> Result<T, TrainError> {
+    let bytes = std::fs::read(path).map_err(|e| TrainError::io(path, e))?;
+    serde_json::from_slice(&bytes).map_err(|e| TrainError::config(path, format!("not {what}: {e}")))
+}
+
+/// Refuses a file of a `format_version` outside `supported`.
+fn check_version(
+    path: &Path,
+    version: u32,
+    supported: RangeInclusive<u32>,
+) -> Result<(), TrainError> {
+    if supported.contains(&version) {
+        return Ok(());
+    }
+    Err(TrainError::config(
+        path,
+        format!(
+            "format_version {version} is not supported (this build reads {})",
+            supported.end()
+        ),
+    ))
 }
 
 #[cfg(test)]
