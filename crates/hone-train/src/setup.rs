@@ -34,11 +34,19 @@ use crate::weights::load_safetensors;
 /// [`TrainJob`]: crate::job::TrainJob
 #[derive(Clone, Copy)]
 pub(crate) struct JobRef<'a> {
+    pub(crate) base_model_dir: &'a Path,
     pub(crate) objective: &'a Objective,
     pub(crate) train: &'a TrainData,
     pub(crate) validation: Option<&'a TrainData>,
     pub(crate) config: &'a TrainConfig,
     pub(crate) device: Device,
+}
+
+impl JobRef<'_> {
+    /// Whether the heads are one per task (multi-task) rather than one for the labels.
+    fn per_task(&self) -> bool {
+        self.objective.task_type == TaskType::MultiTask
+    }
 }
 
 /// The network a run trains, and the inputs of each split prepared for it.
@@ -55,12 +63,10 @@ pub(crate) struct Setup {
 /// with new heads, frozen as the strategy says, and both splits tokenized.
 pub(crate) fn set_up_text(
     vs: &nn::VarStore,
-    base_model_dir: &Path,
     job: &JobRef,
     init: EncoderInit,
 ) -> Result<Setup, TrainError> {
-    let per_task = job.objective.task_type == TaskType::MultiTask;
-    let bert_config = BertConfig::from_file(&base_model_dir.join(CONFIG_FILE))?;
+    let bert_config = BertConfig::from_file(&job.base_model_dir.join(CONFIG_FILE))?;
     if job.config.max_seq_len > bert_config.max_position_embeddings {
         return Err(TrainError::InvalidInput(format!(
             "max_seq_len {} exceeds the base model's max_position_embeddings {}",
@@ -75,19 +81,23 @@ pub(crate) fn set_up_text(
             )));
         }
     }
-    let tokenizer = TextTokenizer::from_dir(base_model_dir, job.config.max_seq_len)?;
-    check_vocab(&tokenizer, &bert_config, base_model_dir)?;
+    let tokenizer = TextTokenizer::from_dir(job.base_model_dir, job.config.max_seq_len)?;
+    check_vocab(&tokenizer, &bert_config, job.base_model_dir)?;
     let model = SequenceClassifier::with_heads(
         &vs.root(),
         &bert_config,
         &job.objective.sizes(),
-        per_task,
+        job.per_task(),
         job.config.head,
         job.config.pooling,
         WeightInit::random(&bert_config),
     )?;
     if init == EncoderInit::Pretrained {
-        load_safetensors(vs, &base_model_dir.join(WEIGHTS_FILE), &is_head_variable)?;
+        load_safetensors(
+            vs,
+            &job.base_model_dir.join(WEIGHTS_FILE),
+            &is_head_variable,
+        )?;
     }
     let frozen = freeze(vs, job.config.strategy, layers)?;
     let pad_id = tokenizer.pad_id();
@@ -114,18 +124,18 @@ pub(crate) fn set_up_text(
 /// for each split.
 pub(crate) fn set_up_image(
     vs: &nn::VarStore,
-    base_model_dir: &Path,
     job: &JobRef,
     init: EncoderInit,
 ) -> Result<Setup, TrainError> {
-    let per_task = job.objective.task_type == TaskType::MultiTask;
-    let image_config = EfficientNetConfig::from_file(&base_model_dir.join(CONFIG_FILE))?;
     let sizes = job.objective.sizes();
+    let image_config = EfficientNetConfig::from_file(&job.base_model_dir.join(CONFIG_FILE))?;
     let mut model = match init {
         EncoderInit::Pretrained => {
-            ImageClassifier::from_base_model(vs, base_model_dir, &sizes, per_task)?
+            ImageClassifier::from_base_model(vs, job.base_model_dir, &sizes, job.per_task())?
         }
-        EncoderInit::Random => ImageClassifier::from_scratch(vs, &image_config, &sizes, per_task)?,
+        EncoderInit::Random => {
+            ImageClassifier::from_scratch(vs, &image_config, &sizes, job.per_task())?
+        }
     };
     let frozen = model.freeze(vs, job.config.strategy)?;
     let preprocess = Preprocess::from_config(&image_config);

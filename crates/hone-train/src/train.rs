@@ -161,6 +161,7 @@ pub fn fine_tune_with(
     let (architecture, modality) = architecture_of(base_model_dir)?;
     check_job(&objective, &train, validation.as_ref(), &config, modality)?;
     let job = JobRef {
+        base_model_dir,
         objective: &objective,
         train: &train,
         validation: validation.as_ref(),
@@ -176,8 +177,8 @@ pub fn fine_tune_with(
         hidden,
         prepared,
     } = match modality {
-        Modality::Text => set_up_text(&vs, base_model_dir, &job, init)?,
-        Modality::Image => set_up_image(&vs, base_model_dir, &job, init)?,
+        Modality::Text => set_up_text(&vs, &job, init)?,
+        Modality::Image => set_up_image(&vs, &job, init)?,
     };
     let features = match (config.strategy, features) {
         (Strategy::FeatureExtraction, Some(f)) => Some(checked_features(f, hidden, &job)?),
