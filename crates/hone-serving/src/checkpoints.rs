@@ -4,9 +4,8 @@
 
 use std::path::Path;
 
-use hone_train::TrainError;
-
-const MANIFEST: &str = "manifest.json";
+use hone_train::model_dir::MANIFEST_FILE;
+use hone_train::{Manifest, TrainError};
 
 /// Writes the model of `epoch` to `out_dir`: `model_dir` (the job's published model)
 /// with the weights of the `checkpoint` file, the epoch's multi-label `threshold` when it
@@ -21,22 +20,10 @@ pub fn materialize(
     threshold: Option<f32>,
 ) -> Result<(), TrainError> {
     hone_train::apply_checkpoint(model_dir, checkpoint, out_dir, threshold)?;
-    let path = out_dir.join(MANIFEST);
-    if !path.is_file() {
+    if !out_dir.join(MANIFEST_FILE).is_file() {
         return Ok(());
     }
-    let bytes = std::fs::read(&path).map_err(|e| TrainError::io(&path, e))?;
-    let mut manifest: serde_json::Value = serde_json::from_slice(&bytes)
-        .map_err(|e| TrainError::config(&path, format!("unreadable manifest: {e}")))?;
-    if let Some(fields) = manifest.as_object_mut() {
-        if let Some(final_id) = fields.insert("model_id".into(), model_id.into()) {
-            fields.insert("published_from".into(), final_id);
-        }
-        fields.insert("checkpoint_epoch".into(), epoch.into());
-        // The job's final metrics describe another epoch's weights.
-        fields.remove("metrics");
-    }
-    let json = serde_json::to_vec_pretty(&manifest)
-        .map_err(|e| TrainError::config(&path, e.to_string()))?;
-    std::fs::write(&path, json).map_err(|e| TrainError::io(&path, e))
+    Manifest::read(out_dir)?
+        .for_checkpoint(model_id, epoch)
+        .write(out_dir)
 }

@@ -223,7 +223,7 @@ fn estimate_one(
         return Err(TrainError::Cancelled);
     }
     let (random, random_saved) = features_of(&model.random_features, rows, hidden, || {
-        hone_train::transfer::random_init_features(
+        hone_train::features::random_init_features(
             &run,
             &input.texts,
             input.pairs.as_deref(),
@@ -262,7 +262,7 @@ fn features_of(
     compute: impl FnOnce() -> Result<Tensor, TrainError>,
 ) -> Result<(Tensor, Option<PathBuf>), TrainError> {
     if let Some(path) = &files.cached {
-        match hone_train::transfer::load_features(path, rows, hidden) {
+        match hone_train::feature_file::load_features(path, rows, hidden) {
             Ok(t) => return Ok((t, None)),
             Err(e) => tracing::warn!(error = %e, "ignoring a damaged feature cache entry"),
         }
@@ -277,7 +277,7 @@ fn features_of(
 
 /// A failed write only costs the next caller a recomputation.
 fn save(features: &Tensor, path: &Path) -> Option<PathBuf> {
-    match hone_train::transfer::save_features(features, path) {
+    match hone_train::feature_file::save_features(features, path) {
         Ok(()) => Some(path.to_owned()),
         Err(e) => {
             tracing::warn!(error = %e, "cannot write features for the cache");

@@ -89,11 +89,3 @@ pub use train::{fine_tune, fine_tune_with, TrainedModel};
 pub use trainable::apply_checkpoint;
 pub use vision::ImageClassifier;
 pub use vision_data::{ImageBatch, ImageSet, LoaderOptions, Mode as ImageMode, Preprocess};
-
-/// The paths the worker and the transferability estimate call these by; they live in
-/// [`feature_file`], [`features`] and [`tokenize`].
-pub mod transfer {
-    pub use crate::feature_file::{load_features, save_features};
-    pub use crate::features::random_init_features;
-    pub use crate::tokenize::token_lengths;
-}

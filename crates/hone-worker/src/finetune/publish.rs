@@ -12,7 +12,8 @@ use hone_domain::ModelId;
 use hone_store::models::NewModel;
 use hone_store::queue::ClaimedJob;
 use hone_store::{ArtifactStore, Db};
-use hone_train::{Objective, Report};
+use hone_train::model_dir::MANIFEST_VERSION;
+use hone_train::{Manifest, Objective, Report};
 
 use super::failure::{transient, Failure};
 use super::progress::{eval_report, Reporter};
@@ -29,35 +30,33 @@ fn model_tasks(objective: &Objective) -> Option<std::collections::BTreeMap<Strin
     })
 }
 
-fn write_manifest(
-    dir: &Path,
+/// The manifest of the model `model_id` that `job` trained.
+fn manifest(
     job: &hone_domain::resources::FineTuningJob,
     method: &Method,
     model_id: &str,
     objective: &Objective,
     result: &JobResult,
-) -> std::io::Result<()> {
-    let manifest = serde_json::json!({
-        "format_version": 2,
-        "model_id": model_id,
-        "job_id": job.id,
-        "base_model": job.base_model,
-        "task_type": objective.task_type,
-        "labels": objective.labels(),
-        "tasks": model_tasks(objective),
-        "method": method,
-        "hyperparameters": job.hyperparameters,
-        "seed": job.seed,
-        "training_file": job.training_file,
-        "validation_file": job.validation_file,
-        "metrics": result,
-        "created_at": chrono::Utc::now(),
-        "hone_version": env!("CARGO_PKG_VERSION"),
-    });
-    std::fs::write(
-        dir.join("manifest.json"),
-        serde_json::to_vec_pretty(&manifest)?,
-    )
+) -> Manifest {
+    Manifest {
+        base_model: job.base_model.clone(),
+        checkpoint_epoch: None,
+        created_at: chrono::Utc::now(),
+        format_version: MANIFEST_VERSION,
+        hone_version: env!("CARGO_PKG_VERSION").to_owned(),
+        hyperparameters: job.hyperparameters.clone(),
+        job_id: job.id.clone(),
+        labels: objective.labels().to_vec(),
+        method: method.clone(),
+        metrics: Some(result.clone()),
+        model_id: model_id.to_owned(),
+        published_from: None,
+        seed: job.seed,
+        task_type: objective.task_type,
+        tasks: model_tasks(objective),
+        training_file: job.training_file.clone(),
+        validation_file: job.validation_file.clone(),
+    }
 }
 
 /// The job's result from what the training thread kept and what the reporter gathered.
@@ -119,15 +118,9 @@ pub(super) async fn publish(
             .ok_or_else(|| transient("worker_error", "malformed job id"))?,
     );
     let model_dir = out_dir.join("model");
-    write_manifest(
-        &model_dir,
-        job,
-        &job_method,
-        model_id.as_str(),
-        objective,
-        result,
-    )
-    .map_err(|e| transient("storage_error", format!("cannot write the manifest: {e}")))?;
+    manifest(job, &job_method, model_id.as_str(), objective, result)
+        .write(&model_dir)
+        .map_err(|e| transient("storage_error", format!("cannot write the manifest: {e}")))?;
     let key = hone_store::models::attempt_storage_key(model_id.as_str(), attempt);
     artifacts
         .put_dir(&key, &model_dir)

@@ -253,7 +253,7 @@ impl<'a> Run<'a> {
         if self.images {
             return Ok(0.0);
         }
-        let lengths = hone_train::transfer::token_lengths(
+        let lengths = hone_train::tokenize::token_lengths(
             &self.input.base_dir,
             &self.train.texts,
             self.train.text_pairs.as_deref(),
@@ -293,7 +293,7 @@ impl<'a> Run<'a> {
         name: &str,
     ) -> Result<Tensor, TrainError> {
         if let Some((_, Some(path))) = entry {
-            match hone_train::transfer::load_features(path, data.len(), self.base.hidden_size) {
+            match hone_train::feature_file::load_features(path, data.len(), self.base.hidden_size) {
                 Ok(t) => return Ok(t),
                 Err(e) => self.send(Update::Notice(
                     EventLevel::Warn,
@@ -307,7 +307,7 @@ impl<'a> Run<'a> {
                 .input
                 .out_dir
                 .join(format!("{name}-features.safetensors"));
-            hone_train::transfer::save_features(&t, &path)?;
+            hone_train::feature_file::save_features(&t, &path)?;
             self.send(Update::FeaturesComputed {
                 key: key.clone(),
                 path,
@@ -383,7 +383,7 @@ impl<'a> Run<'a> {
             objective: self.input.objective.clone(),
             train: self.train.clone(),
             validation: self.validation.clone(),
-            config: train_config(hp, strategy, self.input.seed),
+            config: TrainConfig::from_hyperparameters(hp, strategy, self.input.seed),
             device: self.input.device,
             features,
             checkpoint_dir: checkpoints.then_some(self.checkpoint_dir.as_path()),
@@ -528,7 +528,7 @@ fn transferability(
     seed: u64,
 ) -> Result<Transferability, TrainError> {
     let score = hone_train::logme_targets(features, &sample.labels)?;
-    let random = hone_train::transfer::random_init_features(
+    let random = hone_train::features::random_init_features(
         run,
         &sample.texts,
         sample.text_pairs.as_deref(),
@@ -555,27 +555,5 @@ fn strategy_of((kind, frozen): (MethodType, Option<u32>)) -> Strategy {
         MethodType::FeatureExtraction => Strategy::FeatureExtraction,
         // `auto` resolves before training; a job stored before `chosen` existed trains fully.
         MethodType::Full | MethodType::Auto => Strategy::Full,
-    }
-}
-
-fn train_config(hp: &Hyperparameters, strategy: Strategy, seed: u64) -> TrainConfig {
-    TrainConfig {
-        epochs: hp.epochs,
-        batch_size: hp.batch_size as usize,
-        learning_rate: hp.learning_rate,
-        warmup_ratio: hp.warmup_ratio,
-        weight_decay: hp.weight_decay,
-        max_seq_len: hp.max_seq_len as usize,
-        seed,
-        grad_clip: 1.0,
-        strategy,
-        head: hp.head,
-        pooling: hp.pooling,
-        layer_lr_decay: hp.layer_lr_decay,
-        label_smoothing: hp.label_smoothing,
-        class_weights: hp.class_weights,
-        early_stopping_patience: hp.early_stopping_patience,
-        monitor: hp.early_stopping_metric,
-        augment: hp.augment,
     }
 }
