@@ -112,46 +112,16 @@ async fn upload_file(
                         "send one `file` per upload",
                     ));
                 }
-                let filename = field.file_name().unwrap_or("upload").to_owned();
-                let format = match format_field.as_deref() {
-                    Some(f) => DatasetFormat::parse(f).ok_or_else(|| {
-                        ApiError::invalid("format", "invalid_value", "format must be `jsonl`, `csv` or `zip`")
-                    })?,
-                    None => DatasetFormat::from_filename(&filename).ok_or_else(|| {
-                        ApiError::invalid(
-                            "file",
-                            "unknown_format",
-                            format!("cannot tell the format of {filename:?}: name it .jsonl, .csv or .zip, or send a `format` field before the file"),
-                        )
-                    })?,
-                };
-                let mut validator =
-                    DatasetValidator::new(format, state.settings.dataset_limits.clone());
-                if let Some(raw) = task_type_field.as_deref() {
-                    let task_type = TaskType::parse(raw).ok_or_else(|| {
-                        ApiError::invalid(
-                            "task_type",
-                            "invalid_value",
-                            "task_type must be `classification`, `multi_label` or `multi_task`",
-                        )
-                    })?;
-                    validator = validator.expecting(task_type);
-                }
-                let mut object = state.artifacts.create(&key).await?;
-                while let Some(chunk) = field.chunk().await? {
-                    validator.push(&chunk)?;
-                    object.write(&chunk).await?;
-                }
-                let summary = if format.is_archive() {
-                    let stored = object.read_back().await?;
-                    tokio::task::spawn_blocking(move || validator.finish_archive(stored))
-                        .await
-                        .map_err(|e| ApiError::internal("checking the archive", &e))??
-                } else {
-                    validator.finish()?
-                };
-                object.commit().await?;
-                stored = Some((filename, summary));
+                stored = Some(
+                    store_file_field(
+                        &state,
+                        &key,
+                        &mut field,
+                        format_field.as_deref(),
+                        task_type_field.as_deref(),
+                    )
+                    .await?,
+                );
             }
             Some(other) => {
                 let other = other.to_owned();
@@ -241,6 +211,57 @@ async fn upload_file(
         Ok(Once::Mismatch) => discard(&state, &key, true, key_reused()).await,
         Err(e) => discard(&state, &key, true, e.into()).await,
     }
+}
+
+/// Streams the form's `file` field into the artifact store under `key`, checking it as
+/// it arrives (a zip once it is whole), and commits it only when it is valid: its name
+/// and summary. `format` and `task_type` are the form's fields sent before it.
+async fn store_file_field(
+    state: &AppState,
+    key: &str,
+    field: &mut axum::extract::multipart::Field<'_>,
+    format_field: Option<&str>,
+    task_type_field: Option<&str>,
+) -> Result<(String, hone_domain::dataset::DatasetSummary), ApiError> {
+    let filename = field.file_name().unwrap_or("upload").to_owned();
+    let format = match format_field {
+        Some(f) => DatasetFormat::parse(f).ok_or_else(|| {
+            ApiError::invalid("format", "invalid_value", "format must be `jsonl`, `csv` or `zip`")
+        })?,
+        None => DatasetFormat::from_filename(&filename).ok_or_else(|| {
+            ApiError::invalid(
+                "file",
+                "unknown_format",
+                format!("cannot tell the format of {filename:?}: name it .jsonl, .csv or .zip, or send a `format` field before the file"),
+            )
+        })?,
+    };
+    let mut validator = DatasetValidator::new(format, state.settings.dataset_limits.clone());
+    if let Some(raw) = task_type_field {
+        let task_type = TaskType::parse(raw).ok_or_else(|| {
+            ApiError::invalid(
+                "task_type",
+                "invalid_value",
+                "task_type must be `classification`, `multi_label` or `multi_task`",
+            )
+        })?;
+        validator = validator.expecting(task_type);
+    }
+    let mut object = state.artifacts.create(key).await?;
+    while let Some(chunk) = field.chunk().await? {
+        validator.push(&chunk)?;
+        object.write(&chunk).await?;
+    }
+    let summary = if format.is_archive() {
+        let stored = object.read_back().await?;
+        tokio::task::spawn_blocking(move || validator.finish_archive(stored))
+            .await
+            .map_err(|e| ApiError::internal("checking the archive", &e))??
+    } else {
+        validator.finish()?
+    };
+    object.commit().await?;
+    Ok((filename, summary))
 }
 
 /// Removes the bytes of an upload that was refused after they were committed.
