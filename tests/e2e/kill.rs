@@ -15,7 +15,7 @@ use crate::support::{hone_command, jsonl, messages, two_class_rows, TestDb, Test
 const ENV: &[(&str, &str)] = &[
     ("HONE_LEASE_SECONDS", "3"),
     ("HONE_POLL_INTERVAL_MS", "100"),
-    ("HONE_THREADS", "1"),
+    ("HONE_TRAINING_THREADS", "1"),
     ("HONE_DEVICE", "cpu"),
 ];
 

@@ -32,6 +32,9 @@ pub struct Config {
     pub inference_threads: usize,
     /// libtorch intra-op threads of each training job; 0 picks them for the cores.
     pub training_threads: usize,
+    /// The one thread count of earlier versions: when set, it stands for either of the
+    /// two above that is left at 0, so an existing `HONE_THREADS` keeps working.
+    pub threads: usize,
     /// A running job's lease; a worker that misses heartbeats this long loses its job
     /// to the queue.
     pub lease_seconds: u64,
@@ -85,6 +88,7 @@ impl Default for Config {
             worker_concurrency: 1,
             inference_threads: 0,
             training_threads: 0,
+            threads: 0,
             lease_seconds: 60,
             poll_interval_ms: 2000,
             job_max_attempts: 3,
@@ -159,7 +163,8 @@ impl Config {
     /// inference thread its cores, so that predictions stay fast while a job trains.
     pub fn threads(&self, cores: usize, serving: bool, training: bool) -> Threads {
         let cores = cores.max(1);
-        let inference = match self.inference_threads {
+        let set = |n: usize| if n > 0 { n } else { self.threads };
+        let inference = match set(self.inference_threads) {
             0 => (cores / 4).max(1),
             n => n,
         };
@@ -168,7 +173,7 @@ impl Config {
         } else {
             cores
         };
-        let training = match self.training_threads {
+        let training = match set(self.training_threads) {
             0 => (training_cores / self.worker_concurrency.max(1)).max(1),
             n => n,
         };
