@@ -29,10 +29,14 @@ pub(super) fn transient(code: &str, message: impl Into<String>) -> Failure {
     })
 }
 
-pub(super) fn classify(e: TrainError) -> Failure {
-    if e.is_user_error() {
-        user("invalid_job", e.to_string(), None)
-    } else {
-        transient("training_error", e.to_string())
+/// A training error as the job's failure: the job's own fault (bad data, a base model
+/// that does not fit) fails it for good, anything else may pass on another attempt.
+impl From<TrainError> for Failure {
+    fn from(e: TrainError) -> Self {
+        if e.is_user_error() {
+            user("invalid_job", e.to_string(), None)
+        } else {
+            transient("training_error", e.to_string())
+        }
     }
 }

@@ -20,7 +20,7 @@ use rand::SeedableRng;
 use tch::Tensor;
 use tokio::sync::{mpsc, oneshot};
 
-use super::failure::{classify, transient, Failure};
+use super::failure::{transient, Failure};
 use super::prepare::Validation;
 use super::progress::{Reporter, Update};
 use super::targets::class_evidence;
@@ -144,7 +144,7 @@ pub(super) async fn train(
             tracing::warn!(error = %e, "training ended while stopping");
             Err(stopped())
         }
-        Ok(Err(e)) => Err(classify(e)),
+        Ok(Err(e)) => Err(Failure::from(e)),
         Ok(Ok(output)) => Ok(output),
     }
 }
