@@ -23,6 +23,7 @@ use std::time::Duration;
 use admission::Admission;
 use hone_train::predict::Classifier;
 pub use hone_train::predict::{ClassPrediction, Prediction};
+use hone_train::threads::{use_intra_op_threads, BatchWork};
 use lru::LruCache;
 use tokio::sync::{oneshot, OwnedSemaphorePermit};
 
@@ -37,8 +38,13 @@ pub struct ServingConfig {
     /// Inputs per forward pass.
     pub batch_size: usize,
     pub device: tch::Device,
-    /// libtorch intra-op threads of the inference thread.
+    /// libtorch intra-op threads of the inference thread while batch work (training,
+    /// estimates) runs in the process.
     pub threads: usize,
+    /// ... and while none does.
+    pub idle_threads: usize,
+    /// The process's batch work, which the inference thread yields cores to.
+    pub batch_work: BatchWork,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -152,7 +158,6 @@ impl Predictor {
             .name("hone-inference".into())
             .spawn(move || {
                 let _entered = span.enter();
-                hone_train::threads::use_intra_op_threads(config.threads);
                 run(config, rx)
             })?;
         Ok(Self { tx, admission })
@@ -190,6 +195,7 @@ fn run(config: ServingConfig, rx: mpsc::Receiver<Message>) {
     let mut cache: LruCache<String, Classifier> = LruCache::new(capacity);
     // A message taken off the channel while batching that did not fit the batch.
     let mut held: Option<Message> = None;
+    let mut threads = 0;
     while let Some(message) = held.take().or_else(|| rx.recv().ok()) {
         let first = match message {
             Message::Evict(id) => {
@@ -219,6 +225,15 @@ fn run(config: ServingConfig, rx: mpsc::Receiver<Message>) {
             }
         }
         batch.retain(|r| !r.reply.is_closed()); // clients that went away while waiting
+        let wanted = if config.batch_work.any() {
+            config.threads
+        } else {
+            config.idle_threads
+        };
+        if wanted != threads {
+            use_intra_op_threads(wanted);
+            threads = wanted;
+        }
         if batch.len() > 1 {
             predict_batch(&config, &mut cache, batch);
         } else if let Some(request) = batch.pop() {

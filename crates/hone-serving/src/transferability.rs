@@ -21,6 +21,7 @@ use std::time::Instant;
 
 use hone_domain::job::PoolingType;
 use hone_domain::split::stratified_split;
+use hone_train::threads::BatchWork;
 use hone_train::{BertConfig, TrainError};
 pub use hone_train::{Objective, Targets};
 use tch::Tensor;
@@ -55,6 +56,8 @@ pub struct Estimator {
     device: tch::Device,
     /// libtorch intra-op threads of an estimate's thread.
     threads: usize,
+    /// An estimate is batch work: the predict thread yields cores to it.
+    batch_work: BatchWork,
     admission: Arc<Semaphore>,
 }
 
@@ -122,10 +125,11 @@ pub struct ModelEstimate {
 }
 
 impl Estimator {
-    pub fn new(device: tch::Device, threads: usize) -> Self {
+    pub fn new(device: tch::Device, threads: usize, batch_work: BatchWork) -> Self {
         Self {
             device,
             threads,
+            batch_work,
             admission: Arc::new(Semaphore::new(CONCURRENT_ESTIMATES)),
         }
     }
@@ -150,11 +154,13 @@ impl Estimator {
         let _cancel_on_drop = CancelOnDrop(stop.clone());
         let (reply, answer) = oneshot::channel();
         let (device, threads) = (self.device, self.threads);
+        let batch_work = self.batch_work.clone();
         let span = tracing::Span::current();
         std::thread::Builder::new()
             .name("hone-transferability".into())
             .spawn(move || {
                 let _entered = span.enter();
+                let _working = batch_work.enter();
                 hone_train::threads::use_intra_op_threads(threads);
                 let result = estimate_all(&input, device, &|| stop.load(Ordering::Relaxed));
                 // Free the slot before answering: a client that sends its next request

@@ -29,6 +29,9 @@ pub struct WorkerSettings {
     pub device: tch::Device,
     /// libtorch intra-op threads of each job's training thread.
     pub threads: usize,
+    /// The process's batch work: a training thread counts in it while it runs, so that
+    /// a predict thread in the same process yields it cores.
+    pub batch_work: hone_train::threads::BatchWork,
 }
 
 /// A worker's name for the jobs it holds: host, process and a random part, so that two

@@ -145,8 +145,11 @@ impl Config {
 /// libtorch intra-op threads for each role of one process, resolved by [`Config::threads`].
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Threads {
-    /// The inference thread's (predict).
+    /// The inference thread's (predict) while a training job or estimate runs in the
+    /// process.
     pub inference: usize,
+    /// The inference thread's while none does: every core, unless set.
+    pub inference_idle: usize,
     /// Each training job's.
     pub training: usize,
 }
@@ -155,18 +158,18 @@ impl Config {
     /// The configured thread counts, with 0 ("auto") resolved for `cores` cores and the
     /// roles this process plays.
     ///
-    /// A short predict request is a chain of small operations: split over threads it
-    /// spends more time waking and waiting for them than computing, so inference gets
-    /// one thread per four cores (at least one), and requests that arrive together are
-    /// batched instead. Training's large matrix products do scale: a worker alone shares
-    /// every core among its concurrent jobs; next to an API (`hone all`) it leaves the
-    /// inference thread its cores, so that predictions stay fast while a job trains.
+    /// libtorch's threads wait for each other at every operation, so two teams on the
+    /// same cores slow each other far more than their share (BENCHMARKS.md, "Serving").
+    /// So while training or an estimate runs in the process, inference keeps one thread
+    /// per four cores (at least one) and the batch work has the rest; while none runs,
+    /// inference takes every core. A worker alone shares every core among its concurrent
+    /// jobs. A count that is set is used as it is, idle or not.
     pub fn threads(&self, cores: usize, serving: bool, training: bool) -> Threads {
         let cores = cores.max(1);
         let set = |n: usize| if n > 0 { n } else { self.threads };
-        let inference = match set(self.inference_threads) {
-            0 => (cores / 4).max(1),
-            n => n,
+        let (inference, inference_idle) = match set(self.inference_threads) {
+            0 => ((cores / 4).max(1), cores),
+            n => (n, n),
         };
         let training_cores = if serving && training {
             cores.saturating_sub(inference).max(1)
@@ -179,6 +182,7 @@ impl Config {
         };
         Threads {
             inference,
+            inference_idle,
             training,
         }
     }
@@ -190,6 +194,7 @@ impl Config {
         &self,
         device: tch::Device,
         training_threads: usize,
+        batch_work: hone_train::threads::BatchWork,
     ) -> hone_worker::WorkerSettings {
         hone_worker::WorkerSettings {
             id: hone_worker::worker_id(),
@@ -200,6 +205,7 @@ impl Config {
             scratch_dir: self.data_dir.join("scratch"),
             device,
             threads: training_threads,
+            batch_work,
         }
     }
 }
@@ -228,24 +234,18 @@ mod tests {
     fn automatic_threads_split_the_cores_between_roles() {
         let c = Config::default();
         let t = |cores, serving, training| c.threads(cores, serving, training);
-        // API and worker together: inference keeps its share, training the rest.
-        assert_eq!(
-            t(2, true, true),
-            Threads {
-                inference: 1,
-                training: 1
-            }
-        );
-        assert_eq!(
-            t(16, true, true),
-            Threads {
-                inference: 4,
-                training: 12
-            }
-        );
+        let threads = |inference, inference_idle, training| Threads {
+            inference,
+            inference_idle,
+            training,
+        };
+        // API and worker together: while a job trains, inference keeps its share and
+        // training the rest; while none does, inference has every core.
+        assert_eq!(t(2, true, true), threads(1, 2, 1));
+        assert_eq!(t(16, true, true), threads(4, 16, 12));
         // Alone, each role has every core.
         assert_eq!(t(16, false, true).training, 16);
-        assert_eq!(t(2, true, false).inference, 1);
+        assert_eq!(t(2, true, false).inference_idle, 2);
         // Concurrent jobs share the training cores.
         let c = Config {
             worker_concurrency: 4,
@@ -253,19 +253,20 @@ mod tests {
         };
         assert_eq!(c.threads(16, false, true).training, 4);
         assert_eq!(c.threads(2, false, true).training, 1);
-        // Set counts win.
+        // Set counts win, idle or not.
         let c = Config {
             inference_threads: 2,
             training_threads: 3,
             ..Config::default()
         };
-        assert_eq!(
-            c.threads(2, true, true),
-            Threads {
-                inference: 2,
-                training: 3
-            }
-        );
+        assert_eq!(c.threads(2, true, true), threads(2, 2, 3));
+        // The old single count still sets both, unless one is set itself.
+        let c = Config {
+            threads: 1,
+            training_threads: 2,
+            ..Config::default()
+        };
+        assert_eq!(c.threads(16, true, true), threads(1, 1, 2));
     }
 
     // `Jail::expect_with` fixes the closure's error type to figment's own.

@@ -124,9 +124,11 @@ async fn run(command: Command, config: Config) -> anyhow::Result<()> {
     tracing::info!(
         cores,
         inference_threads = threads.inference,
+        inference_threads_idle = threads.inference_idle,
         training_threads = threads.training,
         "libtorch threads"
     );
+    let batch_work = hone_train::threads::BatchWork::default();
     let device = parse_device(&config.device)?;
     let artifacts: Arc<dyn ArtifactStore> = Arc::new(
         LocalArtifactStore::new(config.data_dir.join("artifacts"))
@@ -138,7 +140,7 @@ async fn run(command: Command, config: Config) -> anyhow::Result<()> {
 
     let mut tasks = Vec::new();
     if matches!(command, Command::All | Command::Worker) {
-        let settings = config.worker_settings(device, threads.training);
+        let settings = config.worker_settings(device, threads.training, batch_work.clone());
         tasks.push(tokio::spawn(hone_worker::run(
             db.clone(),
             artifacts.clone(),
@@ -153,6 +155,7 @@ async fn run(command: Command, config: Config) -> anyhow::Result<()> {
             artifacts.clone(),
             device,
             threads,
+            batch_work,
             shutdown.clone(),
         )
         .await;

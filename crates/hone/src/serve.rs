@@ -18,6 +18,7 @@ pub async fn run(
     artifacts: Arc<dyn ArtifactStore>,
     device: tch::Device,
     threads: Threads,
+    batch_work: hone_train::threads::BatchWork,
     shutdown: CancellationToken,
 ) -> anyhow::Result<()> {
     let predictor = Predictor::start(ServingConfig {
@@ -27,6 +28,8 @@ pub async fn run(
         batch_size: config.predict_batch_size,
         device,
         threads: threads.inference,
+        idle_threads: threads.inference_idle,
+        batch_work: batch_work.clone(),
     })
     .context("cannot start the inference thread")?;
     let dataset_limits = DatasetLimits {
@@ -45,7 +48,7 @@ pub async fn run(
         artifacts,
         predictor,
         // An estimate is batch work, like training: it gets training's threads.
-        transferability: Estimator::new(device, threads.training),
+        transferability: Estimator::new(device, threads.training, batch_work),
         settings: Arc::new(ApiSettings {
             models_dir: config.models_dir.clone(),
             dataset_limits,

@@ -131,6 +131,7 @@ async fn train_and_publish(
         seed: job.seed as u64,
         device: settings.device,
         threads: settings.threads,
+        batch_work: settings.batch_work.clone(),
         out_dir: out_dir.clone(),
         cache,
     };

@@ -82,6 +82,7 @@ pub(super) struct ThreadInput {
     pub(super) device: tch::Device,
     /// libtorch intra-op threads for this thread.
     pub(super) threads: usize,
+    pub(super) batch_work: hone_train::threads::BatchWork,
     pub(super) out_dir: PathBuf,
     pub(super) cache: FeatureCacheKeys,
     /// A checkpoint of an earlier attempt to go on from.
@@ -156,6 +157,7 @@ fn run_training(
     tx: &mpsc::UnboundedSender<Update>,
     flags: &Arc<StopFlags>,
 ) -> Result<ThreadOutput, TrainError> {
+    let _working = input.batch_work.enter();
     hone_train::threads::use_intra_op_threads(input.threads);
     let run = Run::new(input, tx, flags)?;
     let mean_tokens = run.token_lengths()?;
