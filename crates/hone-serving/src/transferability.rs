@@ -21,6 +21,7 @@ use std::time::Instant;
 
 use hone_domain::job::PoolingType;
 use hone_domain::split::stratified_split;
+use hone_train::model_dir::CONFIG_FILE;
 use hone_train::threads::BatchWork;
 use hone_train::{BertConfig, TrainError};
 pub use hone_train::{Objective, Targets};
@@ -211,7 +212,7 @@ fn estimate_one(
     cancelled: &dyn Fn() -> bool,
 ) -> Result<ModelEstimate, TrainError> {
     let started = Instant::now();
-    let hidden = BertConfig::from_file(&model.dir.join("config.json"))?.hidden_size;
+    let hidden = BertConfig::from_file(&model.dir.join(CONFIG_FILE))?.hidden_size;
     let run = hone_train::FeatureRun {
         base_model_dir: &model.dir,
         max_seq_len: model.max_seq_len,

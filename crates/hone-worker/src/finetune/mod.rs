@@ -14,6 +14,7 @@ use hone_store::events::NewEvent;
 use hone_store::feature_cache as features;
 use hone_store::queue::{ClaimedJob, Lease};
 use hone_store::{ArtifactStore, Db};
+use hone_train::model_dir::CONFIG_FILE;
 use sha2::{Digest, Sha256};
 
 use super::{StopFlags, WorkerSettings};
@@ -205,7 +206,7 @@ async fn feature_cache(
     let base_key = if prepared.file.images.is_empty() {
         job.base_model.clone()
     } else {
-        let config = tokio::fs::read(prepared.base_dir.join("config.json"))
+        let config = tokio::fs::read(prepared.base_dir.join(CONFIG_FILE))
             .await
             .map_err(|e| transient("worker_error", format!("cannot read the base model: {e}")))?;
         format!(

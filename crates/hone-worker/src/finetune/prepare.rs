@@ -11,6 +11,7 @@ use hone_domain::dataset::{parse_examples, Example, Modality};
 use hone_domain::split::stratified_split;
 use hone_store::queue::ClaimedJob;
 use hone_store::{ArtifactStore, Db};
+use hone_train::model_dir::CONFIG_FILE;
 use hone_train::train::TrainData;
 use hone_train::Objective;
 use sha2::{Digest, Sha256};
@@ -111,7 +112,7 @@ pub(super) async fn prepare(
 ) -> Result<Prepared, Failure> {
     let job = &claimed.job;
     let base_dir = settings.models_dir.join(&job.base_model);
-    if !base_dir.join("config.json").is_file() {
+    if !base_dir.join(CONFIG_FILE).is_file() {
         return Err(user(
             "base_model_unavailable",
             format!(
