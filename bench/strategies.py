@@ -20,11 +20,19 @@ over real tokens + dropout 0.1 + Linear(hidden, labels) initialised normal(0, 0.
 with zero bias; cross-entropy; AdamW (betas 0.9/0.999, eps 1e-8, weight decay except on
 biases and LayerNorm); linear warmup (warmup_ratio of all steps, rounded up) then
 linear decay to 0, stepped per batch; gradient-norm clipping; each batch padded to
-its longest text; the training set shuffled every epoch.
+its longest text; the training set shuffled every epoch. Where the two differ by
+design, hone runs its defaults as a job would and this side what a user's plain loop
+does: hone's `full` and `partial` batch texts of similar length together (the API's
+`group_by_length`, on by default) and its `partial` computes the frozen layers once
+(see crates/hone-train/src/frozen.rs); this side draws random batches and runs every
+layer every step.
 
   full                every weight trains.
   partial             the embeddings and the first `frozen_layers` encoder layers are
                       frozen (no gradient, not in the optimizer).
+  partial_every_step  hone's `partial` as it ran before the frozen-layer cache and
+                      length grouping (both off), to compare with in the same run;
+                      this side runs it exactly as `partial`.
   feature_extraction  the encoder runs once, in eval mode without autograd, over the
                       training texts (shortest first, batches of max(batch_size, 32));
                       only the head trains on those cached features, with dropout on
@@ -57,7 +65,7 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 LABELS = ["rotten", "fresh"]
-STRATEGIES = ("full", "partial", "feature_extraction")
+STRATEGIES = ("full", "partial", "partial_every_step", "feature_extraction")
 HONE_BIN = ROOT / "target/release/examples/strategies"
 
 
@@ -113,6 +121,8 @@ def make_plan(args) -> dict:
         "strategies": [
             {"name": "full", "epochs": args.full_epochs, "learning_rate": args.full_lr},
             {"name": "partial", "frozen_layers": args.frozen_layers,
+             "epochs": args.partial_epochs, "learning_rate": args.partial_lr},
+            {"name": "partial_every_step", "frozen_layers": args.frozen_layers,
              "epochs": args.partial_epochs, "learning_rate": args.partial_lr},
             {"name": "feature_extraction", "epochs": args.fe_epochs,
              "learning_rate": args.fe_lr},
@@ -252,7 +262,7 @@ def train_side(plan: dict, model_dir: Path, threads, only) -> dict:
                 return head(features[indices])
             trainable = list(head.named_parameters())
         else:
-            if name == "partial":
+            if name in ("partial", "partial_every_step"):
                 k = strategy["frozen_layers"]
                 for module in [encoder.embeddings, *encoder.encoder.layer[:k]]:
                     for p in module.parameters():

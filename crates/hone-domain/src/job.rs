@@ -310,6 +310,12 @@ pub struct HyperparametersInput {
     /// for images whose orientation carries the label (digits, text). Default `true`.
     #[schema(example = true)]
     pub augment: Option<bool>,
+    /// Text base models only: make each training batch of texts of similar length
+    /// (shuffled within buckets of 50 batches, the buckets' batches in random order,
+    /// as transformers' `group_by_length`), so batches carry less padding and train
+    /// faster. Every text is still seen once per epoch. Default `true`.
+    #[schema(example = true)]
+    pub group_by_length: Option<bool>,
 }
 
 /// Hyperparameters with every default filled in and every bound checked; stored with
@@ -346,6 +352,10 @@ pub struct Hyperparameters {
     /// `false` for text, as for every job stored before images.
     #[serde(default)]
     pub augment: bool,
+    /// Text jobs: batches of similar length (see the request field); `false` for
+    /// image jobs, and for every job stored before the field existed.
+    #[serde(default)]
+    pub group_by_length: bool,
     /// The fields that took their default rather than a value from the request. An
     /// `auto` job re-derives these once it has chosen its strategy.
     #[serde(default)]
@@ -385,6 +395,7 @@ impl Hyperparameters {
             early_stopping_metric: MonitorMetric::Loss,
             task_weights: BTreeMap::new(),
             augment: false,
+            group_by_length: false,
             defaulted: Vec::new(),
         }
     }
@@ -434,7 +445,9 @@ impl HyperparametersInput {
                 "applies to image base models only",
             ));
         }
-        self.validate_common(model_max_len, method)
+        let mut hp = self.validate_common(model_max_len, method)?;
+        hp.group_by_length = self.group_by_length.unwrap_or(true);
+        Ok(hp)
     }
 
     /// For an image base model, which has no token limit or pooling choice and takes a
@@ -445,6 +458,7 @@ impl HyperparametersInput {
             ("max_seq_len", self.max_seq_len.is_some()),
             ("pooling", self.pooling.is_some()),
             ("head", self.head.is_some_and(|h| h != HeadType::Linear)),
+            ("group_by_length", self.group_by_length.is_some()),
         ];
         if let Some((name, _)) = text_only.iter().find(|(_, given)| *given) {
             return Err(ValidationError::new(
@@ -573,6 +587,7 @@ impl HyperparametersInput {
                 .unwrap_or(d.early_stopping_metric),
             task_weights,
             augment: false,
+            group_by_length: false,
             defaulted,
         })
     }
@@ -635,6 +650,13 @@ mod tests {
                 },
                 "hyperparameters.head",
             ),
+            (
+                HyperparametersInput {
+                    group_by_length: Some(true),
+                    ..HyperparametersInput::default()
+                },
+                "hyperparameters.group_by_length",
+            ),
         ] {
             let err = input
                 .validate_image(MethodType::Full)
@@ -653,6 +675,36 @@ mod tests {
     }
 
     #[test]
+    fn text_jobs_group_by_length_unless_told_not_to() {
+        let text = HyperparametersInput::default()
+            .validate(512, MethodType::Partial)
+            .expect("valid");
+        assert!(text.group_by_length);
+        let off = HyperparametersInput {
+            group_by_length: Some(false),
+            ..HyperparametersInput::default()
+        };
+        assert!(
+            !off.validate(512, MethodType::Full)
+                .expect("valid")
+                .group_by_length
+        );
+        let image = HyperparametersInput::default()
+            .validate_image(MethodType::Full)
+            .expect("valid");
+        assert!(!image.group_by_length);
+        // A job stored before the field existed keeps its random batches, so its
+        // checkpoints resume as they were taken.
+        let mut stored = serde_json::to_value(&text).expect("json");
+        stored
+            .as_object_mut()
+            .expect("object")
+            .remove("group_by_length");
+        let back: Hyperparameters = serde_json::from_value(stored).expect("reads");
+        assert!(!back.group_by_length);
+    }
+
+    #[test]
     fn defaults_fill_missing_fields() {
         let hp = HyperparametersInput::default()
             .validate(512, MethodType::Full)
@@ -661,6 +713,7 @@ mod tests {
             hp,
             Hyperparameters {
                 defaulted: vec!["epochs".into(), "learning_rate".into()],
+                group_by_length: true,
                 ..Hyperparameters::default()
             }
         );

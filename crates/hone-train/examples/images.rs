@@ -249,6 +249,7 @@ fn train(
         features,
         checkpoint_dir: None,
         resume_from: None,
+        frozen_cache_bytes: hone_train::DEFAULT_FROZEN_CACHE_BYTES,
     };
     Ok(fine_tune_with(job, init, clock)?)
 }

@@ -120,10 +120,18 @@ fn run_strategy(
     strategy_plan: &StrategyPlan,
     model_dir: &Path,
 ) -> anyhow::Result<StrategyResult> {
-    let strategy = match (strategy_plan.name.as_str(), strategy_plan.frozen_layers) {
+    // `partial_every_step` is `partial` as hone ran it before it computed the frozen
+    // layers once and grouped texts by length: both off, for comparison.
+    let name = strategy_plan.name.as_str();
+    let as_before = name == "partial_every_step";
+    let strategy = match (name, strategy_plan.frozen_layers) {
         ("full", _) => Strategy::Full,
-        ("partial", Some(frozen_layers)) => Strategy::Partial { frozen_layers },
-        ("partial", None) => anyhow::bail!("the partial strategy needs frozen_layers"),
+        ("partial" | "partial_every_step", Some(frozen_layers)) => {
+            Strategy::Partial { frozen_layers }
+        }
+        ("partial" | "partial_every_step", None) => {
+            anyhow::bail!("the partial strategy needs frozen_layers")
+        }
         ("feature_extraction", _) => Strategy::FeatureExtraction,
         (other, _) => anyhow::bail!("unknown strategy {other:?}"),
     };
@@ -138,6 +146,9 @@ fn run_strategy(
         seed: common.seed,
         grad_clip: common.grad_clip,
         strategy,
+        // What a text job gets unless it says otherwise (the PyTorch side draws
+        // random batches, as a plain loop does).
+        group_by_length: !as_before,
         // Linear head, mean pooling, no layer-wise decay, smoothing, class weights or
         // early stopping: the defaults, and what the PyTorch side does.
         ..TrainConfig::default()
@@ -157,6 +168,11 @@ fn run_strategy(
         features: None,
         checkpoint_dir: None,
         resume_from: None,
+        frozen_cache_bytes: if as_before {
+            0
+        } else {
+            hone_train::DEFAULT_FROZEN_CACHE_BYTES
+        },
     };
     let mut clock = EpochClock::starting_now();
     let trained = fine_tune(job, &mut clock)?;

@@ -456,6 +456,16 @@ impl BertModel {
         token_type_ids: Option<&Tensor>,
         train: bool,
     ) -> Result<Tensor, TrainError> {
+        let xs = self.embed(input_ids, token_type_ids, train)?;
+        self.forward_layers(xs, attention_mask, 0..self.layers.len(), train)
+    }
+
+    fn embed(
+        &self,
+        input_ids: &Tensor,
+        token_type_ids: Option<&Tensor>,
+        train: bool,
+    ) -> Result<Tensor, TrainError> {
         let seq_len = input_ids.size2()?.1;
         if seq_len as usize > self.config.max_position_embeddings {
             return Err(TrainError::InvalidInput(format!(
@@ -463,9 +473,58 @@ impl BertModel {
                 self.config.max_position_embeddings
             )));
         }
-        let mut xs = self.embeddings.forward(input_ids, token_type_ids, train)?;
+        Ok(self.embeddings.forward(input_ids, token_type_ids, train)?)
+    }
+
+    /// The hidden states after the embeddings and the first `layers` blocks
+    /// `[batch, seq, hidden]`, as [`forward`](Self::forward) computes them; what
+    /// [`forward_from`](Self::forward_from) goes on from. `layers` is at most the
+    /// encoder's depth.
+    pub fn forward_until(
+        &self,
+        input_ids: &Tensor,
+        attention_mask: &Tensor,
+        token_type_ids: Option<&Tensor>,
+        layers: usize,
+        train: bool,
+    ) -> Result<Tensor, TrainError> {
+        self.check_depth(layers)?;
+        let xs = self.embed(input_ids, token_type_ids, train)?;
+        self.forward_layers(xs, attention_mask, 0..layers, train)
+    }
+
+    /// Last hidden states from the hidden states `hidden` after the first `layer`
+    /// blocks (see [`forward_until`](Self::forward_until)): the remaining blocks.
+    pub fn forward_from(
+        &self,
+        hidden: Tensor,
+        attention_mask: &Tensor,
+        layer: usize,
+        train: bool,
+    ) -> Result<Tensor, TrainError> {
+        self.check_depth(layer)?;
+        self.forward_layers(hidden, attention_mask, layer..self.layers.len(), train)
+    }
+
+    fn check_depth(&self, layers: usize) -> Result<(), TrainError> {
+        if layers > self.layers.len() {
+            return Err(TrainError::InvalidInput(format!(
+                "the encoder has {} layers, not {layers}",
+                self.layers.len()
+            )));
+        }
+        Ok(())
+    }
+
+    fn forward_layers(
+        &self,
+        mut xs: Tensor,
+        attention_mask: &Tensor,
+        layers: std::ops::Range<usize>,
+        train: bool,
+    ) -> Result<Tensor, TrainError> {
         let mask = additive_mask(attention_mask, xs.kind())?;
-        for layer in &self.layers {
+        for layer in &self.layers[layers] {
             xs = layer.forward(&xs, mask.as_ref(), train)?;
         }
         Ok(xs)

@@ -108,6 +108,22 @@ impl SequenceClassifier {
         self.head_forward(&pooled, train)
     }
 
+    /// Logits from the hidden states after the encoder's first `layer` blocks (see
+    /// [`BertModel::forward_until`]) and their attention mask: the remaining blocks,
+    /// the pooling and the head. `train` enables dropout.
+    pub fn forward_from(
+        &self,
+        hidden: Tensor,
+        attention_mask: &Tensor,
+        layer: usize,
+        train: bool,
+    ) -> Result<Tensor, TrainError> {
+        let hidden = self
+            .encoder
+            .forward_from(hidden, attention_mask, layer, train)?;
+        self.head_forward(&pool(&hidden, attention_mask, self.pooling)?, train)
+    }
+
     /// The pooled encoder output `[batch, hidden]`: what the head sees, and what
     /// feature extraction caches.
     pub fn features(&self, batch: &Batch, train: bool) -> Result<Tensor, TrainError> {

@@ -45,6 +45,10 @@ pub struct TrainConfig {
     /// Feature extraction trains on features computed once, so never augments.
     #[serde(default = "augment_default")]
     pub augment: bool,
+    /// Text only: each epoch's batches of texts of similar length (see
+    /// [`crate::inputs::grouped_by_length`]); off in checkpoints taken before it existed.
+    #[serde(default)]
+    pub group_by_length: bool,
 }
 
 fn augment_default() -> bool {
@@ -90,6 +94,7 @@ impl TrainConfig {
             early_stopping_patience: hp.early_stopping_patience,
             monitor: hp.early_stopping_metric,
             augment: hp.augment,
+            group_by_length: hp.group_by_length,
         }
     }
 }
@@ -116,6 +121,9 @@ impl Default for TrainConfig {
             early_stopping_patience: 0,
             monitor: MonitorMetric::Loss,
             augment: true,
+            // transformers' default; the API's is `true` for text (see
+            // `HyperparametersInput::group_by_length`).
+            group_by_length: false,
         }
     }
 }
@@ -151,6 +159,7 @@ mod tests {
             early_stopping_patience: 2,
             early_stopping_metric: MonitorMetric::MacroF1,
             augment: true,
+            group_by_length: true,
             ..Hyperparameters::defaults_for(MethodType::FeatureExtraction)
         };
         let strategy = Strategy::Partial { frozen_layers: 2 };
@@ -174,6 +183,7 @@ mod tests {
                 early_stopping_patience: 2,
                 monitor: MonitorMetric::MacroF1,
                 augment: true,
+                group_by_length: true,
             }
         );
     }

@@ -4,10 +4,13 @@
 
 use std::sync::Arc;
 
+use rand::seq::SliceRandom;
+use rand::Rng;
 use tch::{Device, Tensor};
 
 use crate::data::Features;
 use crate::error::TrainError;
+use crate::frozen::{FrozenSplits, FrozenStates};
 use crate::network::Network;
 use crate::tokenize::{collate, Encoded};
 use crate::vision_data::{ImageSet, Mode as ImageMode};
@@ -20,6 +23,9 @@ pub(crate) enum Inputs<'a> {
         pad_id: u32,
     },
     Features(&'a Tensor),
+    /// The hidden states after a text encoder's frozen blocks; the rest of the
+    /// network runs from there.
+    Frozen(&'a FrozenStates),
     Images {
         set: &'a Arc<ImageSet>,
         /// The seed of training-time augmentation; `None` trains on the centre crop.
@@ -40,8 +46,18 @@ impl Inputs<'_> {
         Ok(match self {
             Inputs::Tokens { encoded, .. } => encoded.len(),
             Inputs::Features(t) => t.size2()?.0 as usize,
+            Inputs::Frozen(states) => states.len(),
             Inputs::Images { set, .. } => set.len(),
         })
+    }
+
+    /// Each example's number of tokens, for inputs made of tokens.
+    pub(crate) fn token_lengths(&self) -> Option<Vec<usize>> {
+        match self {
+            Inputs::Tokens { encoded, .. } => Some(encoded.iter().map(Encoded::len).collect()),
+            Inputs::Frozen(states) => Some((0..states.len()).map(|i| states.tokens(i)).collect()),
+            Inputs::Features(_) | Inputs::Images { .. } => None,
+        }
     }
 
     /// The examples of `order` in batches of `batch_size`; `epoch` is the training
@@ -96,6 +112,10 @@ impl Inputs<'_> {
                 let items: Vec<&Encoded> = batch.indices.iter().map(|&i| &encoded[i]).collect();
                 model.forward(&collate(&items, *pad_id, device)?, train)
             }
+            (Inputs::Frozen(states), Network::Text { model, .. }, _) => {
+                let (hidden, mask) = states.batch(&batch.indices, device)?;
+                model.forward_from(hidden, &mask, states.layer(), train)
+            }
             (Inputs::Features(features), _, _) => {
                 let rows: Vec<i64> = batch.indices.iter().map(|&i| i as i64).collect();
                 let rows = Tensor::f_from_slice(&rows)?.f_to_device(features.device())?;
@@ -109,6 +129,41 @@ impl Inputs<'_> {
             )),
         }
     }
+}
+
+/// Buckets of `BUCKET_BATCHES` batches: wide enough that sorting within one removes
+/// most padding, narrow enough that batches still mix examples from across the
+/// epoch's shuffle. transformers' `LengthGroupedSampler` uses 50.
+const BUCKET_BATCHES: usize = 50;
+
+/// `order` (an epoch's shuffle) rearranged so that every run of `batch_size` holds
+/// examples of similar length, as transformers' `group_by_length`: the shuffle is cut
+/// into buckets of [`BUCKET_BATCHES`] batches, each bucket sorted by length (longest
+/// first), cut into batches, and all batches put in a random order drawn from `rng`.
+/// Every example stays exactly once; the batches (and so the steps per epoch) are as
+/// many as before.
+pub(crate) fn grouped_by_length(
+    order: Vec<usize>,
+    lengths: &[usize],
+    batch_size: usize,
+    rng: &mut impl Rng,
+) -> Vec<usize> {
+    let batch_size = batch_size.max(1);
+    let mut batches: Vec<Vec<usize>> = Vec::with_capacity(order.len().div_ceil(batch_size));
+    for bucket in order.chunks(batch_size * BUCKET_BATCHES) {
+        let mut bucket = bucket.to_vec();
+        // Stable: ties keep the shuffle's order.
+        bucket.sort_by_key(|&i| std::cmp::Reverse(lengths[i]));
+        batches.extend(bucket.chunks(batch_size).map(<[usize]>::to_vec));
+    }
+    // The short last batch goes last, so the others stay full.
+    let last = match batches.last() {
+        Some(b) if b.len() < batch_size => batches.pop(),
+        _ => None,
+    };
+    batches.shuffle(rng);
+    batches.extend(last);
+    batches.concat()
 }
 
 /// The training or the validation side of a job.
@@ -133,13 +188,15 @@ pub(crate) enum Prepared {
 }
 
 impl Prepared {
-    /// The inputs of `split`: its features when there are some, else its token ids or
+    /// The inputs of `split`: its features when there are some, else its frozen
+    /// states when there are some, else its token ids or
     /// images (training images augmented from the seed `augment`, when given); `None`
     /// when the job has no such split.
     pub(crate) fn inputs<'a>(
         &'a self,
         split: Split,
         features: Option<&'a Features>,
+        frozen: Option<&'a FrozenSplits>,
         augment: Option<u64>,
     ) -> Option<Inputs<'a>> {
         let features = features.and_then(|f| match split {
@@ -148,6 +205,13 @@ impl Prepared {
         });
         if let Some(f) = features {
             return Some(Inputs::Features(f));
+        }
+        let frozen = frozen.and_then(|f| match split {
+            Split::Train => Some(&f.train),
+            Split::Validation => f.validation.as_ref(),
+        });
+        if let Some(states) = frozen {
+            return Some(Inputs::Frozen(states));
         }
         Some(match (self, split) {
             (Prepared::Tokens { train, pad_id, .. }, Split::Train) => Inputs::Tokens {
@@ -172,5 +236,61 @@ impl Prepared {
                 augment: None,
             },
         })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use rand::rngs::StdRng;
+    use rand::SeedableRng;
+
+    use super::*;
+
+    /// The padding of `order` cut into batches: Σ over batches of (longest − each).
+    fn padding(order: &[usize], lengths: &[usize], batch_size: usize) -> usize {
+        order
+            .chunks(batch_size)
+            .map(|b| {
+                let longest = b.iter().map(|&i| lengths[i]).max().unwrap_or(0);
+                b.iter().map(|&i| longest - lengths[i]).sum::<usize>()
+            })
+            .sum()
+    }
+
+    #[test]
+    fn grouping_by_length_keeps_every_example_once_and_cuts_padding() {
+        let mut rng = StdRng::seed_from_u64(7);
+        let lengths: Vec<usize> = (0..1003).map(|_| rng.gen_range(3..120)).collect();
+        let mut order: Vec<usize> = (0..lengths.len()).collect();
+        order.shuffle(&mut rng);
+        let batch_size = 16;
+        let grouped = grouped_by_length(order.clone(), &lengths, batch_size, &mut rng);
+
+        let mut seen = grouped.clone();
+        seen.sort_unstable();
+        assert_eq!(seen, (0..lengths.len()).collect::<Vec<_>>());
+        // 1003 = 62 full batches + 11: the short batch stays last, so every other
+        // batch that `batches` cuts is full.
+        let last_batch = &grouped[62 * batch_size..];
+        assert_eq!(last_batch.len(), 11);
+        let shuffled = padding(&order, &lengths, batch_size);
+        let less = padding(&grouped, &lengths, batch_size);
+        assert!(less * 5 < shuffled, "{less} vs {shuffled}");
+        // The batches come in a random order, not longest first.
+        let firsts: Vec<usize> = grouped
+            .chunks(batch_size)
+            .take(10)
+            .map(|b| lengths[b[0]])
+            .collect();
+        assert!(firsts.windows(2).any(|w| w[0] < w[1]), "{firsts:?}");
+        // The same draws give the same order: a resumed run batches as the first did.
+        let mut again = StdRng::seed_from_u64(7);
+        let _: Vec<usize> = (0..1003).map(|_| again.gen_range(3..120)).collect();
+        let mut order_again: Vec<usize> = (0..lengths.len()).collect();
+        order_again.shuffle(&mut again);
+        assert_eq!(
+            grouped_by_length(order_again, &lengths, batch_size, &mut again),
+            grouped
+        );
     }
 }

@@ -18,6 +18,7 @@ use crate::data::{Features, TrainData};
 use crate::efficientnet::EfficientNetConfig;
 use crate::error::TrainError;
 use crate::features::{image_features, pooled_features};
+use crate::frozen::{FrozenSplits, FrozenStates};
 use crate::inputs::Prepared;
 use crate::layers::{is_head_variable, WeightInit};
 use crate::model_dir::{CONFIG_FILE, WEIGHTS_FILE};
@@ -239,4 +240,64 @@ pub(crate) fn computed_features(
         }
         _ => None,
     })
+}
+
+/// What [`frozen_states`] decided.
+pub(crate) enum FrozenCache {
+    /// The states of every split, computed once; their size in bytes.
+    Computed(FrozenSplits, u64),
+    /// The states would take this many bytes, more than the cap: the frozen layers run
+    /// every step.
+    TooLarge(u64),
+    /// Nothing frozen to cache: not a text run, or not `partial`.
+    NotApplicable,
+}
+
+/// The hidden states after the frozen blocks of a `partial` text run, for every
+/// training and validation input, when they fit in `max_bytes` (see
+/// [`crate::frozen`]).
+pub(crate) fn frozen_states(
+    network: &Network,
+    prepared: &Prepared,
+    job: &JobRef,
+    max_bytes: u64,
+    cancelled: &dyn Fn() -> bool,
+) -> Result<FrozenCache, TrainError> {
+    let (
+        Strategy::Partial { frozen_layers },
+        Network::Text { model, .. },
+        Prepared::Tokens {
+            train,
+            validation,
+            pad_id,
+        },
+    ) = (job.config.strategy, network, prepared)
+    else {
+        return Ok(FrozenCache::NotApplicable);
+    };
+    let hidden = model.encoder().config().hidden_size;
+    let bytes = FrozenStates::bytes_for(train, hidden)
+        + validation
+            .as_deref()
+            .map_or(0, |v| FrozenStates::bytes_for(v, hidden));
+    if bytes > max_bytes {
+        return Ok(FrozenCache::TooLarge(bytes));
+    }
+    let batch_size = job.config.batch_size.max(32);
+    let compute = |encoded: &[Encoded]| {
+        FrozenStates::compute(
+            model.encoder(),
+            frozen_layers,
+            encoded,
+            *pad_id,
+            batch_size,
+            job.device,
+            cancelled,
+        )
+    };
+    let splits = FrozenSplits {
+        train: compute(train)?,
+        validation: validation.as_deref().map(compute).transpose()?,
+    };
+    Ok(FrozenCache::Computed(splits, bytes))
 }

@@ -39,7 +39,7 @@ use crate::early_stopping::{monitor_name, BestEpoch};
 pub use crate::error::TrainError;
 use crate::evaluate::{score, score_subset};
 pub use crate::features::{extract_features, extract_image_features, FeatureRun};
-use crate::inputs::{Inputs, Split};
+use crate::inputs::{grouped_by_length, Inputs, Split};
 pub use crate::job::TrainJob;
 pub use crate::metrics::{
     EpochMetrics, EvalMetrics, Evaluation, StepProgress, TRAIN_EVAL_EXAMPLES,
@@ -54,7 +54,10 @@ pub use crate::optim::Optimizer;
 use crate::predict::Classifier;
 use crate::resume::{self, TrainState};
 use crate::schedule::LinearSchedule;
-use crate::setup::{checked_features, computed_features, set_up_image, set_up_text, JobRef, Setup};
+use crate::setup::{
+    checked_features, computed_features, frozen_states, set_up_image, set_up_text, FrozenCache,
+    JobRef, Setup,
+};
 pub use crate::trainable::apply_checkpoint;
 use crate::trainable::{load_trainable, prefixed, trainable, with_prefix};
 
@@ -157,6 +160,7 @@ pub fn fine_tune_with(
         features,
         checkpoint_dir,
         resume_from,
+        frozen_cache_bytes,
     } = job;
     let (architecture, modality) = architecture_of(base_model_dir)?;
     check_job(&objective, &train, validation.as_ref(), &config, modality)?;
@@ -187,14 +191,44 @@ pub fn fine_tune_with(
         }
         _ => None,
     };
+    let frozen_states = match frozen_states(&network, &prepared, &job, frozen_cache_bytes, &|| {
+        observer.cancelled()
+    })? {
+        FrozenCache::Computed(states, bytes) => {
+            observer.on_notice(&format!(
+                "the frozen layers' outputs ({}) were computed once; every epoch starts from the first trained layer",
+                megabytes(bytes)
+            ));
+            Some(states)
+        }
+        FrozenCache::TooLarge(bytes) => {
+            observer.on_notice(&format!(
+                "the frozen layers run every step: their outputs would take {}, more than the {} allowed",
+                megabytes(bytes),
+                megabytes(frozen_cache_bytes)
+            ));
+            None
+        }
+        FrozenCache::NotApplicable => None,
+    };
     let augment =
         (config.augment && config.strategy != Strategy::FeatureExtraction).then_some(config.seed);
     let train_inputs = prepared
-        .inputs(Split::Train, features.as_ref(), augment)
+        .inputs(
+            Split::Train,
+            features.as_ref(),
+            frozen_states.as_ref(),
+            augment,
+        )
         .ok_or_else(|| {
             TrainError::InvalidInput("the training set has no inputs of the model's kind".into())
         })?;
-    let validation_inputs = prepared.inputs(Split::Validation, features.as_ref(), augment);
+    let validation_inputs = prepared.inputs(
+        Split::Validation,
+        features.as_ref(),
+        frozen_states.as_ref(),
+        augment,
+    );
 
     let mut epochs = EpochLoop::new(
         job,
@@ -378,8 +412,14 @@ impl<'a> EpochLoop<'a> {
         // resumed at an epoch boundary draws what the uninterrupted one drew.
         let epoch_seed = resume::epoch_seed(self.job.config.seed, epoch);
         tch::manual_seed(epoch_seed as i64);
+        let mut rng = StdRng::seed_from_u64(epoch_seed);
         let mut order: Vec<usize> = (0..self.job.train.len()).collect();
-        order.shuffle(&mut StdRng::seed_from_u64(epoch_seed));
+        order.shuffle(&mut rng);
+        if self.job.config.group_by_length {
+            if let Some(lengths) = self.train_inputs.token_lengths() {
+                order = grouped_by_length(order, &lengths, self.job.config.batch_size, &mut rng);
+            }
+        }
         let mut loss_sum = 0.0;
         for batch in self
             .train_inputs
@@ -589,4 +629,9 @@ fn model_meta(
             Modality::Image => 0,
         },
     }
+}
+
+/// `bytes` in MB for a notice, e.g. "38.2 MB".
+fn megabytes(bytes: u64) -> String {
+    format!("{:.1} MB", bytes as f64 / 1e6)
 }

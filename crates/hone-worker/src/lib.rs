@@ -32,6 +32,9 @@ pub struct WorkerSettings {
     /// The process's batch work: a training thread counts in it while it runs, so that
     /// a predict thread in the same process yields it cores.
     pub batch_work: hone_train::threads::BatchWork,
+    /// Bytes a `partial` text job may hold for its frozen layers' outputs
+    /// ([`hone_train::TrainJob::frozen_cache_bytes`]).
+    pub frozen_cache_bytes: u64,
 }
 
 /// A worker's name for the jobs it holds: host, process and a random part, so that two

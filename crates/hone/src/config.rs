@@ -35,6 +35,9 @@ pub struct Config {
     /// The one thread count of earlier versions: when set, it stands for either of the
     /// two above that is left at 0, so an existing `HONE_THREADS` keeps working.
     pub threads: usize,
+    /// Bytes a `partial` text job may keep in memory for the outputs of its frozen
+    /// layers, computed once instead of every step; larger jobs run them every step.
+    pub frozen_cache_bytes: u64,
     /// A running job's lease; a worker that misses heartbeats this long loses its job
     /// to the queue.
     pub lease_seconds: u64,
@@ -59,6 +62,9 @@ pub struct Config {
     pub predict_cache_size: usize,
     /// Predict requests admitted to the inference queue at once; more wait for a place.
     pub predict_max_pending: usize,
+    /// Of those, the most one project may hold; its further requests wait in a line
+    /// of their own, so one tenant cannot take every place.
+    pub predict_max_pending_per_project: usize,
     /// How long a predict request waits for a place in the inference queue before it
     /// is answered 429.
     pub predict_queue_timeout_ms: u64,
@@ -89,6 +95,7 @@ impl Default for Config {
             inference_threads: 0,
             training_threads: 0,
             threads: 0,
+            frozen_cache_bytes: hone_train::DEFAULT_FROZEN_CACHE_BYTES,
             lease_seconds: 60,
             poll_interval_ms: 2000,
             job_max_attempts: 3,
@@ -102,6 +109,7 @@ impl Default for Config {
             max_image_pixels: limits.max_image_pixels,
             predict_cache_size: 4,
             predict_max_pending: 64,
+            predict_max_pending_per_project: 32,
             predict_queue_timeout_ms: 5000,
             predict_batch_size: 32,
             max_predict_inputs: 256,
@@ -206,6 +214,7 @@ impl Config {
             device,
             threads: training_threads,
             batch_work,
+            frozen_cache_bytes: self.frozen_cache_bytes,
         }
     }
 }

@@ -186,6 +186,7 @@ pub fn cpu_job<'a>(
         features: None,
         checkpoint_dir: None,
         resume_from: None,
+        frozen_cache_bytes: hone_train::DEFAULT_FROZEN_CACHE_BYTES,
     }
 }
 
@@ -208,6 +209,7 @@ pub fn fast_config(seed: u64) -> TrainConfig {
 pub struct Recorder {
     pub steps: Vec<StepProgress>,
     pub epochs: Vec<EpochMetrics>,
+    pub notices: Vec<String>,
     pub cancel_after: Option<u64>,
 }
 
@@ -217,6 +219,9 @@ impl TrainObserver for Recorder {
     }
     fn on_epoch(&mut self, m: &EpochMetrics) {
         self.epochs.push(m.clone());
+    }
+    fn on_notice(&mut self, message: &str) {
+        self.notices.push(message.to_owned());
     }
     fn cancelled(&self) -> bool {
         self.cancel_after

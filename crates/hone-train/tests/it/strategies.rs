@@ -36,6 +36,103 @@ fn same(a: &Tensor, b: &Tensor) -> bool {
     a.size() == b.size() && a.equal(b)
 }
 
+/// Sets every dropout probability of the base model in `dir` to 0, so a run draws no
+/// random numbers after initialisation.
+fn without_dropout(dir: &std::path::Path) {
+    let path = dir.join("config.json");
+    let mut config: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(&path).expect("read config")).expect("json");
+    config["hidden_dropout_prob"] = 0.0.into();
+    config["attention_probs_dropout_prob"] = 0.0.into();
+    std::fs::write(&path, config.to_string()).expect("write config");
+}
+
+#[test]
+fn partial_computes_the_frozen_layers_once_and_trains_as_running_them_every_step() {
+    let _lock = torch_lock();
+    let base = tiny_base_model(12, Naming::Plain);
+    // Without dropout, the frozen layers' outputs are the same in train and eval mode,
+    // so the cached run must train the same weights as the uncached one.
+    without_dropout(base.path());
+    let run = |cache_bytes: u64| {
+        let mut job = job(
+            base.path(),
+            Strategy::Partial { frozen_layers: 1 },
+            Some(toy_data(16, 2)),
+        );
+        job.frozen_cache_bytes = cache_bytes;
+        let mut recorder = Recorder::default();
+        let model = fine_tune(job, &mut recorder).expect("train");
+        (weights(&model), recorder)
+    };
+    let (cached, cached_run) = run(hone_train::DEFAULT_FROZEN_CACHE_BYTES);
+    let (every_step, every_step_run) = run(0);
+    assert!(
+        cached_run
+            .notices
+            .iter()
+            .any(|n| n.contains("computed once")),
+        "{:?}",
+        cached_run.notices
+    );
+    assert!(
+        every_step_run
+            .notices
+            .iter()
+            .any(|n| n.contains("run every step")),
+        "{:?}",
+        every_step_run.notices
+    );
+    for (name, tensor) in &every_step {
+        let other = &cached[name];
+        let gap = (tensor - other).abs().max().double_value(&[]);
+        assert!(gap < 1e-4, "{name} differs by {gap}");
+    }
+    // Both validated on the same data with the same weights, epoch by epoch.
+    for (a, b) in cached_run.epochs.iter().zip(&every_step_run.epochs) {
+        let (a, b) = (
+            a.validation.as_ref().expect("v"),
+            b.validation.as_ref().expect("v"),
+        );
+        assert!((a.loss - b.loss).abs() < 1e-4, "{} vs {}", a.loss, b.loss);
+    }
+    // The trained layers did train: the run is not vacuous.
+    let before = base_weights(base.path());
+    let top = "encoder.layer.1.output.dense.weight";
+    assert!(!same(&cached[top], &before[top]), "{top} did not train");
+}
+
+#[test]
+fn group_by_length_changes_the_batches_not_the_steps_and_learns_as_well() {
+    let _lock = torch_lock();
+    let base = tiny_base_model(13, Naming::Plain);
+    let run = |group_by_length: bool| {
+        let mut j = job(base.path(), Strategy::Full, Some(toy_data(40, 4)));
+        j.train = toy_data(200, 3);
+        j.config.epochs = 6;
+        j.config.group_by_length = group_by_length;
+        let mut recorder = Recorder::default();
+        fine_tune(j, &mut recorder).expect("train");
+        recorder
+    };
+    let (grouped, random) = (run(true), run(false));
+    // 200 examples in batches of 8: 25 steps an epoch either way.
+    assert_eq!(grouped.steps.len(), 150);
+    assert_eq!(random.steps.len(), 150);
+    let first_losses = |r: &Recorder| r.steps.iter().take(25).map(|s| s.loss).collect::<Vec<_>>();
+    assert_ne!(
+        first_losses(&grouped),
+        first_losses(&random),
+        "same batches"
+    );
+    let accuracy = |r: &Recorder| {
+        let last = r.epochs.last().expect("epochs");
+        last.validation.as_ref().expect("validation").accuracy
+    };
+    assert!(accuracy(&grouped) >= 0.9, "{:?}", grouped.epochs.last());
+    assert!(accuracy(&grouped) >= accuracy(&random) - 0.1);
+}
+
 #[test]
 fn partial_keeps_frozen_layers_bit_identical_and_trains_the_rest() {
     let _lock = torch_lock();

@@ -133,6 +133,7 @@ async fn train_and_publish(
         device: settings.device,
         threads: settings.threads,
         batch_work: settings.batch_work.clone(),
+        frozen_cache_bytes: settings.frozen_cache_bytes,
         out_dir: out_dir.clone(),
         cache,
     };

@@ -83,6 +83,8 @@ pub(super) struct ThreadInput {
     /// libtorch intra-op threads for this thread.
     pub(super) threads: usize,
     pub(super) batch_work: hone_train::threads::BatchWork,
+    /// [`TrainJob::frozen_cache_bytes`].
+    pub(super) frozen_cache_bytes: u64,
     pub(super) out_dir: PathBuf,
     pub(super) cache: FeatureCacheKeys,
     /// A checkpoint of an earlier attempt to go on from.
@@ -390,6 +392,7 @@ impl<'a> Run<'a> {
             features,
             checkpoint_dir: checkpoints.then_some(self.checkpoint_dir.as_path()),
             resume_from: self.input.resume_from.as_deref().filter(|_| resume),
+            frozen_cache_bytes: self.input.frozen_cache_bytes,
         }
     }
 
