@@ -324,7 +324,10 @@ async fn predict(
         .await
         .map_err(not_found_as(&id))?;
     let dir = state.artifacts.local_dir(&model.storage_key).await?;
-    let predictions = state.predictor.predict(&id, dir, inputs).await?;
+    let predictions = state
+        .predictor
+        .predict(project.id.as_str(), &id, dir, inputs)
+        .await?;
     Ok(Json(PredictResponse {
         model: id,
         predictions: predictions.into_iter().map(PredictionOut::from).collect(),

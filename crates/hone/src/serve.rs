@@ -24,6 +24,7 @@ pub async fn run(
     let predictor = Predictor::start(ServingConfig {
         cache_size: config.predict_cache_size,
         max_pending: config.predict_max_pending,
+        max_pending_per_project: config.predict_max_pending_per_project,
         queue_timeout: std::time::Duration::from_millis(config.predict_queue_timeout_ms),
         batch_size: config.predict_batch_size,
         device,
