@@ -226,6 +226,7 @@ async fn feature_extraction_on_lite0_learns_fashion_mnist_from_a_zip() {
         .map(|p| p["label"].as_str().expect("label"))
         .collect();
     assert_eq!(from_files, predicted[..8], "{files}");
+    crate::image_predict::image_inputs_are_checked_and_the_one_at_fault_is_named(&s, &path).await;
     // A text model's inputs on an image model name the mismatch.
     let (status, err) = s.post_json(&path, &json!({"inputs": ["a text"]})).await;
     assert_eq!(status, 400, "{err}");

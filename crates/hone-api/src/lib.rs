@@ -44,6 +44,8 @@ pub struct ApiSettings {
     /// Folder of base-model directories.
     pub models_dir: PathBuf,
     pub dataset_limits: DatasetLimits,
+    /// The image bounds of predict requests: the uploads' with a smaller pixel cap.
+    pub predict_image_limits: DatasetLimits,
     /// Inputs accepted in one predict request.
     pub max_predict_inputs: usize,
     /// Characters accepted in one predict input.

@@ -310,23 +310,31 @@ async fn predict(
     Path(id): Path<String>,
     body: PredictBody,
 ) -> Result<Json<PredictResponse>, ApiError> {
-    let inputs = match body {
-        PredictBody::Json(req) => json_inputs(&state, req.inputs).await?,
+    // The request's shape first: counts, kinds and lengths, nothing decoded.
+    let unchecked = match body {
+        PredictBody::Json(req) => json_inputs(&state, req.inputs)?,
         PredictBody::Images(images) => {
             check_count(&state, images.len())?;
-            let raw = images.into_iter().map(RawImage::Bytes).collect();
-            PredictInputs::Images(checked_images(&state, raw).await?)
+            Unchecked::Images(images.into_iter().map(RawImage::Bytes).collect())
         }
     };
+    // Then the model: an unknown one is 404 before any input is decoded.
     let model = state
         .db
         .get_model(&project.id, &id)
         .await
         .map_err(not_found_as(&id))?;
     let dir = state.artifacts.local_dir(&model.storage_key).await?;
+    // Then a place in the queue, so that a flood of image requests waits in line
+    // rather than decoding them all at once.
+    let admitted = state.predictor.admit(project.id.as_str()).await?;
+    let inputs = match unchecked {
+        Unchecked::Ready(inputs) => inputs,
+        Unchecked::Images(raw) => PredictInputs::Images(checked_images(&state, raw).await?),
+    };
     let predictions = state
         .predictor
-        .predict(project.id.as_str(), &id, dir, inputs)
+        .predict_admitted(admitted, &id, dir, inputs)
         .await?;
     Ok(Json(PredictResponse {
         model: id,
@@ -357,6 +365,13 @@ fn input_error(i: usize, (kind, message): Refusal) -> ApiError {
     )
 }
 
+/// A request's inputs once their shape is checked: ready to predict, or images still
+/// to decode and check.
+enum Unchecked {
+    Ready(PredictInputs),
+    Images(Vec<RawImage>),
+}
+
 /// An image as the request sent it.
 enum RawImage {
     Base64(String),
@@ -364,9 +379,10 @@ enum RawImage {
 }
 
 /// Decodes and checks every image as uploads are checked (a PNG or JPEG by its bytes,
-/// within the size bounds, decodable), off the async threads.
+/// within the size bounds, decodable), off the async threads, within predict's
+/// limits (a smaller pixel cap than uploads').
 async fn checked_images(state: &AppState, raw: Vec<RawImage>) -> Result<Vec<Vec<u8>>, ApiError> {
-    let limits = state.settings.dataset_limits.clone();
+    let limits = state.settings.predict_image_limits.clone();
     tokio::task::spawn_blocking(move || {
         raw.into_iter()
             .enumerate()
@@ -383,11 +399,9 @@ async fn checked_images(state: &AppState, raw: Vec<RawImage>) -> Result<Vec<Vec<
     .map_err(|e| ApiError::internal("image checks", &e))?
 }
 
-/// The inputs of a JSON request, all of one kind, each within the limits.
-async fn json_inputs(
-    state: &AppState,
-    inputs: Vec<PredictInput>,
-) -> Result<PredictInputs, ApiError> {
+/// The inputs of a JSON request, all of one kind, each within the limits; images are
+/// left to decode.
+fn json_inputs(state: &AppState, inputs: Vec<PredictInput>) -> Result<Unchecked, ApiError> {
     check_count(state, inputs.len())?;
     let kind = |input: &PredictInput| match input {
         PredictInput::Text(_) => 0,
@@ -429,8 +443,8 @@ async fn json_inputs(
         }
     }
     Ok(match first {
-        0 => PredictInputs::Texts(texts),
-        1 => PredictInputs::Pairs { texts, pairs },
-        _ => PredictInputs::Images(checked_images(state, images).await?),
+        0 => Unchecked::Ready(PredictInputs::Texts(texts)),
+        1 => Unchecked::Ready(PredictInputs::Pairs { texts, pairs }),
+        _ => Unchecked::Images(images),
     })
 }

@@ -21,7 +21,8 @@ use std::path::PathBuf;
 use std::sync::{mpsc, Arc};
 use std::time::Duration;
 
-use admission::{Admission, Admitted};
+use admission::Admission;
+pub use admission::Admitted;
 use hone_train::predict::Classifier;
 pub use hone_train::predict::{ClassPrediction, Prediction};
 use hone_train::threads::BatchWork;
@@ -190,7 +191,26 @@ impl Predictor {
         model_dir: PathBuf,
         inputs: PredictInputs,
     ) -> Result<Vec<Prediction>, ServingError> {
-        let admitted = self.admission.admit(project).await?;
+        let admitted = self.admit(project).await?;
+        self.predict_admitted(admitted, model_id, model_dir, inputs)
+            .await
+    }
+
+    /// A place in the inference queue for one of `project`'s requests (see
+    /// [`predict`](Self::predict)), taken before its inputs are decoded so that a
+    /// flood of requests waits in line instead of decoding.
+    pub async fn admit(&self, project: &str) -> Result<Admitted, ServingError> {
+        self.admission.admit(project).await
+    }
+
+    /// [`predict`](Self::predict) with a place taken already.
+    pub async fn predict_admitted(
+        &self,
+        admitted: Admitted,
+        model_id: &str,
+        model_dir: PathBuf,
+        inputs: PredictInputs,
+    ) -> Result<Vec<Prediction>, ServingError> {
         let (reply, answer) = oneshot::channel();
         self.tx
             .send(Message::Predict(Request {

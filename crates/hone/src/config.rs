@@ -58,6 +58,10 @@ pub struct Config {
     pub min_image_side: u32,
     pub max_image_side: u32,
     pub max_image_pixels: u64,
+    /// The pixel cap of an image sent to predict (at most `max_image_pixels`): a model
+    /// sees it resized to a few hundred pixels a side, so large photos only cost
+    /// decoding time and memory on the request path.
+    pub predict_max_image_pixels: u64,
     /// Fine-tuned models kept loaded for predictions.
     pub predict_cache_size: usize,
     /// Predict requests admitted to the inference queue at once; more wait for a place.
@@ -107,6 +111,7 @@ impl Default for Config {
             min_image_side: limits.min_image_side,
             max_image_side: limits.max_image_side,
             max_image_pixels: limits.max_image_pixels,
+            predict_max_image_pixels: 16_000_000,
             predict_cache_size: 4,
             predict_max_pending: 64,
             predict_max_pending_per_project: 32,

@@ -52,6 +52,10 @@ pub async fn run(
         transferability: Estimator::new(device, threads.training, batch_work),
         settings: Arc::new(ApiSettings {
             models_dir: config.models_dir.clone(),
+            predict_image_limits: DatasetLimits {
+                max_image_pixels: config.predict_max_image_pixels.min(config.max_image_pixels),
+                ..dataset_limits.clone()
+            },
             dataset_limits,
             max_predict_inputs: config.max_predict_inputs,
             max_predict_chars: 100_000,
