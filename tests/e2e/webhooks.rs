@@ -256,7 +256,7 @@ async fn redeliver_and_rotate(
         signed_twice.headers
     );
     for secret in [new_secret, old_secret] {
-        assert!(verify(secret, &[signed_twice.clone()]).await[0].is_ok());
+        assert!(verify(secret, std::slice::from_ref(&signed_twice)).await[0].is_ok());
     }
     assert!(
         verify(new_secret, &[last]).await[0].is_err(),
