@@ -518,10 +518,48 @@ async fn docs_openapi_and_health_are_served() {
         "/v1/models",
         "/v1/models/{model}",
         "/v1/models/{model}/predict",
+        "/v1/webhooks",
+        "/v1/webhooks/{webhook_id}",
+        "/v1/webhooks/{webhook_id}/rotate_secret",
+        "/v1/webhooks/{webhook_id}/deliveries",
+        "/v1/webhooks/{webhook_id}/deliveries/{delivery_id}/redeliver",
         "/healthz",
         "/readyz",
     ] {
         assert!(paths.contains_key(p), "{p} is not documented");
+    }
+    // The payloads hone POSTs to webhook endpoints, as OpenAPI 3.1 `webhooks`.
+    for event in [
+        "fine_tuning.job.succeeded",
+        "fine_tuning.job.failed",
+        "fine_tuning.job.cancelled",
+        "fine_tuning.job.running",
+        "file.processed",
+    ] {
+        let post = &doc["webhooks"][event]["post"];
+        assert_eq!(
+            post["requestBody"]["content"]["application/json"]["schema"]["$ref"],
+            "#/components/schemas/WebhookEvent",
+            "{event}: {post}"
+        );
+        assert_eq!(
+            post["requestBody"]["content"]["application/json"]["example"]["type"],
+            event
+        );
+        let headers: Vec<&str> = post["parameters"]
+            .as_array()
+            .expect("parameters")
+            .iter()
+            .filter_map(|p| p["name"].as_str())
+            .collect();
+        assert_eq!(
+            headers,
+            ["webhook-id", "webhook-timestamp", "webhook-signature"]
+        );
+    }
+    let event = &doc["components"]["schemas"]["WebhookEvent"]["properties"];
+    for field in ["id", "object", "type", "created_at", "data"] {
+        assert!(event.get(field).is_some(), "WebhookEvent.{field}: {event}");
     }
     for (path, item) in paths {
         for (method, op) in item.as_object().expect("item") {

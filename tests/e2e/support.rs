@@ -135,6 +135,27 @@ impl TestServer {
         data_dir: tempfile::TempDir,
         env: &[(&str, &str)],
     ) -> Self {
+        Self::spawn(command, db, data_dir, env, None).await
+    }
+
+    /// Kills the process with SIGKILL (no shutdown of any kind), then starts `hone
+    /// <command>` again on the same database and data directory with `env`.
+    pub async fn kill_and_restart(mut self, command: &str, env: &[(&str, &str)]) -> Self {
+        self.child.start_kill().expect("SIGKILL");
+        let status = self.child.wait().await.expect("wait for hone");
+        assert!(!status.success(), "hone was killed: {status}");
+        let key = self.key.clone();
+        Self::spawn(command, self.db, self.data_dir, env, Some(key)).await
+    }
+
+    /// `known_key`: the key of an earlier start on `db` (a restart prints none).
+    async fn spawn(
+        command: &str,
+        db: TestDb,
+        data_dir: tempfile::TempDir,
+        env: &[(&str, &str)],
+        known_key: Option<String>,
+    ) -> Self {
         let mut child = hone_command(command, &db.url, data_dir.path(), env)
             .stdout(Stdio::piped())
             .spawn()
@@ -142,7 +163,7 @@ impl TestServer {
         let stdout = child.stdout.take().expect("stdout");
         let mut lines = BufReader::new(stdout).lines();
         let (base, key) = tokio::time::timeout(Duration::from_secs(120), async {
-            let mut key = None;
+            let mut key = known_key;
             while let Ok(Some(line)) = lines.next_line().await {
                 if let Some(k) = line.trim().strip_prefix("export HONE_API_KEY=") {
                     key = Some(k.to_owned());

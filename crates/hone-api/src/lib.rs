@@ -27,6 +27,7 @@ mod jobs;
 mod models;
 mod params;
 mod transferability;
+mod webhooks;
 
 /// Everything the handlers need, built once by the binary.
 #[derive(Clone)]
@@ -54,6 +55,8 @@ pub struct ApiSettings {
     pub job_max_attempts: i32,
     /// Limits of projects that set none of their own.
     pub project_limits: auth::ProjectLimits,
+    /// Which webhook URLs are accepted (the deliverer applies the same policy).
+    pub webhook_policy: hone_domain::webhook::TargetPolicy,
 }
 
 #[derive(OpenApi)]
@@ -75,8 +78,16 @@ pub struct ApiSettings {
         (name = "transferability", description = "Which base model fits your data, estimated before training"),
         (name = "fine-tuning", description = "Create and follow fine-tuning jobs"),
         (name = "models", description = "Fine-tuned models and predictions"),
+        (name = "webhooks", description = "Endpoints that receive the project's events (jobs \
+            finishing, files processed) as signed POSTs, per Standard Webhooks; the payloads \
+            are described under `webhooks`"),
         (name = "health", description = "Liveness and readiness")
-    )
+    ),
+    components(schemas(
+        hone_domain::webhook::WebhookEvent,
+        hone_domain::webhook::WebhookEventData,
+        hone_domain::webhook::WebhookEventType
+    ))
 )]
 struct ApiDoc;
 
@@ -89,9 +100,11 @@ pub fn routes() -> (Router<AppState>, utoipa::openapi::OpenApi) {
         .merge(jobs::router())
         .merge(checkpoints::router())
         .merge(models::router())
+        .merge(webhooks::router())
         .merge(health::router())
         .split_for_parts();
     utoipa::Modify::modify(&auth::SecurityAddon, &mut api);
+    webhooks::document_payloads(&mut api);
     (router, api)
 }
 

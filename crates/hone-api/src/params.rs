@@ -18,6 +18,19 @@ pub struct ListParams {
 
 impl ListParams {
     pub fn page(self) -> Result<PageRequest, ApiError> {
+        // An id never holds a control character, and Postgres text cannot hold NUL: a
+        // cursor with one would otherwise reach the query and fail there (a 500).
+        if self
+            .after
+            .as_deref()
+            .is_some_and(|a| a.len() > 256 || a.chars().any(char::is_control))
+        {
+            return Err(ApiError::invalid(
+                "after",
+                "invalid_value",
+                "after must be the id of the last item of the previous page",
+            ));
+        }
         PageRequest::new(self.limit, self.after)
             .map_err(|m| ApiError::invalid("limit", "invalid_value", format!("limit {m}")))
     }

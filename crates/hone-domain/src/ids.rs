@@ -54,6 +54,18 @@ prefixed_id!(
     "key-",
     "An API key's public id, `key-<32 hex>`, for lists and revocation."
 );
+prefixed_id!(WebhookId, "wh-", "A webhook endpoint, `wh-<32 hex>`.");
+prefixed_id!(
+    WebhookEventId,
+    "evt-",
+    "A webhook event, `evt-<32 hex>`: the body's `id` and the `webhook-id` header \
+     (the migration's triggers make them in SQL, of the same shape)."
+);
+prefixed_id!(
+    WebhookDeliveryId,
+    "whdel-",
+    "One event's delivery to one endpoint, `whdel-<32 hex>`."
+);
 
 /// A fine-tuned model: `ft:<base model>:<suffix>:<job short id>`, or without the
 /// suffix part when the job had none.

@@ -12,8 +12,11 @@ pub mod metrics;
 pub mod page;
 pub mod resources;
 pub mod split;
+pub mod webhook;
 
-pub use ids::{ApiKeyId, FileId, JobId, ModelId, ProjectId};
+pub use ids::{
+    ApiKeyId, FileId, JobId, ModelId, ProjectId, WebhookDeliveryId, WebhookEventId, WebhookId,
+};
 pub use job::{
     Hyperparameters, HyperparametersInput, JobStatus, Method, MethodType, ValidationError,
 };

@@ -14,6 +14,8 @@ pub mod listener;
 pub mod models;
 pub mod projects;
 pub mod queue;
+pub mod webhook_outbox;
+pub mod webhooks;
 
 pub use artifacts::{ArtifactStore, LocalArtifactStore, PendingObject};
 pub use db::{connect, ensure_database, migrate, Db, StoreError};

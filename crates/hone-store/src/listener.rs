@@ -1,6 +1,7 @@
-//! Wakes idle workers when a job is queued: LISTEN on the channel the insert trigger
-//! NOTIFYs, feeding a `tokio::sync::Notify`. Polling in the worker stays as the
-//! fallback, so a lost notification only delays a job, never strands it.
+//! Wakes idle workers when a job is queued (and deliverers when a webhook delivery is
+//! due): LISTEN on the channel a trigger NOTIFYs, feeding a `tokio::sync::Notify`.
+//! Polling stays as the fallback, so a lost notification only delays work, never
+//! strands it.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -17,12 +18,17 @@ pub const JOBS_QUEUED_CHANNEL: &str = "hone_jobs_queued";
 /// Every (re)connection also wakes the workers once, in case a job was queued while
 /// nobody was listening.
 pub async fn listen_for_jobs(db: Db, wake: Arc<Notify>, shutdown: CancellationToken) {
+    listen(db, JOBS_QUEUED_CHANNEL, wake, shutdown).await
+}
+
+/// [`listen_for_jobs`] for any `channel`.
+pub async fn listen(db: Db, channel: &'static str, wake: Arc<Notify>, shutdown: CancellationToken) {
     let mut backoff = Duration::from_millis(250);
     while !shutdown.is_cancelled() {
         match PgListener::connect_with(&db.pool).await {
             Ok(mut listener) => {
-                if let Err(e) = listener.listen(JOBS_QUEUED_CHANNEL).await {
-                    tracing::warn!(error = %e, "LISTEN failed");
+                if let Err(e) = listener.listen(channel).await {
+                    tracing::warn!(error = %e, channel, "LISTEN failed");
                 } else {
                     backoff = Duration::from_millis(250);
                     wake.notify_waiters();
@@ -35,7 +41,7 @@ pub async fn listen_for_jobs(db: Db, wake: Arc<Notify>, shutdown: CancellationTo
                                 // next call, and queued notifications may be gone.
                                 Ok(None) => wake.notify_waiters(),
                                 Err(e) => {
-                                    tracing::warn!(error = %e, "job listener disconnected");
+                                    tracing::warn!(error = %e, channel, "listener disconnected");
                                     break;
                                 }
                             }
@@ -43,7 +49,7 @@ pub async fn listen_for_jobs(db: Db, wake: Arc<Notify>, shutdown: CancellationTo
                     }
                 }
             }
-            Err(e) => tracing::warn!(error = %e, "job listener cannot connect"),
+            Err(e) => tracing::warn!(error = %e, channel, "listener cannot connect"),
         }
         tokio::select! {
             _ = shutdown.cancelled() => return,

@@ -82,6 +82,22 @@ pub struct Config {
     /// Bytes of stored files per project; uploads past it get 413 (a project's own
     /// `max_stored_bytes` overrides it).
     pub max_stored_bytes_per_project: i64,
+    /// Webhooks: send to plain `http://` URLs too (by default only `https://`).
+    pub webhook_allow_http: bool,
+    /// Webhooks: send to URLs that are or resolve to loopback, private, link-local
+    /// (cloud metadata) or other non-public addresses (refused by default: SSRF).
+    pub webhook_allow_private_targets: bool,
+    /// Webhooks: the wait after a first failed attempt; each later wait is 6 times the
+    /// one before (capped at 12 h), ±20%.
+    pub webhook_retry_first_delay_ms: u64,
+    /// Webhooks: attempts per delivery, the first included, before it is failed.
+    pub webhook_max_attempts: u32,
+    /// Webhooks: limits of one attempt, on connecting and on the whole exchange.
+    pub webhook_connect_timeout_ms: u64,
+    pub webhook_timeout_ms: u64,
+    /// Webhooks: attempts this process makes at once; 0: this process delivers none
+    /// (another `hone` process must).
+    pub webhook_delivery_concurrency: usize,
     /// `text` or `json` logs.
     pub log_format: String,
 }
@@ -120,6 +136,13 @@ impl Default for Config {
             max_predict_inputs: 256,
             max_active_jobs_per_project: 16,
             max_stored_bytes_per_project: 10 * 1024 * 1024 * 1024,
+            webhook_allow_http: false,
+            webhook_allow_private_targets: false,
+            webhook_retry_first_delay_ms: 5000,
+            webhook_max_attempts: 8,
+            webhook_connect_timeout_ms: 5000,
+            webhook_timeout_ms: 15000,
+            webhook_delivery_concurrency: 8,
             log_format: "text".into(),
         }
     }
@@ -224,6 +247,34 @@ impl Config {
     }
 }
 
+impl Config {
+    /// Which webhook URLs are accepted and delivered to.
+    pub fn webhook_policy(&self) -> hone_domain::webhook::TargetPolicy {
+        hone_domain::webhook::TargetPolicy {
+            allow_http: self.webhook_allow_http,
+            allow_private: self.webhook_allow_private_targets,
+        }
+    }
+
+    /// The webhook deliverer's settings, or `None` when this process delivers none.
+    pub fn webhook_settings(&self) -> Option<hone_webhooks::DeliverySettings> {
+        (self.webhook_delivery_concurrency > 0).then(|| hone_webhooks::DeliverySettings {
+            id: hone_worker::worker_id(),
+            policy: self.webhook_policy(),
+            schedule: hone_domain::webhook::RetrySchedule {
+                first_delay: Duration::from_millis(self.webhook_retry_first_delay_ms.max(1)),
+                max_attempts: self.webhook_max_attempts.max(1),
+            },
+            limits: hone_webhooks::SendLimits {
+                connect_timeout: Duration::from_millis(self.webhook_connect_timeout_ms.max(1)),
+                timeout: Duration::from_millis(self.webhook_timeout_ms.max(1)),
+            },
+            concurrency: self.webhook_delivery_concurrency,
+            poll_interval: Duration::from_millis(self.poll_interval_ms.max(50)),
+        })
+    }
+}
+
 /// The byte range of the password in `scheme://user:password@host/...`.
 fn url_password_span(url: &str) -> Option<(usize, usize)> {
     let authority_start = url.find("://")? + 3;
@@ -242,6 +293,19 @@ mod tests {
         assert_eq!(c.database_url_redacted(), c.database_url);
         c.database_url = "postgres://u:secret@h:5432/db".into();
         assert_eq!(c.database_url_redacted(), "postgres://u:***@h:5432/db");
+    }
+
+    #[test]
+    fn webhooks_are_https_to_public_addresses_with_the_issue_s_schedule_by_default() {
+        let c = Config::default();
+        assert_eq!(c.webhook_policy(), Default::default());
+        let s = c.webhook_settings().expect("delivers");
+        assert_eq!(s.schedule, hone_domain::webhook::RetrySchedule::default());
+        let none = Config {
+            webhook_delivery_concurrency: 0,
+            ..Config::default()
+        };
+        assert!(none.webhook_settings().is_none());
     }
 
     #[test]
@@ -291,7 +355,16 @@ mod tests {
             jail.set_env("HONE_LISTEN", "127.0.0.1:9999");
             jail.set_env("HONE_WORKER_CONCURRENCY", "3");
             jail.set_env("HONE_MODELS_DIR", "/m");
+            jail.set_env("HONE_WEBHOOK_ALLOW_PRIVATE_TARGETS", "true");
+            jail.set_env("HONE_WEBHOOK_ALLOW_HTTP", "true");
             let c = Config::load().map_err(|e| *e)?;
+            assert_eq!(
+                c.webhook_policy(),
+                hone_domain::webhook::TargetPolicy {
+                    allow_http: true,
+                    allow_private: true
+                }
+            );
             assert_eq!(c.listen, "127.0.0.1:9999");
             assert_eq!(c.worker_concurrency, 3);
             assert_eq!(c.models_dir, PathBuf::from("/m"));

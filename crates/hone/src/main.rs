@@ -139,6 +139,14 @@ async fn run(command: Command, config: Config) -> anyhow::Result<()> {
     spawn_signal_handler(shutdown.clone());
 
     let mut tasks = Vec::new();
+    // Every API and worker process delivers webhooks (claims never collide).
+    if let Some(settings) = config.webhook_settings() {
+        tasks.push(tokio::spawn(hone_webhooks::run(
+            db.clone(),
+            settings,
+            shutdown.clone(),
+        )));
+    }
     if matches!(command, Command::All | Command::Worker) {
         let settings = config.worker_settings(device, threads.training, batch_work.clone());
         tasks.push(tokio::spawn(hone_worker::run(

@@ -64,6 +64,7 @@ pub async fn run(
                 max_active_jobs: config.max_active_jobs_per_project,
                 max_stored_bytes: config.max_stored_bytes_per_project,
             },
+            webhook_policy: config.webhook_policy(),
         }),
     };
     let app = hone_api::app(state, config.max_upload_bytes);
