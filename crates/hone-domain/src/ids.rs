@@ -32,9 +32,11 @@ macro_rules! prefixed_id {
                 &self.0
             }
 
-            /// The id's last eight characters, short enough for model names.
+            /// The id's last sixteen characters, for model names: in a UUIDv7 they
+            /// hold 62 random bits (the rest is the clock and the variant), so a
+            /// name made from them cannot be guessed and practically never repeats.
             pub fn short(&self) -> &str {
-                &self.0[self.0.len() - 8..]
+                &self.0[self.0.len() - 16..]
             }
         }
 
@@ -68,7 +70,9 @@ prefixed_id!(
 );
 
 /// A fine-tuned model: `ft:<base model>:<suffix>:<job short id>`, or without the
-/// suffix part when the job had none.
+/// suffix part when the job had none. The short id is the job id's random part
+/// ([`JobId::short`]), so model ids cannot be guessed; the store refuses to record a
+/// job's success under an id another model holds.
 #[derive(Clone, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[serde(transparent)]
 pub struct ModelId(String);
@@ -114,8 +118,11 @@ mod tests {
         let job = JobId::parse("ftjob-0123456789abcdef0123456789abcdef").expect("valid");
         assert_eq!(
             ModelId::for_job("all-MiniLM-L6-v2", Some("reviews"), &job).as_str(),
-            "ft:all-MiniLM-L6-v2:reviews:89abcdef"
+            "ft:all-MiniLM-L6-v2:reviews:0123456789abcdef"
         );
-        assert_eq!(ModelId::for_job("m", None, &job).as_str(), "ft:m:89abcdef");
+        assert_eq!(
+            ModelId::for_job("m", None, &job).as_str(),
+            "ft:m:0123456789abcdef"
+        );
     }
 }

@@ -238,7 +238,14 @@ impl Db {
         if !held {
             return Ok(false);
         }
-        crate::models::insert_model(&mut *tx, model, result).await?;
+        if !crate::models::insert_model(&mut *tx, model, result).await? {
+            // Another model has this id: recording the success would point the job at
+            // someone else's model. Nothing is written (the transaction rolls back).
+            return Err(StoreError::Conflict(format!(
+                "a model with the id {} exists already",
+                model.id
+            )));
+        }
         insert_event(
             &mut *tx,
             id,

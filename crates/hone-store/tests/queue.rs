@@ -480,3 +480,53 @@ async fn queued_jobs_wake_listening_workers() {
     stop.cancel();
     listener.await.expect("listener");
 }
+
+#[tokio::test]
+async fn a_success_under_a_model_id_that_is_taken_writes_nothing() {
+    let f = fresh().await;
+    let file_id = file(&f.db).await;
+    let model = |job_id: &str, storage_key: &str| NewModel {
+        id: "ft:m:taken".into(),
+        job_id: job_id.to_owned(),
+        base_model: "m".into(),
+        storage_key: storage_key.into(),
+        task_type: TaskType::Classification,
+        labels: vec!["a".into(), "b".into()],
+        tasks: None,
+        checkpoint_epoch: None,
+    };
+    let result = JobResult::default();
+    let first = job(&f.db, &file_id, 1).await;
+    let claimed =
+        f.db.claim_job("w", LEASE)
+            .await
+            .expect("claim")
+            .expect("a job");
+    assert!(f
+        .db
+        .succeed_job(&first, claimed.attempt, &model(&first, "models/a"), &result)
+        .await
+        .expect("succeed"));
+
+    let second = job(&f.db, &file_id, 1).await;
+    let claimed =
+        f.db.claim_job("w", LEASE)
+            .await
+            .expect("claim")
+            .expect("a job");
+    let refused =
+        f.db.succeed_job(
+            &second,
+            claimed.attempt,
+            &model(&second, "models/b"),
+            &result,
+        )
+        .await;
+    assert!(
+        matches!(refused, Err(hone_store::StoreError::Conflict(_))),
+        "{refused:?}"
+    );
+    assert_eq!(status(&f.db, &second).await, JobStatus::Running);
+    let kept = f.db.get_model(&p(), "ft:m:taken").await.expect("model");
+    assert_eq!(kept.storage_key, "models/a", "the first model is untouched");
+}
