@@ -593,7 +593,7 @@ async fn docs_openapi_and_health_are_served() {
 
 #[tokio::test]
 async fn an_unreachable_database_is_one_clear_line() {
-    let out = tokio::process::Command::new(env!("CARGO_BIN_EXE_hone"))
+    let out = tokio::process::Command::new(crate::support::hone_bin())
         .arg("migrate")
         .env(
             "HONE_DATABASE_URL",

@@ -282,7 +282,16 @@ async fn requests_without_a_valid_key_are_refused_and_probes_and_docs_stay_publi
         .expect("the key is listed")
         .to_owned();
     s.keys(&["revoke", &id]).await;
-    let (status, err, headers) = call(&s, Some(&gone), Method::GET, "/v1/files", None).await;
+    // Key look-ups are remembered for api_key_cache_ms (5 s): revocation takes effect
+    // within that time.
+    let revoked = tokio::time::Instant::now();
+    let (status, err, headers) = loop {
+        let answer = call(&s, Some(&gone), Method::GET, "/v1/files", None).await;
+        if answer.0 != 200 || revoked.elapsed() > std::time::Duration::from_secs(6) {
+            break answer;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    };
     assert_eq!(status, 401, "{err}");
     assert_eq!(err["error"]["code"], "revoked_api_key", "{err}");
     assert_eq!(headers["www-authenticate"], "Bearer");

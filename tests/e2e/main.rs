@@ -3,16 +3,21 @@
 //! Set TEST_LOG=1 to see the server's logs.
 
 mod api;
+mod connections;
 mod docs;
+mod errors;
 mod fuzz;
 mod image_files;
 mod image_predict;
 mod images;
 mod isolation;
+mod keys;
 mod kill;
+mod limits;
 mod load;
 mod outage;
 mod pairs;
+mod raw;
 mod receiver;
 mod sentiment;
 mod shutdown;

@@ -15,6 +15,15 @@ pub fn repo_dir() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../..")
 }
 
+/// The `hone` binary under test: this build's, or the one `E2E_HONE_BIN` names (a
+/// copy kept apart when several checkouts share one target directory, whose
+/// `target/debug/hone` is whichever was built last; or another build to compare with).
+pub fn hone_bin() -> PathBuf {
+    std::env::var_os("E2E_HONE_BIN")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from(env!("CARGO_BIN_EXE_hone")))
+}
+
 pub fn models_dir() -> PathBuf {
     repo_dir().join(".deps/models")
 }
@@ -78,7 +87,7 @@ pub fn hone_command(
     env: &[(&str, &str)],
 ) -> Command {
     let verbose = std::env::var_os("TEST_LOG").is_some();
-    let mut cmd = Command::new(env!("CARGO_BIN_EXE_hone"));
+    let mut cmd = Command::new(hone_bin());
     cmd.arg(command)
         .env("HONE_DATABASE_URL", db_url)
         .env("HONE_LISTEN", "127.0.0.1:0")
@@ -229,7 +238,7 @@ impl TestServer {
 
     /// Runs `hone keys <args>` against the server's database; fails the test if it fails.
     pub async fn keys(&self, args: &[&str]) -> std::process::Output {
-        let out = Command::new(env!("CARGO_BIN_EXE_hone"))
+        let out = Command::new(hone_bin())
             .arg("keys")
             .args(args)
             .env("HONE_DATABASE_URL", &self.db.url)

@@ -3,6 +3,10 @@
 //! hands its id to the store, which filters by it: another project's resource is "not
 //! found", exactly like a missing one.
 
+use std::num::NonZeroUsize;
+use std::sync::Mutex;
+use std::time::{Duration, Instant};
+
 use axum::extract::FromRequestParts;
 use axum::http::request::Parts;
 use axum::http::{header, HeaderMap, StatusCode};
@@ -10,6 +14,8 @@ use chrono::Utc;
 use hone_domain::api_key::{hash_key, is_well_formed};
 use hone_domain::ProjectId;
 use hone_store::projects::{last_used_is_stale, KeyLookup};
+use lru::LruCache;
+use tokio::sync::Semaphore;
 use utoipa::openapi::security::{Http, HttpAuthScheme, SecurityScheme};
 
 use crate::error::ApiError;
@@ -68,20 +74,89 @@ fn bearer(headers: &HeaderMap) -> Result<&str, ApiError> {
     Ok(key)
 }
 
-impl FromRequestParts<AppState> for Project {
-    type Rejection = ApiError;
+/// What a key was found to be, as the cache keeps it.
+#[derive(Clone, Debug)]
+enum KnownKey {
+    Valid(Project),
+    Revoked,
+    Unknown,
+}
 
-    async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Self, ApiError> {
-        let key = bearer(&parts.headers)?;
-        match state.db.find_api_key(&hash_key(key)).await? {
-            KeyLookup::Unknown => Err(unauthorized(
-                "invalid_api_key",
-                "this API key is not known to the server",
-            )),
-            KeyLookup::Revoked => Err(unauthorized(
-                "revoked_api_key",
-                "this API key was revoked; ask for a new one",
-            )),
+/// API key look-ups, remembered for a short time (`api_key_cache_ms`): a request with
+/// a key seen in that time costs no query, and a flood of bogus keys (well-formed, so
+/// each would be a query) cannot take the database's connections from everyone else.
+/// Known and refused keys are kept apart, so refused ones cannot push known ones out;
+/// and look-ups that miss run a few at a time, leaving most of the pool to the
+/// requests' own queries. The cost: a revoked key keeps working for up to the cache
+/// time, and a new key is refused for as long if it was tried before it existed.
+pub struct KeyCache {
+    ttl: Duration,
+    known: Mutex<LruCache<String, (Instant, Project)>>,
+    refused: Mutex<LruCache<String, (Instant, KnownKey)>>,
+    lookups: Semaphore,
+}
+
+/// Keys remembered of each kind (known, refused); the oldest are forgotten first.
+const CACHED_KEYS: NonZeroUsize = match NonZeroUsize::new(10_000) {
+    Some(n) => n,
+    None => unreachable!(),
+};
+
+impl KeyCache {
+    /// A cache that keeps look-ups for `ttl` and runs at most `lookups` at once.
+    pub fn new(ttl: Duration, lookups: usize) -> Self {
+        Self {
+            ttl,
+            known: Mutex::new(LruCache::new(CACHED_KEYS)),
+            refused: Mutex::new(LruCache::new(CACHED_KEYS)),
+            lookups: Semaphore::new(lookups.max(1)),
+        }
+    }
+
+    fn get(&self, hash: &str) -> Option<KnownKey> {
+        let fresh = |at: &Instant| at.elapsed() < self.ttl;
+        if let Some((at, project)) = lock(&self.known).get(hash) {
+            if fresh(at) {
+                return Some(KnownKey::Valid(project.clone()));
+            }
+        }
+        match lock(&self.refused).get(hash) {
+            Some((at, refusal)) if fresh(at) => Some(refusal.clone()),
+            _ => None,
+        }
+    }
+
+    fn put(&self, hash: String, found: &KnownKey) {
+        let now = Instant::now();
+        match found {
+            KnownKey::Valid(project) => {
+                lock(&self.refused).pop(&hash);
+                lock(&self.known).put(hash, (now, project.clone()));
+            }
+            refusal => {
+                lock(&self.known).pop(&hash);
+                lock(&self.refused).put(hash, (now, refusal.clone()));
+            }
+        }
+    }
+
+    /// What the key whose hash is `hash` is: from the cache, else from the database.
+    async fn find(&self, state: &AppState, hash: String) -> Result<KnownKey, ApiError> {
+        if let Some(found) = self.get(&hash) {
+            return Ok(found);
+        }
+        let _permit = self
+            .lookups
+            .acquire()
+            .await
+            .map_err(|e| ApiError::internal("key look-ups", &e))?;
+        // Another request may have looked it up while this one waited.
+        if let Some(found) = self.get(&hash) {
+            return Ok(found);
+        }
+        let found = match state.db.find_api_key(&hash).await? {
+            KeyLookup::Unknown => KnownKey::Unknown,
+            KeyLookup::Revoked => KnownKey::Revoked,
             KeyLookup::Valid {
                 key,
                 project,
@@ -97,7 +172,7 @@ impl FromRequestParts<AppState> for Project {
                     });
                 }
                 let defaults = state.settings.project_limits;
-                Ok(Project {
+                KnownKey::Valid(Project {
                     id: project.id,
                     name: project.name,
                     max_active_jobs: project.max_active_jobs.unwrap_or(defaults.max_active_jobs),
@@ -106,6 +181,35 @@ impl FromRequestParts<AppState> for Project {
                         .unwrap_or(defaults.max_stored_bytes),
                 })
             }
+        };
+        self.put(hash, &found);
+        Ok(found)
+    }
+}
+
+/// The cache's maps hold no invariant a panic could break mid-way: a poisoned lock is
+/// still usable.
+fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    mutex
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner)
+}
+
+impl FromRequestParts<AppState> for Project {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Self, ApiError> {
+        let key = bearer(&parts.headers)?;
+        match state.keys.find(state, hash_key(key)).await? {
+            KnownKey::Valid(project) => Ok(project),
+            KnownKey::Unknown => Err(unauthorized(
+                "invalid_api_key",
+                "this API key is not known to the server",
+            )),
+            KnownKey::Revoked => Err(unauthorized(
+                "revoked_api_key",
+                "this API key was revoked; ask for a new one",
+            )),
         }
     }
 }
@@ -184,5 +288,48 @@ impl utoipa::Modify for SecurityAddon {
                 .into(),
         );
         components.add_security_scheme(SCHEME, SecurityScheme::Http(http));
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn project(name: &str) -> Project {
+        Project {
+            id: ProjectId::generate(),
+            name: name.into(),
+            max_active_jobs: 1,
+            max_stored_bytes: 1,
+        }
+    }
+
+    #[test]
+    fn look_ups_are_kept_for_the_cache_time_only() {
+        let cache = KeyCache::new(Duration::from_millis(200), 1);
+        assert!(cache.get("a").is_none());
+        cache.put("a".into(), &KnownKey::Valid(project("p")));
+        cache.put("b".into(), &KnownKey::Unknown);
+        assert!(matches!(cache.get("a"), Some(KnownKey::Valid(p)) if p.name == "p"));
+        assert!(matches!(cache.get("b"), Some(KnownKey::Unknown)));
+        // Revoked replaces known.
+        cache.put("a".into(), &KnownKey::Revoked);
+        assert!(matches!(cache.get("a"), Some(KnownKey::Revoked)));
+        std::thread::sleep(Duration::from_millis(250));
+        assert!(cache.get("a").is_none() && cache.get("b").is_none());
+    }
+
+    #[test]
+    fn refused_keys_cannot_push_known_ones_out() {
+        let cache = KeyCache::new(Duration::from_secs(60), 1);
+        cache.put("known".into(), &KnownKey::Valid(project("p")));
+        for i in 0..CACHED_KEYS.get() + 10 {
+            cache.put(format!("bogus-{i}"), &KnownKey::Unknown);
+        }
+        assert!(matches!(cache.get("known"), Some(KnownKey::Valid(_))));
+        assert!(
+            cache.get("bogus-0").is_none(),
+            "the oldest refusals are forgotten"
+        );
     }
 }

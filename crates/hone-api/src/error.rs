@@ -236,6 +236,13 @@ impl From<MultipartError> for ApiError {
         if status == StatusCode::PAYLOAD_TOO_LARGE {
             return Self::new(status, "too_large", "the upload exceeds the size limit");
         }
+        if crate::extract::is_timeout(&e) {
+            return Self::new(
+                StatusCode::REQUEST_TIMEOUT,
+                "request_timeout",
+                "the request body stopped arriving; the server waits for each piece of it only so long",
+            );
+        }
         Self::new(StatusCode::BAD_REQUEST, "invalid_multipart", e.body_text())
     }
 }

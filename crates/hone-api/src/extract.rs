@@ -2,6 +2,7 @@
 //! fault, instead of axum's plain-text rejections.
 
 use axum::body::Bytes;
+use axum::extract::rejection::BytesRejection;
 use axum::extract::{FromRequest, FromRequestParts, Request};
 use axum::http::request::Parts;
 use axum::http::{header, StatusCode};
@@ -10,6 +11,7 @@ use serde::de::DeserializeOwned;
 use sha2::{Digest, Sha256};
 
 use crate::error::ApiError;
+use crate::layers::{body_too_large, nul_in, BodyLimit};
 
 /// A JSON body; a type error points at its path (`hyperparameters.epochs`).
 pub struct ApiJson<T>(pub T);
@@ -18,7 +20,9 @@ pub struct ApiJson<T>(pub T);
 /// that the same request sent twice with different formatting digests the same.
 pub struct HashedJson<T>(pub T, pub String);
 
-async fn json_body<S: Send + Sync>(req: Request, state: &S) -> Result<Bytes, ApiError> {
+/// The bytes of a JSON body (415 for another content type), read within the route's
+/// body limit.
+pub(crate) async fn json_body<S: Send + Sync>(req: Request, state: &S) -> Result<Bytes, ApiError> {
     let json = req
         .headers()
         .get(header::CONTENT_TYPE)
@@ -31,30 +35,105 @@ async fn json_body<S: Send + Sync>(req: Request, state: &S) -> Result<Bytes, Api
             "expected a body with `Content-Type: application/json`",
         ));
     }
+    let limit = req.extensions().get::<BodyLimit>().copied();
     Bytes::from_request(req, state)
         .await
-        .map_err(|e| ApiError::new(e.status(), "invalid_body", e.body_text()))
+        .map_err(|e| body_error(e, limit))
 }
 
-fn parse<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, ApiError> {
-    let mut de = serde_json::Deserializer::from_slice(bytes);
-    serde_path_to_error::deserialize(&mut de).map_err(|e| {
-        let path = e.path().to_string();
-        let inner = e.into_inner();
-        let message = format!("invalid JSON body: {inner}");
-        let mut err = ApiError::new(StatusCode::BAD_REQUEST, "invalid_json", message);
-        if path != "." {
-            err = err.with_param(path);
+/// A body that could not be read: over its route's limit (413), stalled past the
+/// body-read timeout (408), or cut off.
+pub fn body_error(e: BytesRejection, limit: Option<BodyLimit>) -> ApiError {
+    if e.status() == StatusCode::PAYLOAD_TOO_LARGE {
+        return match limit {
+            Some(BodyLimit(bytes)) => body_too_large(bytes),
+            None => ApiError::new(e.status(), "body_too_large", e.body_text()),
+        };
+    }
+    if is_timeout(&e) {
+        return ApiError::new(
+            StatusCode::REQUEST_TIMEOUT,
+            "request_timeout",
+            "the request body stopped arriving; the server waits for each piece of it only so long",
+        );
+    }
+    ApiError::new(e.status(), "invalid_body", e.body_text())
+}
+
+/// Whether tower-http's body-read timeout is behind an error.
+pub fn is_timeout(e: &(dyn std::error::Error + 'static)) -> bool {
+    let mut cause = Some(e);
+    while let Some(c) = cause {
+        if c.is::<tower_http::timeout::TimeoutError>() {
+            return true;
         }
-        err
-    })
+        cause = c.source();
+    }
+    false
+}
+
+/// The body as JSON, once; then as `T`, each error naming its path. No text in it may
+/// hold a NUL character (Postgres stores none).
+fn parse<T: DeserializeOwned>(bytes: &[u8]) -> Result<(T, serde_json::Value), ApiError> {
+    let mut de = serde_json::Deserializer::from_slice(bytes);
+    let value: serde_json::Value =
+        serde_path_to_error::deserialize(&mut de).map_err(invalid_json)?;
+    de.end().map_err(|e| {
+        ApiError::new(
+            StatusCode::BAD_REQUEST,
+            "invalid_json",
+            format!("invalid JSON body: {e}"),
+        )
+    })?;
+    if let Some(path) = nul_path(&value, String::new()) {
+        return Err(nul_in(&path));
+    }
+    let typed = serde_path_to_error::deserialize(&value).map_err(invalid_json)?;
+    Ok((typed, value))
+}
+
+fn invalid_json(e: serde_path_to_error::Error<serde_json::Error>) -> ApiError {
+    let path = e.path().to_string();
+    let inner = e.into_inner();
+    let message = format!("invalid JSON body: {inner}");
+    let mut err = ApiError::new(StatusCode::BAD_REQUEST, "invalid_json", message);
+    if path != "." {
+        err = err.with_param(path);
+    }
+    err
+}
+
+/// The path (`metadata.k`, `inputs[2]`) of the first string or key in `value` that
+/// holds a NUL character.
+pub fn nul_path(value: &serde_json::Value, at: String) -> Option<String> {
+    use serde_json::Value;
+    match value {
+        Value::String(s) if s.contains('\0') => Some(if at.is_empty() { ".".into() } else { at }),
+        Value::Array(items) => items
+            .iter()
+            .enumerate()
+            .find_map(|(i, item)| nul_path(item, format!("{at}[{i}]"))),
+        Value::Object(map) => map.iter().find_map(|(k, v)| {
+            let here = if at.is_empty() {
+                k.replace('\0', "\\0")
+            } else {
+                format!("{at}.{}", k.replace('\0', "\\0"))
+            };
+            if k.contains('\0') {
+                Some(here)
+            } else {
+                nul_path(v, here)
+            }
+        }),
+        _ => None,
+    }
 }
 
 impl<S: Send + Sync, T: DeserializeOwned> FromRequest<S> for ApiJson<T> {
     type Rejection = ApiError;
 
     async fn from_request(req: Request, state: &S) -> Result<Self, ApiError> {
-        Ok(ApiJson(parse(&json_body(req, state).await?)?))
+        Ok(ApiJson(parse(&json_body(req, state).await?)?.0))
     }
 }
 
@@ -63,9 +142,8 @@ impl<S: Send + Sync, T: DeserializeOwned> FromRequest<S> for HashedJson<T> {
 
     async fn from_request(req: Request, state: &S) -> Result<Self, ApiError> {
         let bytes = json_body(req, state).await?;
-        let value: T = parse(&bytes)?;
-        // It parsed as `T`, so it is JSON; serde_json's map keeps keys sorted.
-        let canonical: serde_json::Value = parse(&bytes)?;
+        // Parsed once; serde_json's map keeps keys sorted, which makes it canonical.
+        let (value, canonical): (T, _) = parse(&bytes)?;
         let digest = hex::encode(Sha256::digest(canonical.to_string().as_bytes()));
         Ok(HashedJson(value, digest))
     }

@@ -5,6 +5,7 @@
 //! scratch copy, off the async threads, before it is moved into place.
 
 use axum::body::Body;
+use axum::extract::multipart::MultipartRejection;
 use axum::extract::{Multipart, Path, Query, State};
 use axum::http::{header, StatusCode};
 use axum::response::{IntoResponse, Response};
@@ -23,6 +24,7 @@ use utoipa_axum::routes;
 use crate::auth::{check_upload_room, Project};
 use crate::error::{ApiError, ErrorResponse};
 use crate::extract::{key_reused, IdempotencyKey};
+use crate::layers::nul_in;
 use crate::params::ListParams;
 use crate::AppState;
 
@@ -89,8 +91,10 @@ async fn upload_file(
     project: Project,
     headers: axum::http::HeaderMap,
     idempotency: IdempotencyKey,
-    mut multipart: Multipart,
+    multipart: Result<Multipart, MultipartRejection>,
 ) -> Result<Json<serde_json::Value>, ApiError> {
+    let mut multipart =
+        multipart.map_err(|e| ApiError::new(e.status(), "invalid_multipart", e.body_text()))?;
     check_upload_room(&state, &project, &headers).await?;
     let id = FileId::generate();
     let mut purpose: Option<String> = None;
@@ -99,18 +103,36 @@ async fn upload_file(
     let mut stored: Option<(String, hone_domain::dataset::DatasetSummary)> = None;
     let key = hone_store::files::storage_key(&id);
 
-    while let Some(mut field) = multipart.next_field().await? {
+    loop {
+        let mut field = match multipart.next_field().await {
+            Ok(Some(field)) => field,
+            Ok(None) => break,
+            Err(e) => return discard(&state, &key, stored.is_some(), e.into()).await,
+        };
+        let small = match field.name() {
+            Some("purpose") => Some("purpose"),
+            Some("format") => Some("format"),
+            Some("task_type") => Some("task_type"),
+            _ => None,
+        };
+        if let Some(name) = small {
+            let value = match small_field(&mut field, name).await {
+                Ok(value) => value,
+                Err(e) => return discard(&state, &key, stored.is_some(), e).await,
+            };
+            match name {
+                "purpose" => purpose = Some(value),
+                "format" => format_field = Some(value),
+                _ => task_type_field = Some(value),
+            }
+            continue;
+        }
         match field.name() {
-            Some("purpose") => purpose = Some(field.text().await?),
-            Some("format") => format_field = Some(field.text().await?),
-            Some("task_type") => task_type_field = Some(field.text().await?),
             Some("file") => {
                 if stored.is_some() {
-                    return Err(ApiError::invalid(
-                        "file",
-                        "duplicate_field",
-                        "send one `file` per upload",
-                    ));
+                    let error =
+                        ApiError::invalid("file", "duplicate_field", "send one `file` per upload");
+                    return discard(&state, &key, true, error).await;
                 }
                 stored = Some(
                     store_file_field(
@@ -213,6 +235,34 @@ async fn upload_file(
     }
 }
 
+/// The most bytes of a small form field (`purpose`, `format`, `task_type`): their
+/// valid values are a few bytes, and anything longer is refused without being held.
+const MAX_FORM_FIELD_BYTES: usize = 256;
+
+/// A small form field's text, read up to [`MAX_FORM_FIELD_BYTES`].
+async fn small_field(
+    field: &mut axum::extract::multipart::Field<'_>,
+    name: &'static str,
+) -> Result<String, ApiError> {
+    let mut bytes = Vec::new();
+    while let Some(chunk) = field.chunk().await? {
+        if bytes.len() + chunk.len() > MAX_FORM_FIELD_BYTES {
+            return Err(ApiError::invalid(
+                name,
+                "field_too_long",
+                format!("`{name}` is at most {MAX_FORM_FIELD_BYTES} bytes"),
+            ));
+        }
+        bytes.extend_from_slice(&chunk);
+    }
+    let text = String::from_utf8(bytes)
+        .map_err(|_| ApiError::invalid(name, "invalid_utf8", format!("`{name}` is not UTF-8")))?;
+    if text.contains('\0') {
+        return Err(nul_in(name));
+    }
+    Ok(text)
+}
+
 /// Streams the form's `file` field into the artifact store under `key`, checking it as
 /// it arrives (a zip once it is whole), and commits it only when it is valid: its name
 /// and summary. `format` and `task_type` are the form's fields sent before it.
@@ -224,6 +274,13 @@ async fn store_file_field(
     task_type_field: Option<&str>,
 ) -> Result<(String, hone_domain::dataset::DatasetSummary), ApiError> {
     let filename = field.file_name().unwrap_or("upload").to_owned();
+    if filename.contains('\0') {
+        return Err(ApiError::invalid(
+            "file",
+            "nul_character",
+            "the file's name contains a NUL character (\\u0000)",
+        ));
+    }
     let format = match format_field {
         Some(f) => DatasetFormat::parse(f).ok_or_else(|| {
             ApiError::invalid("format", "invalid_value", "format must be `jsonl`, `csv` or `zip`")

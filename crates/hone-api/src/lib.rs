@@ -10,8 +10,7 @@ use hone_domain::dataset::DatasetLimits;
 use hone_serving::transferability::Estimator;
 use hone_serving::Predictor;
 use hone_store::{ArtifactStore, Db};
-use tower_http::catch_panic::CatchPanicLayer;
-use tower_http::trace::TraceLayer;
+pub use layers::RequestLimits;
 use utoipa::OpenApi;
 use utoipa_axum::router::OpenApiRouter;
 use utoipa_swagger_ui::SwaggerUi;
@@ -24,8 +23,10 @@ mod extract;
 mod files;
 mod health;
 mod jobs;
+pub mod layers;
 mod models;
 mod params;
+pub mod server;
 mod transferability;
 mod webhooks;
 
@@ -38,6 +39,8 @@ pub struct AppState {
     /// Runs transferability estimates, one at a time.
     pub transferability: Estimator,
     pub settings: Arc<ApiSettings>,
+    /// API key look-ups of the last few seconds.
+    pub keys: Arc<auth::KeyCache>,
 }
 
 #[derive(Clone, Debug)]
@@ -114,17 +117,12 @@ pub fn openapi() -> utoipa::openapi::OpenApi {
 }
 
 /// The whole application: API routes, `/openapi.json`, Swagger UI at `/docs` (served
-/// from the binary, so the docs work offline), request tracing, and panics turned
-/// into 500s instead of dropped connections.
-/// `max_upload_bytes` bounds request bodies (uploads get a little room for the
-/// multipart framing; the dataset validator enforces the exact limit on the file).
-pub fn app(state: AppState, max_upload_bytes: u64) -> Router {
+/// from the binary, so the docs work offline), and the layers of [`layers`]: each
+/// route's body limit, parameter checks, timeouts, caught panics turned into 500s, one
+/// JSON error shape for every error, and request tracing.
+pub fn app(state: AppState, limits: RequestLimits) -> Router {
     let (router, api) = routes();
-    let body_limit =
-        usize::try_from(max_upload_bytes.saturating_add(1 << 20)).unwrap_or(usize::MAX);
-    router
-        .with_state(state)
-        .layer(axum::extract::DefaultBodyLimit::max(body_limit))
+    let app = layers::api_routes(router.with_state(state), limits)
         .merge(
             SwaggerUi::new("/docs")
                 .url("/openapi.json", api)
@@ -137,7 +135,6 @@ pub fn app(state: AppState, max_upload_bytes: u64) -> Router {
                 "unknown_route",
                 "no such endpoint; see /docs",
             )
-        })
-        .layer(CatchPanicLayer::new())
-        .layer(TraceLayer::new_for_http())
+        });
+    layers::outer(app, limits)
 }

@@ -11,14 +11,17 @@ use hone_domain::resources::ModelObject;
 use hone_domain::Page;
 use hone_serving::{ClassPrediction, PredictInputs, Prediction};
 use hone_store::StoreError;
+use serde::de::{self, DeserializeSeed, Deserializer, MapAccess, SeqAccess, Visitor};
 use serde::{Deserialize, Serialize};
+use std::cell::Cell;
 use utoipa::ToSchema;
 use utoipa_axum::router::OpenApiRouter;
 use utoipa_axum::routes;
 
 use crate::auth::Project;
 use crate::error::{ApiError, ErrorResponse};
-use crate::extract::ApiJson;
+use crate::extract::json_body;
+use crate::layers::nul_in;
 use crate::params::ListParams;
 use crate::AppState;
 
@@ -91,8 +94,9 @@ impl FromRequest<AppState> for PredictBody {
             .and_then(|v| v.to_str().ok())
             .is_some_and(|v| v.starts_with("multipart/form-data"));
         if !multipart {
-            let ApiJson(body) = ApiJson::from_request(req, state).await?;
-            return Ok(PredictBody::Json(body));
+            let bytes = json_body(req, state).await?;
+            let inputs = bounded_inputs(&bytes, state.settings.max_predict_inputs)?;
+            return Ok(PredictBody::Json(PredictRequest { inputs }));
         }
         let mut form = Multipart::from_request(req, state)
             .await
@@ -113,6 +117,110 @@ impl FromRequest<AppState> for PredictBody {
             images.push(field.bytes().await?.to_vec());
         }
         Ok(PredictBody::Images(images))
+    }
+}
+
+/// The `inputs` of a JSON predict body, reading at most `max` of them: a body of many
+/// tiny inputs is refused at input `max + 1`, not held in memory whole (each input
+/// takes far more room parsed than its few bytes of JSON).
+fn bounded_inputs(bytes: &[u8], max: usize) -> Result<Vec<PredictInput>, ApiError> {
+    let over = Cell::new(false);
+    let mut track = serde_path_to_error::Track::new();
+    let mut json = serde_json::Deserializer::from_slice(bytes);
+    let read = BoundedRequest { max, over: &over }
+        .deserialize(serde_path_to_error::Deserializer::new(
+            &mut json, &mut track,
+        ))
+        .and_then(|inputs| json.end().map(|()| inputs));
+    let inputs = match read {
+        Ok(inputs) => inputs,
+        Err(_) if over.get() => return Err(too_many_inputs(max)),
+        Err(e) => {
+            let path = track.path().to_string();
+            let mut error = ApiError::new(
+                axum::http::StatusCode::BAD_REQUEST,
+                "invalid_json",
+                format!("invalid JSON body: {e}"),
+            );
+            if path != "." {
+                error = error.with_param(path);
+            }
+            return Err(error);
+        }
+    };
+    let holds_nul = |input: &PredictInput| match input {
+        PredictInput::Text(t) => t.contains('\0'),
+        PredictInput::Pair(p) => p.text.contains('\0') || p.text_pair.contains('\0'),
+        PredictInput::Image(i) => i.image.contains('\0'),
+    };
+    if let Some(i) = inputs.iter().position(holds_nul) {
+        return Err(nul_in(&format!("inputs[{i}]")));
+    }
+    Ok(inputs)
+}
+
+/// `{"inputs": [...]}` with at most `max` inputs; `over` says when there were more.
+#[derive(Clone, Copy)]
+struct BoundedRequest<'a> {
+    max: usize,
+    over: &'a Cell<bool>,
+}
+
+impl<'de> DeserializeSeed<'de> for BoundedRequest<'_> {
+    type Value = Vec<PredictInput>;
+
+    fn deserialize<D: Deserializer<'de>>(self, d: D) -> Result<Self::Value, D::Error> {
+        d.deserialize_map(self)
+    }
+}
+
+impl<'de> Visitor<'de> for BoundedRequest<'_> {
+    type Value = Vec<PredictInput>;
+
+    fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+        f.write_str("an object with `inputs`")
+    }
+
+    fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Self::Value, A::Error> {
+        let mut inputs = None;
+        while let Some(key) = map.next_key::<std::borrow::Cow<'de, str>>()? {
+            match key.as_ref() {
+                "inputs" if inputs.is_some() => return Err(de::Error::duplicate_field("inputs")),
+                "inputs" => inputs = Some(map.next_value_seed(BoundedInputs(self))?),
+                other => return Err(de::Error::unknown_field(other, &["inputs"])),
+            }
+        }
+        inputs.ok_or_else(|| de::Error::missing_field("inputs"))
+    }
+}
+
+struct BoundedInputs<'a>(BoundedRequest<'a>);
+
+impl<'de> DeserializeSeed<'de> for BoundedInputs<'_> {
+    type Value = Vec<PredictInput>;
+
+    fn deserialize<D: Deserializer<'de>>(self, d: D) -> Result<Self::Value, D::Error> {
+        d.deserialize_seq(self)
+    }
+}
+
+impl<'de> Visitor<'de> for BoundedInputs<'_> {
+    type Value = Vec<PredictInput>;
+
+    fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+        f.write_str("an array of inputs")
+    }
+
+    fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<Self::Value, A::Error> {
+        let mut inputs = Vec::new();
+        while let Some(input) = seq.next_element::<PredictInput>()? {
+            if inputs.len() == self.0.max {
+                self.0.over.set(true);
+                return Err(de::Error::custom("too many inputs"));
+            }
+            inputs.push(input);
+        }
+        Ok(inputs)
     }
 }
 

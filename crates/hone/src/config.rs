@@ -76,6 +76,26 @@ pub struct Config {
     pub predict_batch_size: usize,
     /// Inputs per predict request.
     pub max_predict_inputs: usize,
+    /// Largest body of a JSON request (jobs, transferability, …), in bytes; larger
+    /// ones get 413 before they are read.
+    pub max_json_body_bytes: u64,
+    /// Largest body of a predict request, in bytes; 0 sizes it for
+    /// `max_predict_inputs` of the largest input ([`Config::predict_body_limit`]).
+    pub max_predict_body_bytes: u64,
+    /// A connection that has not sent a whole request header this long after it
+    /// opened (or after its previous request) is closed.
+    pub header_read_timeout_ms: u64,
+    /// A request whose answer is not ready this long after its header arrived gets
+    /// 408; uploads included, so it must cover the largest upload at the slowest
+    /// client you serve.
+    pub request_timeout_secs: u64,
+    /// A request body that sends nothing for this long gets 408.
+    pub body_read_timeout_secs: u64,
+    /// Connections served at once; past it new ones wait in the listen queue.
+    pub max_connections: usize,
+    /// How long a looked-up API key (known, unknown or revoked) is remembered:
+    /// revoking a key takes effect within this time.
+    pub api_key_cache_ms: u64,
     /// Queued and running jobs per project; more creates get 429 (a project's own
     /// `max_active_jobs` overrides it).
     pub max_active_jobs_per_project: i64,
@@ -134,6 +154,13 @@ impl Default for Config {
             predict_queue_timeout_ms: 5000,
             predict_batch_size: 32,
             max_predict_inputs: 256,
+            max_json_body_bytes: 1024 * 1024,
+            max_predict_body_bytes: 0,
+            header_read_timeout_ms: 10_000,
+            request_timeout_secs: 600,
+            body_read_timeout_secs: 30,
+            max_connections: 4096,
+            api_key_cache_ms: 5000,
             max_active_jobs_per_project: 16,
             max_stored_bytes_per_project: 10 * 1024 * 1024 * 1024,
             webhook_allow_http: false,
@@ -174,6 +201,24 @@ impl Config {
                 &self.database_url[end..]
             ),
             None => self.database_url.clone(),
+        }
+    }
+}
+
+/// Bytes the largest predict input takes in a JSON body: a text of
+/// [`MAX_PREDICT_CHARS`] characters (1 byte each for most text) and its quotes, or a
+/// base64 image of about 75 KiB.
+pub const PREDICT_INPUT_BYTES: u64 = 100 * 1024;
+/// Characters in one predict input.
+pub const MAX_PREDICT_CHARS: usize = 100_000;
+
+impl Config {
+    /// The body limit of predict requests: `max_predict_body_bytes`, or when 0,
+    /// `max_predict_inputs` inputs of [`PREDICT_INPUT_BYTES`] each (25 MiB for 256).
+    pub fn predict_body_limit(&self) -> u64 {
+        match self.max_predict_body_bytes {
+            0 => (self.max_predict_inputs.max(1) as u64).saturating_mul(PREDICT_INPUT_BYTES),
+            n => n,
         }
     }
 }
@@ -306,6 +351,22 @@ mod tests {
             ..Config::default()
         };
         assert!(none.webhook_settings().is_none());
+    }
+
+    #[test]
+    fn the_predict_body_limit_follows_the_inputs_unless_set() {
+        let c = Config::default();
+        assert_eq!(c.predict_body_limit(), 256 * 100 * 1024);
+        let c = Config {
+            max_predict_inputs: 8,
+            ..Config::default()
+        };
+        assert_eq!(c.predict_body_limit(), 8 * 100 * 1024);
+        let c = Config {
+            max_predict_body_bytes: 5000,
+            ..Config::default()
+        };
+        assert_eq!(c.predict_body_limit(), 5000);
     }
 
     #[test]

@@ -16,7 +16,8 @@ pub enum KeysCommand {
     },
     /// Every key: id, project, prefix, created, last used, revoked. Never the secret.
     List,
-    /// Revoke a key by its id (`key-…`): requests with it are refused from now on.
+    /// Revoke a key by its id (`key-…`): requests with it are refused within
+    /// `api_key_cache_ms` (5 s), the time a running server remembers a key.
     Revoke {
         /// The key's id, as `hone keys list` shows it.
         id: String,
@@ -62,7 +63,10 @@ pub async fn run(db: &Db, command: KeysCommand) -> anyhow::Result<()> {
             }
         }
         KeysCommand::Revoke { id } => match db.revoke_api_key(&id).await {
-            Ok(()) => eprintln!("hone: revoked API key {id}"),
+            Ok(()) => eprintln!(
+                "hone: revoked API key {id}; running servers refuse it within \
+                 api_key_cache_ms (5 s by default)"
+            ),
             Err(StoreError::NotFound) => bail!("no API key with id {id:?}; see `hone keys list`"),
             Err(e) => return Err(e).context("cannot revoke the key"),
         },

@@ -1,9 +1,12 @@
 //! The API server.
 
 use std::sync::Arc;
+use std::time::Duration;
 
 use anyhow::Context;
-use hone_api::{ApiSettings, AppState};
+use hone_api::auth::KeyCache;
+use hone_api::server::ConnectionLimits;
+use hone_api::{ApiSettings, AppState, RequestLimits};
 use hone_domain::dataset::DatasetLimits;
 use hone_serving::transferability::Estimator;
 use hone_serving::{Predictor, ServingConfig};
@@ -25,7 +28,7 @@ pub async fn run(
         cache_size: config.predict_cache_size,
         max_pending: config.predict_max_pending,
         max_pending_per_project: config.predict_max_pending_per_project,
-        queue_timeout: std::time::Duration::from_millis(config.predict_queue_timeout_ms),
+        queue_timeout: Duration::from_millis(config.predict_queue_timeout_ms),
         batch_size: config.predict_batch_size,
         device,
         threads: threads.inference,
@@ -44,7 +47,15 @@ pub async fn run(
         max_image_pixels: config.max_image_pixels,
         ..DatasetLimits::default()
     };
+    // Look-ups of keys not seen lately take at most half the pool, so that a flood of
+    // bogus keys leaves the rest to the requests' own queries.
+    let lookups = (db.pool.options().get_max_connections() as usize / 2).max(1);
+    let keys = Arc::new(KeyCache::new(
+        Duration::from_millis(config.api_key_cache_ms),
+        lookups,
+    ));
     let state = AppState {
+        keys,
         db,
         artifacts,
         predictor,
@@ -58,7 +69,7 @@ pub async fn run(
             },
             dataset_limits,
             max_predict_inputs: config.max_predict_inputs,
-            max_predict_chars: 100_000,
+            max_predict_chars: crate::config::MAX_PREDICT_CHARS,
             job_max_attempts: config.job_max_attempts,
             project_limits: hone_api::auth::ProjectLimits {
                 max_active_jobs: config.max_active_jobs_per_project,
@@ -67,7 +78,15 @@ pub async fn run(
             webhook_policy: config.webhook_policy(),
         }),
     };
-    let app = hone_api::app(state, config.max_upload_bytes);
+    let limits = RequestLimits {
+        // Room for the multipart framing around the file.
+        upload_body_bytes: config.max_upload_bytes.saturating_add(1 << 20),
+        predict_body_bytes: config.predict_body_limit(),
+        json_body_bytes: config.max_json_body_bytes,
+        request_timeout: Duration::from_secs(config.request_timeout_secs.max(1)),
+        body_read_timeout: Duration::from_secs(config.body_read_timeout_secs.max(1)),
+    };
+    let app = hone_api::app(state, limits);
     let listener = tokio::net::TcpListener::bind(&config.listen)
         .await
         .with_context(|| format!("cannot listen on {}", config.listen))?;
@@ -75,8 +94,10 @@ pub async fn run(
     // Tests and scripts read this line to learn the port when listening on port 0.
     tracing::info!(%addr, "listening on http://{addr}");
     println!("hone listening on http://{addr}");
-    axum::serve(listener, app)
-        .with_graceful_shutdown(async move { shutdown.cancelled().await })
-        .await
-        .context("server error")
+    let connections = ConnectionLimits {
+        header_read_timeout: Duration::from_millis(config.header_read_timeout_ms.max(1)),
+        max_connections: config.max_connections,
+    };
+    hone_api::server::serve(listener, app, connections, shutdown.cancelled_owned()).await;
+    Ok(())
 }

@@ -76,6 +76,8 @@ impl std::error::Error for DatasetError {}
 #[serde(rename_all = "snake_case")]
 pub enum DatasetErrorKind {
     InvalidUtf8,
+    /// A text, label or task name with a NUL character, which no stored text may hold.
+    NulCharacter,
     InvalidJson,
     NotAnObject,
     MissingField,
@@ -131,8 +133,9 @@ pub enum DatasetErrorKind {
 }
 
 impl DatasetErrorKind {
-    pub const ALL: [DatasetErrorKind; 34] = [
+    pub const ALL: [DatasetErrorKind; 35] = [
         DatasetErrorKind::InvalidUtf8,
+        DatasetErrorKind::NulCharacter,
         DatasetErrorKind::InvalidJson,
         DatasetErrorKind::NotAnObject,
         DatasetErrorKind::MissingField,
@@ -171,6 +174,7 @@ impl DatasetErrorKind {
     pub fn code(self) -> &'static str {
         match self {
             DatasetErrorKind::InvalidUtf8 => "invalid_utf8",
+            DatasetErrorKind::NulCharacter => "nul_character",
             DatasetErrorKind::InvalidJson => "invalid_json",
             DatasetErrorKind::NotAnObject => "not_an_object",
             DatasetErrorKind::MissingField => "missing_field",

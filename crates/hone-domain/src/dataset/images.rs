@@ -24,6 +24,7 @@ use super::rules::Rules;
 use super::types::{DatasetFormat, DatasetLimits, Modality, Target, TaskType};
 
 pub(super) mod check;
+mod eocd;
 
 pub use check::{check_image, decode_base64, Refusal};
 
@@ -107,11 +108,27 @@ struct Entry {
 /// Checks a whole zip and hands its images, sorted by path, to `sink` as examples of
 /// their folder's class. Errors name the entry.
 pub(super) fn read_archive<R: Read + Seek, F: FnMut(Row<'_>)>(
-    reader: R,
+    mut reader: R,
     rules: &mut Rules,
     sink: &mut F,
 ) -> Result<(), DatasetError> {
     let limits = rules.limits.clone();
+    // The count the archive declares, before its directory is parsed into memory.
+    let declared = eocd::declared_entries(&mut reader).map_err(|e| {
+        DatasetError::new(
+            DatasetErrorKind::InvalidArchive,
+            format!("not a readable zip archive: {e}"),
+        )
+    })?;
+    if let Some(entries) = declared.filter(|&n| n > limits.max_archive_entries) {
+        return Err(DatasetError::new(
+            DatasetErrorKind::TooManyEntries,
+            format!(
+                "the archive declares {entries} entries; the limit is {}",
+                limits.max_archive_entries
+            ),
+        ));
+    }
     let mut archive = ZipArchive::new(reader).map_err(|e| {
         DatasetError::new(
             DatasetErrorKind::InvalidArchive,

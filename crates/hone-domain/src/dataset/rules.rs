@@ -154,6 +154,7 @@ impl Rules {
             }
         }
         let target = clean(target).map_err(|e| e.at(line))?;
+        check_nul(&input, &target).map_err(|e| e.at(line))?;
         if let Input::Text { text, text_pair } = &input {
             let max = self.limits.max_text_chars;
             for (field, value) in [("text", Some(text)), ("text_pair", text_pair.as_ref())] {
@@ -427,4 +428,41 @@ fn over(s: &str, max: usize) -> Option<usize> {
     }
     let chars = s.chars().count();
     (chars > max).then_some(chars)
+}
+
+/// No text, label or task name may hold a NUL character: labels are stored in
+/// Postgres, which stores none, and a NUL in a text is no character a model reads.
+fn check_nul(input: &Input<'_>, target: &RowTarget<'_>) -> Result<(), DatasetError> {
+    let nul = |field, what: &str| {
+        Err(DatasetError::new(
+            DatasetErrorKind::NulCharacter,
+            format!("{what} contains a NUL character (\\u0000)"),
+        )
+        .on(field))
+    };
+    if let Input::Text { text, text_pair } = input {
+        if text.contains('\0') {
+            return nul("text", "the text");
+        }
+        if text_pair.as_deref().is_some_and(|p| p.contains('\0')) {
+            return nul("text_pair", "the text pair");
+        }
+    }
+    match target {
+        RowTarget::Single(label) if label.contains('\0') => nul("label", "the label"),
+        RowTarget::Multi(labels) => match labels.iter().position(|l| l.contains('\0')) {
+            Some(i) => nul("labels", &format!("the label at index {i}")),
+            None => Ok(()),
+        },
+        RowTarget::Tasks(tasks) => {
+            match tasks
+                .iter()
+                .find(|(task, label)| task.contains('\0') || label.contains('\0'))
+            {
+                Some((task, _)) => nul("labels", &format!("task {task:?} or its label")),
+                None => Ok(()),
+            }
+        }
+        _ => Ok(()),
+    }
 }

@@ -237,6 +237,25 @@ fn one_class_only_is_refused() {
     assert!(e.message.contains("cats"), "{e}");
 }
 
+/// The count in the end record is checked before the directory is parsed: a forged
+/// count is refused as too many entries, not parsed as a directory that is not there.
+#[test]
+fn a_declared_entry_count_over_the_cap_is_refused_first() {
+    let mut bytes = zip_owned(&two_classes());
+    let end = bytes.len() - 22;
+    assert_eq!(&bytes[end..end + 4], b"PK\x05\x06");
+    for at in [end + 8, end + 10] {
+        bytes[at..at + 2].copy_from_slice(&60_000u16.to_le_bytes());
+    }
+    let limits = DatasetLimits {
+        max_archive_entries: 100,
+        ..DatasetLimits::default()
+    };
+    let e = refused(&bytes, limits);
+    assert_eq!(e.kind, DatasetErrorKind::TooManyEntries, "{e}");
+    assert!(e.message.contains("60000"), "{e}");
+}
+
 #[test]
 fn caps_on_entries_total_size_and_ratio_hold() {
     let entries = two_classes();
