@@ -84,12 +84,15 @@ pub enum Lease {
 }
 
 impl Db {
-    /// Claims the next queued job, if any, and commits the claim at once.
+    /// Claims the next queued job, if any, and commits the claim at once, together with
+    /// the event that says so: one commit (one WAL flush) per claim, where the claim and
+    /// its event apart took two, and a job is never seen `running` without its event.
     pub async fn claim_job(
         &self,
         worker: &str,
         lease: Duration,
     ) -> Result<Option<ClaimedJob>, StoreError> {
+        let mut tx = self.pool.begin().await?;
         let row: Option<JobRow> = sqlx::query_as(&format!(
             "WITH next AS ({NEXT_QUEUED})
              UPDATE fine_tuning_jobs j
@@ -106,25 +109,26 @@ impl Db {
         ))
         .bind(worker)
         .bind(lease_millis(lease))
-        .fetch_optional(&self.pool)
+        .fetch_optional(&mut *tx)
         .await?;
-        match row {
-            Some(row) => {
-                let job = FineTuningJob::try_from(row)?;
-                let attempt = job.attempt;
-                self.add_event(
-                    &job.id,
-                    attempt,
-                    &NewEvent::info(format!(
-                        "Worker {worker} started attempt {attempt} of {}",
-                        job.max_attempts
-                    )),
-                )
-                .await?;
-                Ok(Some(ClaimedJob { job, attempt }))
-            }
-            None => Ok(None),
-        }
+        let Some(row) = row else {
+            // Nothing was written: ending the transaction flushes nothing.
+            tx.commit().await?;
+            return Ok(None);
+        };
+        let job = FineTuningJob::try_from(row)?;
+        let attempt = job.attempt;
+        insert_event(
+            &mut *tx,
+            &job.id,
+            &NewEvent::info(format!(
+                "Worker {worker} started attempt {attempt} of {}",
+                job.max_attempts
+            )),
+        )
+        .await?;
+        tx.commit().await?;
+        Ok(Some(ClaimedJob { job, attempt }))
     }
 
     /// Renews the lease, and tells the worker whether the user asked to cancel.
