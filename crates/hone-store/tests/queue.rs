@@ -530,3 +530,113 @@ async fn a_success_under_a_model_id_that_is_taken_writes_nothing() {
     let kept = f.db.get_model(&p(), "ft:m:taken").await.expect("model");
     assert_eq!(kept.storage_key, "models/a", "the first model is untouched");
 }
+
+#[tokio::test]
+async fn claims_take_ready_jobs_by_priority_then_schedule_then_id_with_their_event() {
+    let f = fresh().await;
+    let file = file(&f.db).await;
+    let mut ids = Vec::new();
+    for _ in 0..5 {
+        ids.push(job(&f.db, &file, 3).await);
+    }
+    // (priority, seconds from now it is scheduled at) for each job, in creation order.
+    let when = [(2, -30), (1, -10), (1, -20), (1, 3600), (2, -40)];
+    for (id, (priority, seconds)) in ids.iter().zip(when) {
+        sqlx::query(
+            "UPDATE fine_tuning_jobs SET priority = $2,
+                 scheduled_at = now() + $3 * interval '1 second' WHERE id = $1",
+        )
+        .bind(id)
+        .bind(priority as i16)
+        .bind(seconds as f64)
+        .execute(&f.db.pool)
+        .await
+        .expect("schedule");
+    }
+    let mut order = Vec::new();
+    while let Some(c) = f.db.claim_job("w", LEASE).await.expect("claim") {
+        order.push(c.job.id);
+    }
+    let expected: Vec<String> = [2, 1, 4, 0].iter().map(|&i| ids[i].clone()).collect();
+    assert_eq!(order, expected, "the job scheduled in an hour waits");
+    assert_eq!(status(&f.db, &ids[3]).await, JobStatus::Queued);
+
+    // The claim and its event are one commit: every claimed job has its event.
+    let page = PageRequest::new(Some(100), None).expect("page");
+    for id in &order {
+        let events = f.db.list_events(&p(), id, &page).await.expect("events");
+        assert!(
+            events
+                .iter()
+                .any(|e| e.message == "Worker w started attempt 1 of 3"),
+            "{events:?}"
+        );
+    }
+}
+
+#[tokio::test]
+async fn a_claim_reads_the_head_of_the_claim_index_not_the_whole_queue() {
+    let f = fresh().await;
+    let file = file(&f.db).await;
+    let template = job(&f.db, &file, 3).await;
+    // A long queue, copied from one job in a single statement (creating each through
+    // the API's path would take the test most of its time).
+    sqlx::query(
+        "INSERT INTO fine_tuning_jobs (id, base_model, training_file, method, hyperparameters,
+             seed, max_attempts, project_id, priority, scheduled_at)
+         SELECT 'ftjob-' || md5(g::text), base_model, training_file, method, hyperparameters,
+             seed, max_attempts, project_id, 1 + g % 3, now() - g * interval '1 second'
+         FROM fine_tuning_jobs, generate_series(1, 20000) g WHERE id = $1",
+    )
+    .bind(&template)
+    .execute(&f.db.pool)
+    .await
+    .expect("fill the queue");
+    sqlx::query("ANALYZE fine_tuning_jobs")
+        .execute(&f.db.pool)
+        .await
+        .expect("analyze");
+
+    let mut tx = f.db.pool.begin().await.expect("begin");
+    let plan: Vec<String> = sqlx::query_scalar(&format!(
+        "EXPLAIN (ANALYZE, BUFFERS, COSTS OFF) {}",
+        hone_store::queue::NEXT_QUEUED
+    ))
+    .fetch_all(&mut *tx)
+    .await
+    .expect("explain");
+    tx.rollback().await.expect("rollback");
+    let plan = plan.join("\n");
+    assert!(
+        plan.contains("Index Scan using fine_tuning_jobs_claim_idx"),
+        "{plan}"
+    );
+    assert!(
+        !plan.contains("Sort"),
+        "the index is the queue's order: {plan}"
+    );
+    // A handful of pages, not the queue's hundreds.
+    let read: u64 = plan
+        .lines()
+        .find_map(|l| l.trim().strip_prefix("Buffers: "))
+        .expect("buffers in the plan")
+        .split(|c: char| !c.is_ascii_digit())
+        .filter_map(|n| n.parse::<u64>().ok())
+        .sum();
+    assert!(read < 20, "read {read} pages for one claim: {plan}");
+
+    // And the claim takes that head: the oldest job of the first priority.
+    let first: String = sqlx::query_scalar(
+        "SELECT id FROM fine_tuning_jobs WHERE status = 'queued'
+         ORDER BY priority, scheduled_at, id LIMIT 1",
+    )
+    .fetch_one(&f.db.pool)
+    .await
+    .expect("head");
+    let claimed =
+        f.db.claim_job("w", LEASE)
+            .await
+            .expect("claim")
+            .expect("job");
+    assert_eq!(claimed.job.id, first);
+}
