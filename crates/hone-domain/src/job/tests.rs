@@ -1,0 +1,317 @@
+//! Tests of the job vocabulary: request validation, defaults and stored forms.
+
+use super::*;
+
+#[test]
+fn image_models_refuse_text_fields_and_take_augment() {
+    let hp = HyperparametersInput::default()
+        .validate_image(MethodType::Full)
+        .expect("defaults are valid");
+    assert_eq!((hp.max_seq_len, hp.augment), (0, true));
+    let off = HyperparametersInput {
+        augment: Some(false),
+        ..HyperparametersInput::default()
+    };
+    assert!(!off.validate_image(MethodType::Full).expect("valid").augment);
+    let err = off.validate(512, MethodType::Full).expect_err("text");
+    assert_eq!(err.param, "hyperparameters.augment");
+    for (input, param) in [
+        (
+            HyperparametersInput {
+                max_seq_len: Some(64),
+                ..HyperparametersInput::default()
+            },
+            "hyperparameters.max_seq_len",
+        ),
+        (
+            HyperparametersInput {
+                pooling: Some(PoolingType::Cls),
+                ..HyperparametersInput::default()
+            },
+            "hyperparameters.pooling",
+        ),
+        (
+            HyperparametersInput {
+                head: Some(HeadType::Mlp),
+                ..HyperparametersInput::default()
+            },
+            "hyperparameters.head",
+        ),
+        (
+            HyperparametersInput {
+                group_by_length: Some(true),
+                ..HyperparametersInput::default()
+            },
+            "hyperparameters.group_by_length",
+        ),
+    ] {
+        let err = input
+            .validate_image(MethodType::Full)
+            .expect_err("text-only field");
+        assert_eq!(err.param, param);
+    }
+    // Text jobs never augment, nor did any job stored before the field existed.
+    let text = HyperparametersInput::default()
+        .validate(512, MethodType::Full)
+        .expect("valid");
+    assert!(!text.augment);
+    let mut stored = serde_json::to_value(Hyperparameters::default()).expect("json");
+    stored.as_object_mut().expect("object").remove("augment");
+    let back: Hyperparameters = serde_json::from_value(stored).expect("reads");
+    assert!(!back.augment);
+}
+
+#[test]
+fn text_jobs_group_by_length_unless_told_not_to() {
+    let text = HyperparametersInput::default()
+        .validate(512, MethodType::Partial)
+        .expect("valid");
+    assert!(text.group_by_length);
+    let off = HyperparametersInput {
+        group_by_length: Some(false),
+        ..HyperparametersInput::default()
+    };
+    assert!(
+        !off.validate(512, MethodType::Full)
+            .expect("valid")
+            .group_by_length
+    );
+    let image = HyperparametersInput::default()
+        .validate_image(MethodType::Full)
+        .expect("valid");
+    assert!(!image.group_by_length);
+    // A job stored before the field existed keeps its random batches, so its
+    // checkpoints resume as they were taken.
+    let mut stored = serde_json::to_value(&text).expect("json");
+    stored
+        .as_object_mut()
+        .expect("object")
+        .remove("group_by_length");
+    let back: Hyperparameters = serde_json::from_value(stored).expect("reads");
+    assert!(!back.group_by_length);
+}
+
+#[test]
+fn defaults_fill_missing_fields() {
+    let hp = HyperparametersInput::default()
+        .validate(512, MethodType::Full)
+        .expect("defaults are valid");
+    assert_eq!(
+        hp,
+        Hyperparameters {
+            defaulted: vec!["epochs".into(), "learning_rate".into()],
+            group_by_length: true,
+            ..Hyperparameters::default()
+        }
+    );
+    let hp = HyperparametersInput::default()
+        .validate(64, MethodType::Full)
+        .expect("clamped to model");
+    assert_eq!(hp.max_seq_len, 64);
+    let head = HyperparametersInput::default()
+        .validate(512, MethodType::FeatureExtraction)
+        .expect("valid");
+    assert_eq!((head.epochs, head.learning_rate), (10, 1e-3));
+}
+
+#[test]
+fn auto_adopts_the_defaults_of_its_choice_but_keeps_what_the_user_set() {
+    let hp = HyperparametersInput {
+        epochs: Some(4),
+        ..Default::default()
+    }
+    .validate(512, MethodType::Auto)
+    .expect("valid");
+    let rebased = hp.rebased_on(MethodType::FeatureExtraction);
+    assert_eq!(rebased.epochs, 4);
+    assert_eq!(rebased.learning_rate, 1e-3);
+    assert_eq!(hp.rebased_on(MethodType::Full).learning_rate, 5e-5);
+}
+
+#[test]
+fn task_weights_are_positive_and_default_to_one() {
+    let with = |weights: &[(&str, f64)]| HyperparametersInput {
+        task_weights: Some(weights.iter().map(|&(t, w)| (t.to_owned(), w)).collect()),
+        ..HyperparametersInput::default()
+    };
+    let hp = with(&[("topic", 0.5)])
+        .validate(512, MethodType::Full)
+        .expect("valid");
+    assert_eq!(hp.task_weight("topic"), 0.5);
+    assert_eq!(hp.task_weight("sentiment"), 1.0);
+    for bad in [0.0, -1.0, f64::NAN, 101.0] {
+        let err = with(&[("topic", bad)])
+            .validate(512, MethodType::Full)
+            .expect_err("refused");
+        assert_eq!(err.param, "hyperparameters.task_weights.topic", "{bad}");
+    }
+    // Stored jobs from before task weights read back with none.
+    let old: Hyperparameters = serde_json::from_value(serde_json::json!({
+        "epochs": 3, "batch_size": 16, "learning_rate": 5e-5, "warmup_ratio": 0.1,
+        "weight_decay": 0.01, "max_seq_len": 128
+    }))
+    .expect("old row");
+    assert!(old.task_weights.is_empty());
+}
+
+#[test]
+fn methods_check_frozen_layers_against_the_model() {
+    let partial = |k| Method {
+        kind: MethodType::Partial,
+        frozen_layers: k,
+        ..Method::default()
+    };
+    assert_eq!(
+        partial(None).validate(6).expect("ok").frozen_layers,
+        Some(3)
+    );
+    assert!(partial(Some(6)).validate(6).is_ok());
+    assert_eq!(
+        partial(Some(7)).validate(6).expect_err("too deep").param,
+        "method.frozen_layers"
+    );
+    let full = Method {
+        frozen_layers: Some(1),
+        ..Method::default()
+    };
+    assert_eq!(
+        full.validate(6).expect_err("full").param,
+        "method.frozen_layers"
+    );
+    let chosen = Method {
+        kind: MethodType::Auto,
+        chosen: Some(ChosenMethod {
+            kind: MethodType::Full,
+            frozen_layers: None,
+            reason: "x".into(),
+        }),
+        ..Method::default()
+    };
+    assert_eq!(
+        chosen.validate(6).expect_err("chosen").param,
+        "method.chosen"
+    );
+    let scratch = |kind| Method {
+        kind,
+        from_scratch: true,
+        ..Method::default()
+    };
+    assert!(scratch(MethodType::Full).validate(6).is_ok());
+    assert_eq!(
+        scratch(MethodType::Auto)
+            .validate(6)
+            .expect_err("auto")
+            .param,
+        "method.from_scratch"
+    );
+}
+
+#[test]
+fn each_bound_names_its_field() {
+    let cases = [
+        (
+            HyperparametersInput {
+                epochs: Some(0),
+                ..Default::default()
+            },
+            "hyperparameters.epochs",
+        ),
+        (
+            HyperparametersInput {
+                batch_size: Some(513),
+                ..Default::default()
+            },
+            "hyperparameters.batch_size",
+        ),
+        (
+            HyperparametersInput {
+                learning_rate: Some(0.0),
+                ..Default::default()
+            },
+            "hyperparameters.learning_rate",
+        ),
+        (
+            HyperparametersInput {
+                learning_rate: Some(f64::NAN),
+                ..Default::default()
+            },
+            "hyperparameters.learning_rate",
+        ),
+        (
+            HyperparametersInput {
+                warmup_ratio: Some(0.9),
+                ..Default::default()
+            },
+            "hyperparameters.warmup_ratio",
+        ),
+        (
+            HyperparametersInput {
+                weight_decay: Some(-1.0),
+                ..Default::default()
+            },
+            "hyperparameters.weight_decay",
+        ),
+        (
+            HyperparametersInput {
+                layer_lr_decay: Some(0.0),
+                ..Default::default()
+            },
+            "hyperparameters.layer_lr_decay",
+        ),
+        (
+            HyperparametersInput {
+                label_smoothing: Some(0.5),
+                ..Default::default()
+            },
+            "hyperparameters.label_smoothing",
+        ),
+        (
+            HyperparametersInput {
+                validation_split: Some(0.6),
+                ..Default::default()
+            },
+            "hyperparameters.validation_split",
+        ),
+        (
+            HyperparametersInput {
+                early_stopping_patience: Some(101),
+                ..Default::default()
+            },
+            "hyperparameters.early_stopping_patience",
+        ),
+        (
+            HyperparametersInput {
+                max_seq_len: Some(1024),
+                ..Default::default()
+            },
+            "hyperparameters.max_seq_len",
+        ),
+    ];
+    for (input, param) in cases {
+        assert_eq!(
+            input
+                .validate(512, MethodType::Full)
+                .expect_err(param)
+                .param,
+            param
+        );
+    }
+}
+
+#[test]
+fn statuses_round_trip_and_know_terminal_ones() {
+    for s in JobStatus::ALL {
+        assert_eq!(JobStatus::parse(s.as_str()), Some(s));
+        assert_eq!(serde_json::to_value(s).expect("serialize"), s.as_str());
+    }
+    assert!(JobStatus::Cancelled.is_terminal());
+    assert!(!JobStatus::Running.is_terminal());
+}
+
+#[test]
+fn suffixes_are_path_safe() {
+    assert!(validate_suffix("reviews-v2_1").is_ok());
+    assert!(validate_suffix("").is_err());
+    assert!(validate_suffix("a/b").is_err());
+    assert!(validate_suffix(&"x".repeat(41)).is_err());
+}
