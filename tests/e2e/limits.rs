@@ -10,25 +10,10 @@ use std::time::Duration;
 use serde_json::{json, Value};
 
 use crate::raw::{post_streaming, Body, RawAnswer};
-use crate::support::TestServer;
+use crate::support::{memory, TestServer};
 
 const MB: u64 = 1_000_000;
 const MIB: u64 = 1 << 20;
-
-/// `VmRSS` and `VmHWM` (peak resident set since the last reset) of a process, in bytes.
-fn memory(pid: u32) -> (u64, u64) {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).expect("read /proc");
-    let field = |name: &str| {
-        status
-            .lines()
-            .find_map(|l| l.strip_prefix(name))
-            .and_then(|v| v.trim().strip_suffix("kB"))
-            .and_then(|v| v.trim().parse::<u64>().ok())
-            .map(|kib| kib * 1024)
-            .unwrap_or_else(|| panic!("{name} missing from /proc/{pid}/status"))
-    };
-    (field("VmRSS:"), field("VmHWM:"))
-}
 
 /// Resets the process's peak resident set to its current one (Linux ≥ 4.0).
 fn reset_peak(pid: u32) {

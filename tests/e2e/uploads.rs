@@ -5,24 +5,9 @@ use std::time::Duration;
 
 use tokio::io::AsyncWriteExt;
 
-use crate::support::{jsonl, two_class_rows, TestServer};
+use crate::support::{jsonl, memory, two_class_rows, TestServer};
 
 const MIB: u64 = 1 << 20;
-
-/// `VmRSS` and `VmHWM` (peak resident set) of a process, in bytes.
-fn memory(pid: u32) -> (u64, u64) {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).expect("read /proc");
-    let field = |name: &str| {
-        status
-            .lines()
-            .find_map(|l| l.strip_prefix(name))
-            .and_then(|v| v.trim().strip_suffix("kB"))
-            .and_then(|v| v.trim().parse::<u64>().ok())
-            .map(|kib| kib * 1024)
-            .unwrap_or_else(|| panic!("{name} missing from /proc/{pid}/status"))
-    };
-    (field("VmRSS:"), field("VmHWM:"))
-}
 
 /// One JSONL line of exactly `width` bytes (newline included); `i` makes each unique.
 fn line(i: u64, width: usize) -> Vec<u8> {
