@@ -39,6 +39,7 @@ use crate::early_stopping::{monitor_name, BestEpoch};
 pub use crate::error::TrainError;
 use crate::evaluate::{score, score_subset};
 pub use crate::features::{extract_features, extract_image_features, FeatureRun};
+use crate::frozen::FrozenSplits;
 use crate::inputs::{grouped_by_length, Inputs, Split};
 pub use crate::job::TrainJob;
 pub use crate::metrics::{
@@ -191,26 +192,10 @@ pub fn fine_tune_with(
         }
         _ => None,
     };
-    let frozen_states = match frozen_states(&network, &prepared, &job, frozen_cache_bytes, &|| {
+    let cache = frozen_states(&network, &prepared, &job, frozen_cache_bytes, &|| {
         observer.cancelled()
-    })? {
-        FrozenCache::Computed(states, bytes) => {
-            observer.on_notice(&format!(
-                "the frozen layers' outputs ({}) were computed once; every epoch starts from the first trained layer",
-                megabytes(bytes)
-            ));
-            Some(states)
-        }
-        FrozenCache::TooLarge(bytes) => {
-            observer.on_notice(&format!(
-                "the frozen layers run every step: their outputs would take {}, more than the {} allowed",
-                megabytes(bytes),
-                megabytes(frozen_cache_bytes)
-            ));
-            None
-        }
-        FrozenCache::NotApplicable => None,
-    };
+    })?;
+    let frozen_states = announced(cache, frozen_cache_bytes, observer);
     let augment =
         (config.augment && config.strategy != Strategy::FeatureExtraction).then_some(config.seed);
     let train_inputs = prepared
@@ -628,6 +613,33 @@ fn model_meta(
             Modality::Text => job.config.max_seq_len,
             Modality::Image => 0,
         },
+    }
+}
+
+/// The frozen states to train from, if any, told to the user either way when the run
+/// has frozen layers to cache (`cap`: the most bytes they may take).
+fn announced(
+    cache: FrozenCache,
+    cap: u64,
+    observer: &mut dyn TrainObserver,
+) -> Option<FrozenSplits> {
+    match cache {
+        FrozenCache::Computed(states, bytes) => {
+            observer.on_notice(&format!(
+                "the frozen layers' outputs ({}) were computed once; every epoch starts from the first trained layer",
+                megabytes(bytes)
+            ));
+            Some(states)
+        }
+        FrozenCache::TooLarge(bytes) => {
+            observer.on_notice(&format!(
+                "the frozen layers run every step: their outputs would take {}, more than the {} allowed",
+                megabytes(bytes),
+                megabytes(cap)
+            ));
+            None
+        }
+        FrozenCache::NotApplicable => None,
     }
 }
 
