@@ -1,11 +1,12 @@
-//! Uploads stream to storage: memory stays flat however large the file, and an upload
-//! the client abandons halfway leaves neither a row nor bytes behind.
+//! Uploads stream to storage: memory stays flat however large the file, an upload the
+//! client abandons halfway leaves neither a row nor bytes behind, and uploads in
+//! progress are capped per project and in all.
 
 use std::time::Duration;
 
 use tokio::io::AsyncWriteExt;
 
-use crate::support::{jsonl, memory, two_class_rows, TestServer};
+use crate::support::{jsonl, memory, two_class_rows, TestDb, TestServer};
 
 const MIB: u64 = 1 << 20;
 
@@ -147,4 +148,122 @@ async fn an_abandoned_upload_leaves_nothing_behind() {
         );
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
+}
+
+/// Starts an upload as `key` on a raw connection and leaves it in progress: the form's
+/// head and a few valid lines of a file of 64 MiB, and nothing more until dropped.
+async fn upload_in_progress(s: &TestServer, key: &str) -> tokio::net::TcpStream {
+    let addr = s.base.trim_start_matches("http://").to_owned();
+    let boundary = "hone-test-boundary";
+    let head = format!(
+        "--{boundary}\r\nContent-Disposition: form-data; name=\"purpose\"\r\n\r\nfine-tune\r\n\
+         --{boundary}\r\nContent-Disposition: form-data; name=\"file\"; filename=\"slow.jsonl\"\r\n\
+         Content-Type: application/octet-stream\r\n\r\n"
+    );
+    let mut stream = tokio::net::TcpStream::connect(&addr)
+        .await
+        .expect("connect");
+    let request = format!(
+        "POST /v1/files HTTP/1.1\r\nHost: {addr}\r\nAuthorization: Bearer {key}\r\n\
+         Content-Type: multipart/form-data; boundary={boundary}\r\nContent-Length: {}\r\n\r\n{head}",
+        64 * MIB
+    );
+    stream.write_all(request.as_bytes()).await.expect("send");
+    for i in 0..16 {
+        stream.write_all(&line(i, 256)).await.expect("send");
+    }
+    stream.flush().await.expect("flush");
+    stream
+}
+
+/// Polls until an upload as `key` is accepted (places are given back once the server
+/// notices a connection is gone); fails past 20 s.
+async fn upload_when_a_place_is_free(s: &TestServer, key: &str) {
+    let rows = two_class_rows(4, &["good"], &["bad"]);
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
+    loop {
+        let (status, body) = s.upload_as(key, "t.jsonl", jsonl(&rows)).await;
+        if status == 200 {
+            return;
+        }
+        assert_eq!(status, 429, "{body}");
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "no place was given back"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
+#[tokio::test]
+async fn uploads_in_progress_are_capped_per_project_and_in_all() {
+    let s = TestServer::start_command(
+        "serve",
+        TestDb::create().await,
+        tempfile::tempdir().expect("tempdir"),
+        &[
+            ("HONE_MAX_CONCURRENT_UPLOADS", "2"),
+            ("HONE_MAX_CONCURRENT_UPLOADS_PER_PROJECT", "1"),
+        ],
+    )
+    .await;
+    let other = s.create_key("other").await;
+    let third = s.create_key("third").await;
+    let rows = two_class_rows(4, &["good"], &["bad"]);
+
+    let mine = upload_in_progress(&s, &s.key).await;
+    // The server has the first upload's place once it answers the next one 429.
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    let refused = loop {
+        let r = s
+            .client
+            .post(s.url("/v1/files"))
+            .multipart(
+                reqwest::multipart::Form::new()
+                    .text("purpose", "fine-tune")
+                    .part(
+                        "file",
+                        reqwest::multipart::Part::bytes(jsonl(&rows)).file_name("t.jsonl"),
+                    ),
+            )
+            .send()
+            .await
+            .expect("POST");
+        if r.status() == 429 {
+            break r;
+        }
+        assert!(tokio::time::Instant::now() < deadline, "{}", r.status());
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    assert!(refused.headers().contains_key("retry-after"));
+    let body: serde_json::Value = refused.json().await.expect("JSON");
+    assert_eq!(body["error"]["code"], "too_many_uploads", "{body}");
+
+    // Another project is not held up by this one's upload.
+    let (status, body) = s.upload_as(&other, "t.jsonl", jsonl(&rows)).await;
+    assert_eq!(status, 200, "{body}");
+
+    // Two in progress: the server's cap, for every project.
+    let theirs = upload_in_progress(&s, &other).await;
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    loop {
+        let (status, body) = s.upload_as(&third, "t.jsonl", jsonl(&rows)).await;
+        if status == 429 {
+            assert!(
+                body["error"]["message"]
+                    .as_str()
+                    .is_some_and(|m| m.contains("server")),
+                "{body}"
+            );
+            break;
+        }
+        assert!(tokio::time::Instant::now() < deadline, "{status} {body}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+
+    // Cut uploads give their places back.
+    drop(mine);
+    upload_when_a_place_is_free(&s, &s.key.clone()).await;
+    drop(theirs);
+    upload_when_a_place_is_free(&s, &third).await;
 }

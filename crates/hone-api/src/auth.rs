@@ -14,6 +14,7 @@ use chrono::Utc;
 use hone_domain::api_key::{hash_key, is_well_formed};
 use hone_domain::ProjectId;
 use hone_store::projects::{last_used_is_stale, KeyLookup};
+use hone_store::Db;
 use lru::LruCache;
 use tokio::sync::Semaphore;
 use utoipa::openapi::security::{Http, HttpAuthScheme, SecurityScheme};
@@ -141,7 +142,12 @@ impl KeyCache {
     }
 
     /// What the key whose hash is `hash` is: from the cache, else from the database.
-    async fn find(&self, state: &AppState, hash: String) -> Result<KnownKey, ApiError> {
+    async fn find(
+        &self,
+        db: &Db,
+        defaults: ProjectLimits,
+        hash: String,
+    ) -> Result<KnownKey, ApiError> {
         if let Some(found) = self.get(&hash) {
             return Ok(found);
         }
@@ -154,7 +160,7 @@ impl KeyCache {
         if let Some(found) = self.get(&hash) {
             return Ok(found);
         }
-        let found = match state.db.find_api_key(&hash).await? {
+        let found = match db.find_api_key(&hash).await? {
             KeyLookup::Unknown => KnownKey::Unknown,
             KeyLookup::Revoked => KnownKey::Revoked,
             KeyLookup::Valid {
@@ -164,14 +170,13 @@ impl KeyCache {
             } => {
                 if last_used_is_stale(last_used_at, Utc::now()) {
                     // Off the request's path: a lost update only delays `last_used_at`.
-                    let db = state.db.clone();
+                    let db = db.clone();
                     tokio::spawn(async move {
                         if let Err(e) = db.touch_api_key(&key).await {
                             tracing::warn!(error = %e, "could not record an API key's use");
                         }
                     });
                 }
-                let defaults = state.settings.project_limits;
                 KnownKey::Valid(Project {
                     id: project.id,
                     name: project.name,
@@ -199,18 +204,30 @@ impl FromRequestParts<AppState> for Project {
     type Rejection = ApiError;
 
     async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Self, ApiError> {
-        let key = bearer(&parts.headers)?;
-        match state.keys.find(state, hash_key(key)).await? {
-            KnownKey::Valid(project) => Ok(project),
-            KnownKey::Unknown => Err(unauthorized(
-                "invalid_api_key",
-                "this API key is not known to the server",
-            )),
-            KnownKey::Revoked => Err(unauthorized(
-                "revoked_api_key",
-                "this API key was revoked; ask for a new one",
-            )),
-        }
+        let defaults = state.settings.project_limits;
+        authenticate(&state.keys, &state.db, defaults, &parts.headers).await
+    }
+}
+
+/// The project the request's API key acts for, or 401 (what the [`Project`] extractor
+/// does, for routes outside the API's state, such as a worker's `/metrics`).
+pub async fn authenticate(
+    keys: &KeyCache,
+    db: &Db,
+    defaults: ProjectLimits,
+    headers: &HeaderMap,
+) -> Result<Project, ApiError> {
+    let key = bearer(headers)?;
+    match keys.find(db, defaults, hash_key(key)).await? {
+        KnownKey::Valid(project) => Ok(project),
+        KnownKey::Unknown => Err(unauthorized(
+            "invalid_api_key",
+            "this API key is not known to the server",
+        )),
+        KnownKey::Revoked => Err(unauthorized(
+            "revoked_api_key",
+            "this API key was revoked; ask for a new one",
+        )),
     }
 }
 

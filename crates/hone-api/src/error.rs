@@ -173,6 +173,14 @@ impl From<StoreError> for ApiError {
                 ),
             )
             .with_param("file"),
+            StoreError::Quota(Quota::WebhookEndpoints { limit }) => Self::new(
+                StatusCode::CONFLICT,
+                "webhook_limit_reached",
+                format!(
+                    "this project has {limit} webhook endpoints, its limit \
+                     (max_webhooks_per_project); delete one to add another"
+                ),
+            ),
             other => Self::internal("storage error", &other),
         }
     }

@@ -85,7 +85,8 @@ struct DeletedFile {
         (status = 400, description = "Invalid file or form; `message` names the line or zip entry", body = ErrorResponse,
             example = json!({"error": {"message": "line 3: field `label`: missing", "type": "invalid_request_error", "param": "file", "code": "missing_field"}})),
         (status = 409, description = "The Idempotency-Key was used with another upload", body = ErrorResponse),
-        (status = 413, description = "Over the upload size limit, or the project's storage limit (`max_stored_bytes`)", body = ErrorResponse)))]
+        (status = 413, description = "Over the upload size limit, or the project's storage limit (`max_stored_bytes`)", body = ErrorResponse),
+        (status = 429, description = "As many uploads in progress as the server or the project may have; retry after `Retry-After` seconds", body = ErrorResponse)))]
 async fn upload_file(
     State(state): State<AppState>,
     project: Project,
@@ -95,6 +96,8 @@ async fn upload_file(
 ) -> Result<Json<serde_json::Value>, ApiError> {
     let mut multipart =
         multipart.map_err(|e| ApiError::new(e.status(), "invalid_multipart", e.body_text()))?;
+    // A place before a byte is read, held until the upload is answered.
+    let _place = upload_place(&state, &project)?;
     check_upload_room(&state, &project, &headers).await?;
     let id = FileId::generate();
     let mut purpose: Option<String> = None;
@@ -306,19 +309,53 @@ async fn store_file_field(
     }
     let mut object = state.artifacts.create(key).await?;
     while let Some(chunk) = field.chunk().await? {
-        validator.push(&chunk)?;
+        let checked = chunk.clone(); // a reference count, not a copy
+        validator = off_runtime(move || {
+            let mut validator = validator;
+            validator.push(&checked).map(|()| validator)
+        })
+        .await?;
         object.write(&chunk).await?;
     }
     let summary = if format.is_archive() {
         let stored = object.read_back().await?;
-        tokio::task::spawn_blocking(move || validator.finish_archive(stored))
-            .await
-            .map_err(|e| ApiError::internal("checking the archive", &e))??
+        off_runtime(move || validator.finish_archive(stored)).await?
     } else {
-        validator.finish()?
+        off_runtime(move || validator.finish()).await?
     };
     object.commit().await?;
     Ok((filename, summary))
+}
+
+/// Runs a step of validation on the blocking pool: checking a chunk can mean decoding
+/// images, which must not hold an async worker thread (every other request waits on
+/// those). Each upload has at most one step running, so the uploads' cap
+/// (`max_concurrent_uploads`) bounds the threads validation takes.
+async fn off_runtime<T: Send + 'static>(
+    step: impl FnOnce() -> Result<T, hone_domain::dataset::DatasetError> + Send + 'static,
+) -> Result<T, ApiError> {
+    tokio::task::spawn_blocking(step)
+        .await
+        .map_err(|e| ApiError::internal("checking the upload", &e))?
+        .map_err(ApiError::from)
+}
+
+/// A place among the uploads being received, or 429: in all and per project, so that
+/// one project's uploads cannot take every validation thread.
+fn upload_place(state: &AppState, project: &Project) -> Result<crate::slots::Slot, ApiError> {
+    state.uploads.take(project.id.as_str()).map_err(|full| {
+        let message = match full {
+            crate::slots::Full::Server => "this server is receiving as many uploads as it can",
+            crate::slots::Full::Project => "this project has as many uploads in progress as it may",
+        };
+        let mut e = ApiError::new(
+            StatusCode::TOO_MANY_REQUESTS,
+            "too_many_uploads",
+            format!("{message}; retry when one has finished"),
+        );
+        e.retry_after = Some(2);
+        e
+    })
 }
 
 /// Removes the bytes of an upload that was refused after they were committed.

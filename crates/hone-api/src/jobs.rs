@@ -6,7 +6,7 @@ use axum::extract::{Path, Query, State};
 use axum::Json;
 use hone_domain::dataset::TaskType;
 use hone_domain::job::{validate_suffix, HyperparametersInput, JobStatus, Method};
-use hone_domain::resources::{FileObject, FineTuningJob, JobCurves, JobEvent, JobMetrics};
+use hone_domain::resources::{FileObject, FineTuningJob, JobCurves, JobMetrics};
 use hone_domain::{JobId, Page};
 use hone_store::idempotency::Once;
 use hone_store::jobs::NewJob;
@@ -27,7 +27,6 @@ pub fn router() -> OpenApiRouter<AppState> {
         .routes(routes!(create_job, list_jobs))
         .routes(routes!(get_job))
         .routes(routes!(cancel_job))
-        .routes(routes!(list_events))
         .routes(routes!(get_metrics))
 }
 
@@ -454,31 +453,4 @@ async fn get_metrics(
         data_report: result.data_report,
         transferability: result.transferability,
     }))
-}
-
-/// A job's events, newest first: messages and per-step/per-epoch metrics.
-#[utoipa::path(get, path = "/v1/fine_tuning/jobs/{job_id}/events", tag = "fine-tuning",
-    params(("job_id" = String, Path, description = "The job's id"), ListParams),
-    responses(
-        (status = 200, description = "A page of events", body = inline(Page<JobEvent>)),
-        (status = 400, description = "Invalid query", body = ErrorResponse),
-        (status = 404, description = "No such job", body = ErrorResponse)))]
-async fn list_events(
-    State(state): State<AppState>,
-    project: Project,
-    Path(raw): Path<String>,
-    query: Result<Query<ListParams>, QueryRejection>,
-) -> Result<Json<Page<JobEvent>>, ApiError> {
-    let id = job_id(&raw)?;
-    let page = query?.0.page()?;
-    state
-        .db
-        .get_job(&project.id, id.as_str())
-        .await
-        .map_err(not_found_as(&raw))?;
-    let rows = state
-        .db
-        .list_events(&project.id, id.as_str(), &page)
-        .await?;
-    Ok(Json(Page::from_rows(rows, page.limit, |e| e.id.clone())))
 }

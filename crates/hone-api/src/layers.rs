@@ -58,6 +58,8 @@ pub fn api_routes(routes: Router, limits: RequestLimits) -> Router {
     routes
         .route_layer(middleware::from_fn_with_state(limits, limit_body))
         .route_layer(middleware::from_fn(check_params))
+        // Outermost of the route's layers, so it counts their refusals too.
+        .route_layer(middleware::from_fn(crate::metrics::track))
         // The limit above is the one that applies; axum's own default (2 MB) is not.
         .layer(axum::extract::DefaultBodyLimit::disable())
 }

@@ -22,11 +22,14 @@ pub mod error;
 mod extract;
 mod files;
 mod health;
+pub mod job_events;
 mod jobs;
 pub mod layers;
+pub mod metrics;
 mod models;
 mod params;
 pub mod server;
+pub mod slots;
 mod transferability;
 mod webhooks;
 
@@ -41,6 +44,12 @@ pub struct AppState {
     pub settings: Arc<ApiSettings>,
     /// API key look-ups of the last few seconds.
     pub keys: Arc<auth::KeyCache>,
+    /// The live event streams open on this process, and their wake-ups.
+    pub event_streams: Arc<job_events::EventStreams>,
+    /// What `/metrics` renders, and who may read it.
+    pub metrics: Arc<metrics::Metrics>,
+    /// Places of the uploads being received, in all and per project.
+    pub uploads: Arc<slots::Slots>,
 }
 
 #[derive(Clone, Debug)]
@@ -60,6 +69,8 @@ pub struct ApiSettings {
     pub project_limits: auth::ProjectLimits,
     /// Which webhook URLs are accepted (the deliverer applies the same policy).
     pub webhook_policy: hone_domain::webhook::TargetPolicy,
+    /// Webhook endpoints one project may have.
+    pub max_webhooks_per_project: i64,
 }
 
 #[derive(OpenApi)]
@@ -101,10 +112,12 @@ pub fn routes() -> (Router<AppState>, utoipa::openapi::OpenApi) {
         .merge(base_models::router())
         .merge(transferability::router())
         .merge(jobs::router())
+        .merge(job_events::router())
         .merge(checkpoints::router())
         .merge(models::router())
         .merge(webhooks::router())
         .merge(health::router())
+        .merge(metrics::router())
         .split_for_parts();
     utoipa::Modify::modify(&auth::SecurityAddon, &mut api);
     webhooks::document_payloads(&mut api);

@@ -178,7 +178,10 @@ async fn create_webhook(
         enabled: req.enabled.unwrap_or(true),
         secret: secret.clone(),
     };
-    let endpoint = state.db.create_webhook(&new).await?;
+    let endpoint = state
+        .db
+        .create_webhook(&new, state.settings.max_webhooks_per_project)
+        .await?;
     tracing::info!(webhook.id = %endpoint.id, project = %project.id, "webhook endpoint created");
     Ok(Json(WebhookEndpointWithSecret {
         endpoint,

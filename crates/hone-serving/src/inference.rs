@@ -25,7 +25,7 @@ use hone_train::predict::Classifier;
 use hone_train::threads::use_intra_op_threads;
 use lru::LruCache;
 
-use crate::{Message, PredictInputs, Prediction, Request, ServingConfig, ServingError};
+use crate::{telemetry, Message, PredictInputs, Prediction, Request, ServingConfig, ServingError};
 
 /// Models loading at once; more wait for a loader in arrival order.
 pub(crate) const MAX_LOADS: usize = 2;
@@ -106,7 +106,9 @@ pub(crate) fn run<M: Model>(
             Message::Evict(id) => thread.evict(id),
             Message::Loaded { model_id, result } => thread.on_loaded(model_id, result),
             Message::Predict(first) => {
-                if !thread.cache.contains(&first.model_id) {
+                let hit = thread.cache.contains(&first.model_id);
+                telemetry::cache(hit);
+                if !hit {
                     thread.park(first);
                     continue;
                 }
@@ -159,6 +161,7 @@ impl<M: Model> Thread<M> {
             self.threads = wanted;
         }
         let model_id = batch[0].model_id.clone();
+        let started = std::time::Instant::now();
         let answers = match self.cache.get(&model_id) {
             Some(model) => {
                 let batch_size = self.config.batch_size;
@@ -179,6 +182,11 @@ impl<M: Model> Thread<M> {
         {
             self.cache.pop(&model_id);
         }
+        telemetry::served(
+            batch.iter().map(|r| r.inputs.len()).sum(),
+            batch.iter().map(|r| started.duration_since(r.queued_at)),
+            started.elapsed(),
+        );
         for (request, answer) in batch.into_iter().zip(answers) {
             let _ = request.reply.send(answer);
         }
@@ -217,6 +225,7 @@ impl<M: Model> Thread<M> {
                             model: id.clone(),
                             message,
                         });
+                    telemetry::loaded(result.is_ok(), started.elapsed());
                     if result.is_ok() {
                         tracing::info!(model = %id, ms = started.elapsed().as_millis() as u64, "loaded model");
                     }
@@ -423,6 +432,7 @@ mod tests {
                     model_dir: PathBuf::from(model),
                     inputs: PredictInputs::Texts(vec![text.into()]),
                     reply,
+                    queued_at: std::time::Instant::now(),
                     _admitted: admitted,
                 }))
                 .expect("thread running");

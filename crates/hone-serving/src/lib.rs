@@ -15,6 +15,7 @@ mod admission;
 pub mod catalog;
 pub mod checkpoints;
 mod inference;
+pub mod telemetry;
 pub mod transferability;
 
 use std::path::PathBuf;
@@ -135,6 +136,8 @@ pub(crate) struct Request {
     pub(crate) model_dir: PathBuf,
     pub(crate) inputs: PredictInputs,
     pub(crate) reply: oneshot::Sender<Result<Vec<Prediction>, ServingError>>,
+    /// When it was sent to the thread, for the queue-time metric.
+    pub(crate) queued_at: std::time::Instant,
     /// Held until the request is answered.
     pub(crate) _admitted: Admitted,
 }
@@ -218,6 +221,7 @@ impl Predictor {
                 model_dir,
                 inputs,
                 reply,
+                queued_at: std::time::Instant::now(),
                 _admitted: admitted,
             }))
             .map_err(|_| ServingError::Stopped)?;

@@ -1,10 +1,10 @@
 //! Fine-tuning jobs as the API sees them: create (with files locked and limits
-//! counted in one transaction), read, list, cancel, and their events and curves.
+//! counted in one transaction), read, list, cancel, and their curves (their events are
+//! `events.rs`'s).
 //! What a worker does to the job it holds is the queue's, in `queue.rs`.
 
-use chrono::{DateTime, Utc};
 use hone_domain::job::{Hyperparameters, JobStatus, Method};
-use hone_domain::resources::{EventLevel, EventType, FineTuningJob, JobEvent};
+use hone_domain::resources::FineTuningJob;
 use hone_domain::{JobId, PageRequest, ProjectId};
 use sqlx::types::Json;
 
@@ -27,16 +27,6 @@ pub struct NewJob {
     pub suffix: Option<String>,
     pub metadata: Option<serde_json::Value>,
     pub max_attempts: i32,
-}
-
-#[derive(sqlx::FromRow)]
-struct EventRow {
-    id: String,
-    level: String,
-    r#type: String,
-    message: String,
-    data: Option<Json<serde_json::Value>>,
-    created_at: DateTime<Utc>,
 }
 
 impl Db {
@@ -112,7 +102,7 @@ impl Db {
         .fetch_one(&mut *tx)
         .await?;
         insert_event(
-            &mut *tx,
+            &mut tx,
             new.id.as_str(),
             &NewEvent::info("Job created and queued"),
         )
@@ -193,7 +183,7 @@ impl Db {
                 .execute(&mut *tx)
                 .await?;
                 insert_event(
-                    &mut *tx,
+                    &mut tx,
                     id,
                     &NewEvent::info("Job cancelled before it started"),
                 )
@@ -205,7 +195,7 @@ impl Db {
                     .execute(&mut *tx)
                     .await?;
                 insert_event(
-                    &mut *tx,
+                    &mut tx,
                     id,
                     &NewEvent::info("Cancellation requested; the worker stops at the next step"),
                 )
@@ -219,54 +209,6 @@ impl Db {
         }
         tx.commit().await?;
         self.get_job(project, id).await
-    }
-
-    /// Events newest first, as the OpenAI API lists them.
-    /// Events of a job of `project` (none for another project's job).
-    pub async fn list_events(
-        &self,
-        project: &ProjectId,
-        job_id: &str,
-        page: &PageRequest,
-    ) -> Result<Vec<JobEvent>, StoreError> {
-        let rows: Vec<EventRow> = sqlx::query_as(
-            "SELECT e.id, e.level, e.type, e.message, e.data, e.created_at
-             FROM fine_tuning_job_events e
-             JOIN fine_tuning_jobs j ON j.id = e.job_id AND j.project_id = $4
-             WHERE e.job_id = $1
-               AND ($2::text IS NULL
-                    OR e.seq < (SELECT seq FROM fine_tuning_job_events WHERE id = $2))
-             ORDER BY e.seq DESC LIMIT $3",
-        )
-        .bind(job_id)
-        .bind(page.after.as_deref())
-        .bind(page.limit + 1)
-        .bind(project.as_str())
-        .fetch_all(&self.pool)
-        .await?;
-        rows.into_iter()
-            .map(|r| {
-                let level = match r.level.as_str() {
-                    "warn" => EventLevel::Warn,
-                    "error" => EventLevel::Error,
-                    _ => EventLevel::Info,
-                };
-                let kind = if r.r#type == "metrics" {
-                    EventType::Metrics
-                } else {
-                    EventType::Message
-                };
-                Ok(JobEvent {
-                    id: r.id,
-                    object: "fine_tuning.job.event",
-                    created_at: r.created_at.timestamp(),
-                    level,
-                    kind,
-                    message: r.message,
-                    data: r.data.map(|d| d.0),
-                })
-            })
-            .collect()
     }
 
     /// The curves `set_metrics` stored, if any.

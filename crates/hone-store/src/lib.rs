@@ -14,6 +14,7 @@ pub mod listener;
 pub mod models;
 pub mod projects;
 pub mod queue;
+pub mod stats;
 pub mod webhook_outbox;
 pub mod webhooks;
 

@@ -48,6 +48,8 @@ pub enum Quota {
     ActiveJobs { limit: i64 },
     /// Bytes of the project's stored files.
     StoredBytes { limit: i64, used: i64 },
+    /// Webhook endpoints of the project.
+    WebhookEndpoints { limit: i64 },
 }
 
 #[derive(sqlx::FromRow)]

@@ -71,6 +71,15 @@ pub const NEXT_QUEUED: &str = "SELECT id FROM fine_tuning_jobs
 pub struct ClaimedJob {
     pub job: FineTuningJob,
     pub attempt: i32,
+    /// How long it waited to be claimed, from when it could run.
+    pub queued_for: Duration,
+}
+
+#[derive(sqlx::FromRow)]
+struct ClaimedRow {
+    #[sqlx(flatten)]
+    row: JobRow,
+    queued_seconds: f64,
 }
 
 /// What the heartbeat learns besides keeping the lease.
@@ -93,14 +102,16 @@ impl Db {
         lease: Duration,
     ) -> Result<Option<ClaimedJob>, StoreError> {
         let mut tx = self.pool.begin().await?;
-        let row: Option<JobRow> = sqlx::query_as(&format!(
+        let row: Option<ClaimedRow> = sqlx::query_as(&format!(
             "WITH next AS ({NEXT_QUEUED})
              UPDATE fine_tuning_jobs j
              SET status = 'running', attempt = j.attempt + 1, attempted_at = now(),
                  attempted_by = $1, lease_expires_at = now() + $2 * interval '1 millisecond',
                  started_at = coalesce(j.started_at, now())
              FROM next WHERE j.id = next.id
-             RETURNING {}",
+             RETURNING {},
+                 greatest(extract(epoch FROM now() - j.scheduled_at), 0)::float8
+                     AS queued_seconds",
             COLUMNS
                 .split(',')
                 .map(|c| format!("j.{}", c.trim()))
@@ -111,7 +122,11 @@ impl Db {
         .bind(lease_millis(lease))
         .fetch_optional(&mut *tx)
         .await?;
-        let Some(row) = row else {
+        let Some(ClaimedRow {
+            row,
+            queued_seconds,
+        }) = row
+        else {
             // Nothing was written: ending the transaction flushes nothing.
             tx.commit().await?;
             return Ok(None);
@@ -119,7 +134,7 @@ impl Db {
         let job = FineTuningJob::try_from(row)?;
         let attempt = job.attempt;
         insert_event(
-            &mut *tx,
+            &mut tx,
             &job.id,
             &NewEvent::info(format!(
                 "Worker {worker} started attempt {attempt} of {}",
@@ -128,7 +143,11 @@ impl Db {
         )
         .await?;
         tx.commit().await?;
-        Ok(Some(ClaimedJob { job, attempt }))
+        Ok(Some(ClaimedJob {
+            job,
+            attempt,
+            queued_for: Duration::try_from_secs_f64(queued_seconds).unwrap_or_default(),
+        }))
     }
 
     /// Renews the lease, and tells the worker whether the user asked to cancel.
@@ -218,7 +237,7 @@ impl Db {
         if held.is_none() {
             return Ok(false);
         }
-        insert_event(&mut *tx, id, event).await?;
+        insert_event(&mut tx, id, event).await?;
         tx.commit().await?;
         Ok(true)
     }
@@ -257,7 +276,7 @@ impl Db {
             )));
         }
         insert_event(
-            &mut *tx,
+            &mut tx,
             id,
             &NewEvent::info(format!("Job succeeded: model {} published", model.id)),
         )
@@ -302,7 +321,7 @@ impl Db {
             .execute(&mut *tx)
             .await?;
             insert_event(
-                &mut *tx,
+                &mut tx,
                 id,
                 &NewEvent {
                     level: EventLevel::Warn,
@@ -331,7 +350,7 @@ impl Db {
             .execute(&mut *tx)
             .await?;
             insert_event(
-                &mut *tx,
+                &mut tx,
                 id,
                 &NewEvent {
                     level: EventLevel::Error,
@@ -359,7 +378,7 @@ impl Db {
         )
         .await?;
         if held {
-            insert_event(&mut *tx, id, &NewEvent::info("Job cancelled")).await?;
+            insert_event(&mut tx, id, &NewEvent::info("Job cancelled")).await?;
         }
         tx.commit().await?;
         Ok(held)
@@ -379,7 +398,7 @@ impl Db {
         .await?;
         if held {
             insert_event(
-                &mut *tx,
+                &mut tx,
                 id,
                 &NewEvent::info("Worker shut down; job returned to the queue"),
             )
@@ -411,7 +430,7 @@ impl Db {
                 .execute(&mut *tx)
                 .await?;
                 insert_event(
-                    &mut *tx,
+                    &mut tx,
                     id,
                     &NewEvent::info(format!("{message}; job cancelled")),
                 )
@@ -425,7 +444,7 @@ impl Db {
                 .execute(&mut *tx)
                 .await?;
                 insert_event(
-                    &mut *tx,
+                    &mut tx,
                     id,
                     &NewEvent {
                         level: EventLevel::Warn,
@@ -450,7 +469,7 @@ impl Db {
                 .execute(&mut *tx)
                 .await?;
                 insert_event(
-                    &mut *tx,
+                    &mut tx,
                     id,
                     &NewEvent {
                         level: EventLevel::Error,

@@ -119,7 +119,30 @@ const DELIVERIES: &str = "
     WHERE d.endpoint_id = $1";
 
 impl Db {
-    pub async fn create_webhook(&self, new: &NewEndpoint) -> Result<WebhookEndpoint, StoreError> {
+    /// Adds an endpoint unless the project has `max_per_project` already (counted under
+    /// the project's row lock, so concurrent creates cannot both pass).
+    pub async fn create_webhook(
+        &self,
+        new: &NewEndpoint,
+        max_per_project: i64,
+    ) -> Result<WebhookEndpoint, StoreError> {
+        let mut tx = self.pool.begin().await?;
+        sqlx::query("SELECT 1 FROM projects WHERE id = $1 FOR UPDATE")
+            .bind(new.project.as_str())
+            .execute(&mut *tx)
+            .await?;
+        let count: i64 =
+            sqlx::query_scalar("SELECT count(*) FROM webhook_endpoints WHERE project_id = $1")
+                .bind(new.project.as_str())
+                .fetch_one(&mut *tx)
+                .await?;
+        if count >= max_per_project {
+            return Err(StoreError::Quota(
+                crate::projects::Quota::WebhookEndpoints {
+                    limit: max_per_project,
+                },
+            ));
+        }
         let row: EndpointRow = sqlx::query_as(&format!(
             "INSERT INTO webhook_endpoints (id, project_id, url, description, events, secret, enabled)
              VALUES ($1, $2, $3, $4, $5, $6, $7) RETURNING {ENDPOINT_COLUMNS}"
@@ -131,8 +154,9 @@ impl Db {
         .bind(names(&new.events))
         .bind(new.secret.expose())
         .bind(new.enabled)
-        .fetch_one(&self.pool)
+        .fetch_one(&mut *tx)
         .await?;
+        tx.commit().await?;
         row.try_into()
     }
 

@@ -18,8 +18,8 @@ use common::{file, fresh, new_job, p};
 
 const LEASE: Duration = Duration::from_secs(30);
 
-async fn endpoint(db: &Db, project: &ProjectId, events: &[WebhookEventType]) -> String {
-    db.create_webhook(&NewEndpoint {
+fn new_endpoint(project: &ProjectId, events: &[WebhookEventType]) -> NewEndpoint {
+    NewEndpoint {
         id: WebhookId::generate(),
         project: project.clone(),
         url: "https://example.com/hook".into(),
@@ -27,10 +27,14 @@ async fn endpoint(db: &Db, project: &ProjectId, events: &[WebhookEventType]) -> 
         description: None,
         enabled: true,
         secret: WebhookSecret::generate(),
-    })
-    .await
-    .expect("endpoint")
-    .id
+    }
+}
+
+async fn endpoint(db: &Db, project: &ProjectId, events: &[WebhookEventType]) -> String {
+    db.create_webhook(&new_endpoint(project, events), 100)
+        .await
+        .expect("endpoint")
+        .id
 }
 
 /// (event type, object id) of every delivery to `webhook`, oldest first.
@@ -165,6 +169,36 @@ async fn projects_get_only_their_own_events_and_endpoints() {
         .await
         .expect("list");
     assert_eq!(listed.iter().map(|w| &w.id).collect::<Vec<_>>(), [&ours]);
+}
+
+#[tokio::test]
+async fn a_project_has_at_most_its_limit_of_endpoints_even_when_created_at_once() {
+    let f = fresh().await;
+    let db = &f.db;
+    let other = db.ensure_project("other").await.expect("project").id;
+    // Eight creates at once against a limit of three: exactly three are written.
+    let creates = (0..8).map(|_| {
+        let db = db.clone();
+        tokio::spawn(async move {
+            db.create_webhook(&new_endpoint(&p(), &WebhookEventType::ALL), 3)
+                .await
+        })
+    });
+    let mut made = 0;
+    for create in creates {
+        match create.await.expect("task") {
+            Ok(_) => made += 1,
+            Err(StoreError::Quota(hone_store::Quota::WebhookEndpoints { limit: 3 })) => {}
+            Err(e) => panic!("unexpected: {e}"),
+        }
+    }
+    assert_eq!(made, 3);
+    let page = PageRequest::new(Some(100), None).expect("page");
+    assert_eq!(db.list_webhooks(&p(), &page).await.expect("list").len(), 3);
+    // The limit is per project.
+    db.create_webhook(&new_endpoint(&other, &WebhookEventType::ALL), 3)
+        .await
+        .expect("another project's first endpoint");
 }
 
 #[tokio::test]

@@ -13,7 +13,7 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use hone_domain::webhook::{RetrySchedule, TargetPolicy};
+use hone_domain::webhook::{DeliveryStatus, RetrySchedule, TargetPolicy};
 use hone_store::webhook_outbox::ClaimedDelivery;
 use hone_store::webhooks::WEBHOOKS_CHANNEL;
 use hone_store::Db;
@@ -23,6 +23,44 @@ use tokio_util::sync::CancellationToken;
 
 mod send;
 pub mod target;
+
+const ATTEMPTS: &str = "hone_webhook_attempts_total";
+const ATTEMPT_SECONDS: &str = "hone_webhook_attempt_seconds";
+const DELIVERIES: &str = "hone_webhook_deliveries_total";
+
+/// Says what each webhook metric is (HELP lines); once, at start-up.
+pub fn describe_metrics() {
+    metrics::describe_counter!(
+        ATTEMPTS,
+        "Webhook delivery attempts made by this process, by result (success: a 2xx answer)"
+    );
+    metrics::describe_histogram!(
+        ATTEMPT_SECONDS,
+        metrics::Unit::Seconds,
+        "Time of one webhook attempt, from connecting to the end of the answer"
+    );
+    metrics::describe_counter!(
+        DELIVERIES,
+        "Webhook deliveries finished by this process's attempts, by outcome (succeeded, \
+         or failed after the last attempt)"
+    );
+}
+
+fn telemetry(
+    result: &hone_store::webhook_outbox::AttemptResult,
+    status: Option<hone_domain::webhook::DeliveryStatus>,
+) {
+    let outcome = if result.succeeded {
+        "success"
+    } else {
+        "failure"
+    };
+    metrics::counter!(ATTEMPTS, "result" => outcome).increment(1);
+    metrics::histogram!(ATTEMPT_SECONDS).record(result.latency_ms as f64 / 1000.0);
+    if let Some(s @ (DeliveryStatus::Succeeded | DeliveryStatus::Failed)) = status {
+        metrics::counter!(DELIVERIES, "outcome" => s.as_str()).increment(1);
+    }
+}
 
 pub use send::{SendLimits, Sender};
 
@@ -144,7 +182,9 @@ async fn deliver(
     } else {
         schedule.delay_after(attempt, rand::random::<f64>())
     };
-    match db.record_attempt(&d.id, d.attempt, &result, retry_in).await {
+    let recorded = db.record_attempt(&d.id, d.attempt, &result, retry_in).await;
+    telemetry(&result, recorded.as_ref().ok().copied().flatten());
+    match recorded {
         Ok(Some(status)) => tracing::info!(
             delivery.id = %d.id,
             event.id = %d.event.id,

@@ -16,6 +16,7 @@ use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
 
 mod finetune;
+pub mod telemetry;
 
 #[derive(Clone, Debug)]
 pub struct WorkerSettings {
@@ -117,6 +118,7 @@ async fn slot_loop(
         match db.claim_job(&settings.id, settings.lease).await {
             Ok(Some(claimed)) => {
                 backoff = Duration::from_millis(500);
+                telemetry::queued(claimed.queued_for);
                 run_claimed(&db, &artifacts, &settings, claimed, &shutdown).await;
             }
             Ok(None) => {

@@ -93,6 +93,19 @@ pub struct Config {
     pub body_read_timeout_secs: u64,
     /// Connections served at once; past it new ones wait in the listen queue.
     pub max_connections: usize,
+    /// Live event streams (`…/events?stream=true`) open at once on this process, in all
+    /// and per project; past either, 429.
+    pub max_event_streams: usize,
+    pub max_event_streams_per_project: usize,
+    /// Uploads received at once, in all and per project; past either, 429. Each holds
+    /// at most one blocking thread while its chunks are validated.
+    pub max_concurrent_uploads: usize,
+    pub max_concurrent_uploads_per_project: usize,
+    /// `/metrics` answers anyone; by default it asks for a valid API key.
+    pub metrics_public: bool,
+    /// `hone worker` only: serve `/metrics` on this address (`hone serve` and `hone all`
+    /// serve it with the API). Empty: not served.
+    pub worker_metrics_listen: String,
     /// How long a looked-up API key (known, unknown or revoked) is remembered:
     /// revoking a key takes effect within this time.
     pub api_key_cache_ms: u64,
@@ -102,6 +115,8 @@ pub struct Config {
     /// Bytes of stored files per project; uploads past it get 413 (a project's own
     /// `max_stored_bytes` overrides it).
     pub max_stored_bytes_per_project: i64,
+    /// Webhooks: endpoints one project may have; creating more gets 409.
+    pub max_webhooks_per_project: i64,
     /// Webhooks: send to plain `http://` URLs too (by default only `https://`).
     pub webhook_allow_http: bool,
     /// Webhooks: send to URLs that are or resolve to loopback, private, link-local
@@ -160,9 +175,16 @@ impl Default for Config {
             request_timeout_secs: 600,
             body_read_timeout_secs: 30,
             max_connections: 4096,
+            max_event_streams: 1000,
+            max_event_streams_per_project: 20,
+            max_concurrent_uploads: 16,
+            max_concurrent_uploads_per_project: 4,
+            metrics_public: false,
+            worker_metrics_listen: String::new(),
             api_key_cache_ms: 5000,
             max_active_jobs_per_project: 16,
             max_stored_bytes_per_project: 10 * 1024 * 1024 * 1024,
+            max_webhooks_per_project: 20,
             webhook_allow_http: false,
             webhook_allow_private_targets: false,
             webhook_retry_first_delay_ms: 5000,
@@ -176,6 +198,14 @@ impl Default for Config {
 }
 
 impl Config {
+    /// The limits of projects that set none of their own.
+    pub fn project_limits(&self) -> hone_api::auth::ProjectLimits {
+        hone_api::auth::ProjectLimits {
+            max_active_jobs: self.max_active_jobs_per_project,
+            max_stored_bytes: self.max_stored_bytes_per_project,
+        }
+    }
+
     pub fn load() -> Result<Self, Box<figment::Error>> {
         let mut figment = Figment::from(Serialized::defaults(Config::default()));
         match std::env::var_os("HONE_CONFIG") {

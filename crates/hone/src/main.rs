@@ -14,6 +14,7 @@ use tokio_util::sync::CancellationToken;
 mod config;
 mod keys;
 mod serve;
+mod telemetry;
 
 use config::Config;
 
@@ -137,6 +138,7 @@ async fn run(command: Command, config: Config) -> anyhow::Result<()> {
     );
     let shutdown = CancellationToken::new();
     spawn_signal_handler(shutdown.clone());
+    let metrics = telemetry::install(shutdown.clone())?;
 
     let mut tasks = Vec::new();
     // Every API and worker process delivers webhooks (claims never collide).
@@ -155,15 +157,27 @@ async fn run(command: Command, config: Config) -> anyhow::Result<()> {
             settings,
             shutdown.clone(),
         )));
+        if command == Command::Worker {
+            let port = telemetry::serve_worker_metrics(
+                &config,
+                db.clone(),
+                metrics.clone(),
+                shutdown.clone(),
+            );
+            tasks.extend(port.await?);
+        }
     }
     if matches!(command, Command::All | Command::Serve) {
         let result = serve::run(
             &config,
             db.clone(),
             artifacts.clone(),
-            device,
-            threads,
-            batch_work,
+            serve::Compute {
+                device,
+                threads,
+                batch_work,
+            },
+            metrics,
             shutdown.clone(),
         )
         .await;

@@ -5,25 +5,39 @@ use std::time::Duration;
 
 use anyhow::Context;
 use hone_api::auth::KeyCache;
+use hone_api::job_events::{EventStreams, StreamLimits};
+use hone_api::metrics::Metrics;
 use hone_api::server::ConnectionLimits;
 use hone_api::{ApiSettings, AppState, RequestLimits};
 use hone_domain::dataset::DatasetLimits;
 use hone_serving::transferability::Estimator;
 use hone_serving::{Predictor, ServingConfig};
 use hone_store::{ArtifactStore, Db};
+use metrics_exporter_prometheus::PrometheusHandle;
 use tokio_util::sync::CancellationToken;
 
 use crate::config::{Config, Threads};
+
+/// Where the API's libtorch work runs, and how many threads it takes.
+pub struct Compute {
+    pub device: tch::Device,
+    pub threads: Threads,
+    pub batch_work: hone_train::threads::BatchWork,
+}
 
 pub async fn run(
     config: &Config,
     db: Db,
     artifacts: Arc<dyn ArtifactStore>,
-    device: tch::Device,
-    threads: Threads,
-    batch_work: hone_train::threads::BatchWork,
+    compute: Compute,
+    metrics: PrometheusHandle,
     shutdown: CancellationToken,
 ) -> anyhow::Result<()> {
+    let Compute {
+        device,
+        threads,
+        batch_work,
+    } = compute;
     let predictor = Predictor::start(ServingConfig {
         cache_size: config.predict_cache_size,
         max_pending: config.predict_max_pending,
@@ -54,8 +68,26 @@ pub async fn run(
         Duration::from_millis(config.api_key_cache_ms),
         lookups,
     ));
+    let event_streams = EventStreams::start(
+        db.clone(),
+        StreamLimits {
+            max_streams: config.max_event_streams.max(1),
+            max_streams_per_project: config.max_event_streams_per_project.max(1),
+            ..StreamLimits::default()
+        },
+        shutdown.clone(),
+    );
     let state = AppState {
         keys,
+        event_streams,
+        uploads: hone_api::slots::Slots::new(
+            config.max_concurrent_uploads,
+            config.max_concurrent_uploads_per_project,
+        ),
+        metrics: Arc::new(Metrics {
+            handle: Some(metrics),
+            public: config.metrics_public,
+        }),
         db,
         artifacts,
         predictor,
@@ -71,11 +103,9 @@ pub async fn run(
             max_predict_inputs: config.max_predict_inputs,
             max_predict_chars: crate::config::MAX_PREDICT_CHARS,
             job_max_attempts: config.job_max_attempts,
-            project_limits: hone_api::auth::ProjectLimits {
-                max_active_jobs: config.max_active_jobs_per_project,
-                max_stored_bytes: config.max_stored_bytes_per_project,
-            },
+            project_limits: config.project_limits(),
             webhook_policy: config.webhook_policy(),
+            max_webhooks_per_project: config.max_webhooks_per_project,
         }),
     };
     let limits = RequestLimits {

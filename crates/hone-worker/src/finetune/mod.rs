@@ -8,7 +8,7 @@ use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::Instant;
 
-use hone_domain::job::MethodType;
+use hone_domain::job::{JobStatus, MethodType};
 use hone_domain::resources::JobResult;
 use hone_store::events::NewEvent;
 use hone_store::feature_cache as features;
@@ -17,7 +17,7 @@ use hone_store::{ArtifactStore, Db};
 use hone_train::model_dir::CONFIG_FILE;
 use sha2::{Digest, Sha256};
 
-use super::{StopFlags, WorkerSettings};
+use super::{telemetry, StopFlags, WorkerSettings};
 
 mod failure;
 mod prepare;
@@ -42,34 +42,66 @@ pub async fn run_job(
 ) {
     let job = &claimed.job;
     let attempt = claimed.attempt;
+    let started = Instant::now();
+    let mut modality = "unknown";
     let outcome = match prepare(db, artifacts, settings, claimed).await {
-        Ok(prepared) => train_and_publish(db, artifacts, settings, claimed, prepared, &flags).await,
+        Ok(prepared) => {
+            modality = modality_of(&prepared.file);
+            train_and_publish(db, artifacts, settings, claimed, prepared, &flags).await
+        }
         Err(f) => Err(f),
     };
     let result = match outcome {
-        Ok(()) => return,
-        Err(Failure::User(e)) => db.fail_job(&job.id, attempt, &e, false).await.map(|_| ()),
+        Ok(()) => Ok("succeeded"),
+        Err(Failure::User(e)) => db
+            .fail_job(&job.id, attempt, &e, false)
+            .await
+            .map(|_| "failed"),
         Err(Failure::Transient(e)) if e.code == "stopped" => {
             finish_stopped(db, artifacts, &job.id, attempt, &flags).await
         }
-        Err(Failure::Transient(e)) => db.fail_job(&job.id, attempt, &e, true).await.map(|_| ()),
+        Err(Failure::Transient(e)) => {
+            db.fail_job(&job.id, attempt, &e, true)
+                .await
+                .map(|status| match status {
+                    JobStatus::Queued => "retried",
+                    JobStatus::Running => "lost_lease",
+                    _ => "failed",
+                })
+        }
     };
-    if let Err(e) = result {
+    let outcome = result.unwrap_or_else(|e| {
         // The lease will expire and the rescuer will requeue the job.
         tracing::error!(error = %e, "could not record the job's outcome");
+        "unrecorded"
+    });
+    let labels = telemetry::AttemptLabels {
+        outcome,
+        method: job.method.kind.as_str(),
+        modality,
+    };
+    telemetry::attempt_ended(labels, started.elapsed());
+}
+
+/// The metrics' name of a training file's modality.
+fn modality_of(file: &hone_train::data::TrainData) -> &'static str {
+    if file.images.is_empty() {
+        "text"
+    } else {
+        "image"
     }
 }
 
-/// Training stopped early: say why in the job's state.
+/// Training stopped early: say why in the job's state; returns how the attempt ended.
 async fn finish_stopped(
     db: &Db,
     artifacts: &Arc<dyn ArtifactStore>,
     job_id: &str,
     attempt: i32,
     flags: &StopFlags,
-) -> Result<(), hone_store::StoreError> {
+) -> Result<&'static str, hone_store::StoreError> {
     if flags.lease_lost.load(Ordering::Relaxed) {
-        return Ok(()); // another worker owns the job now
+        return Ok("lost_lease"); // another worker owns the job now
     }
     if flags.cancelled.load(Ordering::Relaxed) {
         // A cancelled job leaves nothing behind: its checkpoints go with it, before
@@ -85,10 +117,11 @@ async fn finish_stopped(
         if db.finish_cancelled(job_id, attempt).await? {
             db.delete_checkpoints(job_id).await?;
         }
+        Ok("cancelled")
     } else {
         db.release_job(job_id, attempt).await?;
+        Ok("released")
     }
-    Ok(())
 }
 
 async fn train_and_publish(
@@ -119,6 +152,7 @@ async fn train_and_publish(
         ..
     } = prepared;
     let mut reporter = Reporter::new(db, artifacts, job, attempt, data_report);
+    reporter.count_examples(trained_examples, modality_of(&file));
     let resume_from = resume_point(db, artifacts, &mut reporter, attempt, &out_dir).await;
     let input = ThreadInput {
         resume_from,

@@ -200,6 +200,9 @@ pub(super) struct Reporter<'a> {
     pub(super) method: Option<Method>,
     pub(super) steps: LossCurve,
     pub(super) epochs: Vec<EpochMetrics>,
+    /// For the throughput metric: examples each epoch trains on, and their modality.
+    examples_per_epoch: u64,
+    modality: &'static str,
 }
 
 impl<'a> Reporter<'a> {
@@ -224,7 +227,15 @@ impl<'a> Reporter<'a> {
             method: None,
             steps: LossCurve::default(),
             epochs: Vec::new(),
+            examples_per_epoch: 0,
+            modality: "unknown",
         }
+    }
+
+    /// What each epoch counts in the training-throughput metric.
+    pub(super) fn count_examples(&mut self, per_epoch: u64, modality: &'static str) {
+        self.examples_per_epoch = per_epoch;
+        self.modality = modality;
     }
 
     pub(super) async fn handle(&mut self, update: Update) {
@@ -252,7 +263,9 @@ impl<'a> Reporter<'a> {
                         ),
                         serde_json::json!({
                             "step": p.step, "total_steps": p.total_steps, "epoch": p.epoch,
+                            "total_epochs": self.total_epochs,
                             "train_loss": p.loss, "learning_rate": p.learning_rate,
+                            "elapsed_seconds": elapsed, "eta_seconds": eta,
                         }),
                     ))
                     .await;
@@ -265,6 +278,7 @@ impl<'a> Reporter<'a> {
                 }
             }
             Update::Epoch(m) => {
+                crate::telemetry::trained(self.examples_per_epoch, self.modality);
                 let mut message = format!(
                     "Epoch {}/{} done: training loss {:.4}",
                     m.epoch, self.total_epochs, m.train_loss
