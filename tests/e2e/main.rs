@@ -17,6 +17,7 @@ mod limits;
 mod load;
 mod outage;
 mod pairs;
+mod private_postgres;
 mod raw;
 mod receiver;
 mod sentiment;
