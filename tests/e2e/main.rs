@@ -18,6 +18,7 @@ mod live_events;
 mod load;
 mod outage;
 mod pairs;
+mod private_postgres;
 mod prometheus;
 mod raw;
 mod receiver;

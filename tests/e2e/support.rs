@@ -109,6 +109,33 @@ pub fn hone_command(
     cmd
 }
 
+/// Reads a starting `hone`'s stdout until it listens: its address, and the first API
+/// key it printed (or `known_key`, the key of an earlier start). Then keeps draining
+/// stdout, so the server never blocks on a full pipe.
+pub async fn until_listening(
+    stdout: tokio::process::ChildStdout,
+    known_key: Option<String>,
+) -> (String, String) {
+    let mut lines = BufReader::new(stdout).lines();
+    let found = tokio::time::timeout(Duration::from_secs(120), async {
+        let mut key = known_key;
+        while let Ok(Some(line)) = lines.next_line().await {
+            if let Some(k) = line.trim().strip_prefix("export HONE_API_KEY=") {
+                key = Some(k.to_owned());
+            }
+            if let Some(addr) = line.strip_prefix("hone listening on ") {
+                let key = key.expect("a fresh install prints its first API key before listening");
+                return (addr.trim().to_owned(), key);
+            }
+        }
+        panic!("hone exited before listening (rerun with TEST_LOG=1)");
+    })
+    .await
+    .expect("hone did not start listening within 120 s");
+    tokio::spawn(async move { while let Ok(Some(_)) = lines.next_line().await {} });
+    found
+}
+
 /// A running `hone all` (or `hone serve`) with its own database and data directory.
 pub struct TestServer {
     pub base: String,
@@ -170,25 +197,7 @@ impl TestServer {
             .spawn()
             .expect("start hone");
         let stdout = child.stdout.take().expect("stdout");
-        let mut lines = BufReader::new(stdout).lines();
-        let (base, key) = tokio::time::timeout(Duration::from_secs(120), async {
-            let mut key = known_key;
-            while let Ok(Some(line)) = lines.next_line().await {
-                if let Some(k) = line.trim().strip_prefix("export HONE_API_KEY=") {
-                    key = Some(k.to_owned());
-                }
-                if let Some(addr) = line.strip_prefix("hone listening on ") {
-                    let key =
-                        key.expect("a fresh install prints its first API key before listening");
-                    return (addr.trim().to_owned(), key);
-                }
-            }
-            panic!("hone exited before listening (rerun with TEST_LOG=1)");
-        })
-        .await
-        .expect("hone did not start listening within 120 s");
-        // Keep draining stdout so the server never blocks on a full pipe.
-        tokio::spawn(async move { while let Ok(Some(_)) = lines.next_line().await {} });
+        let (base, key) = until_listening(stdout, known_key).await;
         Self {
             base,
             client: reqwest::Client::builder()

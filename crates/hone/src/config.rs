@@ -197,6 +197,10 @@ impl Default for Config {
     }
 }
 
+/// The variable naming a configuration file to read instead of `config/default.toml`;
+/// the one `HONE_*` variable that is not a configuration key.
+pub const CONFIG_FILE_VAR: &str = "HONE_CONFIG";
+
 impl Config {
     /// The limits of projects that set none of their own.
     pub fn project_limits(&self) -> hone_api::auth::ProjectLimits {
@@ -208,7 +212,7 @@ impl Config {
 
     pub fn load() -> Result<Self, Box<figment::Error>> {
         let mut figment = Figment::from(Serialized::defaults(Config::default()));
-        match std::env::var_os("HONE_CONFIG") {
+        match std::env::var_os(CONFIG_FILE_VAR) {
             Some(path) => figment = figment.merge(Toml::file_exact(PathBuf::from(path))),
             None => {
                 figment = figment.merge(Toml::file(
@@ -461,5 +465,121 @@ mod tests {
             assert_eq!(c.models_dir, PathBuf::from("/m"));
             Ok(())
         });
+    }
+
+    /// Every `HONE_*` variable named in a file under docker/, with the value the line
+    /// gives it (`NAME: value`, `NAME=value`, or a Kubernetes `- name: NAME` followed by
+    /// `value: …`; its first word), unless that value is a shell or compose expansion.
+    fn docker_variables() -> Vec<(String, String, Option<String>)> {
+        fn files(dir: &std::path::Path, out: &mut Vec<PathBuf>) {
+            for entry in std::fs::read_dir(dir).expect("read docker/").flatten() {
+                let path = entry.path();
+                if path.is_dir() {
+                    files(&path, out);
+                } else {
+                    out.push(path);
+                }
+            }
+        }
+        fn value_after(rest: &str) -> Option<String> {
+            let rest = rest.trim_start();
+            let rest = rest.strip_prefix(':').or_else(|| rest.strip_prefix('='))?;
+            // The first word: a shell line or a Dockerfile ENV goes on after it.
+            let word = rest.split_whitespace().next().unwrap_or("");
+            let value = word.trim_matches(|c| c == '"' || c == '\'');
+            let expansion = value.contains('$') || value.contains('{');
+            (!value.is_empty() && !expansion).then(|| value.to_owned())
+        }
+        let mut paths = Vec::new();
+        files(&PathBuf::from(REPO_DIR).join("docker"), &mut paths);
+        let mut found = Vec::new();
+        for path in paths {
+            let text = std::fs::read_to_string(&path).expect("docker/ files are text");
+            let lines: Vec<&str> = text.lines().collect();
+            for (i, line) in lines.iter().enumerate() {
+                let mut from = 0;
+                while let Some(at) = line[from..].find("HONE_").map(|at| from + at) {
+                    let tail = &line[at..];
+                    let len = tail
+                        .find(|c: char| !(c.is_ascii_uppercase() || c.is_ascii_digit() || c == '_'))
+                        .unwrap_or(tail.len());
+                    from = at + len.max(5);
+                    let before = line[..at].chars().next_back();
+                    if len <= "HONE_".len()
+                        || before.is_some_and(|c| c.is_alphanumeric() || c == '_')
+                    {
+                        continue;
+                    }
+                    let name = &tail[..len];
+                    let value = if line[..at].trim_end().ends_with("name:") {
+                        lines
+                            .get(i + 1)
+                            .and_then(|next| next.trim().strip_prefix("value"))
+                            .and_then(value_after)
+                    } else {
+                        value_after(&tail[len..])
+                    };
+                    let place = format!("{}:{}", path.display(), i + 1);
+                    found.push((place, name.to_owned(), value));
+                }
+            }
+        }
+        found
+    }
+
+    /// Loads the configuration with `name` set to `value` alone, as `hone` would.
+    #[allow(clippy::result_large_err)]
+    fn load_with(name: &str, value: &str) -> Result<Config, String> {
+        let mut result = Err(String::new());
+        figment::Jail::expect_with(|jail| {
+            jail.set_env(name, value);
+            result = Config::load().map_err(|e| e.to_string());
+            Ok(())
+        });
+        result
+    }
+
+    #[test]
+    fn every_hone_variable_in_docker_files_is_a_config_key_with_a_valid_value() {
+        // The loader refuses what it does not know (`deny_unknown_fields`).
+        let made_up = load_with("HONE_NO_SUCH_SETTING", "1").expect_err("an unknown key");
+        assert!(made_up.contains("no_such_setting"), "{made_up}");
+
+        let found = docker_variables();
+        let names: std::collections::BTreeSet<&str> =
+            found.iter().map(|(_, name, _)| name.as_str()).collect();
+        assert!(
+            names.contains("HONE_DATABASE_URL") && names.contains("HONE_DEVICE"),
+            "docker/ names the database and the device: {names:?}"
+        );
+        let defaults = Figment::from(Serialized::defaults(Config::default()));
+        let mut wrong = Vec::new();
+        for (place, name, value) in &found {
+            if name == CONFIG_FILE_VAR {
+                continue;
+            }
+            // Without a literal value, the key's default (an unknown key has none, and
+            // any value shows the loader refusing it).
+            let key = name["HONE_".len()..].to_lowercase();
+            let value = value.clone().unwrap_or_else(|| {
+                defaults
+                    .find_value(&key)
+                    .map(|v| match (v.as_str(), v.to_bool(), v.to_i128()) {
+                        (Some(s), _, _) => s.to_owned(),
+                        (_, Some(b), _) => b.to_string(),
+                        (_, _, Some(n)) => n.to_string(),
+                        _ => "1".to_owned(),
+                    })
+                    .unwrap_or_else(|_| "1".to_owned())
+            });
+            if let Err(e) = load_with(name, &value) {
+                wrong.push(format!("{place}: {name}={value}: {e}"));
+            }
+        }
+        assert!(
+            wrong.is_empty(),
+            "not configuration keys or values:\n{}",
+            wrong.join("\n")
+        );
     }
 }
