@@ -15,6 +15,7 @@ mod keys;
 mod kill;
 mod limits;
 mod load;
+mod openai_sdk;
 mod outage;
 mod pairs;
 mod raw;

@@ -528,7 +528,11 @@ impl HyperparametersInput {
         }
         if !(1..=100).contains(&epochs) {
             return Err(ValidationError::new(
-                p(if self.epochs.is_some() { "epochs" } else { "n_epochs" }),
+                p(if self.epochs.is_some() {
+                    "epochs"
+                } else {
+                    "n_epochs"
+                }),
                 "must be between 1 and 100",
             ));
         }
@@ -636,10 +640,7 @@ impl HyperparametersInput {
 impl HyperparametersInput {
     /// The learning rate and its multiplier on `d`'s default, from `learning_rate`,
     /// `learning_rate_multiplier`, both (when they agree) or neither.
-    fn resolve_learning_rate(
-        &self,
-        d: &Hyperparameters,
-    ) -> Result<(f64, f64), ValidationError> {
+    fn resolve_learning_rate(&self, d: &Hyperparameters) -> Result<(f64, f64), ValidationError> {
         let multiplier = match self.learning_rate_multiplier {
             Some(AutoOr::Value(m)) if !(m > 0.0 && m <= 100.0) => {
                 return Err(ValidationError::new(

@@ -551,9 +551,7 @@ impl Db {
             insert_event(
                 &mut *tx,
                 id,
-                &NewEvent::info(format!(
-                    "Job paused {at}; resume it to go on from there"
-                )),
+                &NewEvent::info(format!("Job paused {at}; resume it to go on from there")),
             )
             .await?;
         }

@@ -27,7 +27,11 @@ fn page(limit: i64) -> PageRequest {
 async fn a_queued_job_pauses_at_once_and_no_worker_claims_it_until_resumed() {
     let f = fresh().await;
     let file = file(&f.db).await;
-    let id = f.db.create_job(&new_job(&p(), &file, 3)).await.expect("job").id;
+    let id =
+        f.db.create_job(&new_job(&p(), &file, 3))
+            .await
+            .expect("job")
+            .id;
 
     let paused = f.db.pause_job(&p(), &id).await.expect("pause");
     assert_eq!(paused.status, JobStatus::Paused);
@@ -51,11 +55,23 @@ async fn a_queued_job_pauses_at_once_and_no_worker_claims_it_until_resumed() {
 async fn a_running_job_is_paused_by_its_worker_without_spending_an_attempt() {
     let f = fresh().await;
     let file = file(&f.db).await;
-    let id = f.db.create_job(&new_job(&p(), &file, 3)).await.expect("job").id;
-    let c = f.db.claim_job("w", LEASE).await.expect("claim").expect("job");
+    let id =
+        f.db.create_job(&new_job(&p(), &file, 3))
+            .await
+            .expect("job")
+            .id;
+    let c =
+        f.db.claim_job("w", LEASE)
+            .await
+            .expect("claim")
+            .expect("job");
 
     let asked = f.db.pause_job(&p(), &id).await.expect("pause");
-    assert_eq!(asked.status, JobStatus::Running, "running until a checkpoint");
+    assert_eq!(
+        asked.status,
+        JobStatus::Running,
+        "running until a checkpoint"
+    );
     assert_eq!(
         f.db.heartbeat(&id, c.attempt, LEASE).await.expect("hb"),
         Lease::Held {
@@ -79,7 +95,11 @@ async fn a_running_job_is_paused_by_its_worker_without_spending_an_attempt() {
         .expect("fenced"));
 
     f.db.resume_job(&p(), &id).await.expect("resume");
-    let again = f.db.claim_job("w", LEASE).await.expect("claim").expect("job");
+    let again =
+        f.db.claim_job("w", LEASE)
+            .await
+            .expect("claim")
+            .expect("job");
     assert_eq!(again.attempt, c.attempt, "the same attempt goes on");
     assert_eq!(
         f.db.heartbeat(&id, again.attempt, LEASE).await.expect("hb"),
@@ -95,13 +115,25 @@ async fn a_running_job_is_paused_by_its_worker_without_spending_an_attempt() {
 async fn a_pause_withdrawn_before_it_took_effect_sends_the_job_back_to_the_queue() {
     let f = fresh().await;
     let file = file(&f.db).await;
-    let id = f.db.create_job(&new_job(&p(), &file, 3)).await.expect("job").id;
-    let c = f.db.claim_job("w", LEASE).await.expect("claim").expect("job");
+    let id =
+        f.db.create_job(&new_job(&p(), &file, 3))
+            .await
+            .expect("job")
+            .id;
+    let c =
+        f.db.claim_job("w", LEASE)
+            .await
+            .expect("claim")
+            .expect("job");
     f.db.pause_job(&p(), &id).await.expect("pause");
     let running = f.db.resume_job(&p(), &id).await.expect("withdraw");
     assert_eq!(running.status, JobStatus::Running);
     // The worker had already stopped at its checkpoint: the job is not left paused.
-    assert!(f.db.finish_paused(&id, c.attempt, None).await.expect("stop"));
+    assert!(f
+        .db
+        .finish_paused(&id, c.attempt, None)
+        .await
+        .expect("stop"));
     assert_eq!(
         f.db.get_job(&p(), &id).await.expect("job").status,
         JobStatus::Queued
@@ -112,10 +144,17 @@ async fn a_pause_withdrawn_before_it_took_effect_sends_the_job_back_to_the_queue
 async fn finished_jobs_cannot_be_paused_and_paused_ones_can_be_cancelled() {
     let f = fresh().await;
     let file = file(&f.db).await;
-    let id = f.db.create_job(&new_job(&p(), &file, 3)).await.expect("job").id;
+    let id =
+        f.db.create_job(&new_job(&p(), &file, 3))
+            .await
+            .expect("job")
+            .id;
     f.db.pause_job(&p(), &id).await.expect("pause");
     assert!(
-        matches!(f.db.delete_file(&p(), &file).await, Err(StoreError::Conflict(_))),
+        matches!(
+            f.db.delete_file(&p(), &file).await,
+            Err(StoreError::Conflict(_))
+        ),
         "a paused job still needs its file"
     );
     let cancelled = f.db.cancel_job(&p(), &id).await.expect("cancel");
@@ -126,7 +165,8 @@ async fn finished_jobs_cannot_be_paused_and_paused_ones_can_be_cancelled() {
         "{err:?}"
     );
     assert!(matches!(
-        f.db.pause_job(&p(), "ftjob-00000000000000000000000000000000").await,
+        f.db.pause_job(&p(), "ftjob-00000000000000000000000000000000")
+            .await,
         Err(StoreError::NotFound)
     ));
 }
@@ -135,8 +175,15 @@ async fn finished_jobs_cannot_be_paused_and_paused_ones_can_be_cancelled() {
 async fn the_rescuer_pauses_a_dead_workers_job_that_was_being_paused() {
     let f = fresh().await;
     let file = file(&f.db).await;
-    let id = f.db.create_job(&new_job(&p(), &file, 3)).await.expect("job").id;
-    f.db.claim_job("w", LEASE).await.expect("claim").expect("job");
+    let id =
+        f.db.create_job(&new_job(&p(), &file, 3))
+            .await
+            .expect("job")
+            .id;
+    f.db.claim_job("w", LEASE)
+        .await
+        .expect("claim")
+        .expect("job");
     f.db.pause_job(&p(), &id).await.expect("pause");
     sqlx::query(
         "UPDATE fine_tuning_jobs SET lease_expires_at = now() - interval '1 second'
@@ -178,14 +225,25 @@ async fn jobs_are_listed_by_metadata() {
                 .collect::<Vec<_>>()
         }
     };
-    assert_eq!(by(serde_json::json!({"team": "qa"})).await, [ids[0].clone()]);
+    assert_eq!(
+        by(serde_json::json!({"team": "qa"})).await,
+        [ids[0].clone()]
+    );
     assert_eq!(
         by(serde_json::json!({"team": "qa", "run": "1"})).await,
         [ids[0].clone()]
     );
-    assert!(by(serde_json::json!({"team": "qa", "run": "2"})).await.is_empty());
-    assert_eq!(by(serde_json::json!({"team": "ml"})).await, [ids[1].clone()]);
-    let all = f.db.list_jobs(&p(), &page(20), None, None).await.expect("all");
+    assert!(by(serde_json::json!({"team": "qa", "run": "2"}))
+        .await
+        .is_empty());
+    assert_eq!(
+        by(serde_json::json!({"team": "ml"})).await,
+        [ids[1].clone()]
+    );
+    let all =
+        f.db.list_jobs(&p(), &page(20), None, None)
+            .await
+            .expect("all");
     assert_eq!(all.len(), 3);
 }
 
@@ -193,8 +251,16 @@ async fn jobs_are_listed_by_metadata() {
 async fn checkpoints_have_openai_ids_and_pages() {
     let f = fresh().await;
     let file = file(&f.db).await;
-    let id = f.db.create_job(&new_job(&p(), &file, 3)).await.expect("job").id;
-    let c = f.db.claim_job("w", LEASE).await.expect("claim").expect("job");
+    let id =
+        f.db.create_job(&new_job(&p(), &file, 3))
+            .await
+            .expect("job")
+            .id;
+    let c =
+        f.db.claim_job("w", LEASE)
+            .await
+            .expect("claim")
+            .expect("job");
     for epoch in 1..=3u32 {
         let checkpoint = NewCheckpoint {
             epoch,
@@ -214,7 +280,10 @@ async fn checkpoints_have_openai_ids_and_pages() {
             .await
             .expect("put"));
     }
-    let first = f.db.list_checkpoints(&p(), &id, None, 2).await.expect("list");
+    let first =
+        f.db.list_checkpoints(&p(), &id, None, 2)
+            .await
+            .expect("list");
     let epochs: Vec<u32> = first.iter().map(|c| c.object.epoch).collect();
     assert_eq!(epochs, [1, 2]);
     let one = &first[1].object;
@@ -227,11 +296,10 @@ async fn checkpoints_have_openai_ids_and_pages() {
         one.fine_tuned_model_checkpoint, None,
         "no model before the job succeeded"
     );
-    let rest = f
-        .db
-        .list_checkpoints(&p(), &id, Some(parsed.epoch), 2)
-        .await
-        .expect("next page");
+    let rest =
+        f.db.list_checkpoints(&p(), &id, Some(parsed.epoch), 2)
+            .await
+            .expect("next page");
     let epochs: Vec<u32> = rest.iter().map(|c| c.object.epoch).collect();
     assert_eq!(epochs, [3]);
 }
@@ -240,8 +308,15 @@ async fn checkpoints_have_openai_ids_and_pages() {
 async fn a_succeeded_job_lists_its_results_file_which_files_list_by_purpose() {
     let f = fresh().await;
     let upload = file(&f.db).await;
-    let job = f.db.create_job(&new_job(&p(), &upload, 3)).await.expect("job");
-    let c = f.db.claim_job("w", LEASE).await.expect("claim").expect("job");
+    let job =
+        f.db.create_job(&new_job(&p(), &upload, 3))
+            .await
+            .expect("job");
+    let c =
+        f.db.claim_job("w", LEASE)
+            .await
+            .expect("claim")
+            .expect("job");
     let results = ResultsFile {
         id: FileId::generate(),
         filename: format!("{}-results.csv", job.id),
@@ -302,18 +377,23 @@ async fn a_succeeded_job_lists_its_results_file_which_files_list_by_purpose() {
                 .collect::<Vec<_>>()
         }
     };
-    assert_eq!(listed(Some(RESULTS_PURPOSE)).await, [results.id.to_string()]);
+    assert_eq!(
+        listed(Some(RESULTS_PURPOSE)).await,
+        [results.id.to_string()]
+    );
     assert_eq!(listed(Some("fine-tune")).await, [upload.clone()]);
     assert_eq!(listed(None).await.len(), 2);
-    let stored = f.db.get_file(&p(), results.id.as_str()).await.expect("file");
+    let stored =
+        f.db.get_file(&p(), results.id.as_str())
+            .await
+            .expect("file");
     assert_eq!(stored.object.purpose, RESULTS_PURPOSE);
     assert_eq!(stored.object.examples, 3);
     // The checkpoints of a succeeded job name the model their publish makes.
-    let listed = f
-        .db
-        .list_checkpoints(&p(), &job.id, None, 10)
-        .await
-        .expect("list");
+    let listed =
+        f.db.list_checkpoints(&p(), &job.id, None, 10)
+            .await
+            .expect("list");
     assert_eq!(
         listed[0].object.fine_tuned_model_checkpoint.as_deref(),
         Some(format!("{}:ckpt-1", model.id).as_str())

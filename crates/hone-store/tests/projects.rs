@@ -118,8 +118,16 @@ async fn another_projects_rows_are_not_found() {
         f.db.get_file(&b, &file).await,
         Err(StoreError::NotFound)
     ));
-    assert_eq!(f.db.list_files(&a, &page, None).await.expect("list").len(), 1);
-    assert!(f.db.list_files(&b, &page, None).await.expect("list").is_empty());
+    assert_eq!(
+        f.db.list_files(&a, &page, None).await.expect("list").len(),
+        1
+    );
+    assert!(f
+        .db
+        .list_files(&b, &page, None)
+        .await
+        .expect("list")
+        .is_empty());
     assert!(matches!(
         f.db.delete_file(&b, &file).await,
         Err(StoreError::NotFound)

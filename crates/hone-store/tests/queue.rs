@@ -148,7 +148,10 @@ async fn a_worker_that_lost_its_lease_cannot_write() {
         .put_checkpoint(&id, second.attempt, &again)
         .await
         .expect("again"));
-    let listed = f.db.list_checkpoints(&p(), &id, None, 100).await.expect("list");
+    let listed =
+        f.db.list_checkpoints(&p(), &id, None, 100)
+            .await
+            .expect("list");
     let epochs: Vec<u32> = listed.iter().map(|c| c.object.epoch).collect();
     assert_eq!(epochs, [1, 2]);
     assert_eq!(listed[1].object.bytes, 99);

@@ -33,9 +33,9 @@ impl<'de, T: serde::de::DeserializeOwned> Deserialize<'de> for AutoOr<T> {
         if raw.as_str() == Some("auto") {
             return Ok(AutoOr::Auto);
         }
-        T::deserialize(raw).map(AutoOr::Value).map_err(|e| {
-            serde::de::Error::custom(format!("expected \"auto\" or a number: {e}"))
-        })
+        T::deserialize(raw)
+            .map(AutoOr::Value)
+            .map_err(|e| serde::de::Error::custom(format!("expected \"auto\" or a number: {e}")))
     }
 }
 
@@ -180,7 +180,9 @@ pub fn base_model_of(
 
 /// OpenAI's `integrations` (Weights & Biases and the like): hone sends runs nowhere,
 /// so only an empty list is accepted.
-pub fn check_integrations(integrations: Option<&[serde_json::Value]>) -> Result<(), ValidationError> {
+pub fn check_integrations(
+    integrations: Option<&[serde_json::Value]>,
+) -> Result<(), ValidationError> {
     match integrations {
         None | Some([]) => Ok(()),
         Some(list) => {
@@ -250,7 +252,11 @@ mod tests {
         .expect("valid");
         assert_eq!(hp.epochs, 4);
         assert_eq!(hp.batch_size, 16, "auto is the default");
-        assert!((hp.learning_rate - 1e-4).abs() < 1e-12, "{}", hp.learning_rate);
+        assert!(
+            (hp.learning_rate - 1e-4).abs() < 1e-12,
+            "{}",
+            hp.learning_rate
+        );
         assert_eq!(hp.learning_rate_multiplier, 2.0);
 
         let auto = input(serde_json::json!({
@@ -262,16 +268,19 @@ mod tests {
         assert_eq!(auto.learning_rate, 1e-3);
         assert_eq!(auto.learning_rate_multiplier, 1.0);
 
-        let err = serde_json::from_value::<HyperparametersInput>(
-            serde_json::json!({"n_epochs": "many"}),
-        )
-        .expect_err("not a number");
+        let err =
+            serde_json::from_value::<HyperparametersInput>(serde_json::json!({"n_epochs": "many"}))
+                .expect_err("not a number");
         assert!(err.to_string().contains("\"auto\" or a number"), "{err}");
     }
 
     #[test]
     fn two_names_of_one_setting_must_agree() {
-        let check = |json| input(json).validate(512, MethodType::Full).map_err(|e| e.param);
+        let check = |json| {
+            input(json)
+                .validate(512, MethodType::Full)
+                .map_err(|e| e.param)
+        };
         assert_eq!(
             check(serde_json::json!({"epochs": 3, "n_epochs": 3})).map(|h| h.epochs),
             Ok(3)
@@ -383,9 +392,16 @@ mod tests {
         };
         let (supervised, _) =
             request(serde_json::json!({"method": {"type": "supervised"}})).expect("valid");
-        let reason = supervised.with_choice(chosen.clone()).chosen.expect("chosen").reason;
+        let reason = supervised
+            .with_choice(chosen.clone())
+            .chosen
+            .expect("chosen")
+            .reason;
         assert!(reason.starts_with("OpenAI's `supervised`"), "{reason}");
-        assert!(reason.ends_with("feature_extraction: 12 examples"), "{reason}");
+        assert!(
+            reason.ends_with("feature_extraction: 12 examples"),
+            "{reason}"
+        );
         let (auto, _) = request(serde_json::json!({"method": {"type": "auto"}})).expect("valid");
         assert_eq!(auto.with_choice(chosen.clone()).chosen, Some(chosen));
     }
@@ -399,15 +415,18 @@ mod tests {
         let err = base_model_of(m("a"), m("b")).expect_err("disagree");
         assert_eq!(err.param, "model");
         assert!(err.message.contains("\"b\""), "{}", err.message);
-        assert_eq!(base_model_of(None, None).expect_err("missing").param, "model");
+        assert_eq!(
+            base_model_of(None, None).expect_err("missing").param,
+            "model"
+        );
     }
 
     #[test]
     fn only_an_empty_integrations_list_is_accepted() {
         assert!(check_integrations(None).is_ok());
         assert!(check_integrations(Some(&[])).is_ok());
-        let err = check_integrations(Some(&[serde_json::json!({"type": "wandb"})]))
-            .expect_err("refused");
+        let err =
+            check_integrations(Some(&[serde_json::json!({"type": "wandb"})])).expect_err("refused");
         assert_eq!(err.param, "integrations");
         assert!(err.message.contains("wandb"), "{}", err.message);
     }

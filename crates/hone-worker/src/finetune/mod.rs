@@ -23,6 +23,7 @@ mod failure;
 mod prepare;
 mod progress;
 mod publish;
+mod results;
 mod targets;
 mod thread;
 
@@ -85,6 +86,11 @@ async fn finish_stopped(
         if db.finish_cancelled(job_id, attempt).await? {
             db.delete_checkpoints(job_id).await?;
         }
+    } else if flags.paused.load(Ordering::Relaxed) {
+        // Stopped at a checkpoint (or on shutdown) while paused: the resumed job goes
+        // on from its latest checkpoint, the one named in the event.
+        let epoch = db.resume_point(job_id, attempt).await?.map(|p| p.epoch);
+        db.finish_paused(job_id, attempt, epoch).await?;
     } else {
         db.release_job(job_id, attempt).await?;
     }
