@@ -92,7 +92,15 @@ async fn another_projects_resources_are_not_found_on_every_endpoint() {
             .all(|m| m["owned_by"] == "system"),
         "B sees no fine-tuned model, only the server's base models: {models}"
     );
-    let (_, files, _) = call(&s, Some(&a), Method::GET, "/v1/files", None).await;
+    // A's uploads (its job's results file, purpose `fine-tune-results`, is A's too).
+    let (_, files, _) = call(
+        &s,
+        Some(&a),
+        Method::GET,
+        "/v1/files?purpose=fine-tune",
+        None,
+    )
+    .await;
     assert_eq!(
         ids(&files),
         vec![file_id.clone()],
