@@ -383,7 +383,10 @@ async fn list_models(
         Vec::new()
     } else {
         let fine_tuned = state.db.list_models(&project.id, &page).await?;
-        fine_tuned.into_iter().map(AnyModel::FineTuned).collect()
+        fine_tuned
+            .into_iter()
+            .map(|m| AnyModel::FineTuned(Box::new(m)))
+            .collect()
     };
     // A page that the fine-tuned models do not fill goes on with the base models.
     if rows.len() as i64 <= page.limit {
@@ -406,7 +409,7 @@ async fn get_model(
     Path(id): Path<String>,
 ) -> Result<Json<AnyModel>, ApiError> {
     match state.db.get_model(&project.id, &id).await {
-        Ok(model) => Ok(Json(AnyModel::FineTuned(model.object))),
+        Ok(model) => Ok(Json(AnyModel::FineTuned(Box::new(model.object)))),
         Err(StoreError::NotFound) if !id.starts_with("ft:") => {
             let dir = state.settings.models_dir.clone();
             let id_for_task = id.clone();

@@ -428,7 +428,7 @@ pub struct SystemModelObject {
 #[derive(Clone, Debug, Serialize, ToSchema)]
 #[serde(untagged)]
 pub enum AnyModel {
-    FineTuned(ModelObject),
+    FineTuned(Box<ModelObject>),
     Base(SystemModelObject),
 }
 

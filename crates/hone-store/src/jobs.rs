@@ -234,33 +234,23 @@ impl Db {
         project: &ProjectId,
         id: &str,
     ) -> Result<FineTuningJob, StoreError> {
-        let mut tx = self.pool.begin().await?;
-        let (status, pause_requested) = lock_status(&mut tx, project, id).await?;
-        let (set, message) = match status {
-            JobStatus::Queued | JobStatus::ValidatingFiles => (
+        self.transition(project, id, |status, pause_requested| match status {
+            JobStatus::Queued | JobStatus::ValidatingFiles => Ok(Some((
                 "status = 'paused', pause_requested = false",
                 "Job paused before it ran again; resume it to queue it",
-            ),
-            JobStatus::Running if !pause_requested => (
+            ))),
+            JobStatus::Running if !pause_requested => Ok(Some((
                 "pause_requested = true",
                 "Pause requested; the worker stops after the next checkpoint",
-            ),
-            JobStatus::Running | JobStatus::Paused => return self.get_job(project, id).await,
-            JobStatus::Succeeded | JobStatus::Failed | JobStatus::Cancelled => {
-                return Err(StoreError::Conflict(format!(
-                    "job {id} has already finished with status {}; only a queued or \
+            ))),
+            JobStatus::Running | JobStatus::Paused => Ok(None),
+            JobStatus::Succeeded | JobStatus::Failed | JobStatus::Cancelled => Err(format!(
+                "job {id} has already finished with status {}; only a queued or \
                      running job can be paused",
-                    status.as_str()
-                )))
-            }
-        };
-        sqlx::query(&format!("UPDATE fine_tuning_jobs SET {set} WHERE id = $1"))
-            .bind(id)
-            .execute(&mut *tx)
-            .await?;
-        insert_event(&mut *tx, id, &NewEvent::info(message)).await?;
-        tx.commit().await?;
-        self.get_job(project, id).await
+                status.as_str()
+            )),
+        })
+        .await
     }
 
     /// Resumes a paused job: it is queued again, and the attempt that claims it goes
@@ -271,30 +261,58 @@ impl Db {
         project: &ProjectId,
         id: &str,
     ) -> Result<FineTuningJob, StoreError> {
-        let mut tx = self.pool.begin().await?;
-        let (status, pause_requested) = lock_status(&mut tx, project, id).await?;
-        let (set, message) = match status {
-            JobStatus::Paused => (
+        self.transition(project, id, |status, pause_requested| match status {
+            JobStatus::Paused => Ok(Some((
                 "status = 'queued', scheduled_at = now(), pause_requested = false",
                 "Job resumed; queued to go on from its last checkpoint",
-            ),
-            JobStatus::Running if pause_requested => (
+            ))),
+            JobStatus::Running if pause_requested => Ok(Some((
                 "pause_requested = false",
                 "Pause withdrawn before it took effect; the job keeps running",
-            ),
-            _ => {
-                return Err(StoreError::Conflict(format!(
-                    "job {id} is {}, not paused",
-                    status.as_str()
-                )))
+            ))),
+            _ => Err(format!("job {id} is {}, not paused", status.as_str())),
+        })
+        .await
+    }
+
+    /// With the job's row locked, `decide` sees its status and pause flag and names
+    /// the change (`SET` clause, event message; `None`: nothing to do) or the conflict;
+    /// the job after it is returned.
+    async fn transition(
+        &self,
+        project: &ProjectId,
+        id: &str,
+        decide: impl FnOnce(JobStatus, bool) -> Result<Option<(&'static str, &'static str)>, String>,
+    ) -> Result<FineTuningJob, StoreError> {
+        let mut tx = self.pool.begin().await?;
+        let (status, pause_requested): (String, bool) = sqlx::query_as(
+            "SELECT status::text, pause_requested FROM fine_tuning_jobs
+             WHERE id = $1 AND project_id = $2 FOR UPDATE",
+        )
+        .bind(id)
+        .bind(project.as_str())
+        .fetch_optional(&mut *tx)
+        .await?
+        .ok_or(StoreError::NotFound)?;
+        let status = JobStatus::parse(&status)
+            .ok_or_else(|| StoreError::Corrupt(format!("job {id} has status {status}")))?;
+        // Ended explicitly either way: a transaction only dropped keeps the row locked
+        // until its connection is next used, and a claim would skip the job meanwhile.
+        match decide(status, pause_requested) {
+            Ok(Some((set, message))) => {
+                sqlx::query(&format!("UPDATE fine_tuning_jobs SET {set} WHERE id = $1"))
+                    .bind(id)
+                    .execute(&mut *tx)
+                    .await?;
+                insert_event(&mut *tx, id, &NewEvent::info(message)).await?;
+                tx.commit().await?;
             }
-        };
-        sqlx::query(&format!("UPDATE fine_tuning_jobs SET {set} WHERE id = $1"))
-            .bind(id)
-            .execute(&mut *tx)
-            .await?;
-        insert_event(&mut *tx, id, &NewEvent::info(message)).await?;
-        tx.commit().await?;
+            Ok(None) => tx.rollback().await?,
+            Err(conflict) => {
+                tx.rollback().await?;
+                return Err(StoreError::Conflict(conflict));
+            }
+        }
         self.get_job(project, id).await
     }
 
@@ -364,24 +382,4 @@ impl Db {
             Some(m) => Ok(m.map(|j| j.0)),
         }
     }
-}
-
-/// A job's status and pause flag, its row locked for the rest of `tx`.
-async fn lock_status(
-    tx: &mut sqlx::Transaction<'_, sqlx::Postgres>,
-    project: &ProjectId,
-    id: &str,
-) -> Result<(JobStatus, bool), StoreError> {
-    let (status, pause_requested): (String, bool) = sqlx::query_as(
-        "SELECT status::text, pause_requested FROM fine_tuning_jobs
-         WHERE id = $1 AND project_id = $2 FOR UPDATE",
-    )
-    .bind(id)
-    .bind(project.as_str())
-    .fetch_optional(&mut **tx)
-    .await?
-    .ok_or(StoreError::NotFound)?;
-    let status = JobStatus::parse(&status)
-        .ok_or_else(|| StoreError::Corrupt(format!("job {id} has status {status}")))?;
-    Ok((status, pause_requested))
 }

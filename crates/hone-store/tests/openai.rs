@@ -12,7 +12,7 @@ use hone_store::checkpoints::NewCheckpoint;
 use hone_store::files::{ResultsFile, RESULTS_PURPOSE};
 use hone_store::models::NewModel;
 use hone_store::queue::Lease;
-use hone_store::StoreError;
+use hone_store::{Db, StoreError};
 
 mod common;
 use common::{file, fresh, new_job, p};
@@ -23,15 +23,44 @@ fn page(limit: i64) -> PageRequest {
     PageRequest { limit, after: None }
 }
 
+/// A queued job of the default project, on a new file: (job id, file id).
+async fn queued(db: &Db) -> (String, String) {
+    let file = file(db).await;
+    let id = db
+        .create_job(&new_job(&p(), &file, 3))
+        .await
+        .expect("job")
+        .id;
+    (id, file)
+}
+
+/// A job claimed by a worker: (job id, attempt).
+async fn running(db: &Db) -> (String, i32) {
+    let (id, _) = queued(db).await;
+    let c = db.claim_job("w", LEASE).await.expect("claim").expect("job");
+    (id, c.attempt)
+}
+
+/// A resumable checkpoint of `epoch` (10 steps an epoch) by `attempt`.
+fn checkpoint(job: &str, attempt: i32, epoch: u32) -> NewCheckpoint {
+    NewCheckpoint {
+        epoch,
+        step: u64::from(epoch) * 10,
+        metrics: EpochPoint {
+            epoch,
+            train_loss: 1.0 / f64::from(epoch),
+            validation: None,
+        },
+        storage_key: hone_store::checkpoints::storage_key(job, attempt, epoch),
+        bytes: 10,
+        resumable: true,
+    }
+}
+
 #[tokio::test]
 async fn a_queued_job_pauses_at_once_and_no_worker_claims_it_until_resumed() {
     let f = fresh().await;
-    let file = file(&f.db).await;
-    let id =
-        f.db.create_job(&new_job(&p(), &file, 3))
-            .await
-            .expect("job")
-            .id;
+    let (id, _) = queued(&f.db).await;
 
     let paused = f.db.pause_job(&p(), &id).await.expect("pause");
     assert_eq!(paused.status, JobStatus::Paused);
@@ -54,17 +83,7 @@ async fn a_queued_job_pauses_at_once_and_no_worker_claims_it_until_resumed() {
 #[tokio::test]
 async fn a_running_job_is_paused_by_its_worker_without_spending_an_attempt() {
     let f = fresh().await;
-    let file = file(&f.db).await;
-    let id =
-        f.db.create_job(&new_job(&p(), &file, 3))
-            .await
-            .expect("job")
-            .id;
-    let c =
-        f.db.claim_job("w", LEASE)
-            .await
-            .expect("claim")
-            .expect("job");
+    let (id, attempt) = running(&f.db).await;
 
     let asked = f.db.pause_job(&p(), &id).await.expect("pause");
     assert_eq!(
@@ -73,7 +92,7 @@ async fn a_running_job_is_paused_by_its_worker_without_spending_an_attempt() {
         "running until a checkpoint"
     );
     assert_eq!(
-        f.db.heartbeat(&id, c.attempt, LEASE).await.expect("hb"),
+        f.db.heartbeat(&id, attempt, LEASE).await.expect("hb"),
         Lease::Held {
             cancel_requested: false,
             pause_requested: true
@@ -81,16 +100,16 @@ async fn a_running_job_is_paused_by_its_worker_without_spending_an_attempt() {
     );
     assert!(f
         .db
-        .finish_paused(&id, c.attempt, Some(2))
+        .finish_paused(&id, attempt, Some(2))
         .await
         .expect("paused"));
     let job = f.db.get_job(&p(), &id).await.expect("job");
     assert_eq!(job.status, JobStatus::Paused);
-    assert_eq!(job.attempt, c.attempt - 1, "a pause is no failed attempt");
+    assert_eq!(job.attempt, attempt - 1, "a pause is no failed attempt");
     // The stale attempt can no longer write.
     assert!(!f
         .db
-        .finish_paused(&id, c.attempt, Some(2))
+        .finish_paused(&id, attempt, Some(2))
         .await
         .expect("fenced"));
 
@@ -100,7 +119,7 @@ async fn a_running_job_is_paused_by_its_worker_without_spending_an_attempt() {
             .await
             .expect("claim")
             .expect("job");
-    assert_eq!(again.attempt, c.attempt, "the same attempt goes on");
+    assert_eq!(again.attempt, attempt, "the same attempt goes on");
     assert_eq!(
         f.db.heartbeat(&id, again.attempt, LEASE).await.expect("hb"),
         Lease::Held {
@@ -114,26 +133,12 @@ async fn a_running_job_is_paused_by_its_worker_without_spending_an_attempt() {
 #[tokio::test]
 async fn a_pause_withdrawn_before_it_took_effect_sends_the_job_back_to_the_queue() {
     let f = fresh().await;
-    let file = file(&f.db).await;
-    let id =
-        f.db.create_job(&new_job(&p(), &file, 3))
-            .await
-            .expect("job")
-            .id;
-    let c =
-        f.db.claim_job("w", LEASE)
-            .await
-            .expect("claim")
-            .expect("job");
+    let (id, attempt) = running(&f.db).await;
     f.db.pause_job(&p(), &id).await.expect("pause");
     let running = f.db.resume_job(&p(), &id).await.expect("withdraw");
     assert_eq!(running.status, JobStatus::Running);
     // The worker had already stopped at its checkpoint: the job is not left paused.
-    assert!(f
-        .db
-        .finish_paused(&id, c.attempt, None)
-        .await
-        .expect("stop"));
+    assert!(f.db.finish_paused(&id, attempt, None).await.expect("stop"));
     assert_eq!(
         f.db.get_job(&p(), &id).await.expect("job").status,
         JobStatus::Queued
@@ -143,12 +148,7 @@ async fn a_pause_withdrawn_before_it_took_effect_sends_the_job_back_to_the_queue
 #[tokio::test]
 async fn finished_jobs_cannot_be_paused_and_paused_ones_can_be_cancelled() {
     let f = fresh().await;
-    let file = file(&f.db).await;
-    let id =
-        f.db.create_job(&new_job(&p(), &file, 3))
-            .await
-            .expect("job")
-            .id;
+    let (id, file) = queued(&f.db).await;
     f.db.pause_job(&p(), &id).await.expect("pause");
     assert!(
         matches!(
@@ -174,16 +174,7 @@ async fn finished_jobs_cannot_be_paused_and_paused_ones_can_be_cancelled() {
 #[tokio::test]
 async fn the_rescuer_pauses_a_dead_workers_job_that_was_being_paused() {
     let f = fresh().await;
-    let file = file(&f.db).await;
-    let id =
-        f.db.create_job(&new_job(&p(), &file, 3))
-            .await
-            .expect("job")
-            .id;
-    f.db.claim_job("w", LEASE)
-        .await
-        .expect("claim")
-        .expect("job");
+    let (id, _) = running(&f.db).await;
     f.db.pause_job(&p(), &id).await.expect("pause");
     sqlx::query(
         "UPDATE fine_tuning_jobs SET lease_expires_at = now() - interval '1 second'
@@ -250,33 +241,11 @@ async fn jobs_are_listed_by_metadata() {
 #[tokio::test]
 async fn checkpoints_have_openai_ids_and_pages() {
     let f = fresh().await;
-    let file = file(&f.db).await;
-    let id =
-        f.db.create_job(&new_job(&p(), &file, 3))
-            .await
-            .expect("job")
-            .id;
-    let c =
-        f.db.claim_job("w", LEASE)
-            .await
-            .expect("claim")
-            .expect("job");
+    let (id, attempt) = running(&f.db).await;
     for epoch in 1..=3u32 {
-        let checkpoint = NewCheckpoint {
-            epoch,
-            step: u64::from(epoch) * 10,
-            metrics: EpochPoint {
-                epoch,
-                train_loss: 1.0 / f64::from(epoch),
-                validation: None,
-            },
-            storage_key: hone_store::checkpoints::storage_key(&id, c.attempt, epoch),
-            bytes: 10,
-            resumable: true,
-        };
         assert!(f
             .db
-            .put_checkpoint(&id, c.attempt, &checkpoint)
+            .put_checkpoint(&id, attempt, &checkpoint(&id, attempt, epoch))
             .await
             .expect("put"));
     }
@@ -334,21 +303,9 @@ async fn a_succeeded_job_lists_its_results_file_which_files_list_by_purpose() {
         tasks: None,
         checkpoint_epoch: None,
     };
-    let checkpoint = NewCheckpoint {
-        epoch: 1,
-        step: 5,
-        metrics: EpochPoint {
-            epoch: 1,
-            train_loss: 0.5,
-            validation: None,
-        },
-        storage_key: hone_store::checkpoints::storage_key(&job.id, c.attempt, 1),
-        bytes: 10,
-        resumable: true,
-    };
     assert!(f
         .db
-        .put_checkpoint(&job.id, c.attempt, &checkpoint)
+        .put_checkpoint(&job.id, c.attempt, &checkpoint(&job.id, c.attempt, 1))
         .await
         .expect("checkpoint"));
     let result = JobResult {
