@@ -253,6 +253,30 @@ async fn job_requests_are_validated_with_the_field_at_fault() {
             json!({"base_model": "all-MiniLM-L6-v2", "training_file": fid, "metadata": {"k": 1}}),
             "metadata",
         ),
+        // OpenAI's spellings: `model` is the base model, and two names must agree.
+        (json!({"model": "nope", "training_file": fid}), "model"),
+        (
+            json!({"model": "all-MiniLM-L6-v2", "base_model": "efficientnet-lite0", "training_file": fid}),
+            "model",
+        ),
+        (json!({"training_file": fid}), "model"),
+        (
+            json!({"model": "all-MiniLM-L6-v2", "training_file": fid, "integrations": [{"type": "wandb"}]}),
+            "integrations",
+        ),
+        (
+            json!({"model": "all-MiniLM-L6-v2", "training_file": fid, "hyperparameters": {"n_epochs": 2, "epochs": 3}}),
+            "hyperparameters.n_epochs",
+        ),
+        (
+            json!({"model": "all-MiniLM-L6-v2", "training_file": fid, "hyperparameters": {"batch_size": "big"}}),
+            "hyperparameters.batch_size",
+        ),
+        (
+            json!({"model": "all-MiniLM-L6-v2", "training_file": fid, "hyperparameters": {"n_epochs": 2},
+                   "method": {"type": "supervised", "supervised": {"hyperparameters": {"n_epochs": 2}}}}),
+            "method.supervised.hyperparameters",
+        ),
     ];
     for (body, param) in cases {
         let (status, err) = s.post_json("/v1/fine_tuning/jobs", &body).await;
@@ -511,6 +535,8 @@ async fn docs_openapi_and_health_are_served() {
         "/v1/fine_tuning/jobs",
         "/v1/fine_tuning/jobs/{job_id}",
         "/v1/fine_tuning/jobs/{job_id}/cancel",
+        "/v1/fine_tuning/jobs/{job_id}/pause",
+        "/v1/fine_tuning/jobs/{job_id}/resume",
         "/v1/fine_tuning/jobs/{job_id}/events",
         "/v1/fine_tuning/jobs/{job_id}/metrics",
         "/v1/fine_tuning/jobs/{job_id}/checkpoints",

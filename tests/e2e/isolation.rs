@@ -84,8 +84,23 @@ async fn another_projects_resources_are_not_found_on_every_endpoint() {
     let (_, jobs, _) = call(&s, Some(&b), Method::GET, "/v1/fine_tuning/jobs", None).await;
     assert!(ids(&jobs).is_empty(), "{jobs}");
     let (_, models, _) = call(&s, Some(&b), Method::GET, "/v1/models", None).await;
-    assert!(ids(&models).is_empty(), "{models}");
-    let (_, files, _) = call(&s, Some(&a), Method::GET, "/v1/files", None).await;
+    assert!(
+        models["data"]
+            .as_array()
+            .expect("a list")
+            .iter()
+            .all(|m| m["owned_by"] == "system"),
+        "B sees no fine-tuned model, only the server's base models: {models}"
+    );
+    // A's uploads (its job's results file, purpose `fine-tune-results`, is A's too).
+    let (_, files, _) = call(
+        &s,
+        Some(&a),
+        Method::GET,
+        "/v1/files?purpose=fine-tune",
+        None,
+    )
+    .await;
     assert_eq!(
         ids(&files),
         vec![file_id.clone()],

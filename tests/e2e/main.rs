@@ -16,6 +16,7 @@ mod kill;
 mod limits;
 mod live_events;
 mod load;
+mod openai_sdk;
 mod outage;
 mod pairs;
 mod private_postgres;

@@ -2,11 +2,12 @@
 //! with the epoch's metrics, and publishing one of them as a model that predict serves
 //! like the job's own.
 
-use axum::extract::{Path, State};
+use axum::extract::rejection::QueryRejection;
+use axum::extract::{Path, Query, State};
 use axum::http::StatusCode;
 use axum::Json;
 use hone_domain::resources::{JobCheckpoint, JobResult, ModelObject};
-use hone_domain::Page;
+use hone_domain::{CheckpointId, Page};
 use hone_store::models::{storage_key, NewModel};
 use hone_store::StoreError;
 use utoipa_axum::router::OpenApiRouter;
@@ -15,6 +16,7 @@ use utoipa_axum::routes;
 use crate::auth::Project;
 use crate::error::{ApiError, ErrorResponse};
 use crate::jobs::{job_id, not_found_as};
+use crate::params::ListParams;
 use crate::AppState;
 
 pub fn router() -> OpenApiRouter<AppState> {
@@ -23,19 +25,37 @@ pub fn router() -> OpenApiRouter<AppState> {
         .routes(routes!(publish_checkpoint))
 }
 
-/// A job's per-epoch checkpoints, oldest first, with each epoch's training loss and
-/// validation metrics; `published_model` names the model made from one, if any.
+/// A job's per-epoch checkpoints, oldest first, in OpenAI's shape (`ftckpt-` ids,
+/// `step_number`, `metrics`) with hone's fields after it: each epoch's training loss
+/// and validation metrics; `published_model` names the model made from one, if any.
+/// `after` is a checkpoint's `id`.
 #[utoipa::path(get, path = "/v1/fine_tuning/jobs/{job_id}/checkpoints", tag = "fine-tuning",
-    params(("job_id" = String, Path, description = "The job's id")),
+    params(("job_id" = String, Path, description = "The job's id"), ListParams),
     responses(
-        (status = 200, description = "The job's checkpoints", body = inline(Page<JobCheckpoint>)),
+        (status = 200, description = "A page of the job's checkpoints", body = inline(Page<JobCheckpoint>)),
+        (status = 400, description = "Invalid query", body = ErrorResponse),
         (status = 404, description = "No such job", body = ErrorResponse)))]
 async fn list_checkpoints(
     State(state): State<AppState>,
     project: Project,
     Path(raw): Path<String>,
+    query: Result<Query<ListParams>, QueryRejection>,
 ) -> Result<Json<Page<JobCheckpoint>>, ApiError> {
     let id = job_id(&raw)?;
+    let page = query?.0.page()?;
+    let after = match page.after.as_deref() {
+        None => None,
+        Some(cursor) => match CheckpointId::parse(cursor) {
+            Some(c) if c.job == id => Some(c.epoch),
+            _ => {
+                return Err(ApiError::invalid(
+                    "after",
+                    "invalid_value",
+                    format!("after must be the id of one of job {raw}'s checkpoints (ftckpt-…)"),
+                ))
+            }
+        },
+    };
     state
         .db
         .get_job(&project.id, id.as_str())
@@ -43,15 +63,12 @@ async fn list_checkpoints(
         .map_err(not_found_as(&raw))?;
     let rows: Vec<JobCheckpoint> = state
         .db
-        .list_checkpoints(&project.id, id.as_str())
+        .list_checkpoints(&project.id, id.as_str(), after, page.limit + 1)
         .await?
         .into_iter()
         .map(|c| c.object)
         .collect();
-    let limit = rows.len() as i64;
-    Ok(Json(Page::from_rows(rows, limit, |c| {
-        format!("{}:{}", c.job_id, c.epoch)
-    })))
+    Ok(Json(Page::from_rows(rows, page.limit, |c| c.id.clone())))
 }
 
 /// Publish the weights of one epoch as a model (`<job's model>:ckpt-<epoch>`), e.g. an

@@ -14,10 +14,10 @@ use hone_domain::dataset::{DatasetFormat, DatasetValidator, TaskType};
 use hone_domain::resources::FileObject;
 use hone_domain::{FileId, Page};
 use hone_store::idempotency::Once;
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 use tokio_util::io::ReaderStream;
-use utoipa::ToSchema;
+use utoipa::{IntoParams, ToSchema};
 use utoipa_axum::router::OpenApiRouter;
 use utoipa_axum::routes;
 
@@ -377,17 +377,42 @@ async fn remove_upload(state: &AppState, key: &str) {
     }
 }
 
+#[derive(Debug, Deserialize, IntoParams)]
+#[into_params(parameter_in = Query)]
+#[serde(deny_unknown_fields)]
+pub struct ListFilesParams {
+    /// Items per page, 1–100 (default 20).
+    #[param(minimum = 1, maximum = 100)]
+    pub limit: Option<i64>,
+    /// The id of the last file of the previous page.
+    pub after: Option<String>,
+    /// Only files of this purpose: `fine-tune` (uploads) or `fine-tune-results` (the
+    /// metrics files of succeeded jobs).
+    #[param(example = "fine-tune")]
+    pub purpose: Option<String>,
+}
+
 /// List files, newest first.
-#[utoipa::path(get, path = "/v1/files", tag = "files", params(ListParams),
+///
+/// Any query parameter besides these is refused.
+#[utoipa::path(get, path = "/v1/files", tag = "files", params(ListFilesParams),
     responses((status = 200, description = "A page of files", body = inline(Page<FileObject>)),
         (status = 400, description = "Invalid query", body = ErrorResponse)))]
 async fn list_files(
     State(state): State<AppState>,
     project: Project,
-    query: Result<Query<ListParams>, axum::extract::rejection::QueryRejection>,
+    query: Result<Query<ListFilesParams>, axum::extract::rejection::QueryRejection>,
 ) -> Result<Json<Page<FileObject>>, ApiError> {
-    let page = query?.0.page()?;
-    let rows = state.db.list_files(&project.id, &page).await?;
+    let q = query?.0;
+    let page = ListParams {
+        limit: q.limit,
+        after: q.after,
+    }
+    .page()?;
+    let rows = state
+        .db
+        .list_files(&project.id, &page, q.purpose.as_deref())
+        .await?;
     Ok(Json(Page::from_rows(rows, page.limit, |f| f.id.clone())))
 }
 
@@ -471,7 +496,7 @@ async fn file_content(
     responses(
         (status = 200, description = "Deleted", body = DeletedFile),
         (status = 404, description = "No such file", body = ErrorResponse),
-        (status = 409, description = "A queued or running job uses the file", body = ErrorResponse)))]
+        (status = 409, description = "A queued, running or paused job uses the file", body = ErrorResponse)))]
 async fn delete_file(
     State(state): State<AppState>,
     project: Project,

@@ -5,7 +5,10 @@ use axum::extract::rejection::QueryRejection;
 use axum::extract::{Path, Query, State};
 use axum::Json;
 use hone_domain::dataset::TaskType;
-use hone_domain::job::{validate_suffix, HyperparametersInput, JobStatus, Method};
+use hone_domain::job::{
+    base_model_of, check_integrations, validate_suffix, HyperparametersInput, JobStatus,
+    MethodInput,
+};
 use hone_domain::resources::{FileObject, FineTuningJob, JobCurves, JobMetrics};
 use hone_domain::{JobId, Page};
 use hone_store::idempotency::Once;
@@ -27,16 +30,22 @@ pub fn router() -> OpenApiRouter<AppState> {
         .routes(routes!(create_job, list_jobs))
         .routes(routes!(get_job))
         .routes(routes!(cancel_job))
+        .routes(routes!(pause_job))
+        .routes(routes!(resume_job))
         .routes(routes!(get_metrics))
 }
 
 #[derive(Debug, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct CreateJobRequest {
-    /// A base model id from `GET /v1/base-models`.
-    #[serde(alias = "model")]
+    /// The base model to fine-tune: an id from `GET /v1/base-models` (also listed by
+    /// `GET /v1/models` with `owned_by: "system"`). Required, as `model` or
+    /// `base_model`.
     #[schema(example = "all-MiniLM-L6-v2")]
-    pub base_model: String,
+    pub model: Option<String>,
+    /// hone's name for `model`; with both, they must name the same model.
+    #[schema(example = "all-MiniLM-L6-v2")]
+    pub base_model: Option<String>,
     /// The id of an uploaded file with the training examples.
     #[schema(example = "file-0192f3c4a1b27c3e8d5f6a7b8c9d0e1f")]
     pub training_file: String,
@@ -46,10 +55,17 @@ pub struct CreateJobRequest {
     /// How to transfer the model: `full` (default) fine-tunes every weight, `partial`
     /// freezes the bottom `frozen_layers`, `feature_extraction` trains only a head on
     /// cached features of the frozen encoder, `auto` lets the server choose and say why.
+    /// OpenAI's `{"type": "supervised", "supervised": {"hyperparameters": {…}}}` runs
+    /// as `auto`, with those hyperparameters.
     #[serde(default)]
-    pub method: Method,
-    #[serde(default)]
-    pub hyperparameters: HyperparametersInput,
+    pub method: MethodInput,
+    /// Hyperparameters; with `method.type` `supervised` they may instead be given in
+    /// `method.supervised.hyperparameters` (not in both places).
+    pub hyperparameters: Option<HyperparametersInput>,
+    /// OpenAI's integrations (e.g. Weights & Biases): hone has none, so only an empty
+    /// list is accepted.
+    #[schema(value_type = Option<Vec<Object>>, example = json!([]))]
+    pub integrations: Option<Vec<serde_json::Value>>,
     /// Seeds shuffling, dropout and the head's initialisation; a job with the same
     /// seed, data and hyperparameters trains the same model. Random when left out.
     pub seed: Option<i64>,
@@ -61,16 +77,82 @@ pub struct CreateJobRequest {
     pub metadata: Option<serde_json::Value>,
 }
 
-#[derive(Debug, Deserialize, IntoParams)]
+/// The query of `GET /v1/fine_tuning/jobs` (documentation: the handler reads the pairs
+/// itself, for `metadata[key]=value`); any other parameter is refused.
+#[allow(dead_code)]
+#[derive(IntoParams)]
 #[into_params(parameter_in = Query)]
 pub struct ListJobsParams {
     /// Items per page, 1–100 (default 20).
     #[param(minimum = 1, maximum = 100)]
-    pub limit: Option<i64>,
+    limit: Option<i64>,
     /// The id of the last job of the previous page.
-    pub after: Option<String>,
+    after: Option<String>,
     /// Only jobs with this status.
-    pub status: Option<String>,
+    status: Option<String>,
+    /// Only jobs whose metadata has every one of these pairs, sent as OpenAI's SDKs do:
+    /// `metadata[team]=support`.
+    #[param(style = DeepObject, explode, value_type = Option<Object>)]
+    metadata: Option<std::collections::HashMap<String, String>>,
+}
+
+/// The filters of a job list, from the query's pairs.
+struct JobFilter {
+    page: ListParams,
+    status: Option<JobStatus>,
+    metadata: Option<serde_json::Map<String, serde_json::Value>>,
+}
+
+fn job_filter(pairs: Vec<(String, String)>) -> Result<JobFilter, ApiError> {
+    let mut filter = JobFilter {
+        page: ListParams {
+            limit: None,
+            after: None,
+        },
+        status: None,
+        metadata: None,
+    };
+    for (name, value) in pairs {
+        match name.as_str() {
+            "limit" => {
+                filter.page.limit = Some(value.parse().map_err(|_| {
+                    ApiError::invalid("limit", "invalid_value", "limit must be a whole number")
+                })?)
+            }
+            "after" => filter.page.after = Some(value),
+            "status" => {
+                filter.status = Some(JobStatus::parse(&value).ok_or_else(|| {
+                    ApiError::invalid(
+                        "status",
+                        "invalid_value",
+                        format!("unknown status {value:?}; one of validating_files, queued, running, paused, succeeded, failed, cancelled"),
+                    )
+                })?)
+            }
+            other => match other
+                .strip_prefix("metadata[")
+                .and_then(|k| k.strip_suffix(']'))
+            {
+                Some(key) if !key.is_empty() => {
+                    filter
+                        .metadata
+                        .get_or_insert_with(Default::default)
+                        .insert(key.to_owned(), value.into());
+                }
+                _ => {
+                    return Err(ApiError::invalid(
+                        other.to_owned(),
+                        "unknown_parameter",
+                        format!(
+                            "unknown query parameter {other:?}; jobs are listed by limit, \
+                             after, status and metadata[<key>]=<value>"
+                        ),
+                    ))
+                }
+            },
+        }
+    }
+    Ok(filter)
 }
 
 fn check_metadata(metadata: &Option<serde_json::Value>) -> Result<(), ApiError> {
@@ -125,27 +207,30 @@ async fn create_job(
     HashedJson(req, request_sha256): HashedJson<CreateJobRequest>,
 ) -> Result<Json<serde_json::Value>, ApiError> {
     let key = idempotency.for_request("POST /v1/fine_tuning/jobs", request_sha256);
-    let base = hone_serving::catalog::find_base_model(&state.settings.models_dir, &req.base_model)
+    check_integrations(req.integrations.as_deref())?;
+    let param = if req.model.is_none() && req.base_model.is_some() {
+        "base_model"
+    } else {
+        "model"
+    };
+    let base_model = base_model_of(req.model, req.base_model)?;
+    let base = hone_serving::catalog::find_base_model(&state.settings.models_dir, &base_model)
         .ok_or_else(|| {
             ApiError::invalid(
-                "base_model",
+                param,
                 "model_not_found",
-                format!(
-                    "no base model {:?}; see GET /v1/base-models",
-                    req.base_model
-                ),
+                format!("no base model {base_model:?}; see GET /v1/base-models"),
             )
         })?;
-    let method = req
-        .method
-        .validate(u32::try_from(base.layers).unwrap_or(u32::MAX))?;
+    let (method, hyperparameters) = req.method.resolve(req.hyperparameters)?;
+    let method = method.validate(u32::try_from(base.layers).unwrap_or(u32::MAX))?;
     // Only text models have a sequence length; an image model refuses the text-only
     // hyperparameters by name.
     let hyperparameters = match base.max_seq_len {
-        Some(max_seq_len) => req
-            .hyperparameters
-            .validate(u32::try_from(max_seq_len).unwrap_or(u32::MAX), method.kind)?,
-        None => req.hyperparameters.validate_image(method.kind)?,
+        Some(max_seq_len) => {
+            hyperparameters.validate(u32::try_from(max_seq_len).unwrap_or(u32::MAX), method.kind)?
+        }
+        None => hyperparameters.validate_image(method.kind)?,
     };
     if let Some(suffix) = &req.suffix {
         validate_suffix(suffix)?;
@@ -318,6 +403,11 @@ async fn lookup_file(
         || ApiError::invalid(param, "file_not_found", format!("no file with id {raw:?}"));
     let id = hone_domain::FileId::parse(raw).ok_or_else(not_found)?;
     match state.db.get_file(&project.id, id.as_str()).await {
+        Ok(f) if f.object.purpose == hone_store::files::RESULTS_PURPOSE => Err(ApiError::invalid(
+            param,
+            "invalid_file",
+            format!("{raw} is a job's results file, not a dataset; upload training data with purpose `fine-tune`"),
+        )),
         Ok(f) => Ok(f.object),
         Err(StoreError::NotFound) => Err(not_found()),
         Err(e) => Err(e.into()),
@@ -332,25 +422,14 @@ async fn lookup_file(
 async fn list_jobs(
     State(state): State<AppState>,
     project: Project,
-    query: Result<Query<ListJobsParams>, QueryRejection>,
+    query: Result<Query<Vec<(String, String)>>, QueryRejection>,
 ) -> Result<Json<Page<FineTuningJob>>, ApiError> {
-    let q = query?.0;
-    let status = match q.status.as_deref() {
-        None => None,
-        Some(s) => Some(JobStatus::parse(s).ok_or_else(|| {
-            ApiError::invalid(
-                "status",
-                "invalid_value",
-                format!("unknown status {s:?}; one of validating_files, queued, running, succeeded, failed, cancelled"),
-            )
-        })?),
-    };
-    let page = ListParams {
-        limit: q.limit,
-        after: q.after,
-    }
-    .page()?;
-    let rows = state.db.list_jobs(&project.id, &page, status).await?;
+    let filter = job_filter(query?.0)?;
+    let page = filter.page.page()?;
+    let rows = state
+        .db
+        .list_jobs(&project.id, &page, filter.status, filter.metadata.as_ref())
+        .await?;
     Ok(Json(Page::from_rows(rows, page.limit, |j| j.id.clone())))
 }
 
@@ -401,10 +480,67 @@ async fn cancel_job(
     Path(raw): Path<String>,
 ) -> Result<Json<FineTuningJob>, ApiError> {
     let id = job_id(&raw)?;
+    let job = state
+        .db
+        .cancel_job(&project.id, id.as_str())
+        .await
+        .map_err(not_found_as(&raw))?;
+    if job.status == JobStatus::Cancelled {
+        // Cancelled with no worker (queued or paused): the checkpoints an earlier
+        // attempt left go, as a worker's cancel removes them.
+        let folder = hone_store::checkpoints::job_prefix(id.as_str());
+        if let Err(e) = state.artifacts.delete(&folder).await {
+            tracing::warn!(error = %e, folder, "cannot remove a cancelled job's checkpoints");
+        }
+        state.db.delete_checkpoints(id.as_str()).await?;
+    }
+    Ok(Json(job))
+}
+
+/// Pause a job, as OpenAI's API does. A queued job is `paused` at once; a running one
+/// trains on to its next checkpoint (the end of the epoch), then hands its worker back
+/// and reads `paused`. A paused job waits, holding its checkpoints, until it is
+/// resumed. Pausing a paused job changes nothing.
+#[utoipa::path(post, path = "/v1/fine_tuning/jobs/{job_id}/pause", tag = "fine-tuning",
+    params(("job_id" = String, Path, description = "The job's id")),
+    responses(
+        (status = 200, description = "The job: `paused`, or still `running` until its next checkpoint", body = FineTuningJob),
+        (status = 404, description = "No such job", body = ErrorResponse),
+        (status = 409, description = "The job has already finished", body = ErrorResponse)))]
+async fn pause_job(
+    State(state): State<AppState>,
+    project: Project,
+    Path(raw): Path<String>,
+) -> Result<Json<FineTuningJob>, ApiError> {
+    let id = job_id(&raw)?;
     Ok(Json(
         state
             .db
-            .cancel_job(&project.id, id.as_str())
+            .pause_job(&project.id, id.as_str())
+            .await
+            .map_err(not_found_as(&raw))?,
+    ))
+}
+
+/// Resume a paused job: it is queued again, and the worker that claims it goes on
+/// from its last checkpoint (the path a job takes after a worker crash). A running job
+/// whose pause has not taken effect yet keeps running.
+#[utoipa::path(post, path = "/v1/fine_tuning/jobs/{job_id}/resume", tag = "fine-tuning",
+    params(("job_id" = String, Path, description = "The job's id")),
+    responses(
+        (status = 200, description = "The job, `queued` (or still `running`)", body = FineTuningJob),
+        (status = 404, description = "No such job", body = ErrorResponse),
+        (status = 409, description = "The job is not paused", body = ErrorResponse)))]
+async fn resume_job(
+    State(state): State<AppState>,
+    project: Project,
+    Path(raw): Path<String>,
+) -> Result<Json<FineTuningJob>, ApiError> {
+    let id = job_id(&raw)?;
+    Ok(Json(
+        state
+            .db
+            .resume_job(&project.id, id.as_str())
             .await
             .map_err(not_found_as(&raw))?,
     ))

@@ -7,7 +7,7 @@ use axum::Json;
 use std::collections::BTreeMap;
 
 use hone_domain::dataset::images::{check_image, decode_base64, Refusal};
-use hone_domain::resources::ModelObject;
+use hone_domain::resources::{AnyModel, BaseModelObject, SystemModelObject};
 use hone_domain::Page;
 use hone_serving::{ClassPrediction, PredictInputs, Prediction};
 use hone_store::StoreError;
@@ -332,39 +332,98 @@ fn not_found_as(raw: &str) -> impl Fn(StoreError) -> ApiError + '_ {
     }
 }
 
-/// List fine-tuned models, newest first.
+/// A base model as a model list shows it (OpenAI's `owned_by: "system"`); `created` is
+/// when its folder was installed.
+fn system_model(models_dir: &std::path::Path, base: BaseModelObject) -> SystemModelObject {
+    let created = std::fs::metadata(models_dir.join(&base.id))
+        .and_then(|m| m.modified())
+        .ok()
+        .and_then(|t| t.duration_since(std::time::UNIX_EPOCH).ok())
+        .map_or(0, |d| i64::try_from(d.as_secs()).unwrap_or(i64::MAX));
+    SystemModelObject {
+        id: base.id,
+        object: "model",
+        created,
+        owned_by: "system",
+        modality: base.modality,
+        architecture: base.architecture,
+    }
+}
+
+/// The base models after the cursor `after` (all of them when it is none or names a
+/// fine-tuned model), in id order.
+async fn system_models(state: &AppState, after: Option<&str>) -> Vec<AnyModel> {
+    let dir = state.settings.models_dir.clone();
+    let after = after.filter(|a| !a.starts_with("ft:")).map(str::to_owned);
+    tokio::task::spawn_blocking(move || {
+        hone_serving::catalog::list_base_models(&dir)
+            .into_iter()
+            .filter(|b| after.as_ref().is_none_or(|a| b.id.as_str() > a.as_str()))
+            .map(|b| AnyModel::Base(system_model(&dir, b)))
+            .collect()
+    })
+    .await
+    .unwrap_or_default()
+}
+
+/// List models: the project's fine-tuned models, newest first, then the base models
+/// this server fine-tunes (`owned_by: "system"`, by id), as OpenAI lists its own
+/// models beside yours. `after` may name either kind.
 #[utoipa::path(get, path = "/v1/models", tag = "models", params(ListParams),
-    responses((status = 200, description = "A page of models", body = inline(Page<ModelObject>)),
+    responses((status = 200, description = "A page of models", body = inline(Page<AnyModel>)),
         (status = 400, description = "Invalid query", body = ErrorResponse)))]
 async fn list_models(
     State(state): State<AppState>,
     project: Project,
     query: Result<Query<ListParams>, QueryRejection>,
-) -> Result<Json<Page<ModelObject>>, ApiError> {
+) -> Result<Json<Page<AnyModel>>, ApiError> {
     let page = query?.0.page()?;
-    let rows = state.db.list_models(&project.id, &page).await?;
-    Ok(Json(Page::from_rows(rows, page.limit, |m| m.id.clone())))
+    let after_base = page.after.as_deref().is_some_and(|a| !a.starts_with("ft:"));
+    let mut rows: Vec<AnyModel> = if after_base {
+        Vec::new()
+    } else {
+        let fine_tuned = state.db.list_models(&project.id, &page).await?;
+        fine_tuned
+            .into_iter()
+            .map(|m| AnyModel::FineTuned(Box::new(m)))
+            .collect()
+    };
+    // A page that the fine-tuned models do not fill goes on with the base models.
+    if rows.len() as i64 <= page.limit {
+        rows.extend(system_models(&state, page.after.as_deref()).await);
+    }
+    Ok(Json(Page::from_rows(rows, page.limit, |m| {
+        m.id().to_owned()
+    })))
 }
 
-/// Get a fine-tuned model.
+/// Get a model: a fine-tuned one (`ft:…`) or a base model (`owned_by: "system"`).
 #[utoipa::path(get, path = "/v1/models/{model}", tag = "models",
-    params(("model" = String, Path, description = "The model's id, `ft:...`")),
+    params(("model" = String, Path, description = "The model's id: `ft:...`, or a base model's")),
     responses(
-        (status = 200, description = "The model", body = ModelObject),
+        (status = 200, description = "The model", body = AnyModel),
         (status = 404, description = "No such model", body = ErrorResponse)))]
 async fn get_model(
     State(state): State<AppState>,
     project: Project,
     Path(id): Path<String>,
-) -> Result<Json<ModelObject>, ApiError> {
-    Ok(Json(
-        state
-            .db
-            .get_model(&project.id, &id)
+) -> Result<Json<AnyModel>, ApiError> {
+    match state.db.get_model(&project.id, &id).await {
+        Ok(model) => Ok(Json(AnyModel::FineTuned(Box::new(model.object)))),
+        Err(StoreError::NotFound) if !id.starts_with("ft:") => {
+            let dir = state.settings.models_dir.clone();
+            let id_for_task = id.clone();
+            let base = tokio::task::spawn_blocking(move || {
+                hone_serving::catalog::find_base_model(&dir, &id_for_task)
+                    .map(|b| system_model(&dir, b))
+            })
             .await
-            .map_err(not_found_as(&id))?
-            .object,
-    ))
+            .map_err(|e| ApiError::internal("base model lookup", &e))?;
+            base.map(|b| Json(AnyModel::Base(b)))
+                .ok_or_else(|| ApiError::not_found("model", &id))
+        }
+        Err(e) => Err(not_found_as(&id)(e)),
+    }
 }
 
 /// Delete a fine-tuned model and its files.

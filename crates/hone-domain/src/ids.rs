@@ -100,9 +100,62 @@ impl fmt::Display for ModelId {
     }
 }
 
+/// A job's checkpoint of one epoch: `ftckpt-<the job's 32 hex>-<epoch>`, as OpenAI's
+/// `ftckpt-` ids; made from the job and the epoch, which are what identify it, so it
+/// needs no column of its own and a cursor says which epoch it stands for.
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+pub struct CheckpointId {
+    pub job: JobId,
+    pub epoch: u32,
+}
+
+impl CheckpointId {
+    pub const PREFIX: &'static str = "ftckpt-";
+
+    pub fn parse(raw: &str) -> Option<Self> {
+        let (hex, epoch) = raw.strip_prefix(Self::PREFIX)?.split_once('-')?;
+        let job = JobId::parse(&format!("{}{hex}", JobId::PREFIX))?;
+        let epoch = epoch
+            .bytes()
+            .all(|b| b.is_ascii_digit())
+            .then(|| epoch.parse().ok())??;
+        Some(Self { job, epoch })
+    }
+}
+
+impl fmt::Display for CheckpointId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let hex = &self.job.as_str()[JobId::PREFIX.len()..];
+        write!(f, "{}{hex}-{}", Self::PREFIX, self.epoch)
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn checkpoint_ids_name_their_job_and_epoch() {
+        let job = JobId::generate();
+        let id = CheckpointId {
+            job: job.clone(),
+            epoch: 12,
+        };
+        let text = id.to_string();
+        assert!(text.starts_with("ftckpt-"), "{text}");
+        assert_eq!(CheckpointId::parse(&text), Some(id));
+        for bad in [
+            "ftckpt-",
+            "ftckpt-12",
+            &format!("ftckpt-{}", &job.as_str()[6..]),
+            &format!("ftckpt-{}-", &job.as_str()[6..]),
+            &format!("ftckpt-{}-+1", &job.as_str()[6..]),
+            &format!("ftckpt-{}-99999999999", &job.as_str()[6..]),
+            &format!("ftjob-{}-1", &job.as_str()[6..]),
+        ] {
+            assert_eq!(CheckpointId::parse(bad), None, "{bad}");
+        }
+    }
 
     #[test]
     fn generated_ids_parse_back_and_foreign_ones_do_not() {

@@ -6,14 +6,20 @@ use serde::{Deserialize, Serialize};
 use utoipa::ToSchema;
 
 mod auto;
+mod openai;
 
 pub use auto::{
     choose_method, AutoEvidence, AUTO_LONG_TOKENS, AUTO_MIN_CLASS_EXAMPLES, AUTO_PARTIAL_BELOW,
     AUTO_PROBE_GOOD_ENOUGH,
 };
+pub use openai::{
+    base_model_of, check_integrations, AutoOr, MethodInput, MethodInputType, RequestedMethod,
+    SupervisedInput,
+};
 
 /// A job's lifecycle. `validating_files` exists for compatibility with the OpenAI API;
-/// hone validates files on upload, so its jobs start `queued`.
+/// hone validates files on upload, so its jobs start `queued`. `paused` (as OpenAI has
+/// it): the job holds no worker and goes on from its last checkpoint once resumed.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize, ToSchema)]
 #[serde(rename_all = "snake_case")]
 pub enum JobStatus {
@@ -23,16 +29,18 @@ pub enum JobStatus {
     Succeeded,
     Failed,
     Cancelled,
+    Paused,
 }
 
 impl JobStatus {
-    pub const ALL: [JobStatus; 6] = [
+    pub const ALL: [JobStatus; 7] = [
         JobStatus::ValidatingFiles,
         JobStatus::Queued,
         JobStatus::Running,
         JobStatus::Succeeded,
         JobStatus::Failed,
         JobStatus::Cancelled,
+        JobStatus::Paused,
     ];
 
     pub fn as_str(self) -> &'static str {
@@ -43,6 +51,7 @@ impl JobStatus {
             JobStatus::Succeeded => "succeeded",
             JobStatus::Failed => "failed",
             JobStatus::Cancelled => "cancelled",
+            JobStatus::Paused => "paused",
         }
     }
 
@@ -113,6 +122,11 @@ pub struct Method {
     /// Not with `auto`. Default `false`.
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub from_scratch: bool,
+    /// Set when the request used OpenAI's method shape: `supervised` runs as `auto`,
+    /// and `chosen.reason` says so.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schema(read_only)]
+    pub requested_as: Option<RequestedMethod>,
 }
 
 /// What `auto` decided.
@@ -249,20 +263,30 @@ impl ValidationError {
     }
 }
 
-/// Hyperparameters as a user sends them: every one optional.
+/// Hyperparameters as a user sends them: every one optional. OpenAI's names
+/// (`n_epochs`, `learning_rate_multiplier`) and `"auto"` values are accepted beside
+/// hone's; giving both names of one setting with different values is refused.
 #[derive(Clone, Debug, Default, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct HyperparametersInput {
     /// Passes over the training data (1–100). Default 3; 10 for `feature_extraction`.
     #[schema(example = 3)]
     pub epochs: Option<u32>,
-    /// Examples per optimisation step (1–512). Default 16.
-    #[schema(example = 16)]
-    pub batch_size: Option<u32>,
+    /// OpenAI's name for `epochs`; `"auto"` is the default.
+    #[schema(schema_with = auto_or_integer)]
+    pub n_epochs: Option<AutoOr<u32>>,
+    /// Examples per optimisation step (1–512), or `"auto"`. Default 16.
+    #[schema(schema_with = auto_or_integer)]
+    pub batch_size: Option<AutoOr<u32>>,
     /// Peak learning rate of AdamW (0 < lr ≤ 0.1). Default 5e-5; 1e-3 for
     /// `feature_extraction`, where only the new head trains.
     #[schema(example = 5e-5)]
     pub learning_rate: Option<f64>,
+    /// OpenAI's way to set the learning rate: a factor (0 < m ≤ 100) on the default
+    /// learning rate of the method that runs (for `auto`, of the method it chooses), or
+    /// `"auto"` for 1. With `learning_rate` too, the two must agree.
+    #[schema(schema_with = auto_or_number)]
+    pub learning_rate_multiplier: Option<AutoOr<f64>>,
     /// Fraction of the steps spent warming the learning rate up linearly (0–0.5). Default 0.1.
     #[schema(example = 0.1)]
     pub warmup_ratio: Option<f64>,
@@ -325,6 +349,11 @@ pub struct Hyperparameters {
     pub epochs: u32,
     pub batch_size: u32,
     pub learning_rate: f64,
+    /// `learning_rate` over the default learning rate of the method that runs
+    /// (OpenAI's `learning_rate_multiplier`); it is what an `auto` job keeps when it
+    /// adopts the defaults of its choice.
+    #[serde(default = "one")]
+    pub learning_rate_multiplier: f64,
     pub warmup_ratio: f64,
     pub weight_decay: f64,
     pub max_seq_len: u32,
@@ -382,6 +411,7 @@ impl Hyperparameters {
             epochs: if head_only { 10 } else { 3 },
             batch_size: 16,
             learning_rate: if head_only { 1e-3 } else { 5e-5 },
+            learning_rate_multiplier: 1.0,
             warmup_ratio: 0.1,
             weight_decay: 0.01,
             max_seq_len: 128,
@@ -401,17 +431,22 @@ impl Hyperparameters {
     }
 
     /// These hyperparameters with the method-dependent defaults of `method` in every
-    /// field the user left out: how `auto` adopts the recipe of its choice.
+    /// field the user left out: how `auto` adopts the recipe of its choice. A learning
+    /// rate given as a multiplier scales the new default; one given outright stays,
+    /// and its multiplier is now relative to the new default.
     pub fn rebased_on(&self, method: MethodType) -> Self {
         let d = Self::defaults_for(method);
         let mut out = self.clone();
         for field in &self.defaulted {
             match field.as_str() {
                 "epochs" => out.epochs = d.epochs,
-                "learning_rate" => out.learning_rate = d.learning_rate,
+                "learning_rate" => {
+                    out.learning_rate = d.learning_rate * self.learning_rate_multiplier
+                }
                 _ => {}
             }
         }
+        out.learning_rate_multiplier = out.learning_rate / d.learning_rate;
         out
     }
 
@@ -482,21 +517,29 @@ impl HyperparametersInput {
         let p = |name: &str| format!("hyperparameters.{name}");
         // Only the method-dependent fields need remembering (see `rebased_on`).
         let mut defaulted = Vec::new();
-        let epochs = self.epochs.unwrap_or_else(|| {
-            defaulted.push("epochs".to_owned());
-            d.epochs
-        });
-        let learning_rate = self.learning_rate.unwrap_or_else(|| {
+        let epochs = openai::one_of(("epochs", self.epochs), ("n_epochs", self.n_epochs))?
+            .unwrap_or_else(|| {
+                defaulted.push("epochs".to_owned());
+                d.epochs
+            });
+        let (learning_rate, learning_rate_multiplier) = self.resolve_learning_rate(&d)?;
+        if self.learning_rate.is_none() {
             defaulted.push("learning_rate".to_owned());
-            d.learning_rate
-        });
+        }
         if !(1..=100).contains(&epochs) {
             return Err(ValidationError::new(
-                p("epochs"),
+                p(if self.epochs.is_some() {
+                    "epochs"
+                } else {
+                    "n_epochs"
+                }),
                 "must be between 1 and 100",
             ));
         }
-        let batch_size = self.batch_size.unwrap_or(d.batch_size);
+        let batch_size = self
+            .batch_size
+            .and_then(AutoOr::value)
+            .unwrap_or(d.batch_size);
         if !(1..=512).contains(&batch_size) {
             return Err(ValidationError::new(
                 p("batch_size"),
@@ -572,6 +615,7 @@ impl HyperparametersInput {
             epochs,
             batch_size,
             learning_rate,
+            learning_rate_multiplier,
             warmup_ratio,
             weight_decay,
             max_seq_len,
@@ -591,6 +635,58 @@ impl HyperparametersInput {
             defaulted,
         })
     }
+}
+
+impl HyperparametersInput {
+    /// The learning rate and its multiplier on `d`'s default, from `learning_rate`,
+    /// `learning_rate_multiplier`, both (when they agree) or neither.
+    fn resolve_learning_rate(&self, d: &Hyperparameters) -> Result<(f64, f64), ValidationError> {
+        let multiplier = match self.learning_rate_multiplier {
+            Some(AutoOr::Value(m)) if !(m > 0.0 && m <= 100.0) => {
+                return Err(ValidationError::new(
+                    "hyperparameters.learning_rate_multiplier",
+                    "must be greater than 0 and at most 100",
+                ))
+            }
+            Some(AutoOr::Value(m)) => Some(m),
+            Some(AutoOr::Auto) | None => None,
+        };
+        match (self.learning_rate, multiplier) {
+            (Some(lr), Some(m)) if (lr - d.learning_rate * m).abs() > 1e-9 * lr.abs() => {
+                Err(ValidationError::new(
+                    "hyperparameters.learning_rate_multiplier",
+                    format!(
+                        "is {m}, which makes a learning rate of {}, but                          hyperparameters.learning_rate is {lr}; give one of them",
+                        d.learning_rate * m
+                    ),
+                ))
+            }
+            (Some(lr), _) => Ok((lr, lr / d.learning_rate)),
+            (None, m) => {
+                let m = m.unwrap_or(1.0);
+                Ok((d.learning_rate * m, m))
+            }
+        }
+    }
+}
+
+fn auto_or(number: utoipa::openapi::schema::Type) -> utoipa::openapi::schema::OneOfBuilder {
+    use utoipa::openapi::schema::{ObjectBuilder, OneOfBuilder, Type};
+    OneOfBuilder::new()
+        .item(
+            ObjectBuilder::new()
+                .schema_type(Type::String)
+                .enum_values(Some(["auto"])),
+        )
+        .item(ObjectBuilder::new().schema_type(number))
+}
+
+fn auto_or_integer() -> utoipa::openapi::schema::OneOfBuilder {
+    auto_or(utoipa::openapi::schema::Type::Integer)
+}
+
+fn auto_or_number() -> utoipa::openapi::schema::OneOfBuilder {
+    auto_or(utoipa::openapi::schema::Type::Number)
 }
 
 /// A job's `suffix`: it becomes part of the model id, so it is kept URL- and

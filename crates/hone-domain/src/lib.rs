@@ -15,7 +15,8 @@ pub mod split;
 pub mod webhook;
 
 pub use ids::{
-    ApiKeyId, FileId, JobId, ModelId, ProjectId, WebhookDeliveryId, WebhookEventId, WebhookId,
+    ApiKeyId, CheckpointId, FileId, JobId, ModelId, ProjectId, WebhookDeliveryId, WebhookEventId,
+    WebhookId,
 };
 pub use job::{
     Hyperparameters, HyperparametersInput, JobStatus, Method, MethodType, ValidationError,

@@ -60,6 +60,10 @@ pub struct JobProgress {
     pub elapsed_seconds: f64,
     /// Estimated seconds left, from the mean step time so far.
     pub eta_seconds: Option<f64>,
+    /// When the job should be done (Unix seconds): the time of this report plus
+    /// `eta_seconds`.
+    #[serde(default)]
+    pub estimated_finish: Option<i64>,
 }
 
 /// Validation metrics of one epoch (or of the final model).
@@ -105,6 +109,14 @@ pub struct JobResult {
     /// How well the base model's frozen features suited the data before training.
     #[serde(default)]
     pub transferability: Option<Transferability>,
+    /// Tokens trained on: each training input's tokens (up to `max_seq_len`) times
+    /// the epochs run. None for image jobs.
+    #[serde(default)]
+    pub trained_tokens: Option<u64>,
+    /// The file of per-step metrics (CSV) the job wrote, listed in the job's
+    /// `result_files`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub result_file: Option<String>,
 }
 
 /// The final evaluation of a published model.
@@ -168,26 +180,70 @@ pub struct EpochPoint {
     pub validation: Option<EvalReport>,
 }
 
-/// The weights a job had at the end of one epoch, with that epoch's metrics.
+/// The weights a job had at the end of one epoch, with that epoch's metrics: OpenAI's
+/// checkpoint object (`id` … `metrics`), and hone's own fields after it.
 #[derive(Clone, Debug, Serialize, ToSchema)]
 pub struct JobCheckpoint {
+    #[schema(example = "ftckpt-0192f3c4a1b27c3e8d5f6a7b8c9d0e1f-2")]
+    pub id: String,
     #[schema(example = "fine_tuning.job.checkpoint")]
     pub object: &'static str,
+    pub created_at: i64,
+    /// The model id this checkpoint is served under: `published_model` once it was
+    /// published, else the id that `POST …/checkpoints/{epoch}/publish` gives it (null
+    /// until the job has succeeded, since it is made from the job's model).
+    #[schema(example = "ft:all-MiniLM-L6-v2:reviews:9d0e1f2a:ckpt-2")]
+    pub fine_tuned_model_checkpoint: Option<String>,
+    pub fine_tuning_job_id: String,
+    /// Optimizer steps taken by the end of the epoch (= `step`).
+    #[schema(example = 120)]
+    pub step_number: u64,
+    pub metrics: CheckpointMetrics,
+    /// = `fine_tuning_job_id`.
     pub job_id: String,
     #[schema(example = 2)]
     pub epoch: u32,
-    /// Optimizer steps taken by the end of the epoch.
     #[schema(example = 120)]
     pub step: u64,
-    pub created_at: i64,
     /// Size of the stored weights: only those training changed (all of them for
     /// `full`, the unfrozen top for `partial`, the head for `feature_extraction`).
     pub bytes: u64,
-    /// Training loss and validation metrics of the epoch.
-    pub metrics: EpochPoint,
     /// The model published from this checkpoint, if it was.
     #[schema(example = "ft:all-MiniLM-L6-v2:reviews:9d0e1f2a:ckpt-2")]
     pub published_model: Option<String>,
+}
+
+/// A checkpoint's metrics in OpenAI's names, then hone's epoch metrics. A classifier
+/// predicts one label per input, so OpenAI's "mean token accuracy" is its accuracy;
+/// the validation set is always evaluated whole, so the `full_` values equal the others.
+#[derive(Clone, Debug, Serialize, ToSchema)]
+pub struct CheckpointMetrics {
+    pub step: u64,
+    pub train_loss: f64,
+    pub valid_loss: Option<f64>,
+    pub valid_mean_token_accuracy: Option<f64>,
+    pub full_valid_loss: Option<f64>,
+    pub full_valid_mean_token_accuracy: Option<f64>,
+    pub epoch: u32,
+    /// Every validation metric of the epoch, when there was validation data.
+    pub validation: Option<EvalReport>,
+}
+
+impl CheckpointMetrics {
+    pub fn new(step: u64, point: EpochPoint) -> Self {
+        let loss = point.validation.as_ref().map(|v| v.loss);
+        let accuracy = point.validation.as_ref().map(|v| v.accuracy);
+        Self {
+            step,
+            train_loss: point.train_loss,
+            valid_loss: loss,
+            valid_mean_token_accuracy: accuracy,
+            full_valid_loss: loss,
+            full_valid_mean_token_accuracy: accuracy,
+            epoch: point.epoch,
+            validation: point.validation,
+        }
+    }
 }
 
 /// The curves a worker stores while a job runs.
@@ -235,7 +291,10 @@ pub struct FineTuningJob {
     pub created_at: i64,
     pub started_at: Option<i64>,
     pub finished_at: Option<i64>,
-    /// The base model.
+    /// The base model (OpenAI's name for it).
+    #[schema(example = "all-MiniLM-L6-v2")]
+    pub model: String,
+    /// The base model (hone's name for it; = `model`).
     #[schema(example = "all-MiniLM-L6-v2")]
     pub base_model: String,
     /// The published model's id, once the job succeeded.
@@ -244,7 +303,20 @@ pub struct FineTuningJob {
     pub training_file: String,
     pub validation_file: Option<String>,
     pub method: Method,
+    /// Every hyperparameter the job runs with, defaults filled in; `n_epochs` repeats
+    /// `epochs` under OpenAI's name.
+    #[serde(serialize_with = "with_openai_names")]
+    #[schema(value_type = JobHyperparameters)]
     pub hyperparameters: Hyperparameters,
+    /// Tokens trained on, once the job succeeded (see `result.trained_tokens`).
+    pub trained_tokens: Option<u64>,
+    /// While the job runs: when it should be done (Unix seconds), from its progress.
+    pub estimated_finish: Option<i64>,
+    /// Once the job succeeded: the id of a CSV file of its per-step metrics
+    /// (`step,epoch,train_loss,learning_rate,valid_loss,valid_accuracy,valid_macro_f1`;
+    /// validation columns on each epoch's last step), to download from
+    /// `GET /v1/files/{file_id}/content`.
+    pub result_files: Vec<String>,
     pub seed: i64,
     pub suffix: Option<String>,
     pub metadata: Option<serde_json::Value>,
@@ -254,6 +326,24 @@ pub struct FineTuningJob {
     /// Attempts so far; a job whose worker died is retried up to `max_attempts`.
     pub attempt: i32,
     pub max_attempts: i32,
+}
+
+/// A job's hyperparameters as the API shows them: hone's, and `n_epochs` (OpenAI's
+/// name for `epochs`). `batch_size` and `learning_rate_multiplier` are common to both.
+#[derive(Serialize, ToSchema)]
+pub struct JobHyperparameters {
+    #[serde(flatten)]
+    pub hyperparameters: Hyperparameters,
+    #[schema(example = 3)]
+    pub n_epochs: u32,
+}
+
+fn with_openai_names<S: serde::Serializer>(hp: &Hyperparameters, s: S) -> Result<S::Ok, S::Error> {
+    JobHyperparameters {
+        hyperparameters: hp.clone(),
+        n_epochs: hp.epochs,
+    }
+    .serialize(s)
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
@@ -311,6 +401,44 @@ pub struct ModelObject {
     #[serde(skip_serializing_if = "Option::is_none")]
     pub checkpoint_epoch: Option<u32>,
     pub metrics: Option<JobResult>,
+}
+
+/// A base model as `GET /v1/models` lists it beside the fine-tuned ones, so that
+/// OpenAI's `models.list()` and `models.retrieve()` find it.
+#[derive(Clone, Debug, Serialize, ToSchema)]
+pub struct SystemModelObject {
+    #[schema(example = "all-MiniLM-L6-v2")]
+    pub id: String,
+    #[schema(example = "model")]
+    pub object: &'static str,
+    /// When the model's folder was installed (Unix seconds).
+    pub created: i64,
+    /// Always `system`: the server's own model, not fine-tuned by a project.
+    #[schema(example = "system")]
+    pub owned_by: &'static str,
+    /// `text` or `image`.
+    #[schema(example = "text")]
+    pub modality: &'static str,
+    #[schema(example = "bert")]
+    pub architecture: String,
+}
+
+/// One entry of `GET /v1/models`: a fine-tuned model (`owned_by: "user"`) or a base
+/// model (`owned_by: "system"`).
+#[derive(Clone, Debug, Serialize, ToSchema)]
+#[serde(untagged)]
+pub enum AnyModel {
+    FineTuned(Box<ModelObject>),
+    Base(SystemModelObject),
+}
+
+impl AnyModel {
+    pub fn id(&self) -> &str {
+        match self {
+            AnyModel::FineTuned(m) => &m.id,
+            AnyModel::Base(m) => &m.id,
+        }
+    }
 }
 
 /// A pretrained backbone this server can fine-tune, found in the base-models folder.

@@ -2,8 +2,8 @@
 //! weights are) in Postgres, the weights in the artifact store.
 
 use chrono::{DateTime, Utc};
-use hone_domain::resources::{EpochPoint, JobCheckpoint};
-use hone_domain::ProjectId;
+use hone_domain::resources::{CheckpointMetrics, EpochPoint, JobCheckpoint};
+use hone_domain::{CheckpointId, JobId, ProjectId};
 use sqlx::types::Json;
 
 use crate::{Db, StoreError};
@@ -37,28 +37,46 @@ struct CheckpointRow {
     bytes: i64,
     created_at: DateTime<Utc>,
     published_model: Option<String>,
+    /// The job's own model, once it succeeded.
+    job_model: Option<String>,
 }
 
-impl From<CheckpointRow> for StoredCheckpoint {
-    fn from(r: CheckpointRow) -> Self {
-        StoredCheckpoint {
+impl TryFrom<CheckpointRow> for StoredCheckpoint {
+    type Error = StoreError;
+
+    fn try_from(r: CheckpointRow) -> Result<Self, StoreError> {
+        let job = JobId::parse(&r.job_id)
+            .ok_or_else(|| StoreError::Corrupt(format!("checkpoint of job {:?}", r.job_id)))?;
+        let epoch = u32::try_from(r.epoch).unwrap_or(0);
+        let step = u64::try_from(r.step).unwrap_or(0);
+        // The id `POST …/checkpoints/{epoch}/publish` gives the checkpoint's model.
+        let model = r
+            .published_model
+            .clone()
+            .or_else(|| r.job_model.map(|m| format!("{m}:ckpt-{epoch}")));
+        Ok(StoredCheckpoint {
             object: JobCheckpoint {
+                id: CheckpointId { job, epoch }.to_string(),
                 object: "fine_tuning.job.checkpoint",
-                job_id: r.job_id,
-                epoch: u32::try_from(r.epoch).unwrap_or(0),
-                step: u64::try_from(r.step).unwrap_or(0),
                 created_at: r.created_at.timestamp(),
+                fine_tuned_model_checkpoint: model,
+                fine_tuning_job_id: r.job_id.clone(),
+                step_number: step,
+                metrics: CheckpointMetrics::new(step, r.metrics.0),
+                job_id: r.job_id,
+                epoch,
+                step,
                 bytes: u64::try_from(r.bytes).unwrap_or(0),
-                metrics: r.metrics.0,
                 published_model: r.published_model,
             },
             storage_key: r.storage_key,
-        }
+        })
     }
 }
 
 const SELECT: &str = "SELECT c.job_id, c.epoch, c.step, c.metrics, c.storage_key, c.bytes,
-                             c.created_at, m.id AS published_model
+                             c.created_at, m.id AS published_model,
+                             j.fine_tuned_model AS job_model
                       FROM fine_tuning_job_checkpoints c
                       JOIN fine_tuning_jobs j ON j.id = c.job_id
                       LEFT JOIN models m
@@ -99,20 +117,26 @@ impl Db {
     }
 
     /// The checkpoints of a job of `project`, oldest epoch first (a checkpoint belongs
-    /// to its job's project).
+    /// to its job's project): up to `limit` of them, after epoch `after` if given.
     pub async fn list_checkpoints(
         &self,
         project: &ProjectId,
         job_id: &str,
+        after: Option<u32>,
+        limit: i64,
     ) -> Result<Vec<StoredCheckpoint>, StoreError> {
         let rows: Vec<CheckpointRow> = sqlx::query_as(&format!(
-            "{SELECT} WHERE c.job_id = $1 AND j.project_id = $2 ORDER BY c.epoch"
+            "{SELECT} WHERE c.job_id = $1 AND j.project_id = $2
+                        AND ($3::integer IS NULL OR c.epoch > $3)
+             ORDER BY c.epoch LIMIT $4"
         ))
         .bind(job_id)
         .bind(project.as_str())
+        .bind(after.map(|e| i32::try_from(e).unwrap_or(i32::MAX)))
+        .bind(limit)
         .fetch_all(&self.pool)
         .await?;
-        Ok(rows.into_iter().map(Into::into).collect())
+        rows.into_iter().map(TryInto::try_into).collect()
     }
 
     pub async fn get_checkpoint(
@@ -149,7 +173,7 @@ impl Db {
         .fetch_optional(&self.pool)
         .await?
         .ok_or(StoreError::NotFound)?;
-        Ok(row.into())
+        row.try_into()
     }
 }
 

@@ -78,6 +78,47 @@ pub fn storage_key(id: &FileId) -> String {
     format!("files/{id}")
 }
 
+/// The purpose of the files hone writes itself: a job's per-step metrics.
+pub const RESULTS_PURPOSE: &str = "fine-tune-results";
+
+/// A job's results file (CSV of its metrics), already in the artifact store under
+/// [`storage_key`] of `id`.
+#[derive(Clone, Debug)]
+pub struct ResultsFile {
+    pub id: FileId,
+    pub filename: String,
+    pub bytes: i64,
+    pub sha256: String,
+    /// Data rows of the CSV.
+    pub rows: i64,
+}
+
+/// Records `file` as a file of `job_id`'s project, in the transaction that marks the
+/// job succeeded. It is a CSV with no labels, so the dataset columns say so.
+pub(crate) async fn insert_results_file(
+    tx: &mut sqlx::Transaction<'_, sqlx::Postgres>,
+    job_id: &str,
+    file: &ResultsFile,
+) -> Result<(), StoreError> {
+    sqlx::query(
+        "INSERT INTO files (id, filename, purpose, format, bytes, sha256, examples, label_counts,
+                            storage_key, project_id)
+         SELECT $1, $2, $3, 'csv', $4, $5, $6, '{}', $7, project_id
+         FROM fine_tuning_jobs WHERE id = $8",
+    )
+    .bind(file.id.as_str())
+    .bind(&file.filename)
+    .bind(RESULTS_PURPOSE)
+    .bind(file.bytes)
+    .bind(&file.sha256)
+    .bind(file.rows)
+    .bind(storage_key(&file.id))
+    .bind(job_id)
+    .execute(&mut **tx)
+    .await?;
+    Ok(())
+}
+
 impl Db {
     pub async fn insert_file(
         &self,
@@ -184,11 +225,13 @@ impl Db {
         row.try_into()
     }
 
-    /// Newest first; `after` is the id of the last file of the previous page.
+    /// Newest first; `after` is the id of the last file of the previous page; with
+    /// `purpose`, only files of that purpose.
     pub async fn list_files(
         &self,
         project: &ProjectId,
         page: &PageRequest,
+        purpose: Option<&str>,
     ) -> Result<Vec<FileObject>, StoreError> {
         let rows: Vec<FileRow> = sqlx::query_as(&format!(
             "SELECT {COLUMNS} FROM files
@@ -196,11 +239,13 @@ impl Db {
                AND ($1::text IS NULL
                     OR (created_at, id) < (SELECT created_at, id FROM files
                                            WHERE id = $1 AND project_id = $3))
+               AND ($4::text IS NULL OR purpose = $4)
              ORDER BY created_at DESC, id DESC LIMIT $2"
         ))
         .bind(page.after.as_deref())
         .bind(page.limit + 1)
         .bind(project.as_str())
+        .bind(purpose)
         .fetch_all(&self.pool)
         .await?;
         rows.into_iter()
@@ -227,7 +272,7 @@ impl Db {
         let user: Option<String> = sqlx::query_scalar(
             "SELECT id FROM fine_tuning_jobs
              WHERE (training_file = $1 OR validation_file = $1)
-               AND status IN ('validating_files', 'queued', 'running')
+               AND status IN ('validating_files', 'queued', 'running', 'paused')
              LIMIT 1",
         )
         .bind(id)

@@ -42,12 +42,15 @@ impl TryFrom<JobRow> for FineTuningJob {
     fn try_from(r: JobRow) -> Result<Self, StoreError> {
         let status = JobStatus::parse(&r.status)
             .ok_or_else(|| StoreError::Corrupt(format!("job {} has status {}", r.id, r.status)))?;
+        let progress = r.progress.map(|p| p.0);
+        let result = r.result.map(|p| p.0);
         Ok(FineTuningJob {
             id: r.id,
             object: "fine_tuning.job",
             created_at: r.created_at.timestamp(),
             started_at: r.started_at.map(|t| t.timestamp()),
             finished_at: r.finalized_at.map(|t| t.timestamp()),
+            model: r.base_model.clone(),
             base_model: r.base_model,
             fine_tuned_model: r.fine_tuned_model,
             status,
@@ -55,11 +58,21 @@ impl TryFrom<JobRow> for FineTuningJob {
             validation_file: r.validation_file,
             method: r.method.0,
             hyperparameters: r.hyperparameters.0,
+            trained_tokens: result.as_ref().and_then(|r| r.trained_tokens),
+            estimated_finish: progress
+                .as_ref()
+                .filter(|_| status == JobStatus::Running)
+                .and_then(|p| p.estimated_finish),
+            result_files: result
+                .as_ref()
+                .and_then(|r| r.result_file.clone())
+                .into_iter()
+                .collect(),
             seed: r.seed,
             suffix: r.suffix,
             metadata: r.metadata.map(|m| m.0),
-            progress: r.progress.map(|p| p.0),
-            result: r.result.map(|p| p.0),
+            progress,
+            result,
             error: r.error.map(|p| p.0),
             attempt: r.attempt,
             max_attempts: r.max_attempts,

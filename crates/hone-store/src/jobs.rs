@@ -132,11 +132,14 @@ impl Db {
         row.try_into()
     }
 
+    /// A page of the project's jobs, newest first; with `status`, only jobs in it;
+    /// with `metadata`, only jobs whose metadata holds every one of its pairs.
     pub async fn list_jobs(
         &self,
         project: &ProjectId,
         page: &PageRequest,
         status: Option<JobStatus>,
+        metadata: Option<&serde_json::Map<String, serde_json::Value>>,
     ) -> Result<Vec<FineTuningJob>, StoreError> {
         let rows: Vec<JobRow> = sqlx::query_as(&format!(
             "SELECT {COLUMNS} FROM fine_tuning_jobs
@@ -145,12 +148,14 @@ impl Db {
                     OR (created_at, id) < (SELECT created_at, id FROM fine_tuning_jobs
                                            WHERE id = $1 AND project_id = $4))
                AND ($2::text IS NULL OR status::text = $2)
+               AND ($5::jsonb IS NULL OR metadata @> $5)
              ORDER BY created_at DESC, id DESC LIMIT $3"
         ))
         .bind(page.after.as_deref())
         .bind(status.map(JobStatus::as_str))
         .bind(page.limit + 1)
         .bind(project.as_str())
+        .bind(metadata.map(Json))
         .fetch_all(&self.pool)
         .await?;
         rows.into_iter().map(FineTuningJob::try_from).collect()
@@ -174,10 +179,10 @@ impl Db {
         .await?
         .ok_or(StoreError::NotFound)?;
         match JobStatus::parse(&status) {
-            Some(JobStatus::Queued | JobStatus::ValidatingFiles) => {
+            Some(JobStatus::Queued | JobStatus::ValidatingFiles | JobStatus::Paused) => {
                 sqlx::query(
                     "UPDATE fine_tuning_jobs SET status = 'cancelled', finalized_at = now(),
-                         cancel_requested = true WHERE id = $1",
+                         cancel_requested = true, pause_requested = false WHERE id = $1",
                 )
                 .bind(id)
                 .execute(&mut *tx)
@@ -208,6 +213,96 @@ impl Db {
             }
         }
         tx.commit().await?;
+        self.get_job(project, id).await
+    }
+
+    /// Pauses a job: a queued one at once; a running one is flagged, and its worker
+    /// hands it back as `paused` after its next checkpoint. Pausing a paused job
+    /// changes nothing; a finished one is a conflict.
+    pub async fn pause_job(
+        &self,
+        project: &ProjectId,
+        id: &str,
+    ) -> Result<FineTuningJob, StoreError> {
+        self.transition(project, id, |status, pause_requested| match status {
+            JobStatus::Queued | JobStatus::ValidatingFiles => Ok(Some((
+                "status = 'paused', pause_requested = false",
+                "Job paused before it ran again; resume it to queue it",
+            ))),
+            JobStatus::Running if !pause_requested => Ok(Some((
+                "pause_requested = true",
+                "Pause requested; the worker stops after the next checkpoint",
+            ))),
+            JobStatus::Running | JobStatus::Paused => Ok(None),
+            JobStatus::Succeeded | JobStatus::Failed | JobStatus::Cancelled => Err(format!(
+                "job {id} has already finished with status {}; only a queued or \
+                     running job can be paused",
+                status.as_str()
+            )),
+        })
+        .await
+    }
+
+    /// Resumes a paused job: it is queued again, and the attempt that claims it goes
+    /// on from its last checkpoint. A running job whose pause has not taken effect
+    /// yet just keeps running. Any other job is a conflict.
+    pub async fn resume_job(
+        &self,
+        project: &ProjectId,
+        id: &str,
+    ) -> Result<FineTuningJob, StoreError> {
+        self.transition(project, id, |status, pause_requested| match status {
+            JobStatus::Paused => Ok(Some((
+                "status = 'queued', scheduled_at = now(), pause_requested = false",
+                "Job resumed; queued to go on from its last checkpoint",
+            ))),
+            JobStatus::Running if pause_requested => Ok(Some((
+                "pause_requested = false",
+                "Pause withdrawn before it took effect; the job keeps running",
+            ))),
+            _ => Err(format!("job {id} is {}, not paused", status.as_str())),
+        })
+        .await
+    }
+
+    /// With the job's row locked, `decide` sees its status and pause flag and names
+    /// the change (`SET` clause, event message; `None`: nothing to do) or the conflict;
+    /// the job after it is returned.
+    async fn transition(
+        &self,
+        project: &ProjectId,
+        id: &str,
+        decide: impl FnOnce(JobStatus, bool) -> Result<Option<(&'static str, &'static str)>, String>,
+    ) -> Result<FineTuningJob, StoreError> {
+        let mut tx = self.pool.begin().await?;
+        let (status, pause_requested): (String, bool) = sqlx::query_as(
+            "SELECT status::text, pause_requested FROM fine_tuning_jobs
+             WHERE id = $1 AND project_id = $2 FOR UPDATE",
+        )
+        .bind(id)
+        .bind(project.as_str())
+        .fetch_optional(&mut *tx)
+        .await?
+        .ok_or(StoreError::NotFound)?;
+        let status = JobStatus::parse(&status)
+            .ok_or_else(|| StoreError::Corrupt(format!("job {id} has status {status}")))?;
+        // Ended explicitly either way: a transaction only dropped keeps the row locked
+        // until its connection is next used, and a claim would skip the job meanwhile.
+        match decide(status, pause_requested) {
+            Ok(Some((set, message))) => {
+                sqlx::query(&format!("UPDATE fine_tuning_jobs SET {set} WHERE id = $1"))
+                    .bind(id)
+                    .execute(&mut *tx)
+                    .await?;
+                insert_event(&mut tx, id, &NewEvent::info(message)).await?;
+                tx.commit().await?;
+            }
+            Ok(None) => tx.rollback().await?,
+            Err(conflict) => {
+                tx.rollback().await?;
+                return Err(StoreError::Conflict(conflict));
+            }
+        }
         self.get_job(project, id).await
     }
 

@@ -87,6 +87,8 @@ struct ClaimedRow {
 pub enum Lease {
     Held {
         cancel_requested: bool,
+        /// The user paused the job: stop after the next checkpoint.
+        pause_requested: bool,
     },
     /// The job is no longer ours (rescued after a missed heartbeat, or finished).
     Lost,
@@ -157,20 +159,17 @@ impl Db {
         attempt: i32,
         lease: Duration,
     ) -> Result<Lease, StoreError> {
-        let cancel: Option<bool> = sqlx::query_scalar(&format!(
+        let flags: Option<(bool, bool)> = sqlx::query_as(&format!(
             "UPDATE fine_tuning_jobs SET lease_expires_at = now() + $3 * interval '1 millisecond'
              WHERE {HELD}
-             RETURNING cancel_requested"
+             RETURNING cancel_requested, pause_requested"
         ))
         .bind(id)
         .bind(attempt)
         .bind(lease_millis(lease))
         .fetch_optional(&self.pool)
         .await?;
-        Ok(match cancel {
-            Some(cancel_requested) => Lease::Held { cancel_requested },
-            None => Lease::Lost,
-        })
+        Ok(lease_of(flags))
     }
 
     /// Records progress; returns false when the job is no longer this worker's.
@@ -251,6 +250,21 @@ impl Db {
         model: &crate::models::NewModel,
         result: &JobResult,
     ) -> Result<bool, StoreError> {
+        self.succeed_job_with(id, attempt, model, result, None)
+            .await
+    }
+
+    /// [`Db::succeed_job`], with the job's results file (`result.result_file` names
+    /// it) recorded in the same transaction: a job never lists a file that does not
+    /// exist, and a file is never left from a success that was not recorded.
+    pub async fn succeed_job_with(
+        &self,
+        id: &str,
+        attempt: i32,
+        model: &crate::models::NewModel,
+        result: &JobResult,
+        results_file: Option<&crate::files::ResultsFile>,
+    ) -> Result<bool, StoreError> {
         let mut tx = self.pool.begin().await?;
         let held = update_held(
             &mut *tx,
@@ -266,6 +280,9 @@ impl Db {
         .await?;
         if !held {
             return Ok(false);
+        }
+        if let Some(file) = results_file {
+            crate::files::insert_results_file(&mut tx, id, file).await?;
         }
         if !crate::models::insert_model(&mut *tx, model, result).await? {
             // Another model has this id: recording the success would point the job at
@@ -412,14 +429,15 @@ impl Db {
     /// when they have used up their attempts. Returns how many were rescued.
     pub async fn rescue_expired(&self) -> Result<u64, StoreError> {
         let mut tx = self.pool.begin().await?;
-        let expired: Vec<(String, i32, i32, bool)> = sqlx::query_as(
-            "SELECT id, attempt, max_attempts, cancel_requested FROM fine_tuning_jobs
+        let expired: Vec<(String, i32, i32, bool, bool)> = sqlx::query_as(
+            "SELECT id, attempt, max_attempts, cancel_requested, pause_requested
+             FROM fine_tuning_jobs
              WHERE status = 'running' AND lease_expires_at < now()
              FOR UPDATE SKIP LOCKED",
         )
         .fetch_all(&mut *tx)
         .await?;
-        for (id, attempt, max, cancel) in &expired {
+        for (id, attempt, max, cancel, pause) in &expired {
             let message = format!("The worker of attempt {attempt} stopped responding");
             if *cancel {
                 sqlx::query(
@@ -433,6 +451,21 @@ impl Db {
                     &mut tx,
                     id,
                     &NewEvent::info(format!("{message}; job cancelled")),
+                )
+                .await?;
+            } else if *pause {
+                // The user wanted it stopped anyway: it waits, paused, for a resume.
+                sqlx::query(
+                    "UPDATE fine_tuning_jobs SET status = 'paused', lease_expires_at = NULL,
+                         pause_requested = false WHERE id = $1",
+                )
+                .bind(id)
+                .execute(&mut *tx)
+                .await?;
+                insert_event(
+                    &mut tx,
+                    id,
+                    &NewEvent::info(format!("{message}; job paused as requested")),
                 )
                 .await?;
             } else if attempt < max {
@@ -499,16 +532,59 @@ pub fn retry_backoff(attempt: i32) -> Duration {
 impl Db {
     /// Like `heartbeat` without renewing: a cheap check between renewals.
     pub async fn cancel_requested(&self, id: &str, attempt: i32) -> Result<Lease, StoreError> {
-        let cancel: Option<bool> = sqlx::query_scalar(&format!(
-            "SELECT cancel_requested FROM fine_tuning_jobs WHERE {HELD}"
+        let flags: Option<(bool, bool)> = sqlx::query_as(&format!(
+            "SELECT cancel_requested, pause_requested FROM fine_tuning_jobs WHERE {HELD}"
         ))
         .bind(id)
         .bind(attempt)
         .fetch_optional(&self.pool)
         .await?;
-        Ok(match cancel {
-            Some(cancel_requested) => Lease::Held { cancel_requested },
-            None => Lease::Lost,
-        })
+        Ok(lease_of(flags))
+    }
+
+    /// Hands a job whose user paused it back as `paused`, after its worker stopped at
+    /// a checkpoint: like [`Db::release_job`] it spends no attempt, but no worker
+    /// claims it until it is resumed. When the pause was withdrawn meanwhile, the job
+    /// goes back to the queue instead. False when the job is no longer this worker's.
+    pub async fn finish_paused(
+        &self,
+        id: &str,
+        attempt: i32,
+        epoch: Option<u32>,
+    ) -> Result<bool, StoreError> {
+        let mut tx = self.pool.begin().await?;
+        let held = update_held(
+            &mut *tx,
+            id,
+            attempt,
+            "status = CASE WHEN pause_requested THEN 'paused'::job_status ELSE 'queued' END,
+             lease_expires_at = NULL, attempt = attempt - 1, scheduled_at = now(),
+             pause_requested = false",
+            |_| Ok(()),
+        )
+        .await?;
+        if held {
+            let at = epoch.map_or("before its first checkpoint".to_owned(), |e| {
+                format!("after the checkpoint of epoch {e}")
+            });
+            insert_event(
+                &mut tx,
+                id,
+                &NewEvent::info(format!("Job paused {at}; resume it to go on from there")),
+            )
+            .await?;
+        }
+        tx.commit().await?;
+        Ok(held)
+    }
+}
+
+fn lease_of(flags: Option<(bool, bool)>) -> Lease {
+    match flags {
+        Some((cancel_requested, pause_requested)) => Lease::Held {
+            cancel_requested,
+            pause_requested,
+        },
+        None => Lease::Lost,
     }
 }

@@ -118,8 +118,16 @@ async fn another_projects_rows_are_not_found() {
         f.db.get_file(&b, &file).await,
         Err(StoreError::NotFound)
     ));
-    assert_eq!(f.db.list_files(&a, &page).await.expect("list").len(), 1);
-    assert!(f.db.list_files(&b, &page).await.expect("list").is_empty());
+    assert_eq!(
+        f.db.list_files(&a, &page, None).await.expect("list").len(),
+        1
+    );
+    assert!(f
+        .db
+        .list_files(&b, &page, None)
+        .await
+        .expect("list")
+        .is_empty());
     assert!(matches!(
         f.db.delete_file(&b, &file).await,
         Err(StoreError::NotFound)
@@ -135,7 +143,7 @@ async fn another_projects_rows_are_not_found() {
     ));
     assert!(f
         .db
-        .list_jobs(&b, &page, None)
+        .list_jobs(&b, &page, None, None)
         .await
         .expect("list")
         .is_empty());
@@ -161,13 +169,13 @@ async fn another_projects_rows_are_not_found() {
         .is_empty());
     assert!(f
         .db
-        .list_checkpoints(&b, &job)
+        .list_checkpoints(&b, &job, None, 100)
         .await
         .expect("list")
         .is_empty());
     assert!(f
         .db
-        .list_jobs(&p(), &page, None)
+        .list_jobs(&p(), &page, None, None)
         .await
         .expect("list")
         .is_empty());
@@ -212,7 +220,7 @@ async fn concurrent_creates_never_pass_the_active_jobs_limit() {
         limit: 10,
         after: None,
     };
-    let first = f.db.list_jobs(&a, &page, None).await.expect("list")[0]
+    let first = f.db.list_jobs(&a, &page, None, None).await.expect("list")[0]
         .id
         .clone();
     f.db.cancel_job(&a, &first).await.expect("cancel");

@@ -81,7 +81,8 @@ async fn a_worker_that_lost_its_lease_cannot_write() {
     assert_eq!(
         f.db.heartbeat(&id, 1, LEASE).await.expect("hb"),
         Lease::Held {
-            cancel_requested: false
+            cancel_requested: false,
+            pause_requested: false
         }
     );
 
@@ -147,7 +148,10 @@ async fn a_worker_that_lost_its_lease_cannot_write() {
         .put_checkpoint(&id, second.attempt, &again)
         .await
         .expect("again"));
-    let listed = f.db.list_checkpoints(&p(), &id).await.expect("list");
+    let listed =
+        f.db.list_checkpoints(&p(), &id, None, 100)
+            .await
+            .expect("list");
     let epochs: Vec<u32> = listed.iter().map(|c| c.object.epoch).collect();
     assert_eq!(epochs, [1, 2]);
     assert_eq!(listed[1].object.bytes, 99);
@@ -398,7 +402,8 @@ async fn cancellation_and_release() {
             .await
             .expect("hb"),
         Lease::Held {
-            cancel_requested: true
+            cancel_requested: true,
+            pause_requested: false
         }
     );
     assert!(f

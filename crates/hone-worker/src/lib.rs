@@ -58,6 +58,10 @@ pub struct StopFlags {
     pub lease_lost: AtomicBool,
     /// The worker is shutting down.
     pub shutdown: AtomicBool,
+    /// The user paused the job: training stops after its next checkpoint (not at
+    /// once, as for the others, so that it resumes from there), so [`StopFlags::any`]
+    /// leaves it out.
+    pub paused: AtomicBool,
 }
 
 impl StopFlags {
@@ -161,8 +165,9 @@ async fn run_claimed(
     heartbeat.abort();
 }
 
-/// Renews the lease every third of it and polls for cancellation every second, so a
-/// cancel takes effect within about a second plus one training step.
+/// Renews the lease every third of it and polls for cancellation (and pausing) every
+/// second, so a cancel takes effect within about a second plus one training step, and
+/// a pause at the first checkpoint after it.
 async fn heartbeat_loop(
     db: Db,
     job_id: String,
@@ -191,10 +196,15 @@ async fn heartbeat_loop(
             db.cancel_requested(&job_id, attempt).await
         };
         match result {
-            Ok(Lease::Held { cancel_requested }) => {
+            Ok(Lease::Held {
+                cancel_requested,
+                pause_requested,
+            }) => {
                 if cancel_requested {
                     flags.cancelled.store(true, Ordering::Relaxed);
                 }
+                // A pause can be withdrawn (resumed) before it takes effect.
+                flags.paused.store(pause_requested, Ordering::Relaxed);
             }
             Ok(Lease::Lost) => {
                 tracing::warn!(job.id = %job_id, "lease lost; stopping the job");

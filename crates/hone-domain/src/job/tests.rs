@@ -218,7 +218,7 @@ fn each_bound_names_its_field() {
         ),
         (
             HyperparametersInput {
-                batch_size: Some(513),
+                batch_size: Some(AutoOr::Value(513)),
                 ..Default::default()
             },
             "hyperparameters.batch_size",

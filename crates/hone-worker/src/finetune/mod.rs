@@ -23,6 +23,7 @@ mod failure;
 mod prepare;
 mod progress;
 mod publish;
+mod results;
 mod targets;
 mod thread;
 
@@ -118,6 +119,12 @@ async fn finish_stopped(
             db.delete_checkpoints(job_id).await?;
         }
         Ok("cancelled")
+    } else if flags.paused.load(Ordering::Relaxed) {
+        // Stopped at a checkpoint (or on shutdown) while paused: the resumed job goes
+        // on from its latest checkpoint, the one named in the event.
+        let epoch = db.resume_point(job_id, attempt).await?.map(|p| p.epoch);
+        db.finish_paused(job_id, attempt, epoch).await?;
+        Ok("paused")
     } else {
         db.release_job(job_id, attempt).await?;
         Ok("released")

@@ -203,6 +203,8 @@ pub(super) struct Reporter<'a> {
     /// For the throughput metric: examples each epoch trains on, and their modality.
     examples_per_epoch: u64,
     modality: &'static str,
+    /// Tokens of the training inputs, each cut at `max_seq_len`: one epoch's worth.
+    pub(super) tokens_per_epoch: Option<u64>,
 }
 
 impl<'a> Reporter<'a> {
@@ -229,6 +231,7 @@ impl<'a> Reporter<'a> {
             epochs: Vec::new(),
             examples_per_epoch: 0,
             modality: "unknown",
+            tokens_per_epoch: None,
         }
     }
 
@@ -253,6 +256,8 @@ impl<'a> Reporter<'a> {
                     train_loss: Some(p.loss),
                     elapsed_seconds: elapsed,
                     eta_seconds: eta,
+                    estimated_finish: eta
+                        .map(|s| chrono::Utc::now().timestamp() + s.round() as i64),
                 });
                 let every = (p.total_steps / 50).max(1);
                 if p.step % every == 0 || p.step == p.total_steps {
@@ -305,8 +310,11 @@ impl<'a> Reporter<'a> {
                 self.event(event).await;
             }
             Update::TokenLengths(lengths) => {
+                let max_seq_len = self.job.hyperparameters.max_seq_len as usize;
+                self.tokens_per_epoch =
+                    Some(lengths.iter().map(|&n| n.min(max_seq_len) as u64).sum());
                 if let Some(mut builder) = self.builder.take() {
-                    builder.token_lengths(&lengths, self.job.hyperparameters.max_seq_len as usize);
+                    builder.token_lengths(&lengths, max_seq_len);
                     let report = builder.build();
                     for w in &report.warnings {
                         self.event(NewEvent::warn(format!("Data: {}", w.message)))
@@ -347,11 +355,10 @@ impl<'a> Reporter<'a> {
             }
             Update::Chosen(chosen, epochs) => {
                 self.total_epochs = epochs;
-                let mut method = self.job.method.clone();
                 let hp = self.job.hyperparameters.rebased_on(chosen.kind);
                 self.event(NewEvent::info(format!("auto chose {}", chosen.reason)))
                     .await;
-                method.chosen = Some(chosen);
+                let method = self.job.method.clone().with_choice(chosen);
                 if let Err(e) = self
                     .db
                     .set_method(&self.job.id, self.attempt, &method, &hp)

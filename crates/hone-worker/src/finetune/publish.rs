@@ -91,6 +91,10 @@ pub(super) fn job_result(
         }),
         data_report: reporter.data_report.take(),
         transferability: reporter.transferability.take(),
+        trained_tokens: reporter
+            .tokens_per_epoch
+            .map(|t| t * u64::from(output.epochs_run)),
+        result_file: None,
     }
 }
 
@@ -126,6 +130,20 @@ pub(super) async fn publish(
         .put_dir(&key, &model_dir)
         .await
         .map_err(|e| transient("storage_error", format!("cannot publish the model: {e}")))?;
+    // The results file goes with the success, in its transaction; a job whose curve
+    // cannot be stored still publishes its model, without the file.
+    let results =
+        match super::results::store(artifacts, &job.id, &reporter.steps, &reporter.epochs).await {
+            Ok(file) => Some(file),
+            Err(e) => {
+                tracing::warn!(error = %e, "cannot store the results file");
+                None
+            }
+        };
+    let result = &JobResult {
+        result_file: results.as_ref().map(|f| f.id.to_string()),
+        ..result.clone()
+    };
     let new_model = NewModel {
         id: model_id.to_string(),
         job_id: job.id.clone(),
@@ -136,19 +154,36 @@ pub(super) async fn publish(
         tasks: model_tasks(objective),
         checkpoint_epoch: None,
     };
-    match db.succeed_job(&job.id, attempt, &new_model, result).await {
+    match db
+        .succeed_job_with(&job.id, attempt, &new_model, result, results.as_ref())
+        .await
+    {
         Ok(true) => {
             tracing::info!(model = %model_id, seconds = result.training_seconds, "job succeeded");
             Ok(())
         }
         Ok(false) => {
             // The lease was lost meanwhile: the job is someone else's now.
-            let _ = artifacts.delete(&key).await;
+            take_back(artifacts, &key, results.as_ref()).await;
             Ok(())
         }
         Err(e) => {
-            let _ = artifacts.delete(&key).await;
+            take_back(artifacts, &key, results.as_ref()).await;
             Err(transient("storage_error", e.to_string()))
         }
+    }
+}
+
+/// Removes what an attempt uploaded for a success that was not recorded.
+async fn take_back(
+    artifacts: &Arc<dyn ArtifactStore>,
+    model_key: &str,
+    results: Option<&hone_store::files::ResultsFile>,
+) {
+    let _ = artifacts.delete(model_key).await;
+    if let Some(f) = results {
+        let _ = artifacts
+            .delete(&hone_store::files::storage_key(&f.id))
+            .await;
     }
 }

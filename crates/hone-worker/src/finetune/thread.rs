@@ -31,6 +31,9 @@ struct Observer {
     flags: Arc<StopFlags>,
     /// A probe reports nothing but still obeys cancellation.
     quiet: bool,
+    /// A checkpoint was written while the job was paused: stop now, and the attempt
+    /// that resumes the job starts from it.
+    pausing: bool,
 }
 
 impl TrainObserver for Observer {
@@ -45,7 +48,7 @@ impl TrainObserver for Observer {
         }
     }
     fn cancelled(&self) -> bool {
-        self.flags.any()
+        self.pausing || self.flags.any()
     }
     fn on_notice(&mut self, message: &str) {
         if !self.quiet {
@@ -57,6 +60,7 @@ impl TrainObserver for Observer {
     fn on_checkpoint(&mut self, checkpoint: &Checkpoint) {
         if !self.quiet {
             let _ = self.tx.send(Update::Checkpoint(checkpoint.clone()));
+            self.pausing = self.flags.paused.load(std::sync::atomic::Ordering::Relaxed);
         }
     }
 }
@@ -238,6 +242,7 @@ impl<'a> Run<'a> {
             tx: self.tx.clone(),
             flags: self.flags.clone(),
             quiet,
+            pausing: false,
         }
     }
 
