@@ -99,23 +99,7 @@ async fn a_large_upload_keeps_the_servers_memory_flat() {
 #[tokio::test]
 async fn an_abandoned_upload_leaves_nothing_behind() {
     let s = TestServer::start().await;
-    let addr = s.base.trim_start_matches("http://").to_owned();
-    let boundary = "hone-test-boundary";
-    let head = format!(
-        "--{boundary}\r\nContent-Disposition: form-data; name=\"purpose\"\r\n\r\nfine-tune\r\n\
-         --{boundary}\r\nContent-Disposition: form-data; name=\"file\"; filename=\"cut.jsonl\"\r\n\
-         Content-Type: application/octet-stream\r\n\r\n"
-    );
-    let mut stream = tokio::net::TcpStream::connect(&addr)
-        .await
-        .expect("connect");
-    let request = format!(
-        "POST /v1/files HTTP/1.1\r\nHost: {addr}\r\nAuthorization: Bearer {}\r\n\
-         Content-Type: multipart/form-data; boundary={boundary}\r\nContent-Length: {}\r\n\r\n{head}",
-        s.key,
-        64 * MIB
-    );
-    stream.write_all(request.as_bytes()).await.expect("send");
+    let mut stream = start_upload(&s, &s.key, "cut.jsonl").await;
     // 8 MiB of valid lines: far enough for the server to have stored some of them.
     let mut sent = 0;
     let mut i = 0;
@@ -150,14 +134,14 @@ async fn an_abandoned_upload_leaves_nothing_behind() {
     }
 }
 
-/// Starts an upload as `key` on a raw connection and leaves it in progress: the form's
-/// head and a few valid lines of a file of 64 MiB, and nothing more until dropped.
-async fn upload_in_progress(s: &TestServer, key: &str) -> tokio::net::TcpStream {
+/// Opens a raw connection and sends an upload's request header (declaring 64 MiB) and
+/// its form up to the start of the file's bytes, as `key`.
+async fn start_upload(s: &TestServer, key: &str, filename: &str) -> tokio::net::TcpStream {
     let addr = s.base.trim_start_matches("http://").to_owned();
     let boundary = "hone-test-boundary";
     let head = format!(
         "--{boundary}\r\nContent-Disposition: form-data; name=\"purpose\"\r\n\r\nfine-tune\r\n\
-         --{boundary}\r\nContent-Disposition: form-data; name=\"file\"; filename=\"slow.jsonl\"\r\n\
+         --{boundary}\r\nContent-Disposition: form-data; name=\"file\"; filename=\"{filename}\"\r\n\
          Content-Type: application/octet-stream\r\n\r\n"
     );
     let mut stream = tokio::net::TcpStream::connect(&addr)
@@ -169,6 +153,13 @@ async fn upload_in_progress(s: &TestServer, key: &str) -> tokio::net::TcpStream 
         64 * MIB
     );
     stream.write_all(request.as_bytes()).await.expect("send");
+    stream
+}
+
+/// Starts an upload as `key` on a raw connection and leaves it in progress: the form's
+/// head and a few valid lines of a file of 64 MiB, and nothing more until dropped.
+async fn upload_in_progress(s: &TestServer, key: &str) -> tokio::net::TcpStream {
+    let mut stream = start_upload(s, key, "slow.jsonl").await;
     for i in 0..16 {
         stream.write_all(&line(i, 256)).await.expect("send");
     }
