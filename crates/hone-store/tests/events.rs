@@ -13,15 +13,16 @@ use common::{file, fresh, new_job, p};
 
 const LEASE: Duration = Duration::from_secs(30);
 
-/// Every event of `job` after `seq`, read `page` at a time as a stream reads them.
-async fn follow(db: &Db, job: &str, mut seq: Option<i64>, page: i64) -> Vec<String> {
+/// Every event of `job` after `seq`, read `page` at a time as a stream reads them;
+/// `seq` is left at the last one read.
+async fn follow(db: &Db, job: &str, seq: &mut Option<i64>, page: i64) -> Vec<String> {
     let mut messages = Vec::new();
     loop {
-        let events = db.events_after(&p(), job, seq, page).await.expect("read");
+        let events = db.events_after(&p(), job, *seq, page).await.expect("read");
         let Some(last) = events.last() else {
             return messages;
         };
-        seq = Some(last.seq);
+        *seq = Some(last.seq);
         messages.extend(events.into_iter().map(|e| e.event.message));
     }
 }
@@ -46,7 +47,7 @@ async fn following_by_seq_gives_every_event_once_in_order() {
             .await
             .expect("event");
     }
-    let all = follow(db, &job, None, 2).await;
+    let all = follow(db, &job, &mut None, 2).await;
     assert_eq!(all[0], "Job created and queued");
     assert!(all[1].starts_with("Worker w started attempt 1"), "{all:?}");
     assert_eq!(&all[2..], ["e0", "e1", "e2", "e3", "e4"]);
@@ -62,7 +63,10 @@ async fn following_by_seq_gives_every_event_once_in_order() {
         .expect("list");
     let e1 = listed.iter().find(|e| e.message == "e1").expect("e1");
     let seq = db.event_seq(&p(), &job, &e1.id).await.expect("seq");
-    assert_eq!(follow(db, &job, seq, 100).await, ["e2", "e3", "e4"]);
+    assert_eq!(
+        follow(db, &job, &mut seq.clone(), 100).await,
+        ["e2", "e3", "e4"]
+    );
 
     // Another project's job has no log, and its events' ids name nothing.
     let other = db.ensure_project("other").await.expect("project").id;
@@ -110,12 +114,7 @@ async fn a_reader_never_skips_an_event_committed_late_by_a_concurrent_writer() {
     let mut done = false;
     while !done {
         done = writers.iter().all(|w| w.is_finished());
-        loop {
-            let events = db.events_after(&p(), &job, seq, 3).await.expect("read");
-            let Some(last) = events.last() else { break };
-            seq = Some(last.seq);
-            seen.extend(events.into_iter().map(|e| e.event.message));
-        }
+        seen.extend(follow(db, &job, &mut seq, 3).await);
     }
     let mut written: Vec<String> = seen
         .iter()
