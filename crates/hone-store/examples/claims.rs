@@ -251,6 +251,7 @@ async fn explain_claim(db: &Db) -> Result<Vec<String>, Error> {
     let rows: Vec<String> = sqlx::query_scalar(&format!(
         "EXPLAIN (ANALYZE, BUFFERS, COSTS OFF) {NEXT_QUEUED}"
     ))
+    .bind(None::<Vec<String>>)
     .fetch_all(&mut *tx)
     .await?;
     // The row it locked stays queued.

@@ -61,8 +61,10 @@ async fn update_held<'e>(
 /// (`priority, scheduled_at, id WHERE status = 'queued'`) is this order, so a claim reads
 /// the head of the index instead of sorting the queue; public so that a test and the
 /// claims benchmark can `EXPLAIN` the very text the claim runs.
+/// `$1` is the base models the claiming worker has (`NULL`: any).
 pub const NEXT_QUEUED: &str = "SELECT id FROM fine_tuning_jobs
      WHERE status = 'queued' AND scheduled_at <= now()
+       AND ($1::text[] IS NULL OR base_model = ANY($1))
      ORDER BY priority, scheduled_at, id
      LIMIT 1 FOR UPDATE SKIP LOCKED";
 
@@ -103,12 +105,23 @@ impl Db {
         worker: &str,
         lease: Duration,
     ) -> Result<Option<ClaimedJob>, StoreError> {
+        self.claim_job_of(worker, lease, None).await
+    }
+
+    /// [`Db::claim_job`] for a worker that can run only jobs on some base models (the
+    /// ones it has): other jobs stay queued for the workers that have theirs.
+    pub async fn claim_job_of(
+        &self,
+        worker: &str,
+        lease: Duration,
+        base_models: Option<&[String]>,
+    ) -> Result<Option<ClaimedJob>, StoreError> {
         let mut tx = self.pool.begin().await?;
         let row: Option<ClaimedRow> = sqlx::query_as(&format!(
             "WITH next AS ({NEXT_QUEUED})
              UPDATE fine_tuning_jobs j
              SET status = 'running', attempt = j.attempt + 1, attempted_at = now(),
-                 attempted_by = $1, lease_expires_at = now() + $2 * interval '1 millisecond',
+                 attempted_by = $2, lease_expires_at = now() + $3 * interval '1 millisecond',
                  started_at = coalesce(j.started_at, now())
              FROM next WHERE j.id = next.id
              RETURNING {},
@@ -120,6 +133,7 @@ impl Db {
                 .collect::<Vec<_>>()
                 .join(", ")
         ))
+        .bind(base_models)
         .bind(worker)
         .bind(lease_millis(lease))
         .fetch_optional(&mut *tx)

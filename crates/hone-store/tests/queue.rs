@@ -607,6 +607,7 @@ async fn a_claim_reads_the_head_of_the_claim_index_not_the_whole_queue() {
         "EXPLAIN (ANALYZE, BUFFERS, COSTS OFF) {}",
         hone_store::queue::NEXT_QUEUED
     ))
+    .bind(None::<Vec<String>>)
     .fetch_all(&mut *tx)
     .await
     .expect("explain");
@@ -644,4 +645,43 @@ async fn a_claim_reads_the_head_of_the_claim_index_not_the_whole_queue() {
             .expect("claim")
             .expect("job");
     assert_eq!(claimed.job.id, first);
+}
+
+#[tokio::test]
+async fn a_worker_claims_only_jobs_on_base_models_it_has() {
+    let f = fresh().await;
+    let file = file(&f.db).await;
+    let mut big = new_job(&p(), &file, 3);
+    big.base_model = "vit-large".into();
+    let big = f.db.create_job(&big).await.expect("job").id;
+    let small = job(&f.db, &file, 3).await;
+
+    let has = |models: &[&str]| models.iter().map(|m| m.to_string()).collect::<Vec<_>>();
+    // The big job is older, but this worker lacks its model: it takes the other one.
+    let claimed =
+        f.db.claim_job_of("cpu", LEASE, Some(&has(&["m", "minilm"])))
+            .await
+            .expect("claim")
+            .expect("a job on m");
+    assert_eq!(claimed.job.id, small);
+    assert!(
+        f.db.claim_job_of("cpu", LEASE, Some(&has(&["m"])))
+            .await
+            .expect("claim")
+            .is_none(),
+        "the vit-large job waits for a worker that has it"
+    );
+    assert!(f
+        .db
+        .claim_job_of("none", LEASE, Some(&[]))
+        .await
+        .expect("claim")
+        .is_none());
+    assert_eq!(status(&f.db, &big).await, JobStatus::Queued);
+    let claimed =
+        f.db.claim_job_of("gpu", LEASE, Some(&has(&["vit-large"])))
+            .await
+            .expect("claim")
+            .expect("the vit-large job");
+    assert_eq!(claimed.job.id, big);
 }

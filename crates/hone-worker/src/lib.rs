@@ -1,5 +1,5 @@
-//! The worker: claims queued jobs from Postgres and runs them, keeping each claim
-//! alive with a heartbeat. The runner (this file) knows nothing of training;
+//! The worker: claims queued jobs from Postgres (only those on base models it has) and
+//! runs them, keeping each claim alive with a heartbeat. The runner (this file) knows nothing of training;
 //! `finetune` does, and its `thread` module is the only one here that touches tensors.
 //!
 //! Wake-ups come from LISTEN/NOTIFY with polling as the fallback; a rescuer requeues
@@ -78,7 +78,14 @@ pub async fn run(
     settings: WorkerSettings,
     shutdown: CancellationToken,
 ) {
-    tracing::info!(worker = %settings.id, concurrency = settings.concurrency, device = ?settings.device, "worker started");
+    let models = runnable_models(&settings.models_dir).await;
+    if models.is_empty() {
+        tracing::warn!(
+            models_dir = %settings.models_dir.display(),
+            "no usable base model in models_dir: this worker claims no job until one is there"
+        );
+    }
+    tracing::info!(worker = %settings.id, concurrency = settings.concurrency, device = ?settings.device, base_models = ?models, "worker started");
     let wake = Arc::new(Notify::new());
     let listener = tokio::spawn(hone_store::listener::listen_for_jobs(
         db.clone(),
@@ -119,7 +126,11 @@ async fn slot_loop(
         let notified = wake.notified();
         tokio::pin!(notified);
         notified.as_mut().enable();
-        match db.claim_job(&settings.id, settings.lease).await {
+        let models = runnable_models(&settings.models_dir).await;
+        match db
+            .claim_job_of(&settings.id, settings.lease, Some(&models))
+            .await
+        {
             Ok(Some(claimed)) => {
                 backoff = Duration::from_millis(500);
                 telemetry::queued(claimed.queued_for);
@@ -142,6 +153,21 @@ async fn slot_loop(
             }
         }
     }
+}
+
+/// The base models in `models_dir` this worker can train: it claims only jobs on them,
+/// so that workers with different models (a GPU pool with the large ones) share one
+/// queue. Read again before each claim, so a model installed later is picked up.
+async fn runnable_models(models_dir: &std::path::Path) -> Vec<String> {
+    let dir = models_dir.to_owned();
+    tokio::task::spawn_blocking(move || {
+        hone_train::base_model::list_base_models(&dir)
+            .into_iter()
+            .filter_map(|(id, info)| info.ok().map(|_| id))
+            .collect()
+    })
+    .await
+    .unwrap_or_default()
 }
 
 /// Runs one claimed job while a heartbeat keeps its lease and watches for cancellation.
