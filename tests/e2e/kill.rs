@@ -1,6 +1,11 @@
 //! A worker killed with SIGKILL mid-training: its lease expires, the other worker
 //! rescues the job and resumes it from the last checkpoint (not from scratch), and the
 //! job ends with the metrics of an uninterrupted run with the same seed and data.
+//!
+//! Twice: on one machine (API and workers sharing a data directory, artifacts on it),
+//! and as on three machines (API and two workers each with a data directory of its
+//! own, sharing only Postgres and an S3-compatible server), where the resumed job's
+//! model is then served by the API from the object store.
 
 use std::time::Duration;
 
@@ -8,6 +13,7 @@ use serde_json::{json, Value};
 use sqlx::{Connection, PgConnection};
 use tokio::process::Child;
 
+use crate::s3_server::S3Server;
 use crate::support::{hone_command, jsonl, messages, two_class_rows, TestDb, TestServer};
 
 /// Short enough that the test waits seconds for the rescue; libtorch on one thread in
@@ -32,20 +38,95 @@ async fn metrics(s: &TestServer, id: &str) -> Value {
     m
 }
 
+/// The API (`hone serve`) and two `hone worker`s on one database.
+struct Cluster {
+    s: TestServer,
+    url: String,
+    workers: Vec<Child>,
+    /// The workers' own data directories, when they have their own.
+    _worker_dirs: Vec<tempfile::TempDir>,
+}
+
+impl Cluster {
+    /// With `s3`, every process has its own data directory and the artifacts are in
+    /// the S3 server; without, they share the API's data directory and keep the
+    /// artifacts there.
+    async fn start(s3: Option<&S3Server>) -> Cluster {
+        let s3_env = s3.map(|s3| s3.env("cluster")).unwrap_or_default();
+        let mut env: Vec<(&str, &str)> = ENV.to_vec();
+        env.extend(s3_env.iter().map(|(k, v)| (k.as_str(), v.as_str())));
+        let db = TestDb::create().await;
+        let url = db.url.clone();
+        let s =
+            TestServer::start_command("serve", db, tempfile::tempdir().expect("tmp"), &env).await;
+        let worker_dirs: Vec<tempfile::TempDir> = match s3 {
+            Some(_) => (0..2).map(|_| tempfile::tempdir().expect("tmp")).collect(),
+            None => Vec::new(),
+        };
+        let workers = (0..2)
+            .map(|i| {
+                let dir = worker_dirs.get(i).map_or(s.data_dir.path(), |d| d.path());
+                hone_command("worker", &url, dir, &env)
+                    .spawn()
+                    .expect("start a worker")
+            })
+            .collect();
+        Cluster {
+            s,
+            url,
+            workers,
+            _worker_dirs: worker_dirs,
+        }
+    }
+}
+
 #[tokio::test]
 async fn a_killed_worker_s_job_resumes_on_another_worker_from_its_checkpoint() {
-    let db = TestDb::create().await;
-    let url = db.url.clone();
-    let data_dir = tempfile::tempdir().expect("tempdir");
-    let data_path = data_dir.path().to_owned();
-    let s = TestServer::start_command("serve", db, data_dir, ENV).await;
-    let mut workers: Vec<Child> = (0..2)
-        .map(|_| {
-            hone_command("worker", &url, &data_path, ENV)
-                .spawn()
-                .expect("start a worker")
-        })
+    let mut cluster = Cluster::start(None).await;
+    kill_resume_and_compare(&mut cluster).await;
+}
+
+#[tokio::test]
+async fn on_machines_sharing_only_postgres_and_s3_a_killed_worker_s_job_resumes_on_another() {
+    let s3 = S3Server::start().await;
+    let mut cluster = Cluster::start(Some(&s3)).await;
+    let model = kill_resume_and_compare(&mut cluster).await;
+    let s = &cluster.s;
+
+    // Every artifact is in the object store, none on the API's disk.
+    let keys = s3.keys("cluster/").await;
+    for kind in ["files/", "models/", "checkpoints/"] {
+        assert!(
+            keys.iter()
+                .any(|k| k.starts_with(&format!("cluster/{kind}"))),
+            "no {kind} in {keys:#?}"
+        );
+    }
+    assert!(!s.data_dir.path().join("artifacts").exists());
+    // The API serves the model a worker on another machine published.
+    let (status, out) = s
+        .post_json(
+            &format!("/v1/models/{model}/predict"),
+            &json!({"inputs": ["a wonderful film", "a dull mess"]}),
+        )
+        .await;
+    assert_eq!(status, 200, "{out}");
+    let labels: Vec<&str> = out["predictions"]
+        .as_array()
+        .expect("predictions")
+        .iter()
+        .filter_map(|p| p["label"].as_str())
         .collect();
+    assert_eq!(labels.len(), 2, "{out}");
+    let (status, ready) = s.get("/readyz").await;
+    assert_eq!(status, 200, "{ready}");
+}
+
+/// Trains a job, SIGKILLs the worker holding it after its first checkpoint, checks the
+/// other worker resumed it to the result of an uninterrupted run; the resumed job's
+/// model id.
+async fn kill_resume_and_compare(cluster: &mut Cluster) -> String {
+    let (s, url, workers) = (&cluster.s, &cluster.url, &mut cluster.workers);
 
     let rows = two_class_rows(
         48,
@@ -64,7 +145,7 @@ async fn a_killed_worker_s_job_resumes_on_another_worker_from_its_checkpoint() {
     let id = job["id"].as_str().expect("id").to_owned();
 
     // Wait for a checkpoint while the job still runs, then kill whoever holds it.
-    let mut conn = PgConnection::connect(&url).await.expect("db");
+    let mut conn = PgConnection::connect(url).await.expect("db");
     let deadline = tokio::time::Instant::now() + Duration::from_secs(120);
     let (holder, epoch) = loop {
         let (_, checkpoints) = s
@@ -107,7 +188,7 @@ async fn a_killed_worker_s_job_resumes_on_another_worker_from_its_checkpoint() {
     let done = s.wait_for_job(&id, Duration::from_secs(180)).await;
     assert_eq!(done["status"], "succeeded", "{done}");
     assert_eq!(done["attempt"], 2, "{done}");
-    let messages = messages(&s, &done).await;
+    let messages = messages(s, &done).await;
     assert!(
         messages
             .iter()
@@ -137,7 +218,7 @@ async fn a_killed_worker_s_job_resumes_on_another_worker_from_its_checkpoint() {
     assert_eq!(straight["status"], "succeeded", "{straight}");
     assert_eq!(straight["attempt"], 1);
 
-    let (resumed_m, straight_m) = (metrics(&s, &id).await, metrics(&s, &again_id).await);
+    let (resumed_m, straight_m) = (metrics(s, &id).await, metrics(s, &again_id).await);
     let (a, b) = (
         resumed_m["epochs"].as_array().expect("epochs"),
         straight_m["epochs"].as_array().expect("epochs"),
@@ -181,4 +262,8 @@ async fn a_killed_worker_s_job_resumes_on_another_worker_from_its_checkpoint() {
             &straight["result"]["validation"][key]
         ));
     }
+    done["fine_tuned_model"]
+        .as_str()
+        .expect("the job published a model")
+        .to_owned()
 }

@@ -23,6 +23,8 @@ mod private_postgres;
 mod prometheus;
 mod raw;
 mod receiver;
+#[path = "../s3_server.rs"]
+mod s3_server;
 mod sentiment;
 mod shutdown;
 mod strategies;

@@ -12,7 +12,11 @@ const MIB: u64 = 1 << 20;
 
 /// One JSONL line of exactly `width` bytes (newline included); `i` makes each unique.
 fn line(i: u64, width: usize) -> Vec<u8> {
-    let label = if i % 2 == 0 { "positive" } else { "negative" };
+    let label = if i.is_multiple_of(2) {
+        "positive"
+    } else {
+        "negative"
+    };
     let head = format!("{{\"label\":\"{label}\",\"text\":\"review {i:012} ");
     let tail = "\"}\n";
     let filler = width - head.len() - tail.len();

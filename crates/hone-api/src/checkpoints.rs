@@ -134,11 +134,7 @@ async fn publish_checkpoint(
     }
 
     let model_dir = state.artifacts.local_dir(&model.storage_key).await?;
-    let weights = state
-        .artifacts
-        .local_dir(&checkpoint.storage_key)
-        .await?
-        .join(hone_store::checkpoints::WEIGHTS_FILE);
+    let checkpoint_dir = state.artifacts.local_dir(&checkpoint.storage_key).await?;
     let scratch = tempfile::tempdir().map_err(|e| ApiError::internal("scratch dir", &e))?;
     let out_dir = scratch.path().join("model");
     let threshold = checkpoint
@@ -151,7 +147,7 @@ async fn publish_checkpoint(
     tokio::task::spawn_blocking(move || {
         hone_serving::checkpoints::materialize(
             &model_dir,
-            &weights,
+            &checkpoint_dir.join(hone_store::checkpoints::WEIGHTS_FILE),
             &out_for_task,
             &id_for_task,
             epoch_number,

@@ -155,12 +155,19 @@ pub struct IdempotencyKey(pub Option<String>);
 pub const IDEMPOTENCY_KEY: &str = "Idempotency-Key";
 
 impl IdempotencyKey {
-    /// The key for a request of `scope` whose content digests to `request_sha256`.
-    pub fn for_request(self, scope: &'static str, request_sha256: String) -> Option<Idempotency> {
+    /// The key for a request of `scope` whose content digests to `request_sha256`,
+    /// remembered for `ttl`.
+    pub fn for_request(
+        self,
+        scope: &'static str,
+        request_sha256: String,
+        ttl: std::time::Duration,
+    ) -> Option<Idempotency> {
         self.0.map(|key| Idempotency {
             scope,
             key,
             request_sha256,
+            ttl,
         })
     }
 }

@@ -208,6 +208,7 @@ async fn upload_file(
     let once = idempotency.for_request(
         "POST /v1/files",
         hex::encode(Sha256::digest(request.as_bytes())),
+        state.settings.idempotency_ttl,
     );
     match state
         .db

@@ -28,13 +28,21 @@ async fn healthz() -> Json<Health> {
     Json(Health { status: "ok" })
 }
 
-/// Readiness: the database answers.
+/// Readiness: the database and the artifact store answer.
 #[utoipa::path(get, path = "/readyz", tag = "health",
     responses(
         (status = 200, description = "Ready", body = Health),
-        (status = 503, description = "The database is unreachable", body = ErrorResponse)))]
+        (status = 503, description = "The database or the artifact store is unreachable", body = ErrorResponse)))]
 async fn readyz(State(state): State<AppState>) -> Result<Json<Health>, ApiError> {
     sqlx_ping(&state).await?;
+    state.artifacts.check().await.map_err(|e| {
+        tracing::warn!(error = %e, store = %state.artifacts.describe(), "readiness check failed");
+        ApiError::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "artifact_store_unavailable",
+            "the artifact store is unavailable",
+        )
+    })?;
     Ok(Json(Health { status: "ready" }))
 }
 

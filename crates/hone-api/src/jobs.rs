@@ -206,7 +206,11 @@ async fn create_job(
     idempotency: IdempotencyKey,
     HashedJson(req, request_sha256): HashedJson<CreateJobRequest>,
 ) -> Result<Json<serde_json::Value>, ApiError> {
-    let key = idempotency.for_request("POST /v1/fine_tuning/jobs", request_sha256);
+    let key = idempotency.for_request(
+        "POST /v1/fine_tuning/jobs",
+        request_sha256,
+        state.settings.idempotency_ttl,
+    );
     check_integrations(req.integrations.as_deref())?;
     let param = if req.model.is_none() && req.base_model.is_some() {
         "base_model"

@@ -65,6 +65,8 @@ pub struct ApiSettings {
     pub max_predict_chars: usize,
     /// Attempts a job gets before it is failed for good.
     pub job_max_attempts: i32,
+    /// How long an `Idempotency-Key` is remembered.
+    pub idempotency_ttl: std::time::Duration,
     /// Limits of projects that set none of their own.
     pub project_limits: auth::ProjectLimits,
     /// Which webhook URLs are accepted (the deliverer applies the same policy).

@@ -501,7 +501,7 @@ async fn predict(
     };
     let predictions = state
         .predictor
-        .predict_admitted(admitted, &id, dir, inputs)
+        .predict_admitted(admitted, &id, dir.to_path_buf(), inputs)
         .await?;
     Ok(Json(PredictResponse {
         model: id,

@@ -1,18 +1,30 @@
-//! The artifact store: where dataset bytes and published model directories live.
-//! One interface, so that a second backend (S3-compatible storage for many machines)
-//! can be added without touching its callers; the local filesystem is the default.
+//! The artifact store: where dataset bytes, checkpoints, cached features, result files
+//! and published model directories live. One interface, two backends chosen by
+//! configuration ([`Location`]): a local directory (`file://`, the default, for one
+//! machine) and S3-compatible object storage (`s3://`, for API replicas and workers on
+//! many machines), in `local.rs` and `object.rs`.
+//!
+//! Keys are relative, '/'-separated paths made by the server itself (`files/<id>`,
+//! `models/<id>`, `checkpoints/<job>/…`), never by users; a key names its content, so
+//! what is published under a key is never replaced by something else (a checkpoint's
+//! key holds its job, attempt and epoch). Readers may cache on that.
 
+mod cache;
+mod local;
+mod object;
+
+use std::any::Any;
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
 
 use async_trait::async_trait;
-use tokio::fs;
-use tokio::io::{AsyncRead, AsyncWriteExt};
+use tokio::io::AsyncRead;
 
-/// Object keys are relative, '/'-separated paths made by the server itself
-/// (`files/<id>`, `models/<id>/`), never by users; `check_key` still refuses anything
-/// that could leave the store's root.
-fn check_key(key: &str) -> std::io::Result<()> {
+pub use local::LocalArtifactStore;
+pub use object::{ObjectArtifactStore, S3Settings};
+
+/// `check_key` refuses anything that could leave the store's root.
+pub(crate) fn check_key(key: &str) -> std::io::Result<()> {
     let ok = !key.is_empty()
         && !key.starts_with('/')
         && key
@@ -40,6 +52,42 @@ pub trait PendingObject: Send {
     async fn read_back(&mut self) -> std::io::Result<std::fs::File>;
 }
 
+/// A local directory holding a published directory's files, for code (libtorch) that
+/// can only read files. While it is held, a cache does not evict it.
+pub struct LocalDir {
+    path: PathBuf,
+    _pin: Option<Arc<dyn Any + Send + Sync>>,
+}
+
+impl LocalDir {
+    pub(crate) fn new(path: PathBuf, pin: Option<Arc<dyn Any + Send + Sync>>) -> Self {
+        Self { path, _pin: pin }
+    }
+
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+}
+
+impl std::fmt::Debug for LocalDir {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_tuple("LocalDir").field(&self.path).finish()
+    }
+}
+
+impl std::ops::Deref for LocalDir {
+    type Target = Path;
+    fn deref(&self) -> &Path {
+        &self.path
+    }
+}
+
+impl AsRef<Path> for LocalDir {
+    fn as_ref(&self) -> &Path {
+        &self.path
+    }
+}
+
 #[async_trait]
 pub trait ArtifactStore: Send + Sync + std::fmt::Debug {
     async fn create(&self, key: &str) -> std::io::Result<Box<dyn PendingObject>>;
@@ -50,216 +98,90 @@ pub trait ArtifactStore: Send + Sync + std::fmt::Debug {
     /// Publishes a local directory under `prefix` (atomically: all of it or nothing).
     async fn put_dir(&self, prefix: &str, dir: &Path) -> std::io::Result<()>;
     /// A local directory holding the objects under `prefix`, for code (libtorch) that
-    /// can only read files.
-    async fn local_dir(&self, prefix: &str) -> std::io::Result<PathBuf>;
+    /// can only read files; `NotFound` when nothing (or nothing whole) is published there.
+    async fn local_dir(&self, prefix: &str) -> std::io::Result<LocalDir>;
+    /// Whether the store answers and this process may use it: checked before a process
+    /// reports ready, and by `/readyz`.
+    async fn check(&self) -> std::io::Result<()>;
+    /// Where the store is, for logs and messages (no credentials).
+    fn describe(&self) -> String;
 }
 
-#[derive(Debug)]
-pub struct LocalArtifactStore {
-    root: PathBuf,
+/// Where artifacts are kept, as configured: `file://<dir>` or `s3://<bucket>/<prefix>`.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Location {
+    File(PathBuf),
+    S3 { bucket: String, prefix: String },
 }
 
-static TMP_COUNTER: AtomicU64 = AtomicU64::new(0);
-
-impl LocalArtifactStore {
-    pub async fn new(root: impl Into<PathBuf>) -> std::io::Result<Self> {
-        let root = root.into();
-        fs::create_dir_all(root.join(".tmp")).await?;
-        Ok(Self { root })
-    }
-
-    fn path(&self, key: &str) -> std::io::Result<PathBuf> {
-        check_key(key.trim_end_matches('/'))?;
-        Ok(self.root.join(key.trim_end_matches('/')))
-    }
-
-    /// Scratch paths live inside the root so that the final rename never crosses
-    /// filesystems.
-    fn scratch(&self) -> PathBuf {
-        let n = TMP_COUNTER.fetch_add(1, Ordering::Relaxed);
-        self.root
-            .join(".tmp")
-            .join(format!("{}-{n}", std::process::id()))
-    }
-}
-
-struct LocalPending {
-    tmp: PathBuf,
-    dest: PathBuf,
-    file: Option<fs::File>,
-}
-
-#[async_trait]
-impl PendingObject for LocalPending {
-    async fn write(&mut self, chunk: &[u8]) -> std::io::Result<()> {
-        match &mut self.file {
-            Some(f) => f.write_all(chunk).await,
-            None => Err(std::io::Error::other("object already committed")),
+impl Location {
+    pub fn parse(raw: &str) -> Result<Self, String> {
+        if let Some(dir) = raw.strip_prefix("file://") {
+            if dir.is_empty() {
+                return Err("file:// needs a directory, as in file:///var/lib/hone".into());
+            }
+            return Ok(Location::File(PathBuf::from(dir)));
         }
-    }
-
-    async fn read_back(&mut self) -> std::io::Result<std::fs::File> {
-        match &mut self.file {
-            Some(f) => f.flush().await?,
-            None => return Err(std::io::Error::other("object already committed")),
+        if let Some(rest) = raw.strip_prefix("s3://") {
+            let (bucket, prefix) = rest.split_once('/').unwrap_or((rest, ""));
+            let prefix = prefix.trim_matches('/');
+            let bucket_ok = (3..=63).contains(&bucket.len())
+                && bucket
+                    .bytes()
+                    .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b"-.".contains(&b));
+            if !bucket_ok {
+                return Err(format!(
+                    "{bucket:?} is not an S3 bucket name (3 to 63 lower-case letters, \
+                     digits, '-' and '.')"
+                ));
+            }
+            if !prefix.is_empty() {
+                check_key(prefix).map_err(|e| format!("bad prefix in {raw:?}: {e}"))?;
+            }
+            return Ok(Location::S3 {
+                bucket: bucket.into(),
+                prefix: prefix.into(),
+            });
         }
-        std::fs::File::open(&self.tmp)
+        Err(format!(
+            "{raw:?} is neither file://<dir> nor s3://<bucket>/<prefix>"
+        ))
     }
-
-    async fn commit(mut self: Box<Self>) -> std::io::Result<()> {
-        if let Some(mut f) = self.file.take() {
-            f.flush().await?;
-            f.sync_all().await?;
-        }
-        if let Some(parent) = self.dest.parent() {
-            fs::create_dir_all(parent).await?;
-        }
-        fs::rename(&self.tmp, &self.dest).await
-    }
-}
-
-impl Drop for LocalPending {
-    fn drop(&mut self) {
-        if self.file.is_some() {
-            // Not committed: remove the partial bytes.
-            let _ = std::fs::remove_file(&self.tmp);
-        }
-    }
-}
-
-#[async_trait]
-impl ArtifactStore for LocalArtifactStore {
-    async fn create(&self, key: &str) -> std::io::Result<Box<dyn PendingObject>> {
-        let dest = self.path(key)?;
-        let tmp = self.scratch();
-        let file = fs::File::create(&tmp).await?;
-        Ok(Box::new(LocalPending {
-            tmp,
-            dest,
-            file: Some(file),
-        }))
-    }
-
-    async fn open(&self, key: &str) -> std::io::Result<Box<dyn AsyncRead + Send + Unpin>> {
-        Ok(Box::new(fs::File::open(self.path(key)?).await?))
-    }
-
-    async fn read(&self, key: &str) -> std::io::Result<Vec<u8>> {
-        fs::read(self.path(key)?).await
-    }
-
-    async fn delete(&self, key: &str) -> std::io::Result<()> {
-        let path = self.path(key)?;
-        let result = match fs::metadata(&path).await {
-            Ok(m) if m.is_dir() => fs::remove_dir_all(&path).await,
-            Ok(_) => fs::remove_file(&path).await,
-            Err(e) => Err(e),
-        };
-        match result {
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
-            other => other,
-        }
-    }
-
-    async fn put_dir(&self, prefix: &str, dir: &Path) -> std::io::Result<()> {
-        let dest = self.path(prefix)?;
-        let tmp = self.scratch();
-        copy_dir(dir, &tmp).await?;
-        if let Some(parent) = dest.parent() {
-            fs::create_dir_all(parent).await?;
-        }
-        if let Err(e) = fs::rename(&tmp, &dest).await {
-            let _ = fs::remove_dir_all(&tmp).await;
-            return Err(e);
-        }
-        Ok(())
-    }
-
-    async fn local_dir(&self, prefix: &str) -> std::io::Result<PathBuf> {
-        let path = self.path(prefix)?;
-        if fs::metadata(&path).await?.is_dir() {
-            Ok(path)
-        } else {
-            Err(std::io::Error::new(
-                std::io::ErrorKind::NotFound,
-                format!("{prefix} is not a directory"),
-            ))
-        }
-    }
-}
-
-async fn copy_dir(from: &Path, to: &Path) -> std::io::Result<()> {
-    fs::create_dir_all(to).await?;
-    let mut entries = fs::read_dir(from).await?;
-    while let Some(entry) = entries.next_entry().await? {
-        let target = to.join(entry.file_name());
-        if entry.file_type().await?.is_dir() {
-            Box::pin(copy_dir(&entry.path(), &target)).await?;
-        } else {
-            fs::copy(entry.path(), &target).await?;
-        }
-    }
-    Ok(())
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
 
-    #[tokio::test]
-    async fn uncommitted_objects_leave_nothing_and_committed_ones_read_back() {
-        let dir = tempfile::tempdir().expect("tempdir");
-        let store = LocalArtifactStore::new(dir.path()).await.expect("store");
-        let mut pending = store.create("files/a").await.expect("create");
-        pending.write(b"partial").await.expect("write");
-        drop(pending);
-        assert!(store.read("files/a").await.is_err());
+    #[test]
+    fn locations_parse_and_bad_ones_say_why() {
         assert_eq!(
-            std::fs::read_dir(dir.path().join(".tmp"))
-                .expect("tmp")
-                .count(),
-            0
+            Location::parse("file:///var/lib/hone").expect("file"),
+            Location::File("/var/lib/hone".into())
         );
-
-        let mut pending = store.create("files/a").await.expect("create");
-        pending.write(b"hello ").await.expect("write");
-        pending.write(b"world").await.expect("write");
-        let mut back = String::new();
-        std::io::Read::read_to_string(
-            &mut pending.read_back().await.expect("read back"),
-            &mut back,
-        )
-        .expect("read");
-        assert_eq!(back, "hello world");
-        pending.commit().await.expect("commit");
-        assert_eq!(store.read("files/a").await.expect("read"), b"hello world");
-        store.delete("files/a").await.expect("delete");
-        store
-            .delete("files/a")
-            .await
-            .expect("deleting twice is fine");
-    }
-
-    #[tokio::test]
-    async fn keys_cannot_escape_the_root() {
-        let dir = tempfile::tempdir().expect("tempdir");
-        let store = LocalArtifactStore::new(dir.path()).await.expect("store");
-        for key in ["../x", "/etc/passwd", "a/../../b", "", "a//b"] {
-            assert!(store.create(key).await.is_err(), "{key}");
+        assert_eq!(
+            Location::parse("s3://hone-artifacts/prod/eu").expect("s3"),
+            Location::S3 {
+                bucket: "hone-artifacts".into(),
+                prefix: "prod/eu".into()
+            }
+        );
+        assert_eq!(
+            Location::parse("s3://hone-artifacts").expect("s3"),
+            Location::S3 {
+                bucket: "hone-artifacts".into(),
+                prefix: String::new()
+            }
+        );
+        for bad in [
+            "/var/lib",
+            "file://",
+            "s3://A_B",
+            "s3://ab",
+            "s3://bucket/a/../b",
+            "gs://b/p",
+        ] {
+            assert!(Location::parse(bad).is_err(), "{bad}");
         }
-    }
-
-    #[tokio::test]
-    async fn directories_are_published_whole() {
-        let dir = tempfile::tempdir().expect("tempdir");
-        let src = tempfile::tempdir().expect("tempdir");
-        std::fs::create_dir(src.path().join("sub")).expect("mkdir");
-        std::fs::write(src.path().join("sub/w"), b"1").expect("write");
-        let store = LocalArtifactStore::new(dir.path()).await.expect("store");
-        store.put_dir("models/m1", src.path()).await.expect("put");
-        let local = store.local_dir("models/m1/").await.expect("local");
-        assert_eq!(std::fs::read(local.join("sub/w")).expect("read"), b"1");
-        store.delete("models/m1/").await.expect("delete");
-        assert!(store.local_dir("models/m1").await.is_err());
     }
 }

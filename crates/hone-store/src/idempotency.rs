@@ -19,6 +19,9 @@ pub struct Idempotency {
     /// Digest of what the request asked for; the same key with another digest is a
     /// conflict.
     pub request_sha256: String,
+    /// How long the key is remembered: once it is older, it is a new key (and the
+    /// project's expired keys are deleted when it claims another).
+    pub ttl: std::time::Duration,
 }
 
 /// The outcome of a create request that may carry an idempotency key.
@@ -40,20 +43,33 @@ pub(crate) async fn claim<T>(
     project: &ProjectId,
     key: &Idempotency,
 ) -> Result<Option<Once<T>>, StoreError> {
+    let ttl = key.ttl.as_secs_f64();
+    // New, or expired and so claimed again as new.
     let claimed = sqlx::query(
         "INSERT INTO idempotency_keys (scope, key, request_sha256, project_id)
          VALUES ($1, $2, $3, $4)
-         ON CONFLICT (project_id, scope, key) DO NOTHING",
+         ON CONFLICT (project_id, scope, key) DO UPDATE
+           SET request_sha256 = EXCLUDED.request_sha256, response = NULL, created_at = now()
+           WHERE idempotency_keys.created_at < now() - make_interval(secs => $5)",
     )
     .bind(key.scope)
     .bind(&key.key)
     .bind(&key.request_sha256)
     .bind(project.as_str())
+    .bind(ttl)
     .execute(&mut **tx)
     .await?
     .rows_affected()
         == 1;
     if claimed {
+        sqlx::query(
+            "DELETE FROM idempotency_keys
+             WHERE project_id = $1 AND created_at < now() - make_interval(secs => $2)",
+        )
+        .bind(project.as_str())
+        .bind(ttl)
+        .execute(&mut **tx)
+        .await?;
         return Ok(None);
     }
     let (digest, response): (String, Option<Json<serde_json::Value>>) = sqlx::query_as(

@@ -18,6 +18,9 @@ pub mod stats;
 pub mod webhook_outbox;
 pub mod webhooks;
 
-pub use artifacts::{ArtifactStore, LocalArtifactStore, PendingObject};
+pub use artifacts::{
+    ArtifactStore, LocalArtifactStore, LocalDir, Location, ObjectArtifactStore, PendingObject,
+    S3Settings,
+};
 pub use db::{connect, ensure_database, migrate, Db, StoreError};
 pub use projects::{Project, Quota};

@@ -4,8 +4,12 @@
 use std::path::PathBuf;
 use std::time::Duration;
 
+use std::sync::Arc;
+
+use anyhow::Context;
 use figment::providers::{Env, Format, Serialized, Toml};
 use figment::Figment;
+use hone_store::{ArtifactStore, LocalArtifactStore, Location, ObjectArtifactStore, S3Settings};
 use serde::{Deserialize, Serialize};
 
 /// The repository this binary was built from; the set-up script installs base models
@@ -19,11 +23,26 @@ pub struct Config {
     pub database_url: String,
     /// Address the API listens on.
     pub listen: String,
-    /// Uploaded files, checkpoints and published models.
+    /// Local state: the artifacts (unless `artifact_store` puts them elsewhere), scratch
+    /// files of training, the cache of a remote store.
     pub data_dir: PathBuf,
+    /// Where uploads, checkpoints, cached features, result files and published models
+    /// are kept: `file://<dir>` (empty: `file://<data_dir>/artifacts`) for one machine,
+    /// or `s3://<bucket>/<prefix>` for processes on many machines (credentials from
+    /// `AWS_ACCESS_KEY_ID` / `AWS_SECRET_ACCESS_KEY`).
+    pub artifact_store: String,
+    /// S3: the endpoint of an S3-compatible server (MinIO, Ceph, …); empty for AWS.
+    pub s3_endpoint: String,
+    pub s3_region: String,
+    /// S3: allow a plain `http://` endpoint.
+    pub s3_allow_http: bool,
+    /// S3: local copies of models and checkpoints (empty: `<data_dir>/cache`), at most
+    /// `cache_max_bytes`, least recently used removed first.
+    pub cache_dir: PathBuf,
+    pub cache_max_bytes: u64,
     /// Base models: one Hugging Face directory each.
     pub models_dir: PathBuf,
-    /// `auto` (CUDA when present), `cpu` or `cuda`.
+    /// `auto` (the first CUDA device when there is one), `cpu`, `cuda` or `cuda:<n>`.
     pub device: String,
     /// Jobs trained at once by one worker process.
     pub worker_concurrency: usize,
@@ -43,8 +62,10 @@ pub struct Config {
     pub lease_seconds: u64,
     /// How often idle workers look for jobs when no notification arrives.
     pub poll_interval_ms: u64,
-    /// Attempts per job before it fails for good.
+    /// Attempts per job before it fails for good (at least 1).
     pub job_max_attempts: i32,
+    /// Hours an `Idempotency-Key` is remembered; a key used again later is a new key.
+    pub idempotency_key_hours: u64,
     /// Largest accepted dataset upload, in bytes.
     pub max_upload_bytes: u64,
     /// Most examples in one dataset.
@@ -144,6 +165,12 @@ impl Default for Config {
             database_url: "postgres://postgres@127.0.0.1:5432/hone".into(),
             listen: "127.0.0.1:8080".into(),
             data_dir: PathBuf::from(REPO_DIR).join(".data"),
+            artifact_store: String::new(),
+            s3_endpoint: String::new(),
+            s3_region: "us-east-1".into(),
+            s3_allow_http: false,
+            cache_dir: PathBuf::new(),
+            cache_max_bytes: 20 * 1024 * 1024 * 1024,
             models_dir: PathBuf::from(REPO_DIR).join(".deps/models"),
             device: "auto".into(),
             worker_concurrency: 1,
@@ -154,6 +181,7 @@ impl Default for Config {
             lease_seconds: 60,
             poll_interval_ms: 2000,
             job_max_attempts: 3,
+            idempotency_key_hours: 24,
             max_upload_bytes: 512 * 1024 * 1024,
             max_examples: 1_000_000,
             max_archive_entries: limits.max_archive_entries,
@@ -210,6 +238,20 @@ impl Config {
         }
     }
 
+    /// What a value's type cannot say: refused at start-up, not at first use.
+    pub fn validate(&self) -> Result<(), String> {
+        if self.job_max_attempts < 1 {
+            return Err(format!(
+                "job_max_attempts must be at least 1, not {}",
+                self.job_max_attempts
+            ));
+        }
+        if self.idempotency_key_hours == 0 {
+            return Err("idempotency_key_hours must be at least 1".into());
+        }
+        self.artifact_location().map(|_| ())
+    }
+
     pub fn load() -> Result<Self, Box<figment::Error>> {
         let mut figment = Figment::from(Serialized::defaults(Config::default()));
         match std::env::var_os(CONFIG_FILE_VAR) {
@@ -254,6 +296,51 @@ impl Config {
             0 => (self.max_predict_inputs.max(1) as u64).saturating_mul(PREDICT_INPUT_BYTES),
             n => n,
         }
+    }
+}
+
+impl Config {
+    /// The artifact store as configured; checked by [`Location::parse`].
+    pub fn artifact_location(&self) -> Result<Location, String> {
+        if self.artifact_store.is_empty() {
+            return Ok(Location::File(self.data_dir.join("artifacts")));
+        }
+        Location::parse(&self.artifact_store).map_err(|e| format!("artifact_store: {e}"))
+    }
+
+    /// Opens the configured artifact store (not yet checked: see `ArtifactStore::check`).
+    pub async fn artifact_store(&self) -> anyhow::Result<Arc<dyn ArtifactStore>> {
+        let location = self.artifact_location().map_err(anyhow::Error::msg)?;
+        Ok(match location {
+            Location::File(dir) => {
+                Arc::new(LocalArtifactStore::new(&dir).await.with_context(|| {
+                    format!("cannot use the artifact directory {}", dir.display())
+                })?)
+            }
+            Location::S3 { bucket, prefix } => {
+                let cache_dir = if self.cache_dir.as_os_str().is_empty() {
+                    self.data_dir.join("cache")
+                } else {
+                    self.cache_dir.clone()
+                };
+                let settings = S3Settings {
+                    bucket,
+                    prefix,
+                    endpoint: (!self.s3_endpoint.is_empty()).then(|| self.s3_endpoint.clone()),
+                    region: self.s3_region.clone(),
+                    allow_http: self.s3_allow_http,
+                    cache_dir,
+                    cache_max_bytes: self.cache_max_bytes,
+                    static_credentials: None,
+                };
+                Arc::new(ObjectArtifactStore::s3(&settings).with_context(|| {
+                    format!(
+                        "cannot configure the artifact store {}",
+                        self.artifact_store
+                    )
+                })?)
+            }
+        })
     }
 }
 
@@ -365,6 +452,53 @@ fn url_password_span(url: &str) -> Option<(usize, usize)> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn settings_that_cannot_work_are_refused_at_start_up_by_name() {
+        assert_eq!(Config::default().validate(), Ok(()));
+        assert_eq!(
+            Config::default().artifact_location(),
+            Ok(Location::File(Config::default().data_dir.join("artifacts")))
+        );
+        let bad = [
+            Config {
+                job_max_attempts: 0,
+                ..Config::default()
+            },
+            Config {
+                idempotency_key_hours: 0,
+                ..Config::default()
+            },
+            Config {
+                artifact_store: "s3://Not_A_Bucket/x".into(),
+                ..Config::default()
+            },
+            Config {
+                artifact_store: "/var/lib/hone".into(),
+                ..Config::default()
+            },
+        ];
+        for (c, key) in bad.iter().zip([
+            "job_max_attempts",
+            "idempotency_key_hours",
+            "artifact_store",
+            "artifact_store",
+        ]) {
+            let e = c.validate().expect_err(key);
+            assert!(e.contains(key), "{e}");
+        }
+        let s3 = Config {
+            artifact_store: "s3://hone/prod".into(),
+            ..Config::default()
+        };
+        assert_eq!(
+            s3.artifact_location(),
+            Ok(Location::S3 {
+                bucket: "hone".into(),
+                prefix: "prod".into()
+            })
+        );
+    }
 
     #[test]
     fn passwords_are_redacted() {

@@ -4,11 +4,9 @@
 //! `hone worker` run them apart, on as many machines as needed; `hone migrate` creates
 //! the database and applies migrations; `hone keys` manages API keys.
 
-use std::sync::Arc;
-
 use anyhow::Context;
 use clap::{Parser, Subcommand};
-use hone_store::{ArtifactStore, LocalArtifactStore};
+use hone_store::ArtifactStore;
 use tokio_util::sync::CancellationToken;
 
 mod config;
@@ -56,6 +54,10 @@ fn main() -> std::process::ExitCode {
             return std::process::ExitCode::FAILURE;
         }
     };
+    if let Err(e) = config.validate() {
+        eprintln!("hone: invalid configuration: {e}");
+        return std::process::ExitCode::FAILURE;
+    }
     init_tracing(&config);
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
@@ -131,11 +133,8 @@ async fn run(command: Command, config: Config) -> anyhow::Result<()> {
     );
     let batch_work = hone_train::threads::BatchWork::default();
     let device = parse_device(&config.device)?;
-    let artifacts: Arc<dyn ArtifactStore> = Arc::new(
-        LocalArtifactStore::new(config.data_dir.join("artifacts"))
-            .await
-            .with_context(|| format!("cannot use data directory {}", config.data_dir.display()))?,
-    );
+    let artifacts = config.artifact_store().await?;
+    check_artifact_store(artifacts.as_ref()).await?;
     let shutdown = CancellationToken::new();
     spawn_signal_handler(shutdown.clone());
     let metrics = telemetry::install(shutdown.clone())?;
@@ -193,6 +192,31 @@ async fn run(command: Command, config: Config) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// The artifact store must answer before the process reports ready: tried for about
+/// half a minute (a store started alongside, as in docker/compose.yaml, may still be
+/// coming up), then a clear error naming it.
+async fn check_artifact_store(artifacts: &dyn ArtifactStore) -> anyhow::Result<()> {
+    let mut wait = std::time::Duration::from_millis(500);
+    let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(30);
+    loop {
+        match artifacts.check().await {
+            Ok(()) => {
+                tracing::info!(store = %artifacts.describe(), "artifact store");
+                return Ok(());
+            }
+            Err(e) if tokio::time::Instant::now() + wait < deadline => {
+                tracing::warn!(error = %e, store = %artifacts.describe(), "artifact store not reachable yet");
+                tokio::time::sleep(wait).await;
+                wait = (wait * 2).min(std::time::Duration::from_secs(8));
+            }
+            Err(e) => anyhow::bail!(
+                "cannot use the artifact store {}: {e}",
+                artifacts.describe()
+            ),
+        }
+    }
+}
+
 fn unreachable_db(url: &str, e: hone_store::StoreError) -> anyhow::Error {
     let cause = match &e {
         hone_store::StoreError::Unavailable(inner) | hone_store::StoreError::Database(inner) => {
@@ -204,13 +228,30 @@ fn unreachable_db(url: &str, e: hone_store::StoreError) -> anyhow::Error {
 }
 
 fn parse_device(raw: &str) -> anyhow::Result<tch::Device> {
-    match raw {
-        "auto" => Ok(tch::Device::cuda_if_available()),
-        "cpu" => Ok(tch::Device::Cpu),
-        "cuda" if tch::Cuda::is_available() => Ok(tch::Device::Cuda(0)),
-        "cuda" => anyhow::bail!("device = \"cuda\" but libtorch sees no CUDA device"),
-        other => anyhow::bail!("device must be auto, cpu or cuda, not {other:?}"),
-    }
+    let device = match raw {
+        "auto" => tch::Device::cuda_if_available(),
+        "cpu" => tch::Device::Cpu,
+        "cuda" => cuda_device(0, raw)?,
+        other => match other.strip_prefix("cuda:").map(str::parse::<usize>) {
+            Some(Ok(n)) => cuda_device(n, raw)?,
+            _ => anyhow::bail!("device must be auto, cpu, cuda or cuda:<n>, not {other:?}"),
+        },
+    };
+    tracing::info!(configured = raw, device = ?device, "device");
+    Ok(device)
+}
+
+fn cuda_device(n: usize, raw: &str) -> anyhow::Result<tch::Device> {
+    let count = if tch::Cuda::is_available() {
+        usize::try_from(tch::Cuda::device_count()).unwrap_or(0)
+    } else {
+        0
+    };
+    anyhow::ensure!(
+        n < count,
+        "device = {raw:?} but libtorch sees {count} CUDA device(s)"
+    );
+    Ok(tch::Device::Cuda(n))
 }
 
 /// SIGINT/SIGTERM cancel the token: the API stops accepting connections and finishes
@@ -236,4 +277,40 @@ fn spawn_signal_handler(shutdown: CancellationToken) {
         tracing::info!("shutting down");
         shutdown.cancel();
     });
+}
+
+#[cfg(test)]
+mod tests {
+    use super::parse_device;
+
+    #[test]
+    fn devices_parse_and_a_missing_gpu_is_refused_by_name() {
+        assert_eq!(parse_device("cpu").expect("cpu"), tch::Device::Cpu);
+        let auto = parse_device("auto").expect("auto");
+        let gpus = if tch::Cuda::is_available() {
+            tch::Cuda::device_count()
+        } else {
+            0
+        };
+        if gpus == 0 {
+            assert_eq!(auto, tch::Device::Cpu);
+            for raw in ["cuda", "cuda:0", "cuda:3"] {
+                let e = parse_device(raw).expect_err(raw).to_string();
+                assert!(e.contains(raw) && e.contains("0 CUDA device"), "{e}");
+            }
+        } else {
+            assert_eq!(auto, tch::Device::Cuda(0));
+            assert_eq!(parse_device("cuda").expect("cuda"), tch::Device::Cuda(0));
+            let last = format!("cuda:{}", gpus - 1);
+            assert_eq!(
+                parse_device(&last).expect("last gpu"),
+                tch::Device::Cuda(usize::try_from(gpus - 1).expect("count"))
+            );
+            assert!(parse_device(&format!("cuda:{gpus}")).is_err());
+        }
+        for bad in ["gpu", "cuda:", "cuda:x", "cuda:-1", "CPU"] {
+            let e = parse_device(bad).expect_err(bad).to_string();
+            assert!(e.contains("auto, cpu, cuda or cuda:<n>"), "{bad}: {e}");
+        }
+    }
 }

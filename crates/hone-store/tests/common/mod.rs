@@ -67,17 +67,7 @@ pub async fn file_in(
     max_stored_bytes: Option<i64>,
 ) -> Result<String, StoreError> {
     let id = FileId::generate();
-    let summary = DatasetSummary {
-        format: DatasetFormat::Jsonl,
-        bytes,
-        sha256: "00".repeat(32),
-        examples: 2,
-        task_type: TaskType::Classification,
-        modality: Default::default(),
-        text_pairs: false,
-        label_counts: BTreeMap::from([("a".to_owned(), 1), ("b".to_owned(), 1)]),
-        task_label_counts: BTreeMap::new(),
-    };
+    let summary = summary(bytes);
     db.insert_file_once(
         project,
         &id,
@@ -89,6 +79,21 @@ pub async fn file_in(
     )
     .await?;
     Ok(id.to_string())
+}
+
+/// What an upload of `bytes` bytes with two labels sums up to.
+pub fn summary(bytes: u64) -> DatasetSummary {
+    DatasetSummary {
+        format: DatasetFormat::Jsonl,
+        bytes,
+        sha256: "00".repeat(32),
+        examples: 2,
+        task_type: TaskType::Classification,
+        modality: Default::default(),
+        text_pairs: false,
+        label_counts: BTreeMap::from([("a".to_owned(), 1), ("b".to_owned(), 1)]),
+        task_label_counts: BTreeMap::new(),
+    }
 }
 
 /// A job of `project` on `file`.

@@ -72,7 +72,7 @@ pub(super) async fn resume_point(
     let copied = async {
         let from = artifacts.local_dir(&point.storage_key).await?;
         tokio::fs::create_dir_all(&dir).await?;
-        let mut entries = tokio::fs::read_dir(&from).await?;
+        let mut entries = tokio::fs::read_dir(from.path()).await?;
         while let Some(entry) = entries.next_entry().await? {
             tokio::fs::copy(entry.path(), dir.join(entry.file_name())).await?;
         }
