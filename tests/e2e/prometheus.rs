@@ -38,7 +38,7 @@ async fn parse(text: &str) -> Vec<Value> {
 }
 
 /// `/metrics` with the server's key, parsed.
-async fn scrape(s: &TestServer) -> Vec<Value> {
+pub(crate) async fn scrape(s: &TestServer) -> Vec<Value> {
     let response = s.client.get(s.url("/metrics")).send().await.expect("GET");
     assert_eq!(response.status(), 200);
     let content_type = response.headers()["content-type"].to_str().expect("ascii");
@@ -51,7 +51,7 @@ async fn scrape(s: &TestServer) -> Vec<Value> {
 
 /// The value of the sample `name` whose labels include `labels` (0 when absent: a
 /// counter not yet incremented has no series).
-fn sample(families: &[Value], name: &str, labels: &[(&str, &str)]) -> f64 {
+pub(crate) fn sample(families: &[Value], name: &str, labels: &[(&str, &str)]) -> f64 {
     families
         .iter()
         .flat_map(|f| f["samples"].as_array().into_iter().flatten())

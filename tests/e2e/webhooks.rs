@@ -184,6 +184,28 @@ async fn terminal_events_arrive_signed_once_per_attempt_and_a_failing_receiver_g
         .all(|a| a["latency_ms"].as_i64().is_some_and(|l| l >= 0)));
     assert!(log.iter().all(|d| d["status"] == "succeeded"), "{log:#?}");
 
+    // The process's metrics count the same: five attempts, two of them failures, and
+    // three deliveries finished, all succeeded.
+    let metrics = crate::prometheus::scrape(&s).await;
+    let sample = |name, labels| crate::prometheus::sample(&metrics, name, labels);
+    assert_eq!(
+        sample("hone_webhook_attempts_total", &[("result", "failure")]),
+        2.0
+    );
+    assert_eq!(
+        sample("hone_webhook_attempts_total", &[("result", "success")]),
+        3.0
+    );
+    assert_eq!(sample("hone_webhook_attempt_seconds_count", &[]), 5.0);
+    assert_eq!(
+        sample("hone_webhook_deliveries_total", &[("outcome", "succeeded")]),
+        3.0
+    );
+    assert_eq!(
+        sample("hone_webhook_deliveries_total", &[("outcome", "failed")]),
+        0.0
+    );
+
     redeliver_and_rotate(&s, &rx, &hook_id, delivered, &secret).await;
     another_project_sees_nothing(&s, &hook_id, delivered).await;
     update_and_delete(&s, &rx, &hook_id).await;
