@@ -92,6 +92,7 @@ impl Db {
         attempt: i32,
         checkpoint: &NewCheckpoint,
     ) -> Result<bool, StoreError> {
+        let metrics = crate::db::readable(&checkpoint.metrics, "the checkpoint's metrics")?;
         let done = sqlx::query(
             "INSERT INTO fine_tuning_job_checkpoints
                  (job_id, epoch, step, metrics, storage_key, bytes, attempt, resumable)
@@ -107,7 +108,7 @@ impl Db {
         .bind(attempt)
         .bind(checkpoint.epoch as i32)
         .bind(checkpoint.step as i64)
-        .bind(Json(&checkpoint.metrics))
+        .bind(metrics)
         .bind(&checkpoint.storage_key)
         .bind(checkpoint.bytes as i64)
         .bind(checkpoint.resumable)

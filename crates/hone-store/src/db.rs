@@ -22,6 +22,10 @@ pub enum StoreError {
     Io(#[from] std::io::Error),
     #[error("invalid stored data: {0}")]
     Corrupt(String),
+    /// A value refused before it was written, because it could not be read back
+    /// ([`readable`]); nothing was written.
+    #[error("cannot store {0}")]
+    Unwritable(String),
     /// The project is at one of its limits; nothing was written.
     #[error("project limit reached: {0:?}")]
     Quota(crate::projects::Quota),
@@ -101,4 +105,22 @@ impl Db {
         sqlx::query("SELECT 1").execute(&self.pool).await?;
         Ok(())
     }
+}
+
+/// `value` as JSON for a typed column, refused when what would be stored cannot be read
+/// back as its type. serde_json writes a non-finite float (NaN, ±infinity) as `null`,
+/// which an `f64` field then refuses: such a row would make every read of the job (get,
+/// list) fail. Checked on the worker's writes of progress, results and metrics.
+pub(crate) fn readable<T: serde::Serialize + serde::de::DeserializeOwned>(
+    value: &T,
+    what: &str,
+) -> Result<sqlx::types::Json<serde_json::Value>, StoreError> {
+    let json =
+        serde_json::to_value(value).map_err(|e| StoreError::Unwritable(format!("{what}: {e}")))?;
+    serde_json::from_value::<T>(json.clone()).map_err(|e| {
+        StoreError::Unwritable(format!(
+            "{what}: it would not read back ({e}); a number in it is not finite"
+        ))
+    })?;
+    Ok(sqlx::types::Json(json))
 }

@@ -86,6 +86,7 @@ pub(crate) async fn insert_model<'e>(
     model: &NewModel,
     metrics: &JobResult,
 ) -> Result<bool, StoreError> {
+    let metrics = crate::db::readable(metrics, "the model's metrics")?;
     // A model belongs to its job's project.
     let done = sqlx::query(
         "INSERT INTO models (id, job_id, base_model, storage_key, task_type, labels, tasks,
@@ -102,7 +103,7 @@ pub(crate) async fn insert_model<'e>(
     .bind(Json(&model.labels))
     .bind(model.tasks.as_ref().map(Json))
     .bind(model.checkpoint_epoch.map(|e| e as i32))
-    .bind(Json(metrics))
+    .bind(metrics)
     .execute(exec)
     .await?;
     Ok(done.rows_affected() == 1)

@@ -24,6 +24,7 @@ use sqlx::postgres::PgArguments;
 use sqlx::types::Json;
 use sqlx::{Arguments, PgExecutor};
 
+use crate::db::readable;
 use crate::events::{insert_event, NewEvent};
 use crate::job_rows::{JobRow, COLUMNS};
 use crate::{Db, StoreError};
@@ -193,8 +194,9 @@ impl Db {
         attempt: i32,
         progress: &JobProgress,
     ) -> Result<bool, StoreError> {
+        let progress = readable(progress, "the job's progress")?;
         update_held(&self.pool, id, attempt, "progress = $3", |v| {
-            v.add(Json(progress))
+            v.add(progress)
         })
         .await
     }
@@ -268,6 +270,21 @@ impl Db {
             .await
     }
 
+    /// Whether the job reads `succeeded` with `model` as its model: after an error
+    /// from [`Db::succeed_job_with`] that may hide a commit (the connection lost while
+    /// the commit was answered), asked before the attempt takes its upload back.
+    pub async fn recorded_success(&self, id: &str, model: &str) -> Result<bool, StoreError> {
+        let done: Option<bool> = sqlx::query_scalar(
+            "SELECT status = 'succeeded' AND fine_tuned_model IS NOT DISTINCT FROM $2
+             FROM fine_tuning_jobs WHERE id = $1",
+        )
+        .bind(id)
+        .bind(model)
+        .fetch_optional(&self.pool)
+        .await?;
+        Ok(done.unwrap_or(false))
+    }
+
     /// [`Db::succeed_job`], with the job's results file (`result.result_file` names
     /// it) recorded in the same transaction: a job never lists a file that does not
     /// exist, and a file is never left from a success that was not recorded.
@@ -279,6 +296,7 @@ impl Db {
         result: &JobResult,
         results_file: Option<&crate::files::ResultsFile>,
     ) -> Result<bool, StoreError> {
+        let checked = readable(result, "the job's result")?;
         let mut tx = self.pool.begin().await?;
         let held = update_held(
             &mut *tx,
@@ -288,7 +306,7 @@ impl Db {
              fine_tuned_model = $3, result = $4",
             |v| {
                 v.add(&model.id)?;
-                v.add(Json(result))
+                v.add(checked)
             },
         )
         .await?;

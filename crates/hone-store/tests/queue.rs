@@ -685,3 +685,83 @@ async fn a_worker_claims_only_jobs_on_base_models_it_has() {
             .expect("the vit-large job");
     assert_eq!(claimed.job.id, big);
 }
+
+#[tokio::test]
+async fn a_value_that_cannot_be_read_back_is_never_written() {
+    let f = fresh().await;
+    let file = file(&f.db).await;
+    let id = job(&f.db, &file, 3).await;
+    let claimed =
+        f.db.claim_job("w", LEASE)
+            .await
+            .expect("claim")
+            .expect("job");
+    // serde_json writes NaN as null, which `elapsed_seconds: f64` cannot read.
+    let progress = JobProgress {
+        epoch: 1,
+        total_epochs: 2,
+        step: 3,
+        total_steps: 6,
+        train_loss: Some(0.5),
+        elapsed_seconds: f64::NAN,
+        eta_seconds: None,
+        estimated_finish: None,
+    };
+    let refused = f.db.set_progress(&id, claimed.attempt, &progress).await;
+    assert!(
+        matches!(&refused, Err(hone_store::StoreError::Unwritable(m)) if m.contains("progress")),
+        "{refused:?}"
+    );
+    let model = NewModel {
+        id: "ft:m:nan".into(),
+        job_id: id.clone(),
+        base_model: "m".into(),
+        storage_key: "models/nan".into(),
+        task_type: TaskType::Classification,
+        labels: vec!["a".into(), "b".into()],
+        tasks: None,
+        checkpoint_epoch: None,
+    };
+    let result = JobResult {
+        train_loss: f64::INFINITY,
+        ..JobResult::default()
+    };
+    let refused =
+        f.db.succeed_job(&id, claimed.attempt, &model, &result)
+            .await;
+    assert!(
+        matches!(refused, Err(hone_store::StoreError::Unwritable(_))),
+        "{refused:?}"
+    );
+    // The job is still running, readable, in the list too, and no model was made.
+    let job = f.db.get_job(&p(), &id).await.expect("readable");
+    assert_eq!(job.status, JobStatus::Running);
+    assert!(job.progress.is_none());
+    f.db.list_jobs(
+        &p(),
+        &PageRequest::new(Some(100), None).expect("page"),
+        None,
+        None,
+    )
+    .await
+    .expect("the list reads");
+    assert!(f.db.get_model(&p(), "ft:m:nan").await.is_err());
+    assert!(!f.db.recorded_success(&id, "ft:m:nan").await.expect("read"));
+
+    // Finite values pass, and the success reads back as recorded.
+    let result = JobResult {
+        train_loss: 0.25,
+        ..JobResult::default()
+    };
+    assert!(f
+        .db
+        .succeed_job(&id, claimed.attempt, &model, &result)
+        .await
+        .expect("succeed"));
+    assert!(f.db.recorded_success(&id, "ft:m:nan").await.expect("read"));
+    assert!(!f
+        .db
+        .recorded_success(&id, "ft:m:other")
+        .await
+        .expect("read"));
+}

@@ -11,11 +11,11 @@ use hone_domain::resources::{EvaluationReport, JobResult};
 use hone_domain::ModelId;
 use hone_store::models::NewModel;
 use hone_store::queue::ClaimedJob;
-use hone_store::{ArtifactStore, Db};
+use hone_store::{ArtifactStore, Db, StoreError};
 use hone_train::model_dir::MANIFEST_VERSION;
 use hone_train::{Manifest, Objective, Report};
 
-use super::failure::{transient, Failure};
+use super::failure::{transient, user, Failure};
 use super::progress::{eval_report, Reporter};
 use super::thread::ThreadOutput;
 
@@ -167,11 +167,58 @@ pub(super) async fn publish(
             take_back(artifacts, &key, results.as_ref()).await;
             Ok(())
         }
-        Err(e) => {
-            take_back(artifacts, &key, results.as_ref()).await;
-            Err(transient("storage_error", e.to_string()))
+        Err(e) => match recorded(db, &job.id, model_id.as_str()).await {
+            // The error hid a commit that happened: the job is done, its model stays.
+            Some(true) => {
+                tracing::info!(model = %model_id, error = %e, "job succeeded (its commit answered with an error)");
+                Ok(())
+            }
+            Some(false) => {
+                take_back(artifacts, &key, results.as_ref()).await;
+                Err(match e {
+                    StoreError::Unwritable(what) => {
+                        tracing::warn!(%what, "the job's result cannot be stored");
+                        user(
+                            "training_diverged",
+                            "the training produced a loss or metric that is not a finite \
+                             number, so its result cannot be kept; try a lower learning rate",
+                            None,
+                        )
+                    }
+                    other => {
+                        tracing::warn!(error = %other, "cannot record the job's success");
+                        transient("storage_error", "the job's success could not be recorded")
+                    }
+                })
+            }
+            // Unknown: keep the upload (at worst an orphan for the sweep, never a
+            // succeeded job without its model); another attempt will tell.
+            None => {
+                tracing::warn!(error = %e, "cannot record the job's success, nor read whether it was");
+                Err(transient(
+                    "storage_error",
+                    "the job's success could not be recorded",
+                ))
+            }
+        },
+    }
+}
+
+/// Whether the job's success under `model` was recorded, asked a few times over about
+/// 7 s; `None` when the database cannot say.
+async fn recorded(db: &Db, id: &str, model: &str) -> Option<bool> {
+    let mut wait = Duration::from_secs(1);
+    for _ in 0..3 {
+        match db.recorded_success(id, model).await {
+            Ok(done) => return Some(done),
+            Err(e) => {
+                tracing::warn!(error = %e, "cannot read back the job's status");
+                tokio::time::sleep(wait).await;
+                wait *= 2;
+            }
         }
     }
+    None
 }
 
 /// Removes what an attempt uploaded for a success that was not recorded.
