@@ -108,6 +108,28 @@ async fn minilm_beats_a_random_encoder_and_its_features_are_cached() {
     assert_eq!(status, 200, "{all}");
     assert_eq!(minilm(&all)["features_cached"], true, "{all}");
 
+    // Another project with the same bytes computes its own: the cache is per project,
+    // so no answer tells one project what another uploaded.
+    let other = s.create_key("other-project").await;
+    let (train, _) = split(2028);
+    let rows: Vec<(&str, &str)> = train
+        .iter()
+        .map(|(t, l)| (t.as_str(), l.as_str()))
+        .collect();
+    let (status, theirs) = s.upload_as(&other, "rt.jsonl", jsonl(&rows)).await;
+    assert_eq!(status, 200, "{theirs}");
+    let response = s
+        .client
+        .post(s.url("/v1/transferability"))
+        .headers(crate::support::auth_headers(&other))
+        .json(&json!({"training_file": theirs["id"], "base_models": [MINILM]}))
+        .send()
+        .await
+        .expect("POST");
+    assert_eq!(response.status(), 200);
+    let theirs: Value = response.json().await.expect("json");
+    assert_eq!(minilm(&theirs)["features_cached"], false, "{theirs}");
+
     // A larger file than `max_examples` is scored on a stratified sample, whose
     // features are cached apart from the whole file's.
     let sampled =

@@ -231,9 +231,17 @@ async fn estimate(
     for (i, (model, &max_seq_len)) in models.iter().zip(&lengths).enumerate() {
         let dir = state.settings.models_dir.join(&model.id);
         let weights = feature_cache::base_weights_digest(&dir).await?;
-        let key = feature_cache::cache_key(&model.id, &weights, &data_digest, max_seq_len, pooling);
+        let key = feature_cache::cache_key(
+            &project.id,
+            &model.id,
+            &weights,
+            &data_digest,
+            max_seq_len,
+            pooling,
+        );
         // Not a model id (those have no `#`), so never the key of a real model.
         let random_key = feature_cache::cache_key(
+            &project.id,
             &format!("{}#random-init-{SEED}", model.id),
             &weights,
             &data_digest,

@@ -2,12 +2,13 @@
 //! the artifact store so that every later epoch and every later job on the same data,
 //! base model, length and pooling skips the encoder. The worker fills it for
 //! `feature_extraction` and `auto` jobs, `POST /v1/transferability` for its estimates;
-//! each reuses what the other computed.
+//! each reuses what the other computed, within one project (keys start with it).
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use hone_domain::job::PoolingType;
+use hone_domain::ProjectId;
 use sha2::{Digest, Sha256};
 
 use crate::ArtifactStore;
@@ -29,8 +30,11 @@ pub async fn base_weights_digest(base_dir: &Path) -> std::io::Result<String> {
     .map_err(std::io::Error::other)?
 }
 
-/// The artifact key of the features of one file.
+/// The artifact key of the features of one file, under its project: a project reuses
+/// only what it computed itself, so whether an entry exists (`features_cached`, the
+/// "reusing" event) says nothing about another project's data.
 pub fn cache_key(
+    project: &ProjectId,
     base_model: &str,
     weights_sha256: &str,
     file_sha256: &str,
@@ -49,7 +53,11 @@ pub fn cache_key(
         h.update(part.as_bytes());
         h.update([0]);
     }
-    format!("features/{}.safetensors", hex::encode(h.finalize()))
+    format!(
+        "features/{}/{}.safetensors",
+        project.as_str(),
+        hex::encode(h.finalize())
+    )
 }
 
 /// The cached entry copied into `dir` (the training thread reads files), or just the

@@ -19,6 +19,7 @@ use hone_domain::job::{Hyperparameters, JobStatus};
 use hone_domain::resources::{
     EventLevel, EventType, FineTuningJob, JobError, JobProgress, JobResult,
 };
+use hone_domain::ProjectId;
 use sqlx::error::BoxDynError;
 use sqlx::postgres::PgArguments;
 use sqlx::types::Json;
@@ -73,6 +74,8 @@ pub const NEXT_QUEUED: &str = "SELECT id FROM fine_tuning_jobs
 #[derive(Clone, Debug)]
 pub struct ClaimedJob {
     pub job: FineTuningJob,
+    /// The project the job belongs to (what it may reuse is this project's).
+    pub project: ProjectId,
     pub attempt: i32,
     /// How long it waited to be claimed, from when it could run.
     pub queued_for: Duration,
@@ -82,6 +85,7 @@ pub struct ClaimedJob {
 struct ClaimedRow {
     #[sqlx(flatten)]
     row: JobRow,
+    project_id: String,
     queued_seconds: f64,
 }
 
@@ -125,7 +129,7 @@ impl Db {
                  attempted_by = $2, lease_expires_at = now() + $3 * interval '1 millisecond',
                  started_at = coalesce(j.started_at, now())
              FROM next WHERE j.id = next.id
-             RETURNING {},
+             RETURNING {}, j.project_id,
                  greatest(extract(epoch FROM now() - j.scheduled_at), 0)::float8
                      AS queued_seconds",
             COLUMNS
@@ -141,6 +145,7 @@ impl Db {
         .await?;
         let Some(ClaimedRow {
             row,
+            project_id,
             queued_seconds,
         }) = row
         else {
@@ -149,6 +154,9 @@ impl Db {
             return Ok(None);
         };
         let job = FineTuningJob::try_from(row)?;
+        let project = ProjectId::parse(&project_id).ok_or_else(|| {
+            StoreError::Corrupt(format!("job {} has project {project_id:?}", job.id))
+        })?;
         let attempt = job.attempt;
         insert_event(
             &mut tx,
@@ -162,6 +170,7 @@ impl Db {
         tx.commit().await?;
         Ok(Some(ClaimedJob {
             job,
+            project,
             attempt,
             queued_for: Duration::try_from_secs_f64(queued_seconds).unwrap_or_default(),
         }))

@@ -258,7 +258,14 @@ async fn feature_cache(
         )
     };
     let key = |file_sha: &str| {
-        features::cache_key(&base_key, &weights, file_sha, hp.max_seq_len, hp.pooling)
+        features::cache_key(
+            &claimed.project,
+            &base_key,
+            &weights,
+            file_sha,
+            hp.max_seq_len,
+            hp.pooling,
+        )
     };
     let train = features::lookup(artifacts, key(&prepared.file_sha256), out_dir, "train").await;
     if train.1.is_some() {
