@@ -263,3 +263,99 @@ fn with_a_nul_in_each_string(value: &Value) -> Vec<(String, Value)> {
     walk("", value, &mut out);
     out
 }
+
+/// Messages a user can act on: no type name of the server's, the field at fault named
+/// where there is one, the place in the text where the body is not JSON.
+#[tokio::test]
+async fn error_messages_name_the_field_in_the_user_s_words() {
+    let s = TestServer::start().await;
+    let c = &s.client;
+    let jobs = s.url("/v1/fine_tuning/jobs");
+    let no_type_names = |body: &Value| {
+        let message = body["error"]["message"].as_str().expect("message");
+        for internal in [
+            "struct",
+            "Request",
+            "Hyperparameters",
+            "untagged",
+            "PredictInput",
+        ] {
+            assert!(!message.contains(internal), "{internal} in {body}");
+        }
+    };
+    // An array where an object belongs.
+    let (status, headers, body) = send(&s, c.post(&jobs).json(&json!([]))).await;
+    assert_eq!(status, 400, "{body}");
+    assert_envelope(status, &headers, &body, "[]");
+    no_type_names(&body);
+    assert!(
+        body["error"]["message"]
+            .as_str()
+            .is_some_and(|m| m.contains("must be a JSON object, not an array")),
+        "{body}"
+    );
+    // A body cut off: where, not a made-up field.
+    let (status, _, body) = send(
+        &s,
+        c.post(&jobs)
+            .header("content-type", "application/json")
+            .body(r#"{"base_model": "all-Mini"#),
+    )
+    .await;
+    assert_eq!(status, 400, "{body}");
+    assert!(body["error"]["param"].is_null(), "{body}");
+    assert!(
+        body["error"]["message"]
+            .as_str()
+            .is_some_and(|m| m.contains("line 1 column")),
+        "{body}"
+    );
+    // A nested object of the wrong type names its field.
+    let (status, _, body) = send(
+        &s,
+        c.post(&jobs).json(&json!({
+            "base_model": "all-MiniLM-L6-v2", "training_file": "file-x", "hyperparameters": 3
+        })),
+    )
+    .await;
+    assert_eq!(status, 400, "{body}");
+    assert_eq!(body["error"]["param"], "hyperparameters", "{body}");
+    no_type_names(&body);
+    // Query parameters of the wrong type, on every list.
+    for list in [
+        "/v1/files",
+        "/v1/models",
+        "/v1/fine_tuning/jobs",
+        "/v1/webhooks",
+    ] {
+        let (status, headers, body) = send(&s, c.get(s.url(&format!("{list}?limit=abc")))).await;
+        assert_eq!(status, 400, "{list}: {body}");
+        assert_envelope(status, &headers, &body, list);
+        assert_eq!(body["error"]["param"], "limit", "{list}: {body}");
+        assert_eq!(
+            body["error"]["message"], "limit must be a whole number",
+            "{list}: {body}"
+        );
+    }
+    // The document says which statuses a job list takes.
+    let (_, doc) = s.get("/openapi.json").await;
+    let status_param = doc["paths"]["/v1/fine_tuning/jobs"]["get"]["parameters"]
+        .as_array()
+        .expect("parameters")
+        .iter()
+        .find(|p| p["name"] == "status")
+        .expect("a status parameter")
+        .clone();
+    let schema = status_param["schema"].to_string();
+    let resolved = if schema.contains("$ref") {
+        doc["components"]["schemas"]["JobStatus"].to_string()
+    } else {
+        schema
+    };
+    for status in ["queued", "running", "succeeded", "paused"] {
+        assert!(
+            resolved.contains(status),
+            "{status} in {status_param}: {resolved}"
+        );
+    }
+}

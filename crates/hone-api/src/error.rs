@@ -256,7 +256,35 @@ impl From<MultipartError> for ApiError {
 }
 
 impl From<QueryRejection> for ApiError {
+    /// axum says "Failed to deserialize query string: limit: invalid digit found in
+    /// string"; the user reads which parameter, and why, in words about it.
     fn from(e: QueryRejection) -> Self {
-        Self::new(StatusCode::BAD_REQUEST, "invalid_query", e.body_text())
+        let text = e.body_text();
+        let detail = text
+            .strip_prefix("Failed to deserialize query string: ")
+            .unwrap_or(&text);
+        match detail.split_once(": ") {
+            Some((param, why))
+                if !param.is_empty()
+                    && param
+                        .chars()
+                        .all(|c| c.is_ascii_alphanumeric() || "_[].".contains(c)) =>
+            {
+                let why = if why.contains("invalid digit") || why.contains("number too large") {
+                    "must be a whole number".to_owned()
+                } else {
+                    crate::extract::user_words(why)
+                };
+                Self::invalid(param.to_owned(), "invalid_value", format!("{param} {why}"))
+            }
+            _ => Self::new(
+                StatusCode::BAD_REQUEST,
+                "invalid_query",
+                format!(
+                    "invalid query string: {}",
+                    crate::extract::user_words(detail)
+                ),
+            ),
+        }
     }
 }

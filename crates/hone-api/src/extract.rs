@@ -75,16 +75,22 @@ pub fn is_timeout(e: &(dyn std::error::Error + 'static)) -> bool {
 /// The body as JSON, once; then as `T`, each error naming its path. No text in it may
 /// hold a NUL character (Postgres stores none).
 fn parse<T: DeserializeOwned>(bytes: &[u8]) -> Result<(T, serde_json::Value), ApiError> {
-    let mut de = serde_json::Deserializer::from_slice(bytes);
-    let value: serde_json::Value =
-        serde_path_to_error::deserialize(&mut de).map_err(invalid_json)?;
-    de.end().map_err(|e| {
+    // Not JSON at all (cut off, a syntax error): the line and column say where; no
+    // field is at fault.
+    let value: serde_json::Value = serde_json::from_slice(bytes).map_err(|e| {
         ApiError::new(
             StatusCode::BAD_REQUEST,
             "invalid_json",
-            format!("invalid JSON body: {e}"),
+            format!("the body is not valid JSON: {e}"),
         )
     })?;
+    if !value.is_object() {
+        return Err(ApiError::new(
+            StatusCode::BAD_REQUEST,
+            "invalid_json",
+            format!("the body must be a JSON object, not {}", kind(&value)),
+        ));
+    }
     if let Some(path) = nul_path(&value, String::new()) {
         return Err(nul_in(&path));
     }
@@ -92,15 +98,68 @@ fn parse<T: DeserializeOwned>(bytes: &[u8]) -> Result<(T, serde_json::Value), Ap
     Ok((typed, value))
 }
 
+fn kind(value: &serde_json::Value) -> &'static str {
+    use serde_json::Value;
+    match value {
+        Value::Null => "null",
+        Value::Bool(_) => "a boolean",
+        Value::Number(_) => "a number",
+        Value::String(_) => "a string",
+        Value::Array(_) => "an array",
+        Value::Object(_) => "an object",
+    }
+}
+
 fn invalid_json(e: serde_path_to_error::Error<serde_json::Error>) -> ApiError {
     let path = e.path().to_string();
-    let inner = e.into_inner();
-    let message = format!("invalid JSON body: {inner}");
-    let mut err = ApiError::new(StatusCode::BAD_REQUEST, "invalid_json", message);
-    if path != "." {
+    let message = user_words(&e.into_inner().to_string());
+    let mut err = ApiError::new(
+        StatusCode::BAD_REQUEST,
+        "invalid_json",
+        format!("invalid JSON body: {message}"),
+    );
+    if path != "." && !path.contains('?') {
         err = err.with_param(path);
     }
     err
+}
+
+/// serde's message without the server's type names: "expected struct Hyperparameters"
+/// (or "… with 8 elements", "internally tagged enum Method") says "expected an object",
+/// "did not match any variant of untagged enum PredictInput" says "did not match any
+/// accepted shape".
+pub(crate) fn user_words(message: &str) -> String {
+    const NAMED: [(&str, &str); 5] = [
+        ("expected struct variant ", "expected an object"),
+        ("expected struct ", "expected an object"),
+        ("expected internally tagged enum ", "expected an object"),
+        ("expected enum ", "expected one of the accepted values"),
+        ("any variant of untagged enum ", "any accepted shape"),
+    ];
+    let mut out = String::with_capacity(message.len());
+    let mut rest = message;
+    while let Some((i, needle, words)) = NAMED
+        .iter()
+        .filter_map(|(needle, words)| rest.find(needle).map(|i| (i, *needle, *words)))
+        .min_by_key(|(i, needle, _)| (*i, usize::MAX - needle.len()))
+    {
+        out.push_str(&rest[..i]);
+        out.push_str(words);
+        let after = &rest[i + needle.len()..];
+        let name_end = after
+            .find(|c: char| !(c.is_alphanumeric() || c == '_' || c == ':'))
+            .unwrap_or(after.len());
+        rest = &after[name_end..];
+        // "with 8 elements" / "with 1 element"
+        if let Some(tail) = rest.strip_prefix(" with ") {
+            if let Some(end) = tail.find(" element") {
+                let counted = &tail[end + " element".len()..];
+                rest = counted.strip_prefix('s').unwrap_or(counted);
+            }
+        }
+    }
+    out.push_str(rest);
+    out
 }
 
 /// The path (`metadata.k`, `inputs[2]`) of the first string or key in `value` that
@@ -202,4 +261,35 @@ pub fn key_reused() -> ApiError {
         "this Idempotency-Key was used with a different request; use a new key",
     )
     .with_param(IDEMPOTENCY_KEY)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::user_words;
+
+    #[test]
+    fn serde_messages_lose_the_server_s_type_names() {
+        assert_eq!(
+            user_words("invalid length 0, expected struct CreateJobRequest with 8 elements"),
+            "invalid length 0, expected an object"
+        );
+        assert_eq!(
+            user_words(
+                "invalid type: integer `3`, expected struct Hyperparameters at line 1 column 20"
+            ),
+            "invalid type: integer `3`, expected an object at line 1 column 20"
+        );
+        assert_eq!(
+            user_words("invalid type: string \"x\", expected internally tagged enum Method"),
+            "invalid type: string \"x\", expected an object"
+        );
+        assert_eq!(
+            user_words("data did not match any variant of untagged enum PredictInput"),
+            "data did not match any accepted shape"
+        );
+        assert_eq!(
+            user_words("unknown field `n_epoch`, expected one of `epochs`, `n_epochs`"),
+            "unknown field `n_epoch`, expected one of `epochs`, `n_epochs`"
+        );
+    }
 }

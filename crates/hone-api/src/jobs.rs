@@ -89,6 +89,7 @@ pub struct ListJobsParams {
     /// The id of the last job of the previous page.
     after: Option<String>,
     /// Only jobs with this status.
+    #[param(value_type = Option<JobStatus>)]
     status: Option<String>,
     /// Only jobs whose metadata has every one of these pairs, sent as OpenAI's SDKs do:
     /// `metadata[team]=support`.

@@ -63,7 +63,9 @@ pub enum PredictInput {
 pub struct ImageInput {
     /// A PNG or JPEG image, base64 (standard alphabet; padding optional; a
     /// `data:image/…;base64,` prefix is accepted).
-    #[schema(example = "iVBORw0KGgoAAAANSUhEUgAAAAgAAAAI…")]
+    #[schema(
+        example = "iVBORw0KGgoAAAANSUhEUgAAAAgAAAAICAAAAADhZOFXAAAAMElEQVR42mNgUHBIaFhw4AGDgEFAwYQNFz7ABRigAgIMUAEFBqiAAQNUwIEBKhAAACeEHgGXwHUAAAAAAElFTkSuQmCC"
+    )]
     pub image: String,
 }
 
@@ -140,9 +142,12 @@ fn bounded_inputs(bytes: &[u8], max: usize) -> Result<Vec<PredictInput>, ApiErro
             let mut error = ApiError::new(
                 axum::http::StatusCode::BAD_REQUEST,
                 "invalid_json",
-                format!("invalid JSON body: {e}"),
+                format!(
+                    "invalid JSON body: {}",
+                    crate::extract::user_words(&e.to_string())
+                ),
             );
-            if path != "." {
+            if path != "." && !path.contains('?') {
                 error = error.with_param(path);
             }
             return Err(error);
