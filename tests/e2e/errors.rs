@@ -359,3 +359,46 @@ async fn error_messages_name_the_field_in_the_user_s_words() {
         );
     }
 }
+
+/// A job that fails on the server's side tells its tenant what kind of failure it was
+/// and a reference for the operator, never the server's paths or storage errors.
+#[tokio::test]
+async fn a_job_s_internal_failure_shows_no_server_internals() {
+    let s = TestServer::start_with(&[("HONE_JOB_MAX_ATTEMPTS", "1")]).await;
+    let rows = crate::support::two_class_rows(8, &["good film"], &["bad film"]);
+    let (status, file) = s.upload("t.jsonl", crate::support::jsonl(&rows)).await;
+    assert_eq!(status, 200, "{file}");
+    // The stored object vanishes (an operator's mistake, a storage fault).
+    let stored = s
+        .data_dir
+        .path()
+        .join("artifacts/files")
+        .join(file["id"].as_str().expect("id"));
+    std::fs::remove_file(&stored).expect("remove the stored file");
+    let (status, job) = s
+        .post_json(
+            "/v1/fine_tuning/jobs",
+            &json!({"base_model": "all-MiniLM-L6-v2", "training_file": file["id"]}),
+        )
+        .await;
+    assert_eq!(status, 200, "{job}");
+    let done = s
+        .wait_for_job(
+            job["id"].as_str().expect("id"),
+            std::time::Duration::from_secs(120),
+        )
+        .await;
+    assert_eq!(done["status"], "failed", "{done}");
+    let error = &done["error"];
+    assert_eq!(error["code"], "storage_error", "{done}");
+    let message = error["message"].as_str().expect("message");
+    assert!(message.contains("(reference "), "{message}");
+    for internal in [
+        "/",
+        "os error",
+        "No such file",
+        s.data_dir.path().to_str().expect("utf-8"),
+    ] {
+        assert!(!message.contains(internal), "{internal:?} in {message}");
+    }
+}

@@ -58,7 +58,7 @@ pub async fn run_job(
             .fail_job(&job.id, attempt, &e, false)
             .await
             .map(|_| "failed"),
-        Err(Failure::Transient(e)) if e.code == "stopped" => {
+        Err(Failure::Transient(e)) if e.code == failure::STOPPED => {
             finish_stopped(db, artifacts, &job.id, attempt, &flags).await
         }
         Err(Failure::Transient(e)) => {

@@ -143,7 +143,7 @@ pub(super) async fn train(
     }
     reporter.flush().await;
     reporter.save_metrics().await;
-    let stopped = || transient("stopped", "training stopped");
+    let stopped = || transient(super::failure::STOPPED, "training stopped");
     match outcome {
         Err(_) => Err(transient("worker_error", "the training thread died")),
         Ok(Err(TrainError::Cancelled)) => Err(stopped()),
