@@ -34,6 +34,12 @@ async fn download(s: &TestServer, model: &str, into: &Path) -> PathBuf {
         r.headers()["content-disposition"].to_str().expect("ascii"),
         format!("attachment; filename=\"{model}.tar.gz\"")
     );
+    // Streamed as it is written: no length known in advance.
+    assert!(
+        r.headers().get("content-length").is_none(),
+        "{:?}",
+        r.headers()
+    );
     let bytes = r.bytes().await.expect("body");
     let archive = into.join("model.tar.gz");
     std::fs::write(&archive, &bytes).expect("write archive");
@@ -266,6 +272,23 @@ async fn a_downloaded_model_gives_predicts_probabilities_in_python_without_hone(
         &scores,
     );
     eprintln!("image model: largest difference from predict {worst:.2e}");
+
+    // A client that goes away mid-download stops the writer; the server goes on.
+    let mut r = s
+        .client
+        .get(s.url(&format!("/v1/models/{text_model}/content")))
+        .send()
+        .await
+        .expect("download");
+    assert!(r.chunk().await.expect("a chunk").is_some());
+    drop(r);
+    let (status, again) = s
+        .post_json(
+            &format!("/v1/models/{text_model}/predict"),
+            &json!({"inputs": ["still here"]}),
+        )
+        .await;
+    assert_eq!(status, 200, "{again}");
 
     // Another project's model, an unknown one, and no key at all.
     let other = s.create_key("other-project").await;
