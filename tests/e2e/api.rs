@@ -544,6 +544,7 @@ async fn docs_openapi_and_health_are_served() {
         "/v1/models",
         "/v1/models/{model}",
         "/v1/models/{model}/predict",
+        "/v1/models/{model}/content",
         "/v1/webhooks",
         "/v1/webhooks/{webhook_id}",
         "/v1/webhooks/{webhook_id}/rotate_secret",

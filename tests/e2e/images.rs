@@ -21,7 +21,7 @@ const CLASSES: [&str; 10] = [
 ];
 
 /// A zip of class folders (`fashion/{class}/{i}.png`).
-fn class_zip(images: &[&LabelledImage]) -> Vec<u8> {
+pub(crate) fn class_zip(images: &[&LabelledImage]) -> Vec<u8> {
     let mut writer = ZipWriter::new(Cursor::new(Vec::new()));
     for (i, image) in images.iter().enumerate() {
         let name = format!("fashion/{}/{i}.png", CLASSES[image.label as usize]);
@@ -35,7 +35,11 @@ fn class_zip(images: &[&LabelledImage]) -> Vec<u8> {
 
 /// `train` and `held_out` images of every class, drawn by a seeded shuffle of the
 /// first 2,000 images of Fashion-MNIST's test split.
-fn subset(train: usize, held_out: usize, seed: u64) -> (Vec<LabelledImage>, Vec<LabelledImage>) {
+pub(crate) fn subset(
+    train: usize,
+    held_out: usize,
+    seed: u64,
+) -> (Vec<LabelledImage>, Vec<LabelledImage>) {
     let mut all = read_fashion_mnist_test(2000).expect("Fashion-MNIST; run scripts/setup");
     all.shuffle(&mut StdRng::seed_from_u64(seed));
     let (mut a, mut b) = (Vec::new(), Vec::new());

@@ -6,6 +6,7 @@ mod api;
 mod connections;
 mod docs;
 mod errors;
+mod export;
 mod fuzz;
 mod image_files;
 mod image_predict;

@@ -26,6 +26,7 @@ pub mod job_events;
 mod jobs;
 pub mod layers;
 pub mod metrics;
+mod model_content;
 mod models;
 mod params;
 pub mod server;
@@ -117,6 +118,7 @@ pub fn routes() -> (Router<AppState>, utoipa::openapi::OpenApi) {
         .merge(job_events::router())
         .merge(checkpoints::router())
         .merge(models::router())
+        .merge(model_content::router())
         .merge(webhooks::router())
         .merge(health::router())
         .merge(metrics::router())

@@ -14,6 +14,7 @@
 mod admission;
 pub mod catalog;
 pub mod checkpoints;
+pub mod export;
 mod inference;
 pub mod telemetry;
 pub mod transferability;

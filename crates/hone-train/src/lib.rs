@@ -30,7 +30,9 @@
 //!    `inputs`, `evaluate`, `schedule`, `early_stopping`, [`trainable`], [`optim`],
 //!    [`resume`], [`features`], [`feature_file`]), the loop that runs them
 //!    ([`train`]), and serving ([`predict`]), which shares the network type and the
-//!    scoring with the loop rather than importing it.
+//!    scoring with the loop rather than importing it; [`export`], the README and
+//!    preprocessing a model carries when it is downloaded, which says in Python what
+//!    [`predict`] does.
 
 pub mod base_model;
 pub mod bert;
@@ -42,6 +44,7 @@ mod early_stopping;
 pub mod efficientnet;
 pub mod error;
 mod evaluate;
+pub mod export;
 pub mod feature_file;
 pub mod features;
 mod frozen;
