@@ -10,7 +10,7 @@
 //!     [--jobs 10000] [--concurrency 1,4,16] [--without-claim-index] [--out FILE]
 //! ```
 //!
-//! `--without-claim-index` drops `fine_tuning_jobs_claim_idx` after migrating, to show
+//! `--without-claim-index` drops `fine_tuning_jobs_project_claim_idx` after migrating, to show
 //! what the index is worth. Prints one JSON object (also written to `--out`).
 
 use std::collections::BTreeMap;
@@ -108,7 +108,7 @@ async fn run_once(name: &str, args: &Args, tasks: usize) -> Result<Value, Error>
     let db = hone_store::connect(&url, (tasks.max(INSERTERS) + 2) as u32).await?;
     hone_store::migrate(&db).await?;
     if args.without_claim_index {
-        sqlx::query("DROP INDEX fine_tuning_jobs_claim_idx")
+        sqlx::query("DROP INDEX fine_tuning_jobs_project_claim_idx")
             .execute(&db.pool)
             .await?;
     }

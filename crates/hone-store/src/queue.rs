@@ -58,17 +58,40 @@ async fn update_held<'e>(
     Ok(done.rows_affected() == 1)
 }
 
-/// How a claim picks its job: the first ready job in queue order, skipping those
-/// another worker is claiming right now. The partial index `fine_tuning_jobs_claim_idx`
-/// (`priority, scheduled_at, id WHERE status = 'queued'`) is this order, so a claim reads
-/// the head of the index instead of sorting the queue; public so that a test and the
-/// claims benchmark can `EXPLAIN` the very text the claim runs.
+/// How a claim picks its job: fairly across projects, then in queue order. Of the
+/// projects with ready jobs, the one with the fewest running jobs goes first (ties by
+/// its head's priority, schedule and id), so one project's many long jobs cannot hold
+/// every worker while another's wait. It walks the projects that have queued jobs (a
+/// skip scan of `fine_tuning_jobs_project_claim_idx`: one probe per project, not a read
+/// of the queue), takes each one's first ready job from the same index, skipping those
+/// another claimer holds, and counts each one's running jobs from
+/// `fine_tuning_jobs_project_running_idx`. Public so that a test and the claims
+/// benchmark can `EXPLAIN` the very text the claim runs.
 /// `$1` is the base models the claiming worker has (`NULL`: any).
-pub const NEXT_QUEUED: &str = "SELECT id FROM fine_tuning_jobs
-     WHERE status = 'queued' AND scheduled_at <= now()
-       AND ($1::text[] IS NULL OR base_model = ANY($1))
-     ORDER BY priority, scheduled_at, id
-     LIMIT 1 FOR UPDATE SKIP LOCKED";
+pub const NEXT_QUEUED: &str = "WITH RECURSIVE projects(project_id) AS (
+        (SELECT project_id FROM fine_tuning_jobs WHERE status = 'queued'
+         ORDER BY project_id LIMIT 1)
+      UNION ALL
+        SELECT (SELECT q.project_id FROM fine_tuning_jobs q
+                WHERE q.status = 'queued' AND q.project_id > p.project_id
+                ORDER BY q.project_id LIMIT 1)
+        FROM projects p WHERE p.project_id IS NOT NULL
+    ), heads AS (
+        SELECT h.id, h.priority, h.scheduled_at,
+               (SELECT count(*) FROM fine_tuning_jobs r
+                WHERE r.project_id = p.project_id AND r.status = 'running') AS running
+        FROM projects p
+        CROSS JOIN LATERAL (
+            SELECT q.id, q.priority, q.scheduled_at FROM fine_tuning_jobs q
+            WHERE q.project_id = p.project_id AND q.status = 'queued'
+              AND q.scheduled_at <= now()
+              AND ($1::text[] IS NULL OR q.base_model = ANY($1))
+            ORDER BY q.priority, q.scheduled_at, q.id
+            LIMIT 1 FOR UPDATE SKIP LOCKED
+        ) h
+        WHERE p.project_id IS NOT NULL
+    )
+    SELECT id FROM heads ORDER BY running, priority, scheduled_at, id LIMIT 1";
 
 /// A job a worker holds: its row, and the attempt number that fences its writes.
 #[derive(Clone, Debug)]
