@@ -241,3 +241,41 @@ async fn a_zips_declared_entry_count_is_checked_first() {
         "{body}"
     );
 }
+
+/// A job that trains longer than `job_max_seconds` allows one attempt is stopped and
+/// fails with `job_timeout`, not retried, and keeps the checkpoints it made.
+#[tokio::test]
+async fn a_job_past_its_maximum_time_fails_and_keeps_its_checkpoints() {
+    let s = TestServer::start_with(&[("HONE_JOB_MAX_SECONDS", "6"), ("HONE_DEVICE", "cpu")]).await;
+    let rows = crate::support::two_class_rows(
+        48,
+        &["a wonderful film", "great acting", "loved it", "superb"],
+        &["a dull mess", "boring plot", "hated it", "awful"],
+    );
+    let (status, file) = s.upload("t.jsonl", crate::support::jsonl(&rows)).await;
+    assert_eq!(status, 200, "{file}");
+    let (status, job) = s
+        .post_json(
+            "/v1/fine_tuning/jobs",
+            &json!({
+                "base_model": "all-MiniLM-L6-v2", "training_file": file["id"],
+                "method": {"type": "full"},
+                "hyperparameters": {"epochs": 100, "batch_size": 8, "max_seq_len": 16}
+            }),
+        )
+        .await;
+    assert_eq!(status, 200, "{job}");
+    let id = job["id"].as_str().expect("id");
+    let done = s.wait_for_job(id, Duration::from_secs(120)).await;
+    assert_eq!(done["status"], "failed", "{done}");
+    assert_eq!(done["error"]["code"], "job_timeout", "{done}");
+    assert_eq!(done["attempt"], 1, "not retried: {done}");
+    let (status, checkpoints) = s
+        .get(&format!("/v1/fine_tuning/jobs/{id}/checkpoints"))
+        .await;
+    assert_eq!(status, 200, "{checkpoints}");
+    assert!(
+        !checkpoints["data"].as_array().expect("data").is_empty(),
+        "the checkpoints are kept: {checkpoints}"
+    );
+}

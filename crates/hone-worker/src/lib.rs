@@ -36,6 +36,9 @@ pub struct WorkerSettings {
     /// Bytes a `partial` text job may hold for its frozen layers' outputs
     /// ([`hone_train::TrainJob::frozen_cache_bytes`]).
     pub frozen_cache_bytes: u64,
+    /// The longest an attempt may train (`job_max_seconds`); past it the job fails
+    /// with `job_timeout`, keeping its checkpoints. `None`: no limit.
+    pub max_attempt_time: Option<Duration>,
 }
 
 /// A worker's name for the jobs it holds: host, process and a random part, so that two
@@ -58,6 +61,8 @@ pub struct StopFlags {
     pub lease_lost: AtomicBool,
     /// The worker is shutting down.
     pub shutdown: AtomicBool,
+    /// The attempt ran past its maximum time (`job_max_seconds`).
+    pub timed_out: AtomicBool,
     /// The user paused the job: training stops after its next checkpoint (not at
     /// once, as for the others, so that it resumes from there), so [`StopFlags::any`]
     /// leaves it out.
@@ -69,6 +74,7 @@ impl StopFlags {
         self.cancelled.load(Ordering::Relaxed)
             || self.lease_lost.load(Ordering::Relaxed)
             || self.shutdown.load(Ordering::Relaxed)
+            || self.timed_out.load(Ordering::Relaxed)
     }
 }
 
@@ -181,8 +187,13 @@ async fn run_claimed(
     let flags = Arc::new(StopFlags::default());
     let heartbeat = tokio::spawn(heartbeat_loop(
         db.clone(),
-        claimed.job.id.clone(),
-        claimed.attempt,
+        Held {
+            job_id: claimed.job.id.clone(),
+            attempt: claimed.attempt,
+            deadline: settings
+                .max_attempt_time
+                .map(|limit| tokio::time::Instant::now() + limit),
+        },
         settings.lease,
         flags.clone(),
         shutdown.clone(),
@@ -196,12 +207,16 @@ async fn run_claimed(
 /// a pause at the first checkpoint after it.
 async fn heartbeat_loop(
     db: Db,
-    job_id: String,
-    attempt: i32,
+    held: Held,
     lease: Duration,
     flags: Arc<StopFlags>,
     shutdown: CancellationToken,
 ) {
+    let Held {
+        job_id,
+        attempt,
+        deadline,
+    } = held;
     let tick = Duration::from_secs(1).min(lease / 3);
     let renew_every = (lease / 3).max(tick);
     let mut since_renew = Duration::ZERO;
@@ -215,6 +230,11 @@ async fn heartbeat_loop(
             }
         }
         since_renew += tick;
+        if deadline.is_some_and(|d| tokio::time::Instant::now() >= d)
+            && !flags.timed_out.swap(true, Ordering::Relaxed)
+        {
+            tracing::warn!(job.id = %job_id, "the attempt ran past job_max_seconds; stopping it");
+        }
         let result = if since_renew >= renew_every {
             since_renew = Duration::ZERO;
             db.heartbeat(&job_id, attempt, lease).await
@@ -240,6 +260,13 @@ async fn heartbeat_loop(
             Err(e) => tracing::warn!(job.id = %job_id, error = %e, "heartbeat failed"),
         }
     }
+}
+
+/// The job a heartbeat keeps, and when its attempt must stop.
+struct Held {
+    job_id: String,
+    attempt: i32,
+    deadline: Option<tokio::time::Instant>,
 }
 
 /// Requeues jobs of dead workers, checking twice per lease.

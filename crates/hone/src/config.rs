@@ -64,6 +64,8 @@ pub struct Config {
     pub poll_interval_ms: u64,
     /// Attempts per job before it fails for good (at least 1).
     pub job_max_attempts: i32,
+    /// The longest one attempt may train, in seconds (0: no limit).
+    pub job_max_seconds: u64,
     /// Hours an `Idempotency-Key` is remembered; a key used again later is a new key.
     pub idempotency_key_hours: u64,
     /// Largest accepted dataset upload, in bytes.
@@ -181,6 +183,7 @@ impl Default for Config {
             lease_seconds: 60,
             poll_interval_ms: 2000,
             job_max_attempts: 3,
+            job_max_seconds: 86_400,
             idempotency_key_hours: 24,
             max_upload_bytes: 512 * 1024 * 1024,
             max_examples: 1_000_000,
@@ -409,6 +412,8 @@ impl Config {
             threads: training_threads,
             batch_work,
             frozen_cache_bytes: self.frozen_cache_bytes,
+            max_attempt_time: (self.job_max_seconds > 0)
+                .then(|| Duration::from_secs(self.job_max_seconds)),
         }
     }
 }

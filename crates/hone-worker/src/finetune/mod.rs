@@ -59,7 +59,7 @@ pub async fn run_job(
             .await
             .map(|_| "failed"),
         Err(Failure::Transient(e)) if e.code == failure::STOPPED => {
-            finish_stopped(db, artifacts, &job.id, attempt, &flags).await
+            finish_stopped(db, artifacts, settings, &job.id, attempt, &flags).await
         }
         Err(Failure::Transient(e)) => {
             db.fail_job(&job.id, attempt, &e, true)
@@ -97,12 +97,29 @@ fn modality_of(file: &hone_train::data::TrainData) -> &'static str {
 async fn finish_stopped(
     db: &Db,
     artifacts: &Arc<dyn ArtifactStore>,
+    settings: &WorkerSettings,
     job_id: &str,
     attempt: i32,
     flags: &StopFlags,
 ) -> Result<&'static str, hone_store::StoreError> {
     if flags.lease_lost.load(Ordering::Relaxed) {
         return Ok("lost_lease"); // another worker owns the job now
+    }
+    if flags.timed_out.load(Ordering::Relaxed) && !flags.cancelled.load(Ordering::Relaxed) {
+        // Past its time: failed for good (another attempt would run as long), its
+        // checkpoints kept for publishing.
+        let limit = settings.max_attempt_time.unwrap_or_default().as_secs();
+        let error = hone_domain::resources::JobError {
+            code: "job_timeout".into(),
+            message: format!(
+                "the job trained longer than this service allows one attempt \
+                 ({limit} s, job_max_seconds) and was stopped; its checkpoints are kept \
+                 and can be published"
+            ),
+            param: None,
+        };
+        db.fail_job(job_id, attempt, &error, false).await?;
+        return Ok("timed_out");
     }
     if flags.cancelled.load(Ordering::Relaxed) {
         // A cancelled job leaves nothing behind: its checkpoints go with it, before
