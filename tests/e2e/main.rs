@@ -30,6 +30,7 @@ mod sentiment;
 mod shutdown;
 mod strategies;
 mod support;
+mod sweep;
 mod tasks;
 // hone-train's test images (Fashion-MNIST as PNGs); this binary reads no digits.
 #[path = "../../crates/hone-train/tests/it/test_images.rs"]

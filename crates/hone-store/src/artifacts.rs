@@ -105,6 +105,20 @@ pub trait ArtifactStore: Send + Sync + std::fmt::Debug {
     async fn check(&self) -> std::io::Result<()>;
     /// Where the store is, for logs and messages (no credentials).
     fn describe(&self) -> String;
+    /// The keys `depth` components deep under `prefix` (`files/<id>` is 2 deep), each
+    /// with when it was last written (the newest of the objects under it): what the
+    /// orphan sweep compares with the database's rows.
+    async fn list_keys(&self, prefix: &str, depth: usize) -> std::io::Result<Vec<Listed>>;
+    /// Removes scratch that a process which died mid-write left, older than `age`;
+    /// how many entries went.
+    async fn sweep_scratch(&self, age: std::time::Duration) -> std::io::Result<usize>;
+}
+
+/// A key found by [`ArtifactStore::list_keys`].
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Listed {
+    pub key: String,
+    pub modified: std::time::SystemTime,
 }
 
 /// Where artifacts are kept, as configured: `file://<dir>` or `s3://<bucket>/<prefix>`.

@@ -15,12 +15,13 @@ pub mod models;
 pub mod projects;
 pub mod queue;
 pub mod stats;
+pub mod sweep;
 pub mod webhook_outbox;
 pub mod webhooks;
 
 pub use artifacts::{
-    ArtifactStore, LocalArtifactStore, LocalDir, Location, ObjectArtifactStore, PendingObject,
-    S3Settings,
+    ArtifactStore, Listed, LocalArtifactStore, LocalDir, Location, ObjectArtifactStore,
+    PendingObject, S3Settings,
 };
 pub use db::{connect, ensure_database, migrate, Db, StoreError};
 pub use projects::{Project, Quota};

@@ -302,6 +302,18 @@ impl Db {
             .await
     }
 
+    /// Whether `attempt` of the job is the one running now: a worker's scratch folder
+    /// of any other attempt is left from a process that died, and may go.
+    pub async fn attempt_is_running(&self, id: &str, attempt: i32) -> Result<bool, StoreError> {
+        let running: Option<String> =
+            sqlx::query_scalar(&format!("SELECT id FROM fine_tuning_jobs WHERE {HELD}"))
+                .bind(id)
+                .bind(attempt)
+                .fetch_optional(&self.pool)
+                .await?;
+        Ok(running.is_some())
+    }
+
     /// Whether the job reads `succeeded` with `model` as its model: after an error
     /// from [`Db::succeed_job_with`] that may hide a commit (the connection lost while
     /// the commit was answered), asked before the attempt takes its upload back.

@@ -201,3 +201,53 @@ async fn a_store_that_is_not_there_is_said_so_within_seconds() {
     assert!(store.describe().contains(&format!("127.0.0.1:{port}")));
     assert!(!e.to_string().is_empty());
 }
+
+#[tokio::test]
+async fn keys_are_listed_at_their_depth_with_their_newest_write() {
+    let server = S3Server::start().await;
+    let cache = tempfile::tempdir().expect("tempdir");
+    let store = ObjectArtifactStore::s3(&settings(&server, "p", cache.path())).expect("store");
+    let before = std::time::SystemTime::now() - Duration::from_secs(60);
+    let mut object = store.create("files/f1").await.expect("create");
+    object.write(b"x").await.expect("write");
+    object.commit().await.expect("commit");
+    let dir = tempfile::tempdir().expect("tempdir");
+    std::fs::create_dir(dir.path().join("sub")).expect("mkdir");
+    std::fs::write(dir.path().join("sub/a.bin"), b"a").expect("write");
+    std::fs::write(dir.path().join("b.bin"), b"b").expect("write");
+    store
+        .put_dir("models/m1", dir.path())
+        .await
+        .expect("put_dir");
+    store
+        .put_dir("checkpoints/j/attempt-1/epoch-2", dir.path())
+        .await
+        .expect("put_dir");
+
+    let keys = |listed: Vec<hone_store::Listed>| {
+        assert!(listed.iter().all(|l| l.modified >= before), "{listed:?}");
+        listed.into_iter().map(|l| l.key).collect::<Vec<_>>()
+    };
+    assert_eq!(
+        keys(store.list_keys("files", 2).await.expect("files")),
+        ["files/f1"]
+    );
+    assert_eq!(
+        keys(store.list_keys("models", 2).await.expect("models")),
+        ["models/m1"]
+    );
+    assert_eq!(
+        keys(
+            store
+                .list_keys("checkpoints", 4)
+                .await
+                .expect("checkpoints")
+        ),
+        ["checkpoints/j/attempt-1/epoch-2"]
+    );
+    assert!(store
+        .list_keys("features", 3)
+        .await
+        .expect("none")
+        .is_empty());
+}

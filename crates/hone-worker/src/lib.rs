@@ -92,6 +92,7 @@ pub async fn run(
         );
     }
     tracing::info!(worker = %settings.id, concurrency = settings.concurrency, device = ?settings.device, base_models = ?models, "worker started");
+    sweep_scratch(&db, &settings.scratch_dir).await;
     let wake = Arc::new(Notify::new());
     let listener = tokio::spawn(hone_store::listener::listen_for_jobs(
         db.clone(),
@@ -156,6 +157,32 @@ async fn slot_loop(
                     _ = shutdown.cancelled() => {}
                 }
                 backoff = (backoff * 2).min(Duration::from_secs(30));
+            }
+        }
+    }
+}
+
+/// Removes the scratch folders (`<job>-<attempt>`) of attempts that are not running:
+/// left by a worker that died (killed, the machine restarted) mid-job. Folders of an
+/// attempt running now, perhaps on another worker sharing the directory, stay.
+async fn sweep_scratch(db: &Db, scratch_dir: &std::path::Path) {
+    let Ok(mut entries) = tokio::fs::read_dir(scratch_dir).await else {
+        return;
+    };
+    while let Ok(Some(entry)) = entries.next_entry().await {
+        let name = entry.file_name().to_string_lossy().into_owned();
+        let attempt = name
+            .rsplit_once('-')
+            .and_then(|(job, attempt)| Some((job.to_owned(), attempt.parse::<i32>().ok()?)));
+        let running = match &attempt {
+            // Unknown (the database did not answer): leave it for the next start.
+            Some((job, attempt)) => db.attempt_is_running(job, *attempt).await.unwrap_or(true),
+            None => false,
+        };
+        if !running {
+            tracing::info!(folder = %entry.path().display(), "removing a dead attempt's scratch");
+            if let Err(e) = tokio::fs::remove_dir_all(entry.path()).await {
+                tracing::warn!(error = %e, "cannot remove scratch");
             }
         }
     }

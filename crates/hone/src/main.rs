@@ -148,6 +148,11 @@ async fn run(command: Command, config: Config) -> anyhow::Result<()> {
             shutdown.clone(),
         )));
     }
+    tasks.push(tokio::spawn(sweep_loop(
+        db.clone(),
+        artifacts.clone(),
+        shutdown.clone(),
+    )));
     if matches!(command, Command::All | Command::Worker) {
         let settings = config.worker_settings(device, threads.training, batch_work.clone());
         tasks.push(tokio::spawn(hone_worker::run(
@@ -190,6 +195,31 @@ async fn run(command: Command, config: Config) -> anyhow::Result<()> {
         let _ = t.await;
     }
     Ok(())
+}
+
+/// Stored objects that no row names (a process killed between writing an object and
+/// its row) are removed once they are an hour old: at start-up, then daily. One process
+/// at a time sweeps; the others find the lock taken and skip.
+async fn sweep_loop(
+    db: hone_store::Db,
+    artifacts: std::sync::Arc<dyn ArtifactStore>,
+    shutdown: CancellationToken,
+) {
+    const GRACE: std::time::Duration = std::time::Duration::from_secs(3600);
+    const EVERY: std::time::Duration = std::time::Duration::from_secs(24 * 3600);
+    loop {
+        match db.sweep_orphans(artifacts.as_ref(), GRACE).await {
+            Ok(Some(swept)) if swept != Default::default() => {
+                tracing::info!(?swept, "removed orphaned artifacts")
+            }
+            Ok(_) => {}
+            Err(e) => tracing::warn!(error = %e, "the orphan sweep failed; next in a day"),
+        }
+        tokio::select! {
+            _ = tokio::time::sleep(EVERY) => {}
+            _ = shutdown.cancelled() => return,
+        }
+    }
 }
 
 /// The artifact store must answer before the process reports ready: tried for about

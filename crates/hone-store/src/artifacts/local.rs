@@ -7,7 +7,7 @@ use async_trait::async_trait;
 use tokio::fs;
 use tokio::io::{AsyncRead, AsyncWriteExt};
 
-use super::{check_key, ArtifactStore, LocalDir, PendingObject};
+use super::{check_key, ArtifactStore, Listed, LocalDir, PendingObject};
 
 #[derive(Debug)]
 pub struct LocalArtifactStore {
@@ -153,6 +153,63 @@ impl ArtifactStore for LocalArtifactStore {
         let probe = self.scratch();
         fs::write(&probe, b"").await?;
         fs::remove_file(&probe).await
+    }
+
+    async fn list_keys(&self, prefix: &str, depth: usize) -> std::io::Result<Vec<Listed>> {
+        let start = self.path(prefix)?;
+        let base = prefix.trim_end_matches('/').split('/').count();
+        let mut out = Vec::new();
+        let mut todo = vec![(prefix.trim_end_matches('/').to_owned(), start, base)];
+        while let Some((key, path, at)) = todo.pop() {
+            let mut entries = match fs::read_dir(&path).await {
+                Ok(entries) => entries,
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => continue,
+                Err(e) => return Err(e),
+            };
+            while let Some(entry) = entries.next_entry().await? {
+                let Ok(name) = entry.file_name().into_string() else {
+                    continue;
+                };
+                let key = format!("{key}/{name}");
+                let meta = entry.metadata().await?;
+                if at + 1 >= depth || !meta.is_dir() {
+                    out.push(Listed {
+                        key,
+                        modified: meta.modified()?,
+                    });
+                } else {
+                    todo.push((key, entry.path(), at + 1));
+                }
+            }
+        }
+        out.sort_by(|a, b| a.key.cmp(&b.key));
+        Ok(out)
+    }
+
+    async fn sweep_scratch(&self, age: std::time::Duration) -> std::io::Result<usize> {
+        let mut removed = 0;
+        let mut entries = fs::read_dir(self.root.join(".tmp")).await?;
+        while let Some(entry) = entries.next_entry().await? {
+            let meta = entry.metadata().await?;
+            let old = meta
+                .modified()?
+                .elapsed()
+                .is_ok_and(|elapsed| elapsed >= age);
+            if !old {
+                continue;
+            }
+            let gone = if meta.is_dir() {
+                fs::remove_dir_all(entry.path()).await
+            } else {
+                fs::remove_file(entry.path()).await
+            };
+            match gone {
+                Ok(()) => removed += 1,
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+                Err(e) => return Err(e),
+            }
+        }
+        Ok(removed)
     }
 
     fn describe(&self) -> String {

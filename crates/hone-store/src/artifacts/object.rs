@@ -27,7 +27,7 @@ use serde::{Deserialize, Serialize};
 use tokio::io::{AsyncRead, AsyncWriteExt};
 
 use super::cache::DirCache;
-use super::{check_key, ArtifactStore, LocalDir, PendingObject};
+use super::{check_key, ArtifactStore, Listed, LocalDir, PendingObject};
 
 /// The object, under a directory's prefix, that lists its files; written last.
 pub const DIR_MANIFEST: &str = ".hone-dir.json";
@@ -414,5 +414,29 @@ impl ArtifactStore for ObjectArtifactStore {
 
     fn describe(&self) -> String {
         self.name.clone()
+    }
+
+    async fn list_keys(&self, prefix: &str, depth: usize) -> std::io::Result<Vec<Listed>> {
+        let prefix = object_path(prefix)?;
+        let mut newest = std::collections::BTreeMap::<String, std::time::SystemTime>::new();
+        let mut listed = self.store.list(Some(&prefix));
+        while let Some(meta) = listed.next().await {
+            let meta = meta.map_err(io_error)?;
+            let key: Vec<&str> = meta.location.as_ref().split('/').take(depth).collect();
+            let at = std::time::SystemTime::from(meta.last_modified);
+            let entry = newest.entry(key.join("/")).or_insert(at);
+            *entry = (*entry).max(at);
+        }
+        Ok(newest
+            .into_iter()
+            .map(|(key, modified)| Listed { key, modified })
+            .collect())
+    }
+
+    async fn sweep_scratch(&self, _age: std::time::Duration) -> std::io::Result<usize> {
+        // Uploads in flight are multipart uploads, which the bucket's lifecycle rule
+        // for incomplete uploads removes; local scratch is this process's cache slot,
+        // emptied when the slot is taken.
+        Ok(0)
     }
 }

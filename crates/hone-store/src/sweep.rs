@@ -1,0 +1,110 @@
+//! The orphan sweep: artifacts that no row names. Every write path commits its
+//! object before its row (an upload, a model, a checkpoint) and takes the object back
+//! when the row is not written; a process killed in between leaves the object, which no
+//! listing shows and no quota counts. At start-up (and once a day after) one process
+//! at a time (an advisory lock) lists the stored keys older than a grace period, longer
+//! than any write takes between its object and its row, and removes those without a
+//! row, then the scratch that dead writers left.
+
+use std::collections::HashSet;
+use std::time::{Duration, SystemTime};
+
+use crate::{ArtifactStore, Db, StoreError};
+
+/// Taken with `pg_try_advisory_lock` so that one process sweeps at a time.
+const SWEEP_LOCK: i64 = 0x686f_6e65_7377_6570; // "honeswep"
+
+/// What one sweep removed.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Swept {
+    pub files: usize,
+    pub models: usize,
+    pub checkpoints: usize,
+    pub scratch: usize,
+}
+
+/// The kinds of stored keys, how deep their keys are, and the query that gives the
+/// ones with rows among a list of candidates.
+const KINDS: [(&str, usize, &str); 3] = [
+    (
+        "files",
+        2,
+        "SELECT storage_key FROM files WHERE storage_key = ANY($1)",
+    ),
+    (
+        "models",
+        2,
+        "SELECT storage_key FROM models WHERE storage_key = ANY($1)",
+    ),
+    (
+        "checkpoints",
+        4,
+        "SELECT storage_key FROM fine_tuning_job_checkpoints WHERE storage_key = ANY($1)",
+    ),
+];
+
+impl Db {
+    /// Removes stored objects older than `grace` that no row names, and scratch older
+    /// than `grace`; `None` when another process holds the sweep.
+    pub async fn sweep_orphans(
+        &self,
+        artifacts: &dyn ArtifactStore,
+        grace: Duration,
+    ) -> Result<Option<Swept>, StoreError> {
+        let mut conn = self.pool.acquire().await?;
+        let locked: bool = sqlx::query_scalar("SELECT pg_try_advisory_lock($1)")
+            .bind(SWEEP_LOCK)
+            .fetch_one(&mut *conn)
+            .await?;
+        if !locked {
+            return Ok(None);
+        }
+        let result = self.sweep_locked(artifacts, grace).await;
+        let _ = sqlx::query("SELECT pg_advisory_unlock($1)")
+            .bind(SWEEP_LOCK)
+            .execute(&mut *conn)
+            .await;
+        result.map(Some)
+    }
+
+    async fn sweep_locked(
+        &self,
+        artifacts: &dyn ArtifactStore,
+        grace: Duration,
+    ) -> Result<Swept, StoreError> {
+        let cutoff = SystemTime::now()
+            .checked_sub(grace)
+            .unwrap_or(SystemTime::UNIX_EPOCH);
+        let mut swept = Swept::default();
+        for (prefix, depth, with_rows) in KINDS {
+            let old: Vec<String> = artifacts
+                .list_keys(prefix, depth)
+                .await?
+                .into_iter()
+                .filter(|l| l.modified <= cutoff)
+                .map(|l| l.key)
+                .collect();
+            let mut removed = 0;
+            for chunk in old.chunks(1000) {
+                let kept: HashSet<String> = sqlx::query_scalar(with_rows)
+                    .bind(chunk)
+                    .fetch_all(&self.pool)
+                    .await?
+                    .into_iter()
+                    .collect();
+                for key in chunk.iter().filter(|k| !kept.contains(*k)) {
+                    tracing::info!(key, "removing a stored object that no row names");
+                    artifacts.delete(key).await?;
+                    removed += 1;
+                }
+            }
+            match prefix {
+                "files" => swept.files = removed,
+                "models" => swept.models = removed,
+                _ => swept.checkpoints = removed,
+            }
+        }
+        swept.scratch = artifacts.sweep_scratch(grace).await?;
+        Ok(swept)
+    }
+}
