@@ -244,7 +244,95 @@ fn message_line(event: &Event) -> String {
 
 #[cfg(test)]
 mod tests {
-    use super::{message_line, Event};
+    use std::process::ExitCode;
+    use std::sync::{Arc, Mutex};
+
+    use secrecy::SecretString;
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+    use super::{message_line, watch, Event};
+    use crate::client::Client;
+
+    /// A server that answers each request with the next of `answers` (status line and
+    /// body, then closes), recording each request's head.
+    async fn scripted(answers: Vec<(&'static str, String)>) -> (String, Arc<Mutex<Vec<String>>>) {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind");
+        let url = format!("http://{}", listener.local_addr().expect("addr"));
+        let heads = Arc::new(Mutex::new(Vec::new()));
+        let seen = heads.clone();
+        tokio::spawn(async move {
+            for (content_type, body) in answers {
+                let Ok((mut socket, _)) = listener.accept().await else {
+                    return;
+                };
+                let mut head = Vec::new();
+                let mut byte = [0u8; 1];
+                while !head.ends_with(b"\r\n\r\n") {
+                    if socket.read(&mut byte).await.unwrap_or(0) == 0 {
+                        break;
+                    }
+                    head.push(byte[0]);
+                }
+                seen.lock()
+                    .expect("lock")
+                    .push(String::from_utf8_lossy(&head).to_lowercase());
+                let answer = format!(
+                    "HTTP/1.1 200 OK\r\ncontent-type: {content_type}\r\nconnection: close\r\n\r\n{body}"
+                );
+                let _ = socket.write_all(answer.as_bytes()).await;
+                let _ = socket.shutdown().await;
+            }
+        });
+        (url, heads)
+    }
+
+    fn sse(events: &[(&str, &str)]) -> String {
+        events
+            .iter()
+            .map(|(id, data)| format!("id: {id}\ndata: {data}\n\n"))
+            .collect()
+    }
+
+    #[tokio::test]
+    async fn a_stream_that_ends_before_the_job_does_resumes_after_the_last_event() {
+        let step = |n: u32| {
+            format!(
+                r#"{{"level":"info","type":"metrics","message":"Step {n}/2","data":{{"step":{n},"total_steps":2,"epoch":1,"total_epochs":1,"train_loss":0.5,"eta_seconds":1.0}}}}"#
+            )
+        };
+        let queued =
+            r#"{"level":"info","type":"message","message":"Job created and queued","data":null}"#;
+        let done = r#"{"level":"info","type":"message","message":"Job succeeded","data":null}"#;
+        let (url, heads) = scripted(vec![
+            (
+                "text/event-stream",
+                sse(&[("e1", queued), ("e2", &step(1))]),
+            ),
+            (
+                "application/json",
+                r#"{"id":"ftjob-x","status":"running"}"#.to_owned(),
+            ),
+            ("text/event-stream", sse(&[("e3", &step(2)), ("e4", done)])),
+            (
+                "application/json",
+                r#"{"id":"ftjob-x","status":"succeeded"}"#.to_owned(),
+            ),
+        ])
+        .await;
+        let client = Client::new(&url, SecretString::from("hone_sk_test")).expect("client");
+        let code = watch(&client, "ftjob-x").await.expect("watched to the end");
+        assert_eq!(code, ExitCode::SUCCESS);
+        let heads = heads.lock().expect("lock").clone();
+        assert_eq!(heads.len(), 4, "{heads:?}");
+        assert!(heads[0].starts_with("get /v1/fine_tuning/jobs/ftjob-x/events?stream=true"));
+        assert!(!heads[0].contains("last-event-id"), "{}", heads[0]);
+        assert!(heads[2].contains("last-event-id: e2\r\n"), "{}", heads[2]);
+        assert!(heads
+            .iter()
+            .all(|h| h.contains("authorization: bearer hone_sk_test")));
+    }
 
     #[test]
     fn events_read_leniently() {
