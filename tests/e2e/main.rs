@@ -3,6 +3,7 @@
 //! Set TEST_LOG=1 to see the server's logs.
 
 mod api;
+mod cli;
 mod connections;
 mod docs;
 mod errors;

@@ -232,6 +232,11 @@ impl Default for Config {
 /// the one `HONE_*` variable that is not a configuration key.
 pub const CONFIG_FILE_VAR: &str = "HONE_CONFIG";
 
+/// `HONE_*` variables that are not server settings: the config file's name, and the
+/// client commands' server and key (`hone jobs …`), so that a shell that exported the
+/// banner's `HONE_API_KEY` still starts the server.
+const NOT_SETTINGS: [&str; 3] = ["config", "url", "api_key"];
+
 impl Config {
     /// The limits of projects that set none of their own.
     pub fn project_limits(&self) -> hone_api::auth::ProjectLimits {
@@ -266,7 +271,7 @@ impl Config {
             }
         }
         figment
-            .merge(Env::prefixed("HONE_").ignore(&["config"]))
+            .merge(Env::prefixed("HONE_").ignore(&NOT_SETTINGS))
             .extract()
             .map_err(Box::new)
     }
@@ -676,6 +681,12 @@ mod tests {
             Ok(())
         });
         result
+    }
+
+    #[test]
+    fn the_clients_variables_are_not_server_settings() {
+        load_with("HONE_API_KEY", "hone_sk_x").expect("HONE_API_KEY is ignored");
+        load_with("HONE_URL", "http://127.0.0.1:8080").expect("HONE_URL is ignored");
     }
 
     #[test]

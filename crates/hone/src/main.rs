@@ -2,7 +2,9 @@
 //!
 //! `hone all` (the default) runs the API and a worker in one process; `hone serve` and
 //! `hone worker` run them apart, on as many machines as needed; `hone migrate` creates
-//! the database and applies migrations; `hone keys` manages API keys.
+//! the database and applies migrations; `hone keys` manages API keys. `hone files`,
+//! `jobs`, `predict` and `models` are clients of any hone server over HTTP
+//! (`hone-cli`): they read no server configuration.
 
 use anyhow::Context;
 use clap::{Parser, Subcommand};
@@ -25,7 +27,15 @@ static ALLOCATOR: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
 #[command(name = "hone", version, about = "Fine-tuning as a service")]
 struct Cli {
     #[command(subcommand)]
-    command: Option<Command>,
+    command: Option<AnyCommand>,
+}
+
+#[derive(Subcommand)]
+enum AnyCommand {
+    #[command(flatten)]
+    Server(Command),
+    #[command(flatten)]
+    Client(Box<hone_cli::Command>),
 }
 
 #[derive(Subcommand, Clone, PartialEq, Eq)]
@@ -46,7 +56,11 @@ enum Command {
 }
 
 fn main() -> std::process::ExitCode {
-    let cli = Cli::parse();
+    let command = match Cli::parse().command {
+        Some(AnyCommand::Client(client)) => return hone_cli::run(*client),
+        Some(AnyCommand::Server(command)) => command,
+        None => Command::All,
+    };
     let config = match Config::load() {
         Ok(c) => c,
         Err(e) => {
@@ -69,7 +83,7 @@ fn main() -> std::process::ExitCode {
             return std::process::ExitCode::FAILURE;
         }
     };
-    match runtime.block_on(run(cli.command.unwrap_or(Command::All), config)) {
+    match runtime.block_on(run(command, config)) {
         Ok(()) => std::process::ExitCode::SUCCESS,
         Err(e) => {
             // One clear line, not a stack of errors.
