@@ -243,9 +243,10 @@ async fn a_zips_declared_entry_count_is_checked_first() {
 }
 
 /// A job that trains longer than `job_max_seconds` allows one attempt is stopped and
-/// fails with `job_timeout`, not retried, and keeps the checkpoints it made.
+/// fails with `job_timeout`, not retried, and keeps its checkpoints as any ended job
+/// does (`checkpoint_retention`: the last and the best).
 #[tokio::test]
-async fn a_job_past_its_maximum_time_fails_and_keeps_its_checkpoints() {
+async fn a_job_past_its_maximum_time_fails_and_keeps_its_last_checkpoint() {
     let s = TestServer::start_with(&[("HONE_JOB_MAX_SECONDS", "6"), ("HONE_DEVICE", "cpu")]).await;
     let rows = crate::support::two_class_rows(
         48,
@@ -274,8 +275,19 @@ async fn a_job_past_its_maximum_time_fails_and_keeps_its_checkpoints() {
         .get(&format!("/v1/fine_tuning/jobs/{id}/checkpoints"))
         .await;
     assert_eq!(status, 200, "{checkpoints}");
-    assert!(
-        !checkpoints["data"].as_array().expect("data").is_empty(),
-        "the checkpoints are kept: {checkpoints}"
-    );
+    // Of them, an ended job keeps the last epoch's (no validation data: no best one
+    // apart from it), in the list and in the store.
+    let kept = checkpoints["data"].as_array().expect("data");
+    assert_eq!(kept.len(), 1, "the last checkpoint is kept: {checkpoints}");
+    let epoch = kept[0]["epoch"].as_u64().expect("epoch");
+    assert!(epoch > 1, "{checkpoints}");
+    let folders: Vec<String> = std::fs::read_dir(
+        s.data_dir
+            .path()
+            .join(format!("artifacts/checkpoints/{id}/attempt-1")),
+    )
+    .expect("the job's checkpoint folder")
+    .map(|e| e.expect("entry").file_name().to_string_lossy().into_owned())
+    .collect();
+    assert_eq!(folders, [format!("epoch-{epoch}")]);
 }

@@ -51,7 +51,9 @@ async fn one_encoder_learns_sentiment_and_subjectivity_and_serves_a_checkpoint()
         body.push('\n');
     }
 
-    let s = TestServer::start().await;
+    // Every epoch's checkpoint is kept (the default keeps the last and the best), so
+    // that an early one can be published after the job.
+    let s = TestServer::start_with(&[("HONE_CHECKPOINT_RETENTION", "all")]).await;
     let (status, file) = s.upload("rt-tasks.jsonl", body.into_bytes()).await;
     assert_eq!(status, 200, "{file}");
     assert_eq!(file["task_type"], "multi_task", "{file}");

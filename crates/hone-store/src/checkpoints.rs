@@ -215,6 +215,30 @@ impl Db {
         }))
     }
 
+    /// Keeps only the checkpoints of an ended job worth keeping: the last epoch's, the
+    /// best epoch's (its result's `best_epoch`) and any that was published as a model;
+    /// forgets the others and returns their storage keys, for the caller to remove
+    /// (rows first: an object left by a failed removal has no row, and the orphan
+    /// sweep takes it).
+    pub async fn prune_checkpoints(&self, job_id: &str) -> Result<Vec<String>, StoreError> {
+        Ok(sqlx::query_scalar(
+            "WITH last AS (
+                 SELECT max(epoch) AS epoch FROM fine_tuning_job_checkpoints WHERE job_id = $1
+             ), best AS (
+                 SELECT (result->>'best_epoch')::int AS epoch FROM fine_tuning_jobs WHERE id = $1
+             )
+             DELETE FROM fine_tuning_job_checkpoints c USING last, best
+             WHERE c.job_id = $1 AND c.epoch <> last.epoch
+               AND c.epoch IS DISTINCT FROM best.epoch
+               AND NOT EXISTS (SELECT 1 FROM models m
+                               WHERE m.job_id = c.job_id AND m.checkpoint_epoch = c.epoch)
+             RETURNING c.storage_key",
+        )
+        .bind(job_id)
+        .fetch_all(&self.pool)
+        .await?)
+    }
+
     /// Forgets a job's checkpoints; how many there were. Their files all lie under
     /// [`job_prefix`], which the caller removes.
     pub async fn delete_checkpoints(&self, job_id: &str) -> Result<u64, StoreError> {

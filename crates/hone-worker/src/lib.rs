@@ -39,6 +39,9 @@ pub struct WorkerSettings {
     /// The longest an attempt may train (`job_max_seconds`); past it the job fails
     /// with `job_timeout`, keeping its checkpoints. `None`: no limit.
     pub max_attempt_time: Option<Duration>,
+    /// `checkpoint_retention = "all"`: an ended job keeps every epoch's checkpoint, not
+    /// only the last, the best and the published.
+    pub keep_all_checkpoints: bool,
 }
 
 /// A worker's name for the jobs it holds: host, process and a random part, so that two

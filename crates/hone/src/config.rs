@@ -66,6 +66,9 @@ pub struct Config {
     pub job_max_attempts: i32,
     /// The longest one attempt may train, in seconds (0: no limit).
     pub job_max_seconds: u64,
+    /// Which checkpoints an ended job keeps: `best_and_last` (and the published) or
+    /// `all`.
+    pub checkpoint_retention: String,
     /// Hours an `Idempotency-Key` is remembered; a key used again later is a new key.
     pub idempotency_key_hours: u64,
     /// Largest accepted dataset upload, in bytes.
@@ -184,6 +187,7 @@ impl Default for Config {
             poll_interval_ms: 2000,
             job_max_attempts: 3,
             job_max_seconds: 86_400,
+            checkpoint_retention: "best_and_last".into(),
             idempotency_key_hours: 24,
             max_upload_bytes: 512 * 1024 * 1024,
             max_examples: 1_000_000,
@@ -252,6 +256,12 @@ impl Config {
             return Err(format!(
                 "job_max_attempts must be at least 1, not {}",
                 self.job_max_attempts
+            ));
+        }
+        if !matches!(self.checkpoint_retention.as_str(), "best_and_last" | "all") {
+            return Err(format!(
+                "checkpoint_retention must be best_and_last or all, not {:?}",
+                self.checkpoint_retention
             ));
         }
         if self.idempotency_key_hours == 0 {
@@ -419,6 +429,7 @@ impl Config {
             frozen_cache_bytes: self.frozen_cache_bytes,
             max_attempt_time: (self.job_max_seconds > 0)
                 .then(|| Duration::from_secs(self.job_max_seconds)),
+            keep_all_checkpoints: self.checkpoint_retention == "all",
         }
     }
 }
@@ -480,6 +491,10 @@ mod tests {
                 ..Config::default()
             },
             Config {
+                checkpoint_retention: "best".into(),
+                ..Config::default()
+            },
+            Config {
                 artifact_store: "s3://Not_A_Bucket/x".into(),
                 ..Config::default()
             },
@@ -491,6 +506,7 @@ mod tests {
         for (c, key) in bad.iter().zip([
             "job_max_attempts",
             "idempotency_key_hours",
+            "checkpoint_retention",
             "artifact_store",
             "artifact_store",
         ]) {

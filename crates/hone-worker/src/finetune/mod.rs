@@ -76,12 +76,30 @@ pub async fn run_job(
         tracing::error!(error = %e, "could not record the job's outcome");
         "unrecorded"
     });
+    if matches!(outcome, "succeeded" | "failed" | "timed_out") && !settings.keep_all_checkpoints {
+        prune_checkpoints(db, artifacts, &job.id).await;
+    }
     let labels = telemetry::AttemptLabels {
         outcome,
         method: job.method.kind.as_str(),
         modality,
     };
     telemetry::attempt_ended(labels, started.elapsed());
+}
+
+/// The job has ended: of its checkpoints only the last, the best and the published
+/// stay (`checkpoint_retention = "best_and_last"`, the default).
+async fn prune_checkpoints(db: &Db, artifacts: &Arc<dyn ArtifactStore>, job_id: &str) {
+    match db.prune_checkpoints(job_id).await {
+        Ok(keys) => {
+            for key in keys {
+                if let Err(e) = artifacts.delete(&key).await {
+                    tracing::warn!(error = %e, key, "cannot remove a pruned checkpoint; the orphan sweep will");
+                }
+            }
+        }
+        Err(e) => tracing::warn!(error = %e, "cannot prune the job's checkpoints"),
+    }
 }
 
 /// The metrics' name of a training file's modality.
