@@ -550,6 +550,7 @@ async fn docs_openapi_and_health_are_served() {
         "/v1/webhooks/{webhook_id}/rotate_secret",
         "/v1/webhooks/{webhook_id}/deliveries",
         "/v1/webhooks/{webhook_id}/deliveries/{delivery_id}/redeliver",
+        "/v1/usage",
         "/healthz",
         "/readyz",
     ] {

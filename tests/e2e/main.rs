@@ -33,6 +33,7 @@ mod strategies;
 mod support;
 mod sweep;
 mod tasks;
+mod usage;
 // hone-train's test images (Fashion-MNIST as PNGs); this binary reads no digits.
 #[path = "../../crates/hone-train/tests/it/test_images.rs"]
 #[allow(dead_code)]

@@ -40,7 +40,7 @@ pub struct Project {
 pub struct ProjectLimits {
     /// Queued and running jobs of one project.
     pub max_active_jobs: i64,
-    /// Bytes of one project's stored files.
+    /// Bytes one project stores (files, kept checkpoints, published models).
     pub max_stored_bytes: i64,
 }
 

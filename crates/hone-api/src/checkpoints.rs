@@ -159,6 +159,7 @@ async fn publish_checkpoint(
     .map_err(|e| ApiError::internal("cannot build the checkpoint's model", &e))?;
 
     let key = storage_key(&model_id);
+    let bytes = hone_store::dir_bytes(&out_dir).await?;
     state.artifacts.put_dir(&key, &out_dir).await?;
     let metrics = checkpoint.object.metrics;
     let result = JobResult {
@@ -178,6 +179,7 @@ async fn publish_checkpoint(
         labels: model.object.labels.clone(),
         tasks: model.object.tasks.clone(),
         checkpoint_epoch: Some(epoch_number),
+        bytes,
     };
     if !state.db.add_model(&new, &result).await? {
         // Published meanwhile by a concurrent request: keep that one.

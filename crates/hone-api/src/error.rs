@@ -168,8 +168,9 @@ impl From<StoreError> for ApiError {
                 "storage_limit_exceeded",
                 format!(
                     "this upload does not fit in the project's storage limit \
-                     (max_stored_bytes = {limit}); {used} bytes are stored: delete files \
-                     to make room"
+                     (max_stored_bytes = {limit}); {used} bytes are stored (files, \
+                     checkpoints and models, as GET /v1/usage shows): delete some to \
+                     make room"
                 ),
             )
             .with_param("file"),

@@ -32,6 +32,7 @@ mod params;
 pub mod server;
 pub mod slots;
 mod transferability;
+mod usage;
 mod webhooks;
 
 /// Everything the handlers need, built once by the binary.
@@ -98,6 +99,7 @@ pub struct ApiSettings {
         (name = "webhooks", description = "Endpoints that receive the project's events (jobs \
             finishing, files processed) as signed POSTs, per Standard Webhooks; the payloads \
             are described under `webhooks`"),
+        (name = "projects", description = "What the key's project stores and runs, against its limits"),
         (name = "health", description = "Liveness and readiness")
     ),
     components(schemas(
@@ -122,6 +124,7 @@ pub fn routes() -> (Router<AppState>, utoipa::openapi::OpenApi) {
         .merge(webhooks::router())
         .merge(health::router())
         .merge(metrics::router())
+        .merge(usage::router())
         .split_for_parts();
     utoipa::Modify::modify(&auth::SecurityAddon, &mut api);
     webhooks::document_payloads(&mut api);

@@ -121,6 +121,24 @@ pub struct Listed {
     pub modified: std::time::SystemTime,
 }
 
+/// The bytes of the files under a local directory (what publishing it stores).
+pub async fn dir_bytes(dir: &Path) -> std::io::Result<u64> {
+    let mut total = 0;
+    let mut todo = vec![dir.to_owned()];
+    while let Some(path) = todo.pop() {
+        let mut entries = tokio::fs::read_dir(&path).await?;
+        while let Some(entry) = entries.next_entry().await? {
+            let meta = entry.metadata().await?;
+            if meta.is_dir() {
+                todo.push(entry.path());
+            } else {
+                total += meta.len();
+            }
+        }
+    }
+    Ok(total)
+}
+
 /// Where artifacts are kept, as configured: `file://<dir>` or `s3://<bucket>/<prefix>`.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Location {

@@ -162,12 +162,9 @@ impl Db {
         let bytes = i64::try_from(summary.bytes).unwrap_or(i64::MAX);
         if let Some(limit) = max_stored_bytes {
             crate::projects::lock(&mut tx, project).await?;
-            let used: i64 = sqlx::query_scalar(
-                "SELECT coalesce(sum(bytes), 0)::bigint FROM files WHERE project_id = $1",
-            )
-            .bind(project.as_str())
-            .fetch_one(&mut *tx)
-            .await?;
+            // Files, checkpoints and published models all count.
+            let used = crate::usage::usage(&mut *tx, project).await?.stored_bytes();
+            let used = i64::try_from(used).unwrap_or(i64::MAX);
             if used.saturating_add(bytes) > limit {
                 return Err(StoreError::Quota(crate::Quota::StoredBytes { limit, used }));
             }

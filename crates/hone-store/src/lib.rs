@@ -16,11 +16,12 @@ pub mod projects;
 pub mod queue;
 pub mod stats;
 pub mod sweep;
+pub mod usage;
 pub mod webhook_outbox;
 pub mod webhooks;
 
 pub use artifacts::{
-    ArtifactStore, Listed, LocalArtifactStore, LocalDir, Location, ObjectArtifactStore,
+    dir_bytes, ArtifactStore, Listed, LocalArtifactStore, LocalDir, Location, ObjectArtifactStore,
     PendingObject, S3Settings,
 };
 pub use db::{connect, ensure_database, migrate, Db, StoreError};

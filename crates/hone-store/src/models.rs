@@ -22,6 +22,8 @@ pub struct NewModel {
     pub tasks: Option<BTreeMap<String, Vec<String>>>,
     /// Published from this epoch's checkpoint.
     pub checkpoint_epoch: Option<u32>,
+    /// The size of its directory, counted in the project's usage.
+    pub bytes: u64,
 }
 
 /// A published model: what the API shows plus where its directory is.
@@ -90,8 +92,8 @@ pub(crate) async fn insert_model<'e>(
     // A model belongs to its job's project.
     let done = sqlx::query(
         "INSERT INTO models (id, job_id, base_model, storage_key, task_type, labels, tasks,
-                             checkpoint_epoch, metrics, project_id)
-         SELECT $1, $2, $3, $4, $5, $6, $7, $8, $9, project_id
+                             checkpoint_epoch, metrics, project_id, bytes)
+         SELECT $1, $2, $3, $4, $5, $6, $7, $8, $9, project_id, $10
          FROM fine_tuning_jobs WHERE id = $2
          ON CONFLICT (id) DO NOTHING",
     )
@@ -104,6 +106,7 @@ pub(crate) async fn insert_model<'e>(
     .bind(model.tasks.as_ref().map(Json))
     .bind(model.checkpoint_epoch.map(|e| e as i32))
     .bind(metrics)
+    .bind(i64::try_from(model.bytes).unwrap_or(i64::MAX))
     .execute(exec)
     .await?;
     Ok(done.rows_affected() == 1)

@@ -302,6 +302,7 @@ async fn a_succeeded_job_lists_its_results_file_which_files_list_by_purpose() {
         labels: vec!["a".into(), "b".into()],
         tasks: None,
         checkpoint_epoch: None,
+        bytes: 0,
     };
     assert!(f
         .db

@@ -115,6 +115,7 @@ async fn a_worker_that_lost_its_lease_cannot_write() {
         labels: vec!["a".into(), "b".into()],
         tasks: None,
         checkpoint_epoch: None,
+        bytes: 0,
     };
     let checkpoint = |epoch: u32| NewCheckpoint {
         epoch,
@@ -499,6 +500,7 @@ async fn a_success_under_a_model_id_that_is_taken_writes_nothing() {
         labels: vec!["a".into(), "b".into()],
         tasks: None,
         checkpoint_epoch: None,
+        bytes: 0,
     };
     let result = JobResult::default();
     let first = job(&f.db, &file_id, 1).await;
@@ -732,6 +734,7 @@ async fn a_value_that_cannot_be_read_back_is_never_written() {
         labels: vec!["a".into(), "b".into()],
         tasks: None,
         checkpoint_epoch: None,
+        bytes: 0,
     };
     let result = JobResult {
         train_loss: f64::INFINITY,
@@ -851,6 +854,7 @@ async fn an_ended_job_keeps_its_last_best_and_published_checkpoints() {
         labels: vec!["a".into(), "b".into()],
         tasks: None,
         checkpoint_epoch: Some(2),
+        bytes: 0,
     };
     assert!(f
         .db

@@ -377,12 +377,13 @@ impl<'a> Reporter<'a> {
     pub(super) async fn store_checkpoint(&self, c: Checkpoint) {
         let key = hone_store::checkpoints::storage_key(&self.job.id, self.attempt, c.epoch);
         let stored = async {
-            let bytes = tokio::fs::metadata(&c.path).await?.len();
             let curves = serde_json::to_vec(&Curves {
                 steps: &self.steps,
                 epochs: &self.epochs,
             })?;
             tokio::fs::write(c.dir.join(CURVES_FILE), curves).await?;
+            // All it stores (weights, training state, curves) counts in the usage.
+            let bytes = hone_store::dir_bytes(&c.dir).await?;
             self.artifacts.delete(&key).await?;
             self.artifacts.put_dir(&key, &c.dir).await?;
             let _ = tokio::fs::remove_dir_all(&c.dir).await;

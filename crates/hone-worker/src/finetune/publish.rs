@@ -126,6 +126,9 @@ pub(super) async fn publish(
         .write(&model_dir)
         .map_err(|e| transient("storage_error", format!("cannot write the manifest: {e}")))?;
     let key = hone_store::models::attempt_storage_key(model_id.as_str(), attempt);
+    let bytes = hone_store::dir_bytes(&model_dir)
+        .await
+        .map_err(|e| transient("storage_error", format!("cannot size the model: {e}")))?;
     artifacts
         .put_dir(&key, &model_dir)
         .await
@@ -153,6 +156,7 @@ pub(super) async fn publish(
         labels: objective.labels().to_vec(),
         tasks: model_tasks(objective),
         checkpoint_epoch: None,
+        bytes,
     };
     match db
         .succeed_job_with(&job.id, attempt, &new_model, result, results.as_ref())
