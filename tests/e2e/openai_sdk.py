@@ -63,6 +63,17 @@ def main(base_url, api_key):
     training = client.files.create(file=("train.jsonl", data.encode()), purpose="fine-tune")
     assert training.id.startswith("file-") and training.purpose == "fine-tune", training
     say(f"files.create: {training.id}")
+    # A file that expires, as the SDK sends it (multipart `expires_after[anchor]` and
+    # `expires_after[seconds]`).
+    brief = client.files.create(
+        file=("brief.jsonl", data.encode()),
+        purpose="fine-tune",
+        expires_after={"anchor": "created_at", "seconds": 3600},
+    )
+    assert brief.expires_at == brief.created_at + 3600, brief
+    assert training.expires_at is None, training
+    client.files.delete(brief.id)
+    say(f"files.create with expires_after: expires_at {brief.expires_at}")
 
     # Jobs, as OpenAI's docs create them: hyperparameters at the top level …
     job = client.fine_tuning.jobs.create(

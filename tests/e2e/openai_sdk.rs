@@ -10,7 +10,9 @@ use crate::support::{repo_dir, TestServer};
 
 #[tokio::test]
 async fn the_official_openai_sdk_drives_hone_unchanged() {
-    let s = TestServer::start().await;
+    // Every epoch's checkpoint stays (the default keeps the last and the best: one
+    // here), so that the checkpoints list has pages to walk.
+    let s = TestServer::start_with(&[("HONE_CHECKPOINT_RETENTION", "all")]).await;
     let python = repo_dir().join(".deps/openai/bin/python");
     assert!(
         python.is_file(),

@@ -278,3 +278,70 @@ async fn uploads_in_progress_are_capped_per_project_and_in_all() {
     drop(theirs);
     upload_when_a_place_is_free(&s, &third).await;
 }
+
+/// `expires_after` as OpenAI's files API takes it: the file says when it goes, and a
+/// bad anchor or length is refused by its field, keeping nothing.
+#[tokio::test]
+async fn an_expiring_upload_says_when_and_bad_expiries_are_refused_by_field() {
+    let s = TestServer::start().await;
+    let body = crate::support::jsonl(&[("good", "a"), ("bad", "b")]);
+    let form = |fields: &[(&'static str, &'static str)]| {
+        let mut form = reqwest::multipart::Form::new().text("purpose", "fine-tune");
+        for (name, value) in fields {
+            form = form.text(*name, *value);
+        }
+        form.part(
+            "file",
+            reqwest::multipart::Part::bytes(body.clone()).file_name("t.jsonl"),
+        )
+    };
+    let (status, file) = s
+        .post_form(
+            "/v1/files",
+            form(&[
+                ("expires_after[anchor]", "created_at"),
+                ("expires_after[seconds]", "7200"),
+            ]),
+        )
+        .await;
+    assert_eq!(status, 200, "{file}");
+    assert_eq!(
+        file["expires_at"].as_i64(),
+        file["created_at"].as_i64().map(|c| c + 7200),
+        "{file}"
+    );
+    let (_, listed) = s
+        .get(&format!("/v1/files/{}", file["id"].as_str().expect("id")))
+        .await;
+    assert_eq!(listed["expires_at"], file["expires_at"]);
+    let before = s.stored_files().len();
+    for (fields, param) in [
+        (
+            &[
+                ("expires_after[anchor]", "last_active_at"),
+                ("expires_after[seconds]", "7200"),
+            ][..],
+            "expires_after[anchor]",
+        ),
+        (
+            &[
+                ("expires_after[anchor]", "created_at"),
+                ("expires_after[seconds]", "60"),
+            ][..],
+            "expires_after[seconds]",
+        ),
+        (
+            &[("expires_after[seconds]", "7200")][..],
+            "expires_after[anchor]",
+        ),
+    ] {
+        let (status, e) = s.post_form("/v1/files", form(fields)).await;
+        assert_eq!(status, 400, "{e}");
+        assert_eq!(e["error"]["param"], param, "{e}");
+    }
+    assert_eq!(
+        s.stored_files().len(),
+        before,
+        "nothing of a refused upload is kept"
+    );
+}

@@ -57,6 +57,19 @@ struct UploadForm {
     /// What the file must hold; by default inferred from its first line (every line
     /// must then agree). Send it before `file`.
     task_type: Option<TaskType>,
+    /// With `expires_after[seconds]`, as OpenAI's files API: the file is deleted that
+    /// long after it is stored. Must be `created_at`.
+    #[schema(rename = "expires_after[anchor]", example = "created_at")]
+    expires_after_anchor: Option<String>,
+    /// 3600 (an hour) to 2592000 (30 days). A file still used by an unfinished job is
+    /// kept until the job ends.
+    #[schema(
+        rename = "expires_after[seconds]",
+        example = 86400,
+        minimum = 3600,
+        maximum = 2592000
+    )]
+    expires_after_seconds: Option<u64>,
 }
 
 #[derive(Serialize, ToSchema)]
@@ -100,9 +113,7 @@ async fn upload_file(
     let _place = upload_place(&state, &project)?;
     check_upload_room(&state, &project, &headers).await?;
     let id = FileId::generate();
-    let mut purpose: Option<String> = None;
-    let mut format_field: Option<String> = None;
-    let mut task_type_field: Option<String> = None;
+    let mut form = SmallFields::default();
     let mut stored: Option<(String, hone_domain::dataset::DatasetSummary)> = None;
     let key = hone_store::files::storage_key(&id);
 
@@ -112,21 +123,13 @@ async fn upload_file(
             Ok(None) => break,
             Err(e) => return discard(&state, &key, stored.is_some(), e.into()).await,
         };
-        let small = match field.name() {
-            Some("purpose") => Some("purpose"),
-            Some("format") => Some("format"),
-            Some("task_type") => Some("task_type"),
-            _ => None,
-        };
-        if let Some(name) = small {
-            let value = match small_field(&mut field, name).await {
-                Ok(value) => value,
+        if let Some(name) = SmallFields::NAMES
+            .iter()
+            .find(|n| field.name() == Some(**n))
+        {
+            match small_field(&mut field, name).await {
+                Ok(value) => form.set(name, value),
                 Err(e) => return discard(&state, &key, stored.is_some(), e).await,
-            };
-            match name {
-                "purpose" => purpose = Some(value),
-                "format" => format_field = Some(value),
-                _ => task_type_field = Some(value),
             }
             continue;
         }
@@ -142,8 +145,8 @@ async fn upload_file(
                         &state,
                         &key,
                         &mut field,
-                        format_field.as_deref(),
-                        task_type_field.as_deref(),
+                        form.format.as_deref(),
+                        form.task_type.as_deref(),
                     )
                     .await?,
                 );
@@ -153,7 +156,7 @@ async fn upload_file(
                 return discard(&state, &key, stored.is_some(), ApiError::invalid(
                     other.clone(),
                     "unknown_field",
-                    format!("unknown form field {other:?}; expected `file`, `purpose` and optionally `format` and `task_type`"),
+                    format!("unknown form field {other:?}; expected `file`, `purpose` and optionally `format`, `task_type` and `expires_after[anchor]` with `expires_after[seconds]`"),
                 ))
                 .await;
             }
@@ -167,7 +170,11 @@ async fn upload_file(
             "the form has no `file` field",
         ));
     };
-    match purpose.as_deref() {
+    let expires_after = match form.expires_after() {
+        Ok(expires_after) => expires_after,
+        Err(e) => return discard(&state, &key, true, e).await,
+    };
+    match form.purpose.as_deref() {
         Some("fine-tune") => {}
         Some(p) => {
             return discard(
@@ -199,10 +206,11 @@ async fn upload_file(
     // What the upload asked for: the same key with the same file and form replays.
     let request = [
         "fine-tune",
-        format_field.as_deref().unwrap_or(""),
-        task_type_field.as_deref().unwrap_or(""),
+        form.format.as_deref().unwrap_or(""),
+        form.task_type.as_deref().unwrap_or(""),
         &filename,
         &summary.sha256,
+        &expires_after.map_or(String::new(), |d| d.as_secs().to_string()),
     ]
     .join("\0");
     let once = idempotency.for_request(
@@ -218,7 +226,10 @@ async fn upload_file(
             &filename,
             "fine-tune",
             &summary,
-            Some(project.max_stored_bytes),
+            &hone_store::files::UploadLimits {
+                max_stored_bytes: Some(project.max_stored_bytes),
+                expires_after,
+            },
             once.as_ref(),
         )
         .await
@@ -244,6 +255,86 @@ async fn upload_file(
 const MAX_FORM_FIELD_BYTES: usize = 256;
 
 /// A small form field's text, read up to [`MAX_FORM_FIELD_BYTES`].
+/// The upload form's small fields (all but `file`), each at most
+/// [`MAX_FORM_FIELD_BYTES`].
+#[derive(Default)]
+struct SmallFields {
+    purpose: Option<String>,
+    format: Option<String>,
+    task_type: Option<String>,
+    expires_anchor: Option<String>,
+    expires_seconds: Option<String>,
+}
+
+/// OpenAI's bounds on `expires_after[seconds]`: an hour to 30 days.
+const EXPIRES_AFTER_SECONDS: std::ops::RangeInclusive<u64> = 3_600..=2_592_000;
+
+impl SmallFields {
+    const NAMES: [&'static str; 5] = [
+        "purpose",
+        "format",
+        "task_type",
+        "expires_after[anchor]",
+        "expires_after[seconds]",
+    ];
+
+    fn set(&mut self, name: &str, value: String) {
+        let slot = match name {
+            "purpose" => &mut self.purpose,
+            "format" => &mut self.format,
+            "task_type" => &mut self.task_type,
+            "expires_after[anchor]" => &mut self.expires_anchor,
+            _ => &mut self.expires_seconds,
+        };
+        *slot = Some(value);
+    }
+
+    /// `expires_after`, as OpenAI's files API takes it: the anchor `created_at` and
+    /// 3,600 to 2,592,000 seconds; both or neither.
+    fn expires_after(&self) -> Result<Option<std::time::Duration>, ApiError> {
+        let (anchor, seconds) = match (&self.expires_anchor, &self.expires_seconds) {
+            (None, None) => return Ok(None),
+            (Some(anchor), Some(seconds)) => (anchor, seconds),
+            (None, Some(_)) => {
+                return Err(ApiError::invalid(
+                    "expires_after[anchor]",
+                    "missing_field",
+                    "expires_after needs `expires_after[anchor]` (created_at) with its seconds",
+                ))
+            }
+            (Some(_), None) => {
+                return Err(ApiError::invalid(
+                    "expires_after[seconds]",
+                    "missing_field",
+                    "expires_after needs `expires_after[seconds]` with its anchor",
+                ))
+            }
+        };
+        if anchor != "created_at" {
+            return Err(ApiError::invalid(
+                "expires_after[anchor]",
+                "invalid_value",
+                format!("expires_after[anchor] must be created_at, not {anchor:?}"),
+            ));
+        }
+        match seconds.parse::<u64>() {
+            Ok(s) if EXPIRES_AFTER_SECONDS.contains(&s) => {
+                Ok(Some(std::time::Duration::from_secs(s)))
+            }
+            _ => Err(ApiError::invalid(
+                "expires_after[seconds]",
+                "invalid_value",
+                format!(
+                    "expires_after[seconds] must be a whole number from {} (an hour) to {} \
+                     (30 days), not {seconds:?}",
+                    EXPIRES_AFTER_SECONDS.start(),
+                    EXPIRES_AFTER_SECONDS.end()
+                ),
+            )),
+        }
+    }
+}
+
 async fn small_field(
     field: &mut axum::extract::multipart::Field<'_>,
     name: &'static str,

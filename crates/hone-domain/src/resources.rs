@@ -46,6 +46,9 @@ pub struct FileObject {
     /// Always `processed`: a file that failed validation is never stored.
     #[schema(example = "processed")]
     pub status: &'static str,
+    /// When the file is deleted (Unix seconds), if it was uploaded with
+    /// `expires_after`; a file still used by an unfinished job is kept until it ends.
+    pub expires_at: Option<i64>,
 }
 
 /// Where a running job is, and when it should be done.

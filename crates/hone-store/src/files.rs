@@ -27,6 +27,7 @@ struct FileRow {
     task_label_counts: Json<BTreeMap<String, BTreeMap<String, u64>>>,
     storage_key: String,
     created_at: DateTime<Utc>,
+    expires_at: Option<DateTime<Utc>>,
 }
 
 /// A stored file: what the API shows plus where its bytes are.
@@ -65,6 +66,7 @@ impl TryFrom<FileRow> for StoredFile {
                 text_pairs: r.text_pairs,
                 task_label_counts: r.task_label_counts.0,
                 status: "processed",
+                expires_at: r.expires_at.map(|t| t.timestamp()),
             },
             storage_key: r.storage_key,
         })
@@ -72,7 +74,15 @@ impl TryFrom<FileRow> for StoredFile {
 }
 
 const COLUMNS: &str = "id, filename, purpose, format, bytes, sha256, examples, label_counts, \
-     task_type, modality, text_pairs, task_label_counts, storage_key, created_at";
+     task_type, modality, text_pairs, task_label_counts, storage_key, created_at, expires_at";
+
+/// What an upload may take: the project's stored-bytes limit, and when it expires.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct UploadLimits {
+    pub max_stored_bytes: Option<i64>,
+    /// Deleted this long after it is stored (`expires_after`).
+    pub expires_after: Option<std::time::Duration>,
+}
 
 pub fn storage_key(id: &FileId) -> String {
     format!("files/{id}")
@@ -129,7 +139,15 @@ impl Db {
         summary: &DatasetSummary,
     ) -> Result<StoredFile, StoreError> {
         match self
-            .insert_file_once(project, id, filename, purpose, summary, None, None)
+            .insert_file_once(
+                project,
+                id,
+                filename,
+                purpose,
+                summary,
+                &UploadLimits::default(),
+                None,
+            )
             .await?
         {
             Once::Created(file) => Ok(file),
@@ -150,9 +168,10 @@ impl Db {
         filename: &str,
         purpose: &str,
         summary: &DatasetSummary,
-        max_stored_bytes: Option<i64>,
+        limits: &UploadLimits,
         key: Option<&Idempotency>,
     ) -> Result<Once<StoredFile>, StoreError> {
+        let max_stored_bytes = limits.max_stored_bytes;
         let mut tx = self.pool.begin().await?;
         if let Some(key) = key {
             if let Some(earlier) = crate::idempotency::claim(&mut tx, project, key).await? {
@@ -171,8 +190,10 @@ impl Db {
         }
         let row: FileRow = sqlx::query_as(&format!(
             "INSERT INTO files (id, filename, purpose, format, bytes, sha256, examples, label_counts,
-                               task_type, text_pairs, task_label_counts, storage_key, modality, project_id)
-             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14) RETURNING {COLUMNS}"
+                               task_type, text_pairs, task_label_counts, storage_key, modality, project_id,
+                               expires_at)
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14,
+                     now() + $15 * interval '1 second') RETURNING {COLUMNS}"
         ))
         .bind(id.as_str())
         .bind(filename)
@@ -188,6 +209,7 @@ impl Db {
         .bind(storage_key(id))
         .bind(summary.modality.as_str())
         .bind(project.as_str())
+        .bind(limits.expires_after.map(|d| i64::try_from(d.as_secs()).unwrap_or(i64::MAX)))
         .fetch_one(&mut *tx)
         .await?;
         let file: StoredFile = row.try_into()?;
@@ -252,6 +274,23 @@ impl Db {
 
     /// Deletes the row unless a job that has not finished still needs the file; the
     /// caller removes the bytes after this succeeded.
+    /// Deletes the files past their `expires_at` that no unfinished job uses; their
+    /// storage keys, for the caller to remove (rows first: a removal that fails leaves
+    /// an object without a row, which the orphan sweep takes).
+    pub async fn expire_files(&self) -> Result<Vec<String>, StoreError> {
+        Ok(sqlx::query_scalar(
+            "DELETE FROM files f
+             WHERE f.expires_at <= now()
+               AND NOT EXISTS (
+                   SELECT 1 FROM fine_tuning_jobs j
+                   WHERE (j.training_file = f.id OR j.validation_file = f.id)
+                     AND j.status IN ('validating_files', 'queued', 'running', 'paused'))
+             RETURNING f.storage_key",
+        )
+        .fetch_all(&self.pool)
+        .await?)
+    }
+
     pub async fn delete_file(
         &self,
         project: &ProjectId,

@@ -25,7 +25,7 @@ async fn upload(db: &hone_store::Db, key: &Idempotency) -> Once<StoredFile> {
         "f.jsonl",
         "fine-tune",
         &common::summary(10),
-        None,
+        &Default::default(),
         Some(key),
     )
     .await

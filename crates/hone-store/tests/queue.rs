@@ -894,3 +894,42 @@ async fn an_ended_job_keeps_its_last_best_and_published_checkpoints() {
     }
     assert!(f.db.prune_checkpoints(&id).await.expect("again").is_empty());
 }
+
+#[tokio::test]
+async fn expired_files_go_unless_an_unfinished_job_uses_them() {
+    let f = fresh().await;
+    let used = file(&f.db).await;
+    let unused = file(&f.db).await;
+    let lasting = file(&f.db).await;
+    let id = job(&f.db, &used, 3).await;
+    sqlx::query("UPDATE files SET expires_at = now() - interval '1 second' WHERE id = ANY($1)")
+        .bind(vec![used.clone(), unused.clone()])
+        .execute(&f.db.pool)
+        .await
+        .expect("expire");
+    assert_eq!(
+        f.db.expire_files().await.expect("expire"),
+        [format!("files/{unused}")]
+    );
+    assert!(f.db.get_file(&p(), &unused).await.is_err());
+    assert!(f.db.get_file(&p(), &lasting).await.is_ok());
+    // The job's file goes once the job has ended.
+    assert!(f.db.get_file(&p(), &used).await.is_ok());
+    let claimed =
+        f.db.claim_job("w", LEASE)
+            .await
+            .expect("claim")
+            .expect("job");
+    let err = JobError {
+        code: "x".into(),
+        message: "x".into(),
+        param: None,
+    };
+    f.db.fail_job(&id, claimed.attempt, &err, false)
+        .await
+        .expect("fail");
+    assert_eq!(
+        f.db.expire_files().await.expect("expire"),
+        [format!("files/{used}")]
+    );
+}

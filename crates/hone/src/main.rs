@@ -211,26 +211,44 @@ async fn run(command: Command, config: Config) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// Stored objects that no row names (a process killed between writing an object and
-/// its row) are removed once they are an hour old: at start-up, then daily. One process
-/// at a time sweeps; the others find the lock taken and skip.
+/// Housekeeping of stored data, in every process (each step is safe to run in many at
+/// once): every minute, files past their `expires_at` are deleted; at start-up and then
+/// daily, stored objects that no row names (a process killed between writing an object
+/// and its row) are removed once an hour old, by one process at a time.
 async fn sweep_loop(
     db: hone_store::Db,
     artifacts: std::sync::Arc<dyn ArtifactStore>,
     shutdown: CancellationToken,
 ) {
-    const GRACE: std::time::Duration = std::time::Duration::from_secs(3600);
-    const EVERY: std::time::Duration = std::time::Duration::from_secs(24 * 3600);
+    use std::time::Duration;
+    const GRACE: Duration = Duration::from_secs(3600);
+    const ORPHANS_EVERY: Duration = Duration::from_secs(24 * 3600);
+    const EXPIRY_EVERY: Duration = Duration::from_secs(60);
+    let mut next_orphans = tokio::time::Instant::now();
     loop {
-        match db.sweep_orphans(artifacts.as_ref(), GRACE).await {
-            Ok(Some(swept)) if swept != Default::default() => {
-                tracing::info!(?swept, "removed orphaned artifacts")
+        match db.expire_files().await {
+            Ok(keys) => {
+                for key in keys {
+                    tracing::info!(key, "removing an expired file");
+                    if let Err(e) = artifacts.delete(&key).await {
+                        tracing::warn!(error = %e, key, "cannot remove an expired file's bytes; the orphan sweep will");
+                    }
+                }
             }
-            Ok(_) => {}
-            Err(e) => tracing::warn!(error = %e, "the orphan sweep failed; next in a day"),
+            Err(e) => tracing::warn!(error = %e, "cannot expire files; retrying in a minute"),
+        }
+        if tokio::time::Instant::now() >= next_orphans {
+            next_orphans += ORPHANS_EVERY;
+            match db.sweep_orphans(artifacts.as_ref(), GRACE).await {
+                Ok(Some(swept)) if swept != Default::default() => {
+                    tracing::info!(?swept, "removed orphaned artifacts")
+                }
+                Ok(_) => {}
+                Err(e) => tracing::warn!(error = %e, "the orphan sweep failed; next in a day"),
+            }
         }
         tokio::select! {
-            _ = tokio::time::sleep(EVERY) => {}
+            _ = tokio::time::sleep(EXPIRY_EVERY) => {}
             _ = shutdown.cancelled() => return,
         }
     }

@@ -74,7 +74,10 @@ pub async fn file_in(
         "f.jsonl",
         "fine-tune",
         &summary,
-        max_stored_bytes,
+        &hone_store::files::UploadLimits {
+            max_stored_bytes,
+            expires_after: None,
+        },
         None,
     )
     .await?;
