@@ -38,5 +38,6 @@ mod tasks;
 #[allow(dead_code)]
 mod test_images;
 mod transferability;
+mod ui;
 mod uploads;
 mod webhooks;

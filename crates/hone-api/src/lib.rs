@@ -32,6 +32,7 @@ mod params;
 pub mod server;
 pub mod slots;
 mod transferability;
+mod ui;
 mod webhooks;
 
 /// Everything the handlers need, built once by the binary.
@@ -133,8 +134,8 @@ pub fn openapi() -> utoipa::openapi::OpenApi {
     routes().1
 }
 
-/// The whole application: API routes, `/openapi.json`, Swagger UI at `/docs` (served
-/// from the binary, so the docs work offline), and the layers of [`layers`]: each
+/// The whole application: API routes, `/openapi.json`, Swagger UI at `/docs` and the
+/// dashboard at `/ui` (both served from the binary, so they work offline), and the layers of [`layers`]: each
 /// route's body limit, parameter checks, timeouts, caught panics turned into 500s, one
 /// JSON error shape for every error, and request tracing.
 pub fn app(state: AppState, limits: RequestLimits) -> Router {
@@ -146,6 +147,7 @@ pub fn app(state: AppState, limits: RequestLimits) -> Router {
                 // The online validator badge would call validator.swagger.io: docs stay offline.
                 .config(utoipa_swagger_ui::Config::default().validator_url("none")),
         )
+        .merge(ui::router())
         .fallback(|| async {
             error::ApiError::new(
                 axum::http::StatusCode::NOT_FOUND,
