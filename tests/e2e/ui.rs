@@ -4,7 +4,7 @@
 //! base model, sees the loss curve and the job succeed, publishes a checkpoint and
 //! predicts. Every page works offline: only the server's host resolves.
 //!
-//! `HONE_UI_SCREENSHOTS=docs` keeps the screenshots of each page in that folder (how
+//! `E2E_UI_SCREENSHOTS=docs` keeps the screenshots of each page in that folder (how
 //! the README's pictures are made); otherwise they go to a temporary folder.
 
 use std::path::PathBuf;
@@ -43,7 +43,7 @@ async fn dashboard_signs_in_uploads_trains_and_predicts_in_headless_chromium() {
     bytes.extend_from_slice(b"{\"text\": \"no label on line 3\"}\n");
     bytes.extend_from_slice(&jsonl(&rows[2..4]));
     std::fs::write(&bad, bytes).expect("write bad file");
-    let out = match std::env::var_os("HONE_UI_SCREENSHOTS") {
+    let out = match std::env::var_os("E2E_UI_SCREENSHOTS") {
         Some(d) => repo_dir().join(d),
         None => dir.path().join("shots"),
     };

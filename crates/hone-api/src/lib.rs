@@ -87,7 +87,10 @@ pub struct ApiSettings {
             `{\"object\": \"list\", \"data\": [...], \"has_more\"}` with `limit`/`after` cursors.\n\n\
             Every request but the health probes sends an API key as \
             `Authorization: Bearer hone_sk_…`; it acts for the key's project, and sees only \
-            that project's files, jobs and models.",
+            that project's files, jobs and models.\n\n\
+            People can use the same API from the dashboard at `/ui` (`/` redirects \
+            there): a page served by the server itself, which sends the key pasted into \
+            it as this header.",
         license(name = "Apache-2.0")
     ),
     tags(

@@ -640,8 +640,10 @@ async function modelsPage() {
   });
   try {
     const models = await api("/v1/models?limit=100", { signal: view.signal });
-    select.replaceChildren(...models.data.map((m) => h("option", { value: m.id }, m.id)));
-    list.replaceChildren(modelsTable(models.data));
+    // The list also names the base models (as OpenAI's does); only fine-tuned ones predict.
+    const tuned = models.data.filter((m) => m.job_id);
+    select.replaceChildren(...tuned.map((m) => h("option", { value: m.id }, m.id)));
+    list.replaceChildren(modelsTable(tuned));
   } catch (e) {
     showError(list, e);
   }
@@ -651,7 +653,7 @@ function modelsTable(models) {
   if (!models.length) return h("p", { class: "muted" }, "No models yet: a succeeded job publishes one.");
   return h("table", { id: "models" },
     h("tr", {}, ["Model", "Base", "Labels", "Val. accuracy", "Job", "Created"].map((t) => h("th", {}, t))),
-    models.map((m) => h("tr", {},
+    models.map((m) => h("tr", { "data-model": m.id },
       h("td", { class: "mono" }, m.id), h("td", {}, m.base_model),
       h("td", {}, (m.labels || []).join(", ")),
       h("td", { class: "num" }, fmt.pct(m.metrics?.validation?.accuracy)),

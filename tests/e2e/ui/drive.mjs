@@ -78,16 +78,10 @@ try {
   report.key_in_url = page.url().includes(env("HONE_API_KEY"));
   step("signed in");
 
-  // Files: a rejected upload shows the server's message and the line at fault.
+  // Files: a good upload is listed; a rejected one shows the server's message and the
+  // line at fault.
   await page.goto(`${origin}/ui#/files`);
-  await (await page.waitForSelector("#upload-file")).uploadFile(env("UI_BAD"));
-  await page.click("#upload button[type=submit]");
-  await page.waitForSelector("#upload-error .error-line");
-  report.upload_error = await text("#upload-error");
-  report.error_line = await page.$eval("#upload-error .error-line", (el) => ({
-    line: el.dataset.line, text: el.textContent,
-  }));
-  step("bad file rejected at its line");
+  await page.waitForSelector("#upload-file");
   await (await page.$("#upload-file")).uploadFile(env("UI_GOOD"));
   await page.click("#upload button[type=submit]");
   await page.waitForSelector("#upload-ok");
@@ -95,6 +89,15 @@ try {
   await page.waitForSelector("#files tr[data-file]");
   report.files_rows = await page.$$eval("#files tr[data-file]", (rows) => rows.length);
   step("good file uploaded");
+  // The rejected file, the uploaded one still listed below.
+  await (await page.$("#upload-file")).uploadFile(env("UI_BAD"));
+  await page.click("#upload button[type=submit]");
+  await page.waitForSelector("#upload-error .error-line");
+  report.upload_error = await text("#upload-error");
+  report.error_line = await page.$eval("#upload-error .error-line", (el) => ({
+    line: el.dataset.line, text: el.textContent,
+  }));
+  step("bad file rejected at its line");
   await shot("files");
 
   // Jobs: start a job from the form; its page shows the curve and ends succeeded.
@@ -135,7 +138,7 @@ try {
   // Models: predict with the job's model; each label gets a score bar.
   await page.goto(`${origin}/ui#/models`);
   await page.waitForFunction(() => document.querySelector("#predict-model")?.options.length > 0);
-  const model = await page.$eval("#models tr:nth-child(2) td", (td) => td.textContent);
+  const model = await page.$eval("#models tr[data-model] td", (td) => td.textContent);
   const jobModel = await page.evaluate(async (id) => {
     const r = await fetch(`/v1/fine_tuning/jobs/${id}`, {
       headers: { Authorization: `Bearer ${sessionStorage.getItem("hone.apiKey")}` },
