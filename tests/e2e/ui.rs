@@ -1,8 +1,8 @@
 //! The dashboard at /ui, in a real browser against a real server: `ui/drive.mjs`
 //! (puppeteer-core driving the system's headless Chromium) signs in with the key,
 //! uploads a bad file and sees its line, uploads a good one, starts a job on the real
-//! base model, sees the loss curve and the job succeed, publishes a checkpoint and
-//! predicts. Every page works offline: only the server's host resolves.
+//! base model, sees the loss curve and the job succeed, publishes a checkpoint,
+//! predicts, and cancels a second job. Every page works offline: only the server's host resolves.
 //!
 //! `E2E_UI_SCREENSHOTS=docs` keeps the screenshots of each page in that folder (how
 //! the README's pictures are made); otherwise they go to a temporary folder.
@@ -187,6 +187,10 @@ fn check_report(r: &Value, shown: &str) {
     assert_eq!(cells.iter().sum::<u64>(), 8, "8 held-out examples: {shown}");
     assert!(s("data_report").contains("Label balance"), "{shown}");
     assert_eq!(r["checkpoint_buttons"], 4, "one per epoch: {shown}");
+    assert!(
+        s("cancelled").starts_with("ftjob-") && s("cancelled") != s("job_id"),
+        "{shown}"
+    );
     let predictions = r["predictions"].as_array().expect("predictions");
     assert_eq!(predictions.len(), 2, "{shown}");
     for p in predictions {

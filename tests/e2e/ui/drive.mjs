@@ -157,6 +157,19 @@ try {
   })));
   step("predicted");
   await shot("models");
+
+  // Cancel: a long job (full fine-tuning, 100 epochs) is cancelled from its page.
+  await page.goto(`${origin}/ui#/jobs`);
+  await page.waitForFunction(() => document.querySelector("#job-file")?.options.length > 0);
+  await page.select("#job-method", "full");
+  await page.$eval("#job-epochs", (el) => { el.value = "100"; });
+  await page.click("#new-job button[type=submit]");
+  await page.waitForFunction((done) => /^#\/jobs\/ftjob-/.test(location.hash)
+    && location.hash !== `#/jobs/${done}`, {}, report.job_id);
+  await (await page.waitForSelector("#cancel")).click();
+  await page.waitForSelector("#job-head [data-status=cancelled]", { timeout: 60_000 });
+  report.cancelled = (await page.evaluate(() => location.hash)).slice("#/jobs/".length);
+  step("job cancelled");
 } catch (e) {
   report.failure = String(e?.stack || e);
   report.page_url = page.url();
