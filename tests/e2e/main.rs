@@ -39,5 +39,6 @@ mod usage;
 #[allow(dead_code)]
 mod test_images;
 mod transferability;
+mod ui;
 mod uploads;
 mod webhooks;

@@ -32,6 +32,7 @@ mod params;
 pub mod server;
 pub mod slots;
 mod transferability;
+mod ui;
 mod usage;
 mod webhooks;
 
@@ -87,7 +88,10 @@ pub struct ApiSettings {
             `{\"object\": \"list\", \"data\": [...], \"has_more\"}` with `limit`/`after` cursors.\n\n\
             Every request but the health probes sends an API key as \
             `Authorization: Bearer hone_sk_…`; it acts for the key's project, and sees only \
-            that project's files, jobs and models.",
+            that project's files, jobs and models.\n\n\
+            People can use the same API from the dashboard at `/ui` (`/` redirects \
+            there): a page served by the server itself, which sends the key pasted into \
+            it as this header.",
         license(name = "Apache-2.0")
     ),
     tags(
@@ -136,8 +140,8 @@ pub fn openapi() -> utoipa::openapi::OpenApi {
     routes().1
 }
 
-/// The whole application: API routes, `/openapi.json`, Swagger UI at `/docs` (served
-/// from the binary, so the docs work offline), and the layers of [`layers`]: each
+/// The whole application: API routes, `/openapi.json`, Swagger UI at `/docs` and the
+/// dashboard at `/ui` (both served from the binary, so they work offline), and the layers of [`layers`]: each
 /// route's body limit, parameter checks, timeouts, caught panics turned into 500s, one
 /// JSON error shape for every error, and request tracing.
 pub fn app(state: AppState, limits: RequestLimits) -> Router {
@@ -149,6 +153,7 @@ pub fn app(state: AppState, limits: RequestLimits) -> Router {
                 // The online validator badge would call validator.swagger.io: docs stay offline.
                 .config(utoipa_swagger_ui::Config::default().validator_url("none")),
         )
+        .merge(ui::router())
         .fallback(|| async {
             error::ApiError::new(
                 axum::http::StatusCode::NOT_FOUND,
