@@ -69,14 +69,33 @@ async fn after_many_jobs_the_store_holds_the_kept_checkpoints_and_usage_is_what_
             .await;
         let kept = list["data"].as_array().expect("data").len();
         assert!((1..=2).contains(&kept), "{id} kept {kept}: {list}");
-        let on_disk = std::fs::read_dir(artifacts.join(format!("checkpoints/{id}/attempt-1")))
-            .expect("checkpoint folder")
-            .count();
-        assert_eq!(on_disk, kept, "{id}");
+        let folder = artifacts.join(format!("checkpoints/{id}/attempt-1"));
+        let count = || {
+            std::fs::read_dir(&folder)
+                .expect("checkpoint folder")
+                .count()
+        };
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+        while count() > kept && tokio::time::Instant::now() < deadline {
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        assert_eq!(count(), kept, "{id}");
     }
 
-    let (status, usage) = s.get("/v1/usage").await;
-    assert_eq!(status, 200, "{usage}");
+    // An ended job's pruned checkpoints lose their rows first, then their folders: the
+    // last job may read `succeeded` while its folders are being removed.
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    let usage = loop {
+        let (status, usage) = s.get("/v1/usage").await;
+        assert_eq!(status, 200, "{usage}");
+        let on_disk = du(&artifacts.join("checkpoints"));
+        if usage["stored_bytes"]["checkpoints"].as_u64() == Some(on_disk)
+            || tokio::time::Instant::now() >= deadline
+        {
+            break usage;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
     assert_eq!(usage["object"], "usage");
     assert_eq!(usage["active_jobs"], 0, "{usage}");
     let bytes = &usage["stored_bytes"];
