@@ -1,6 +1,6 @@
 //! What a project stores is what it is shown and what its limit counts: after many
 //! jobs the store holds only the checkpoints each ended job keeps, and `/v1/usage`
-//! equals the bytes on disk, by kind.
+//! equals the bytes on disk, by kind (files, checkpoints, models, cached features).
 
 use std::path::Path;
 use std::time::Duration;
@@ -99,18 +99,22 @@ async fn after_many_jobs_the_store_holds_the_kept_checkpoints_and_usage_is_what_
     assert_eq!(usage["object"], "usage");
     assert_eq!(usage["active_jobs"], 0, "{usage}");
     let bytes = &usage["stored_bytes"];
-    for kind in ["files", "checkpoints", "models"] {
+    for kind in ["files", "checkpoints", "models", "features"] {
         assert_eq!(
             bytes[kind].as_u64(),
             Some(du(&artifacts.join(kind))),
             "{kind}: {usage}"
         );
     }
-    let total: u64 = ["files", "checkpoints", "models"]
+    let total: u64 = ["files", "checkpoints", "models", "features"]
         .iter()
         .map(|k| bytes[*k].as_u64().expect("bytes"))
         .sum();
     assert_eq!(bytes["total"].as_u64(), Some(total), "{usage}");
     assert!(bytes["models"].as_u64().expect("models") > 0, "{usage}");
+    assert!(
+        bytes["features"].as_u64().expect("features") > 0,
+        "feature extraction cached its features: {usage}"
+    );
     assert!(usage["max_stored_bytes"].as_i64().is_some_and(|m| m > 0));
 }

@@ -603,6 +603,15 @@ async fn delete_file(
             hone_store::StoreError::NotFound => ApiError::not_found("file", &raw),
             other => other.into(),
         })?;
+    let dropped = hone_store::feature_cache::drop_for_file(
+        &state.db,
+        &state.artifacts,
+        &project.id,
+        &file.object.sha256,
+    );
+    if let Err(e) = dropped.await {
+        tracing::warn!(error = %e, file.id = %id, "cannot drop the file's cached features");
+    }
     if let Err(e) = state.artifacts.delete(&file.storage_key).await {
         tracing::error!(error = %e, file.id = %id, "file row deleted but its bytes could not be removed");
     }

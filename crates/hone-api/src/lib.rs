@@ -70,6 +70,8 @@ pub struct ApiSettings {
     pub job_max_attempts: i32,
     /// How long an `Idempotency-Key` is remembered.
     pub idempotency_ttl: std::time::Duration,
+    /// Bytes of a project's feature cache; least recently used entries go past it.
+    pub feature_cache_max_bytes: u64,
     /// Limits of projects that set none of their own.
     pub project_limits: auth::ProjectLimits,
     /// Which webhook URLs are accepted (the deliverer applies the same policy).

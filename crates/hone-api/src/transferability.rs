@@ -5,7 +5,6 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
 
 use axum::extract::State;
 use axum::http::StatusCode;
@@ -17,7 +16,7 @@ use hone_serving::transferability::{
     sample_rows, EstimateInput, FeatureFiles, ModelEstimate, ModelInput, Targets,
 };
 use hone_store::feature_cache;
-use hone_store::{ArtifactStore, StoreError};
+use hone_store::StoreError;
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 use utoipa::ToSchema;
@@ -233,6 +232,7 @@ async fn estimate(
         let weights = feature_cache::base_weights_digest(&dir).await?;
         let key = feature_cache::cache_key(
             &project.id,
+            &file.object.sha256,
             &model.id,
             &weights,
             &data_digest,
@@ -242,15 +242,16 @@ async fn estimate(
         // Not a model id (those have no `#`), so never the key of a real model.
         let random_key = feature_cache::cache_key(
             &project.id,
+            &file.object.sha256,
             &format!("{}#random-init-{SEED}", model.id),
             &weights,
             &data_digest,
             max_seq_len,
             pooling,
         );
-        let (key, features) = stage(&state.artifacts, scratch.path(), key, i, "features").await;
+        let (key, features) = stage(&state, scratch.path(), key, i, "features").await;
         let (random_key, random_features) =
-            stage(&state.artifacts, scratch.path(), random_key, i, "random").await;
+            stage(&state, scratch.path(), random_key, i, "random").await;
         keys.push((key, random_key));
         inputs.push(ModelInput {
             base_model: model.id.clone(),
@@ -276,13 +277,8 @@ async fn estimate(
         )
         .await?;
     for (estimate, (key, random_key)) in estimates.iter().zip(&keys) {
-        cache(&state.artifacts, key, &estimate.features_saved).await;
-        cache(
-            &state.artifacts,
-            random_key,
-            &estimate.random_features_saved,
-        )
-        .await;
+        cache(&state, key, &estimate.features_saved).await;
+        cache(&state, random_key, &estimate.random_features_saved).await;
     }
     drop(scratch);
 
@@ -510,7 +506,7 @@ fn sample_digest(file_sha256: &str, max_examples: u32) -> String {
 /// A cache entry copied into `dir` when there is one, and where to write the features
 /// when they have to be computed.
 async fn stage(
-    artifacts: &Arc<dyn ArtifactStore>,
+    state: &AppState,
     dir: &Path,
     key: String,
     model: usize,
@@ -518,14 +514,15 @@ async fn stage(
 ) -> (String, FeatureFiles) {
     let name = format!("{model}-{what}");
     let save_to = Some(dir.join(format!("{name}.safetensors")));
-    let (key, cached) = feature_cache::lookup(artifacts, key, dir, &name).await;
+    let (key, cached) = feature_cache::lookup(&state.db, &state.artifacts, key, dir, &name).await;
     (key, FeatureFiles { cached, save_to })
 }
 
 /// Caches features the estimate computed; a failure only costs the next caller time.
-async fn cache(artifacts: &Arc<dyn ArtifactStore>, key: &str, saved: &Option<PathBuf>) {
+async fn cache(state: &AppState, key: &str, saved: &Option<PathBuf>) {
     if let Some(path) = saved {
-        if let Err(e) = feature_cache::store(artifacts, key, path).await {
+        let cap = state.settings.feature_cache_max_bytes;
+        if let Err(e) = feature_cache::store(&state.db, &state.artifacts, key, path, cap).await {
             tracing::warn!(error = %e, key, "cannot cache features");
         }
     }

@@ -27,7 +27,12 @@ struct StoredBytes {
     /// Published models: jobs' own and checkpoints published as models.
     #[schema(example = 91_226_112)]
     models: u64,
-    #[schema(example = 274_726_912)]
+    /// The feature cache's entries for the project's files (frozen-encoder outputs,
+    /// reused by later jobs and estimates), least recently used evicted past
+    /// `feature_cache_max_bytes_per_project`.
+    #[schema(example = 3_145_728)]
+    features: u64,
+    #[schema(example = 277_872_640)]
     total: u64,
 }
 
@@ -67,6 +72,7 @@ async fn get_usage(
             files: usage.file_bytes,
             checkpoints: usage.checkpoint_bytes,
             models: usage.model_bytes,
+            features: usage.feature_bytes,
             total: usage.stored_bytes(),
         },
         max_stored_bytes: project.max_stored_bytes,

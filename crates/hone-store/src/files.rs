@@ -76,6 +76,15 @@ impl TryFrom<FileRow> for StoredFile {
 const COLUMNS: &str = "id, filename, purpose, format, bytes, sha256, examples, label_counts, \
      task_type, modality, text_pairs, task_label_counts, storage_key, created_at, expires_at";
 
+/// A file [`Db::expire_files`] deleted: where its bytes are, and whose and what they
+/// were (the feature cache drops what was computed from them).
+#[derive(Clone, Debug)]
+pub struct ExpiredFile {
+    pub storage_key: String,
+    pub project: ProjectId,
+    pub sha256: String,
+}
+
 /// What an upload may take: the project's stored-bytes limit, and when it expires.
 #[derive(Clone, Copy, Debug, Default)]
 pub struct UploadLimits {
@@ -277,18 +286,28 @@ impl Db {
     /// Deletes the files past their `expires_at` that no unfinished job uses; their
     /// storage keys, for the caller to remove (rows first: a removal that fails leaves
     /// an object without a row, which the orphan sweep takes).
-    pub async fn expire_files(&self) -> Result<Vec<String>, StoreError> {
-        Ok(sqlx::query_scalar(
+    pub async fn expire_files(&self) -> Result<Vec<ExpiredFile>, StoreError> {
+        let rows: Vec<(String, String, String)> = sqlx::query_as(
             "DELETE FROM files f
              WHERE f.expires_at <= now()
                AND NOT EXISTS (
                    SELECT 1 FROM fine_tuning_jobs j
                    WHERE (j.training_file = f.id OR j.validation_file = f.id)
                      AND j.status IN ('validating_files', 'queued', 'running', 'paused'))
-             RETURNING f.storage_key",
+             RETURNING f.storage_key, f.project_id, f.sha256",
         )
         .fetch_all(&self.pool)
-        .await?)
+        .await?;
+        rows.into_iter()
+            .map(|(storage_key, project, sha256)| {
+                Ok(ExpiredFile {
+                    storage_key,
+                    project: ProjectId::parse(&project)
+                        .ok_or_else(|| StoreError::Corrupt(format!("project id {project:?}")))?,
+                    sha256,
+                })
+            })
+            .collect()
     }
 
     pub async fn delete_file(

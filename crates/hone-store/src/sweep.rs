@@ -20,12 +20,13 @@ pub struct Swept {
     pub files: usize,
     pub models: usize,
     pub checkpoints: usize,
+    pub features: usize,
     pub scratch: usize,
 }
 
 /// The kinds of stored keys, how deep their keys are, and the query that gives the
 /// ones with rows among a list of candidates.
-const KINDS: [(&str, usize, &str); 3] = [
+const KINDS: [(&str, usize, &str); 4] = [
     (
         "files",
         2,
@@ -40,6 +41,11 @@ const KINDS: [(&str, usize, &str); 3] = [
         "checkpoints",
         4,
         "SELECT storage_key FROM fine_tuning_job_checkpoints WHERE storage_key = ANY($1)",
+    ),
+    (
+        "features",
+        4,
+        "SELECT key FROM feature_cache WHERE key = ANY($1)",
     ),
 ];
 
@@ -101,7 +107,8 @@ impl Db {
             match prefix {
                 "files" => swept.files = removed,
                 "models" => swept.models = removed,
-                _ => swept.checkpoints = removed,
+                "checkpoints" => swept.checkpoints = removed,
+                _ => swept.features = removed,
             }
         }
         swept.scratch = artifacts.sweep_scratch(grace).await?;

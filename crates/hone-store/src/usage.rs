@@ -10,6 +10,8 @@ pub struct Usage {
     pub file_bytes: u64,
     pub checkpoint_bytes: u64,
     pub model_bytes: u64,
+    /// The feature cache's entries computed for the project.
+    pub feature_bytes: u64,
     /// Jobs validating, queued or running.
     pub active_jobs: u64,
 }
@@ -20,6 +22,7 @@ impl Usage {
         self.file_bytes
             .saturating_add(self.checkpoint_bytes)
             .saturating_add(self.model_bytes)
+            .saturating_add(self.feature_bytes)
     }
 }
 
@@ -29,12 +32,13 @@ pub(crate) async fn usage<'e>(
     exec: impl sqlx::PgExecutor<'e>,
     project: &ProjectId,
 ) -> Result<Usage, StoreError> {
-    let (files, checkpoints, models, active): (i64, i64, i64, i64) = sqlx::query_as(
+    let (files, checkpoints, models, features, active): (i64, i64, i64, i64, i64) = sqlx::query_as(
         "SELECT
              (SELECT coalesce(sum(bytes), 0) FROM files WHERE project_id = $1)::bigint,
              (SELECT coalesce(sum(c.bytes), 0) FROM fine_tuning_job_checkpoints c
               JOIN fine_tuning_jobs j ON j.id = c.job_id WHERE j.project_id = $1)::bigint,
              (SELECT coalesce(sum(bytes), 0) FROM models WHERE project_id = $1)::bigint,
+             (SELECT coalesce(sum(bytes), 0) FROM feature_cache WHERE project_id = $1)::bigint,
              (SELECT count(*) FROM fine_tuning_jobs WHERE project_id = $1
                 AND status IN ('validating_files', 'queued', 'running'))::bigint",
     )
@@ -46,6 +50,7 @@ pub(crate) async fn usage<'e>(
         file_bytes: count(files),
         checkpoint_bytes: count(checkpoints),
         model_bytes: count(models),
+        feature_bytes: count(features),
         active_jobs: count(active),
     })
 }

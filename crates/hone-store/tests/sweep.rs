@@ -65,6 +65,7 @@ async fn objects_no_row_names_go_after_the_grace_period_and_the_rest_stays() {
             files: 1,
             models: 1,
             checkpoints: 1,
+            features: 0,
             scratch: 1
         }
     );

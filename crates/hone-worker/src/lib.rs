@@ -42,6 +42,8 @@ pub struct WorkerSettings {
     /// `checkpoint_retention = "all"`: an ended job keeps every epoch's checkpoint, not
     /// only the last, the best and the published.
     pub keep_all_checkpoints: bool,
+    /// Bytes of a project's feature cache entries; least recently used go past it.
+    pub feature_cache_max_bytes: u64,
 }
 
 /// A worker's name for the jobs it holds: host, process and a random part, so that two

@@ -69,6 +69,9 @@ pub struct Config {
     /// Which checkpoints an ended job keeps: `best_and_last` (and the published) or
     /// `all`.
     pub checkpoint_retention: String,
+    /// Bytes of one project's feature cache (frozen-encoder outputs kept for later jobs
+    /// and estimates); least recently used entries go past it.
+    pub feature_cache_max_bytes_per_project: u64,
     /// Hours an `Idempotency-Key` is remembered; a key used again later is a new key.
     pub idempotency_key_hours: u64,
     /// Largest accepted dataset upload, in bytes.
@@ -188,6 +191,7 @@ impl Default for Config {
             job_max_attempts: 3,
             job_max_seconds: 86_400,
             checkpoint_retention: "best_and_last".into(),
+            feature_cache_max_bytes_per_project: 2 << 30,
             idempotency_key_hours: 24,
             max_upload_bytes: 512 * 1024 * 1024,
             max_examples: 1_000_000,
@@ -430,6 +434,7 @@ impl Config {
             max_attempt_time: (self.job_max_seconds > 0)
                 .then(|| Duration::from_secs(self.job_max_seconds)),
             keep_all_checkpoints: self.checkpoint_retention == "all",
+            feature_cache_max_bytes: self.feature_cache_max_bytes_per_project,
         }
     }
 }

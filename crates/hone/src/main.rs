@@ -227,11 +227,21 @@ async fn sweep_loop(
     let mut next_orphans = tokio::time::Instant::now();
     loop {
         match db.expire_files().await {
-            Ok(keys) => {
-                for key in keys {
+            Ok(files) => {
+                for file in files {
+                    let key = &file.storage_key;
                     tracing::info!(key, "removing an expired file");
-                    if let Err(e) = artifacts.delete(&key).await {
+                    if let Err(e) = artifacts.delete(key).await {
                         tracing::warn!(error = %e, key, "cannot remove an expired file's bytes; the orphan sweep will");
+                    }
+                    let dropped = hone_store::feature_cache::drop_for_file(
+                        &db,
+                        &artifacts,
+                        &file.project,
+                        &file.sha256,
+                    );
+                    if let Err(e) = dropped.await {
+                        tracing::warn!(error = %e, key, "cannot drop an expired file's cached features");
                     }
                 }
             }

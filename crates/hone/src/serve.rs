@@ -104,6 +104,7 @@ pub async fn run(
             max_predict_chars: crate::config::MAX_PREDICT_CHARS,
             job_max_attempts: config.job_max_attempts,
             idempotency_ttl: Duration::from_secs(config.idempotency_key_hours.saturating_mul(3600)),
+            feature_cache_max_bytes: config.feature_cache_max_bytes_per_project,
             project_limits: config.project_limits(),
             webhook_policy: config.webhook_policy(),
             max_webhooks_per_project: config.max_webhooks_per_project,

@@ -194,6 +194,7 @@ async fn train_and_publish(
         ..
     } = prepared;
     let mut reporter = Reporter::new(db, artifacts, job, attempt, data_report);
+    reporter.feature_cache_max_bytes = settings.feature_cache_max_bytes;
     reporter.count_examples(trained_examples, modality_of(&file));
     let resume_from = resume_point(db, artifacts, &mut reporter, attempt, &out_dir).await;
     let input = ThreadInput {
@@ -295,6 +296,7 @@ async fn feature_cache(
     let key = |file_sha: &str| {
         features::cache_key(
             &claimed.project,
+            file_sha,
             &base_key,
             &weights,
             file_sha,
@@ -302,7 +304,7 @@ async fn feature_cache(
             hp.pooling,
         )
     };
-    let train = features::lookup(artifacts, key(&prepared.file_sha256), out_dir, "train").await;
+    let train = features::lookup(db, artifacts, key(&prepared.file_sha256), out_dir, "train").await;
     if train.1.is_some() {
         db.add_event(
             &job.id,
@@ -316,7 +318,8 @@ async fn feature_cache(
     }
     cache.train = Some(train);
     if let Validation::File(_, sha) = &prepared.validation {
-        cache.validation = Some(features::lookup(artifacts, key(sha), out_dir, "validation").await);
+        cache.validation =
+            Some(features::lookup(db, artifacts, key(sha), out_dir, "validation").await);
     }
     Ok(cache)
 }

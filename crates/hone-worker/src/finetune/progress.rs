@@ -205,6 +205,8 @@ pub(super) struct Reporter<'a> {
     modality: &'static str,
     /// Tokens of the training inputs, each cut at `max_seq_len`: one epoch's worth.
     pub(super) tokens_per_epoch: Option<u64>,
+    /// The project's feature cache cap (`feature_cache_max_bytes_per_project`).
+    pub(super) feature_cache_max_bytes: u64,
 }
 
 impl<'a> Reporter<'a> {
@@ -228,6 +230,7 @@ impl<'a> Reporter<'a> {
             transferability: None,
             method: None,
             steps: LossCurve::default(),
+            feature_cache_max_bytes: u64::MAX,
             epochs: Vec::new(),
             examples_per_epoch: 0,
             modality: "unknown",
@@ -325,7 +328,8 @@ impl<'a> Reporter<'a> {
             }
             Update::Checkpoint(c) => self.store_checkpoint(c).await,
             Update::FeaturesComputed { key, path } => {
-                if let Err(e) = features::store(self.artifacts, &key, &path).await {
+                let cap = self.feature_cache_max_bytes;
+                if let Err(e) = features::store(self.db, self.artifacts, &key, &path, cap).await {
                     tracing::warn!(error = %e, "cannot cache features");
                 }
             }
