@@ -56,7 +56,19 @@ async fn requests_of_the_wrong_shape_are_400_and_an_unknown_model_404_before_dec
 /// take 40 MP) is refused.
 pub async fn image_inputs_are_checked_and_the_one_at_fault_is_named(s: &TestServer, path: &str) {
     let good = base64::engine::general_purpose::STANDARD.encode(png(10));
+    // A PNG whose header is whole and whose pixels are cut off: it passes the API's
+    // checks and is refused, by its index, by the inference thread that decodes it.
+    let cut = {
+        let mut bytes = png(10);
+        bytes.truncate(bytes.len() / 2);
+        base64::engine::general_purpose::STANDARD.encode(bytes)
+    };
     let refusals = [
+        (
+            json!({"inputs": [{"image": good}, {"image": cut}]}),
+            "inputs[1]",
+            "invalid_image",
+        ),
         (
             json!({"inputs": [{"image": good}, {"image": "not base64!"}]}),
             "inputs[1]",

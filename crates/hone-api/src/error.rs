@@ -200,6 +200,11 @@ impl From<ServingError> for ApiError {
                 Self::new(StatusCode::TOO_MANY_REQUESTS, "overloaded", e.to_string())
             }
             ServingError::BadInput(m) => Self::invalid("inputs", "invalid_inputs", m),
+            ServingError::BadImage { index, message } => Self::invalid(
+                format!("inputs[{index}]"),
+                "invalid_image",
+                format!("input {index}: {message}"),
+            ),
             other => Self::internal("prediction error", &other),
         }
     }

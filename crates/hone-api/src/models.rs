@@ -6,7 +6,7 @@ use axum::http::header;
 use axum::Json;
 use std::collections::BTreeMap;
 
-use hone_domain::dataset::images::{check_image, decode_base64, Refusal};
+use hone_domain::dataset::images::{base64_bytes, check_image_header, Refusal};
 use hone_domain::resources::{AnyModel, BaseModelObject, SystemModelObject};
 use hone_domain::Page;
 use hone_serving::{ClassPrediction, PredictInputs, Prediction};
@@ -550,9 +550,10 @@ enum RawImage {
     Bytes(Vec<u8>),
 }
 
-/// Decodes and checks every image as uploads are checked (a PNG or JPEG by its bytes,
-/// within the size bounds, decodable), off the async threads, within predict's
-/// limits (a smaller pixel cap than uploads').
+/// Checks every image's bytes and header as uploads are checked (a PNG or JPEG by its
+/// bytes, within the size bounds), off the async threads, within predict's limits (a
+/// smaller pixel cap than uploads'). The pixels are decoded once, by the inference
+/// thread, which names an input that does not decode.
 async fn checked_images(state: &AppState, raw: Vec<RawImage>) -> Result<Vec<Vec<u8>>, ApiError> {
     let limits = state.settings.predict_image_limits.clone();
     tokio::task::spawn_blocking(move || {
@@ -560,9 +561,10 @@ async fn checked_images(state: &AppState, raw: Vec<RawImage>) -> Result<Vec<Vec<
             .enumerate()
             .map(|(i, image)| {
                 match image {
-                    RawImage::Base64(encoded) => decode_base64(&encoded, &limits),
-                    RawImage::Bytes(bytes) => check_image(&bytes, &limits).map(|()| bytes),
+                    RawImage::Base64(encoded) => base64_bytes(&encoded),
+                    RawImage::Bytes(bytes) => Ok(bytes),
                 }
+                .and_then(|bytes| check_image_header(&bytes, &limits).map(|_| bytes))
                 .map_err(|refusal| input_error(i, refusal))
             })
             .collect()

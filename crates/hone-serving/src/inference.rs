@@ -59,6 +59,9 @@ impl Model for Classifier {
         };
         predictions.map_err(|e| match e {
             hone_train::TrainError::InvalidInput(m) => ServingError::BadInput(m),
+            hone_train::TrainError::BadImage { index, message } => {
+                ServingError::BadImage { index, message }
+            }
             other => ServingError::Predict(other.to_string()),
         })
     }

@@ -63,6 +63,10 @@ pub enum ServingError {
     /// The inputs do not suit the model (pairs for a single-text model or back).
     #[error("{0}")]
     BadInput(String),
+    /// Input `index` is an image that does not decode (its header passed the API's
+    /// checks; the pixels are decoded once, here).
+    #[error("input {index}: {message}")]
+    BadImage { index: usize, message: String },
     #[error("prediction failed: {0}")]
     Predict(String),
     /// The inference code panicked on this request; the thread goes on serving.

@@ -45,6 +45,9 @@ pub enum TrainError {
     /// The caller passed something that cannot be trained or predicted on.
     #[error("invalid input: {0}")]
     InvalidInput(String),
+    /// Input `index` of a predict request is an image that does not decode.
+    #[error("input {index}: {message}")]
+    BadImage { index: usize, message: String },
     /// The checkpoint to resume from cannot be read or belongs to another run; the
     /// caller can train from the start instead.
     #[error("cannot resume: {0}")]

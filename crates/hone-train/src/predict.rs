@@ -253,9 +253,12 @@ impl Classifier {
             .iter()
             .enumerate()
             .map(|(i, bytes)| {
-                preprocess.decode_resized(bytes).map_err(|_| {
-                    TrainError::InvalidInput(format!("input {i}: not a PNG or JPEG image"))
-                })
+                preprocess
+                    .decode_resized(bytes)
+                    .map_err(|e| TrainError::BadImage {
+                        index: i,
+                        message: format!("the image does not decode: {e}"),
+                    })
             })
             .collect::<Result<Vec<_>, _>>()?;
         let width = self.objective.width();

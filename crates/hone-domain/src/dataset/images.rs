@@ -26,7 +26,7 @@ use super::types::{DatasetFormat, DatasetLimits, Modality, Target, TaskType};
 pub(super) mod check;
 mod eocd;
 
-pub use check::{check_image, decode_base64, Refusal};
+pub use check::{base64_bytes, check_image, check_image_header, decode_base64, Refusal};
 
 /// One labelled image, as the trainer consumes it.
 #[derive(Clone, Debug, PartialEq, Eq)]

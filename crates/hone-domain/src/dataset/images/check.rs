@@ -26,6 +26,13 @@ const BASE64: GeneralPurpose = GeneralPurpose::new(
 
 /// The image bytes of a JSON Lines `image` field (or a predict input), checked.
 pub fn decode_base64(field: &str, limits: &DatasetLimits) -> Result<Vec<u8>, Refusal> {
+    let bytes = base64_bytes(field)?;
+    check_image(&bytes, limits)?;
+    Ok(bytes)
+}
+
+/// The bytes of a base64 `image` field (or a `data:image/…;base64,` URL), not checked.
+pub fn base64_bytes(field: &str) -> Result<Vec<u8>, Refusal> {
     let encoded = match field.strip_prefix("data:") {
         Some(url) => match url.split_once(";base64,") {
             Some((media, data)) if media.starts_with("image/") => data,
@@ -38,14 +45,12 @@ pub fn decode_base64(field: &str, limits: &DatasetLimits) -> Result<Vec<u8>, Ref
         },
         None => field,
     };
-    let bytes = BASE64.decode(encoded.trim()).map_err(|e| {
+    BASE64.decode(encoded.trim()).map_err(|e| {
         (
             DatasetErrorKind::InvalidBase64,
             format!("is not valid base64 (standard alphabet): {e}"),
         )
-    })?;
-    check_image(&bytes, limits)?;
-    Ok(bytes)
+    })
 }
 
 const PNG: &[u8] = b"\x89PNG\r\n\x1a\n";
@@ -54,6 +59,27 @@ const JPEG: &[u8] = b"\xFF\xD8\xFF";
 /// Refuses what is not a PNG or JPEG by its bytes, whatever its name says, then checks
 /// the header's dimensions before anything is allocated for the pixels, then decodes.
 pub fn check_image(bytes: &[u8], limits: &DatasetLimits) -> Result<(), Refusal> {
+    let format = check_image_header(bytes, limits)?;
+    let mut reader = ImageReader::with_format(Cursor::new(bytes), format);
+    let mut bounds = Limits::default();
+    bounds.max_image_width = Some(limits.max_image_side);
+    bounds.max_image_height = Some(limits.max_image_side);
+    // Four bytes a pixel (RGBA) of the largest allowed image, plus the decoder's room.
+    bounds.max_alloc = Some(limits.max_image_pixels.saturating_mul(8));
+    reader.limits(bounds);
+    reader.decode().map_err(|e| {
+        (
+            DatasetErrorKind::InvalidImage,
+            format!("the {format:?} image does not decode: {e}"),
+        )
+    })?;
+    Ok(())
+}
+
+/// [`check_image`] without the decoding: a PNG or JPEG by its bytes whose header's
+/// dimensions are within the limits. For predict, whose inference thread decodes each
+/// image once, within these same bounds, and names an input whose pixels do not decode.
+pub fn check_image_header(bytes: &[u8], limits: &DatasetLimits) -> Result<ImageFormat, Refusal> {
     let invalid = |message: String| (DatasetErrorKind::InvalidImage, message);
     let format = if bytes.starts_with(PNG) {
         ImageFormat::Png
@@ -92,17 +118,7 @@ pub fn check_image(bytes: &[u8], limits: &DatasetLimits) -> Result<(), Refusal> 
     if u64::from(width) * u64::from(height) > limits.max_image_pixels {
         return size(format!("the limit is {} pixels", limits.max_image_pixels));
     }
-    let mut reader = ImageReader::with_format(Cursor::new(bytes), format);
-    let mut bounds = Limits::default();
-    bounds.max_image_width = Some(limits.max_image_side);
-    bounds.max_image_height = Some(limits.max_image_side);
-    // Four bytes a pixel (RGBA) of the largest allowed image, plus the decoder's room.
-    bounds.max_alloc = Some(limits.max_image_pixels.saturating_mul(8));
-    reader.limits(bounds);
-    reader
-        .decode()
-        .map_err(|e| invalid(format!("the {format:?} image does not decode: {e}")))?;
-    Ok(())
+    Ok(format)
 }
 
 /// The kind of archive (or compressed stream) `bytes` start with, if any.
