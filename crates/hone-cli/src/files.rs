@@ -10,7 +10,7 @@ use serde_json::Value;
 
 use crate::client::{json_body, Client};
 use crate::error::CliError;
-use crate::output;
+use crate::output::{self, Column};
 
 #[derive(Subcommand)]
 pub enum FilesCommand {
@@ -34,16 +34,7 @@ pub enum FilesCommand {
         quiet: bool,
     },
     /// List uploaded files, newest first.
-    List {
-        #[arg(long)]
-        limit: Option<u32>,
-        /// The last id of the previous page.
-        #[arg(long)]
-        after: Option<String>,
-        /// The page as the server sent it, as JSON.
-        #[arg(long)]
-        json: bool,
-    },
+    List(output::ListArgs),
 }
 
 pub async fn run(client: &Client, command: FilesCommand) -> Result<ExitCode, CliError> {
@@ -62,27 +53,19 @@ pub async fn run(client: &Client, command: FilesCommand) -> Result<ExitCode, Cli
                 output::object(&file)?;
             }
         }
-        FilesCommand::List { limit, after, json } => {
-            let mut query = Vec::new();
-            query.extend(limit.map(|l| ("limit", l.to_string())));
-            query.extend(after.map(|a| ("after", a)));
-            let page: Value = client.get("/v1/files", &query).await?;
-            if json {
-                return output::object(&page).map(|()| ExitCode::SUCCESS);
-            }
-            let rows: Vec<Vec<String>> = output::page_items(&page)
-                .iter()
-                .map(|f| {
-                    vec![
-                        output::text(f, "id"),
-                        output::text(f, "filename"),
-                        output::text(f, "examples"),
-                        output::text(f, "task_type"),
-                        output::time(f, "created_at"),
-                    ]
-                })
-                .collect();
-            output::table(&["ID", "FILENAME", "EXAMPLES", "TASK", "CREATED"], &rows)?;
+        FilesCommand::List(args) => {
+            let page: Value = client.get("/v1/files", &args.query()).await?;
+            output::list(
+                &page,
+                args.json,
+                &[
+                    Column::Text("ID", "id"),
+                    Column::Text("FILENAME", "filename"),
+                    Column::Text("EXAMPLES", "examples"),
+                    Column::Text("TASK", "task_type"),
+                    Column::Time("CREATED", "created_at"),
+                ],
+            )?;
         }
     }
     Ok(ExitCode::SUCCESS)

@@ -8,7 +8,8 @@ use serde_json::{json, Map, Value};
 
 use crate::client::{json_body, Client};
 use crate::error::CliError;
-use crate::{output, watch};
+use crate::output::{self, Column};
+use crate::watch;
 
 #[derive(Subcommand)]
 pub enum JobsCommand {
@@ -16,17 +17,11 @@ pub enum JobsCommand {
     Create(CreateJob),
     /// List jobs, newest first.
     List {
-        #[arg(long)]
-        limit: Option<u32>,
-        /// The last id of the previous page.
-        #[arg(long)]
-        after: Option<String>,
+        #[command(flatten)]
+        page: output::ListArgs,
         /// Only jobs with this status (queued, running, succeeded, failed, …).
         #[arg(long)]
         status: Option<String>,
-        /// The page as the server sent it, as JSON.
-        #[arg(long)]
-        json: bool,
     },
     /// A job, as JSON.
     Get { id: String },
@@ -125,22 +120,21 @@ pub struct CreateJob {
 pub async fn run(client: &Client, command: JobsCommand) -> Result<ExitCode, CliError> {
     match command {
         JobsCommand::Create(args) => return create(client, args).await,
-        JobsCommand::List {
-            limit,
-            after,
-            status,
-            json,
-        } => {
-            let mut query = Vec::new();
-            query.extend(limit.map(|l| ("limit", l.to_string())));
-            query.extend(after.map(|a| ("after", a)));
+        JobsCommand::List { page, status } => {
+            let mut query = page.query();
             query.extend(status.map(|s| ("status", s)));
-            let page: Value = client.get("/v1/fine_tuning/jobs", &query).await?;
-            if json {
-                output::object(&page)?;
-            } else {
-                list(&page)?;
-            }
+            let listed: Value = client.get("/v1/fine_tuning/jobs", &query).await?;
+            output::list(
+                &listed,
+                page.json,
+                &[
+                    Column::Text("ID", "id"),
+                    Column::Text("STATUS", "status"),
+                    Column::Text("BASE MODEL", "model"),
+                    Column::Text("FINE-TUNED MODEL", "fine_tuned_model"),
+                    Column::Time("CREATED", "created_at"),
+                ],
+            )?;
         }
         JobsCommand::Get { id } => {
             let job: Value = client.get(&job_path(&id, ""), &[]).await?;
@@ -277,25 +271,6 @@ fn split_pair<'a>(pair: &'a str, flag: &str) -> Result<(&'a str, &'a str), CliEr
             "{flag} takes NAME=VALUE, not {pair:?}"
         ))),
     }
-}
-
-fn list(page: &Value) -> Result<(), CliError> {
-    let rows: Vec<Vec<String>> = output::page_items(page)
-        .iter()
-        .map(|j| {
-            vec![
-                output::text(j, "id"),
-                output::text(j, "status"),
-                output::text(j, "model"),
-                output::text(j, "fine_tuned_model"),
-                output::time(j, "created_at"),
-            ]
-        })
-        .collect();
-    output::table(
-        &["ID", "STATUS", "BASE MODEL", "FINE-TUNED MODEL", "CREATED"],
-        &rows,
-    )
 }
 
 /// The page's events, oldest first (the server sends the newest first).

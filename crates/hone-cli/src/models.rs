@@ -12,21 +12,12 @@ use tokio::io::AsyncWriteExt;
 use crate::client::Client;
 use crate::error::{chain, CliError};
 use crate::jobs::escape_segment;
-use crate::output;
+use crate::output::{self, Column};
 
 #[derive(Subcommand)]
 pub enum ModelsCommand {
     /// List the base models (owned by `system`) and this project's fine-tuned models.
-    List {
-        #[arg(long)]
-        limit: Option<u32>,
-        /// The last id of the previous page.
-        #[arg(long)]
-        after: Option<String>,
-        /// The page as the server sent it, as JSON.
-        #[arg(long)]
-        json: bool,
-    },
+    List(output::ListArgs),
     /// Download a fine-tuned model as a .tar.gz that loads without hone (its README
     /// says how); prints the path written.
     Download {
@@ -40,26 +31,17 @@ pub enum ModelsCommand {
 
 pub async fn run(client: &Client, command: ModelsCommand) -> Result<ExitCode, CliError> {
     match command {
-        ModelsCommand::List { limit, after, json } => {
-            let mut query = Vec::new();
-            query.extend(limit.map(|l| ("limit", l.to_string())));
-            query.extend(after.map(|a| ("after", a)));
-            let page: Value = client.get("/v1/models", &query).await?;
-            if json {
-                output::object(&page)?;
-            } else {
-                let rows: Vec<Vec<String>> = output::page_items(&page)
-                    .iter()
-                    .map(|m| {
-                        vec![
-                            output::text(m, "id"),
-                            output::text(m, "owned_by"),
-                            output::time(m, "created"),
-                        ]
-                    })
-                    .collect();
-                output::table(&["ID", "OWNED BY", "CREATED"], &rows)?;
-            }
+        ModelsCommand::List(args) => {
+            let page: Value = client.get("/v1/models", &args.query()).await?;
+            output::list(
+                &page,
+                args.json,
+                &[
+                    Column::Text("ID", "id"),
+                    Column::Text("OWNED BY", "owned_by"),
+                    Column::Time("CREATED", "created"),
+                ],
+            )?;
         }
         ModelsCommand::Download { model, output } => {
             let target = output.unwrap_or_else(|| default_name(&model));

@@ -95,6 +95,62 @@ pub fn duration(seconds: f64) -> String {
     }
 }
 
+/// The arguments every list command takes: a page, and whether to print it as JSON.
+#[derive(clap::Args, Debug)]
+pub struct ListArgs {
+    #[arg(long)]
+    pub limit: Option<u32>,
+    /// The last id of the previous page.
+    #[arg(long)]
+    pub after: Option<String>,
+    /// The page as the server sent it, as JSON.
+    #[arg(long)]
+    pub json: bool,
+}
+
+impl ListArgs {
+    /// The page's query parameters.
+    pub fn query(&self) -> Vec<(&'static str, String)> {
+        let mut query = Vec::new();
+        query.extend(self.limit.map(|l| ("limit", l.to_string())));
+        query.extend(self.after.clone().map(|a| ("after", a)));
+        query
+    }
+}
+
+/// A column of a list table: its header, and the field whose value it shows (a time
+/// for [`Column::Time`]).
+pub enum Column {
+    Text(&'static str, &'static str),
+    Time(&'static str, &'static str),
+}
+
+/// A list page: as the server sent it with `json`, else a table of `columns`.
+pub fn list(page: &Value, json: bool, columns: &[Column]) -> Result<(), CliError> {
+    if json {
+        return object(page);
+    }
+    let header: Vec<&str> = columns
+        .iter()
+        .map(|c| match c {
+            Column::Text(h, _) | Column::Time(h, _) => *h,
+        })
+        .collect();
+    let rows: Vec<Vec<String>> = page_items(page)
+        .iter()
+        .map(|item| {
+            columns
+                .iter()
+                .map(|c| match c {
+                    Column::Text(_, field) => text(item, field),
+                    Column::Time(_, field) => time(item, field),
+                })
+                .collect()
+        })
+        .collect();
+    table(&header, &rows)
+}
+
 #[cfg(test)]
 mod tests {
     use serde_json::json;
