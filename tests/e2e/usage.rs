@@ -1,6 +1,7 @@
 //! What a project stores is what it is shown and what its limit counts: after many
-//! jobs the store holds only the checkpoints each ended job keeps, and `/v1/usage`
-//! equals the bytes on disk, by kind (files, checkpoints, models, cached features).
+//! jobs the store holds only the checkpoints each ended job keeps, without their
+//! optimizer state, and `/v1/usage` equals the bytes on disk, by kind (files,
+//! checkpoints, models, cached features).
 
 use std::path::Path;
 use std::time::Duration;
@@ -75,11 +76,35 @@ async fn after_many_jobs_the_store_holds_the_kept_checkpoints_and_usage_is_what_
                 .expect("checkpoint folder")
                 .count()
         };
+        // What a kept checkpoint still holds once the job has ended: its weights, to
+        // publish, and no optimizer state (nothing resumes an ended job).
+        let states = || {
+            std::fs::read_dir(&folder)
+                .expect("checkpoint folder")
+                .filter(|e| {
+                    e.as_ref()
+                        .is_ok_and(|e| e.path().join("state.safetensors").exists())
+                })
+                .count()
+        };
         let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
-        while count() > kept && tokio::time::Instant::now() < deadline {
+        while (count() > kept || states() > 0) && tokio::time::Instant::now() < deadline {
             tokio::time::sleep(Duration::from_millis(100)).await;
         }
         assert_eq!(count(), kept, "{id}");
+        assert_eq!(
+            states(),
+            0,
+            "{id}: optimizer state left in a kept checkpoint"
+        );
+        for entry in std::fs::read_dir(&folder).expect("checkpoint folder") {
+            let epoch = entry.expect("entry").path();
+            assert!(
+                epoch.join("weights.safetensors").is_file(),
+                "{}",
+                epoch.display()
+            );
+        }
     }
 
     // An ended job's pruned checkpoints lose their rows first, then their folders: the

@@ -95,6 +95,9 @@ pub trait ArtifactStore: Send + Sync + std::fmt::Debug {
     async fn read(&self, key: &str) -> std::io::Result<Vec<u8>>;
     /// Removes an object, or every object under a `prefix/`; a missing key is no error.
     async fn delete(&self, key: &str) -> std::io::Result<()>;
+    /// Removes one file of the directory published under `prefix` (readers that
+    /// look afterwards never expect it); the bytes it held, 0 when it was not there.
+    async fn remove_from_dir(&self, prefix: &str, file: &str) -> std::io::Result<u64>;
     /// Publishes a local directory under `prefix` (atomically: all of it or nothing).
     async fn put_dir(&self, prefix: &str, dir: &Path) -> std::io::Result<()>;
     /// A local directory holding the objects under `prefix`, for code (libtorch) that

@@ -239,6 +239,36 @@ impl Db {
         .await?)
     }
 
+    /// The job has ended and resumes no more: its checkpoints stop being resume points
+    /// (before their optimizer state goes); returns their storage keys.
+    pub async fn end_resumability(&self, job_id: &str) -> Result<Vec<String>, StoreError> {
+        Ok(sqlx::query_scalar(
+            "UPDATE fine_tuning_job_checkpoints SET resumable = false
+             WHERE job_id = $1 RETURNING storage_key",
+        )
+        .bind(job_id)
+        .fetch_all(&self.pool)
+        .await?)
+    }
+
+    /// The checkpoint stored under `storage_key` lost `removed` bytes (its optimizer
+    /// state): its size, and so the project's usage, counts what is left.
+    pub async fn checkpoint_shrunk(
+        &self,
+        storage_key: &str,
+        removed: u64,
+    ) -> Result<(), StoreError> {
+        sqlx::query(
+            "UPDATE fine_tuning_job_checkpoints SET bytes = greatest(bytes - $2, 0)
+             WHERE storage_key = $1",
+        )
+        .bind(storage_key)
+        .bind(i64::try_from(removed).unwrap_or(i64::MAX))
+        .execute(&self.pool)
+        .await?;
+        Ok(())
+    }
+
     /// Forgets a job's checkpoints; how many there were. Their files all lie under
     /// [`job_prefix`], which the caller removes.
     pub async fn delete_checkpoints(&self, job_id: &str) -> Result<u64, StoreError> {

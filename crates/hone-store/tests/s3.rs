@@ -1,6 +1,6 @@
 //! The artifact store on a real S3-compatible server (moto's, on loopback): multipart
 //! uploads with flat memory, interrupted uploads leaving nothing, directories visible
-//! only whole, prefixes deleted whole, and clear errors when the store is not there.
+//! only whole, a file removed from one, prefixes deleted whole, and clear errors when the store is not there.
 
 #[path = "../../../tests/s3_server.rs"]
 mod s3_server;
@@ -152,6 +152,39 @@ async fn directories_are_seen_whole_or_not_at_all_and_deleted_whole() {
     server.put_raw("p/models/half/config.json", b"{}").await;
     let half = store.local_dir("models/half").await.expect_err("not whole");
     assert_eq!(half.kind(), std::io::ErrorKind::NotFound);
+
+    // One file leaves the directory: its manifest stops naming it, the object goes,
+    // and a fresh copy holds the rest.
+    drop(local);
+    assert_eq!(
+        store
+            .remove_from_dir("models/m1", "sub/w")
+            .await
+            .expect("remove"),
+        9 * 1024 * 1024
+    );
+    assert_eq!(
+        server.keys("p/models/m1/").await,
+        ["p/models/m1/.hone-dir.json", "p/models/m1/config.json"]
+    );
+    let local = store.local_dir("models/m1").await.expect("local copy");
+    assert!(local.join("config.json").is_file());
+    assert!(!local.join("sub/w").exists());
+    assert_eq!(
+        store
+            .remove_from_dir("models/m1", "sub/w")
+            .await
+            .expect("again"),
+        0,
+        "removing it again is no error"
+    );
+    assert_eq!(
+        store
+            .remove_from_dir("models/none", "x")
+            .await
+            .expect("none"),
+        0
+    );
 
     let local_path = local.path().to_owned();
     store.delete("models/m1/").await.expect("delete");

@@ -115,6 +115,21 @@ impl ArtifactStore for LocalArtifactStore {
         }
     }
 
+    async fn remove_from_dir(&self, prefix: &str, file: &str) -> std::io::Result<u64> {
+        let path = self.path(&format!("{}/{file}", prefix.trim_end_matches('/')))?;
+        let bytes = match fs::metadata(&path).await {
+            Ok(m) if m.is_file() => m.len(),
+            Ok(_) => return Err(std::io::Error::other(format!("{file} is not a file"))),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(0),
+            Err(e) => return Err(e),
+        };
+        match fs::remove_file(&path).await {
+            Ok(()) => Ok(bytes),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(0),
+            Err(e) => Err(e),
+        }
+    }
+
     async fn put_dir(&self, prefix: &str, dir: &Path) -> std::io::Result<()> {
         let dest = self.path(prefix)?;
         let tmp = self.scratch();
@@ -304,6 +319,21 @@ mod tests {
             .expect("publishing again (concurrently, or after a crash) is done already");
         let local = store.local_dir("models/m1/").await.expect("local");
         assert_eq!(std::fs::read(local.join("sub/w")).expect("read"), b"1");
+        assert_eq!(
+            store
+                .remove_from_dir("models/m1", "sub/w")
+                .await
+                .expect("rm"),
+            1
+        );
+        assert!(!local.join("sub/w").exists());
+        assert_eq!(
+            store
+                .remove_from_dir("models/m1", "sub/w")
+                .await
+                .expect("rm"),
+            0
+        );
         store.delete("models/m1/").await.expect("delete");
         assert!(store.local_dir("models/m1").await.is_err());
     }

@@ -367,6 +367,40 @@ impl ArtifactStore for ObjectArtifactStore {
         Ok(())
     }
 
+    async fn remove_from_dir(&self, prefix: &str, file: &str) -> std::io::Result<u64> {
+        let prefix = prefix.trim_end_matches('/');
+        let manifest_path = object_path(&format!("{prefix}/{DIR_MANIFEST}"))?;
+        let file_path = object_path(&format!("{prefix}/{file}"))?;
+        let mut manifest: DirManifest = match self.store.get(&manifest_path).await {
+            Ok(got) => serde_json::from_slice(&got.bytes().await.map_err(io_error)?)?,
+            Err(object_store::Error::NotFound { .. }) => return Ok(0), // not published
+            Err(e) => return Err(io_error(e)),
+        };
+        let before = manifest.files.len();
+        let mut bytes = 0;
+        manifest.files.retain(|f| {
+            let keep = f.path != file;
+            if !keep {
+                bytes += f.bytes;
+            }
+            keep
+        });
+        if manifest.files.len() != before {
+            // The manifest without it first (one PUT replaces it whole), so that a
+            // reader from now on never asks for the file; local copies go with it.
+            let body = serde_json::to_vec(&manifest)?;
+            self.store
+                .put(&manifest_path, PutPayload::from(body))
+                .await
+                .map_err(io_error)?;
+            self.cache.forget(prefix);
+        }
+        match self.store.delete(&file_path).await {
+            Ok(()) | Err(object_store::Error::NotFound { .. }) => Ok(bytes),
+            Err(e) => Err(io_error(e)),
+        }
+    }
+
     async fn put_dir(&self, prefix: &str, dir: &Path) -> std::io::Result<()> {
         let prefix = prefix.trim_end_matches('/');
         let manifest_path = object_path(&format!("{prefix}/{DIR_MANIFEST}"))?;

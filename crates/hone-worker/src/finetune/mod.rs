@@ -76,8 +76,11 @@ pub async fn run_job(
         tracing::error!(error = %e, "could not record the job's outcome");
         "unrecorded"
     });
-    if matches!(outcome, "succeeded" | "failed" | "timed_out") && !settings.keep_all_checkpoints {
-        prune_checkpoints(db, artifacts, &job.id).await;
+    if matches!(outcome, "succeeded" | "failed" | "timed_out") {
+        if !settings.keep_all_checkpoints {
+            prune_checkpoints(db, artifacts, &job.id).await;
+        }
+        drop_optimizer_state(db, artifacts, &job.id).await;
     }
     let labels = telemetry::AttemptLabels {
         outcome,
@@ -99,6 +102,36 @@ async fn prune_checkpoints(db: &Db, artifacts: &Arc<dyn ArtifactStore>, job_id: 
             }
         }
         Err(e) => tracing::warn!(error = %e, "cannot prune the job's checkpoints"),
+    }
+}
+
+/// The job has ended: nothing resumes it, so the checkpoints it keeps lose their
+/// optimizer moments and best-epoch copy (`state.safetensors`, about twice the
+/// weights); their weights stay, to publish. A removal that fails leaves the file
+/// counted, and the checkpoint still not resumable.
+async fn drop_optimizer_state(db: &Db, artifacts: &Arc<dyn ArtifactStore>, job_id: &str) {
+    let keys = match db.end_resumability(job_id).await {
+        Ok(keys) => keys,
+        Err(e) => {
+            tracing::warn!(error = %e, "cannot end the job's checkpoints' resumability");
+            return;
+        }
+    };
+    for key in keys {
+        match artifacts
+            .remove_from_dir(&key, hone_train::resume::STATE_TENSORS_FILE)
+            .await
+        {
+            Ok(0) => {}
+            Ok(removed) => {
+                if let Err(e) = db.checkpoint_shrunk(&key, removed).await {
+                    tracing::warn!(error = %e, key, "cannot record a checkpoint's new size");
+                }
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, key, "cannot remove a checkpoint's optimizer state")
+            }
+        }
     }
 }
 
