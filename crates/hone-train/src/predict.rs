@@ -257,7 +257,10 @@ impl Classifier {
                     .decode_resized(bytes)
                     .map_err(|e| TrainError::BadImage {
                         index: i,
-                        message: format!("the image does not decode: {e}"),
+                        message: match e {
+                            TrainError::InvalidInput(why) => why,
+                            other => other.to_string(),
+                        },
                     })
             })
             .collect::<Result<Vec<_>, _>>()?;

@@ -341,9 +341,12 @@ fn a_saved_image_model_loads_and_predicts_as_the_trained_one() {
     let mut bad = inputs[..3].to_vec();
     bad[1] = b"not an image".to_vec();
     let err = loaded.predict_images(&bad, 2).expect_err("undecodable");
-    assert!(matches!(err, TrainError::InvalidInput(_)));
     assert!(
-        err.to_string().contains("input 1: not a PNG or JPEG image"),
+        matches!(err, TrainError::BadImage { index: 1, .. }),
+        "{err:?}"
+    );
+    assert!(
+        err.to_string().contains("input 1: cannot decode image"),
         "{err}"
     );
     let err = loaded.predict(&["a text".into()], 1).expect_err("texts");
