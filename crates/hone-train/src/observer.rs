@@ -21,7 +21,9 @@ pub trait TrainObserver {
     fn cancelled(&self) -> bool;
     /// Something the user should know about the run (early stopping, the epoch kept).
     fn on_notice(&mut self, _message: &str) {}
-    /// A checkpoint was written (only with [`TrainJob::checkpoint_dir`]).
+    /// A checkpoint was written (only with [`TrainJob::checkpoint_dir`]). It is written
+    /// beside training, so it may be reported a few steps into the next epoch; it is
+    /// whole on disk by then, and before training returns, however it ends.
     ///
     /// [`TrainJob::checkpoint_dir`]: crate::job::TrainJob::checkpoint_dir
     fn on_checkpoint(&mut self, _checkpoint: &Checkpoint) {}

@@ -7,12 +7,18 @@
 //! streams need no saving: the shuffle of epoch `e` and libtorch's generator during
 //! that epoch are functions of `(seed, e)` alone (see [`epoch_seed`]), and checkpoints
 //! are taken only at epoch boundaries.
+//!
+//! Writing leaves the training thread ([`Writing`]): the tensors are copied first, as
+//! training goes on changing them in place, and a thread of its own writes the copy.
+//! One checkpoint is in flight at most, so a run holds at most one extra copy of its
+//! trained weights, optimizer moments and best-epoch weights.
 
 use std::collections::BTreeMap;
-use std::path::Path;
+use std::path::{Path, PathBuf};
+use std::thread::JoinHandle;
 
 use serde::{Deserialize, Serialize};
-use tch::Tensor;
+use tch::{Device, Tensor};
 
 use crate::config::TrainConfig;
 use crate::error::TrainError;
@@ -91,6 +97,83 @@ pub(crate) fn save(
     })
 }
 
+/// A checkpoint being written on a thread of its own; [`Writing::wait`] says how it
+/// went. Dropped unwaited, it still waits, so that no write outlives its run.
+pub(crate) struct Writing {
+    dir: PathBuf,
+    handle: Option<JoinHandle<Result<(), TrainError>>>,
+}
+
+impl Writing {
+    /// Copies the tensors as they are now, and writes the copy into `dir` (as
+    /// [`save`]) on a thread of its own.
+    pub(crate) fn start(
+        dir: PathBuf,
+        weights: &[(String, Tensor)],
+        tensors: &[(String, Tensor)],
+        state: TrainState,
+    ) -> Result<Self, TrainError> {
+        let weights = snapshot(weights)?;
+        let tensors = snapshot(tensors)?;
+        let into = dir.clone();
+        let handle = std::thread::Builder::new()
+            .name("hone-checkpoint".into())
+            .spawn(move || save(&into, &weights, &tensors, &state))
+            .map_err(|e| TrainError::io(&dir, e))?;
+        Ok(Self {
+            dir,
+            handle: Some(handle),
+        })
+    }
+
+    /// Whether the write has ended (well or not): [`Writing::wait`] will not block.
+    pub(crate) fn is_finished(&self) -> bool {
+        self.handle.as_ref().is_none_or(JoinHandle::is_finished)
+    }
+
+    /// Blocks until the checkpoint is whole on disk, or says why it is not.
+    pub(crate) fn wait(mut self) -> Result<(), TrainError> {
+        self.join()
+    }
+
+    fn join(&mut self) -> Result<(), TrainError> {
+        match self.handle.take().map(JoinHandle::join) {
+            None => Ok(()),
+            Some(Ok(written)) => written,
+            Some(Err(_)) => Err(TrainError::io(
+                &self.dir,
+                std::io::Error::other("the checkpoint writer panicked"),
+            )),
+        }
+    }
+}
+
+impl Drop for Writing {
+    fn drop(&mut self) {
+        if let Err(e) = self.join() {
+            tracing::warn!(error = %e, "a checkpoint nobody waited for was not written");
+        }
+    }
+}
+
+/// Copies of `tensors` that share no storage with them, on the CPU, outside autograd.
+fn snapshot(tensors: &[(String, Tensor)]) -> Result<Vec<(String, Tensor)>, TrainError> {
+    tch::no_grad(|| {
+        tensors
+            .iter()
+            .map(|(name, t)| {
+                // `detach_copy` is detach's copying form: new storage, never a view.
+                let copy = if t.device() == Device::Cpu {
+                    t.f_detach_copy()?
+                } else {
+                    t.detach().f_to_device(Device::Cpu)?
+                };
+                Ok((name.clone(), copy))
+            })
+            .collect()
+    })
+}
+
 /// Reads the checkpoint in `dir`; refuses one of another format version.
 pub(crate) fn load(dir: &Path) -> Result<Loaded, TrainError> {
     let path = dir.join(STATE_FILE);
@@ -131,5 +214,50 @@ impl TrainState {
             best_probs: None,
             optimizer_steps: BTreeMap::new(),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_checkpoint_written_in_the_background_holds_the_tensors_as_they_were_when_it_began() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let weights = vec![("w".to_owned(), Tensor::from_slice(&[1.0f32, 2.0, 3.0]))];
+        let moments = vec![(
+            "optimizer.w.exp_avg".to_owned(),
+            Tensor::from_slice(&[0.5f32; 3]).set_requires_grad(true),
+        )];
+        let state = TrainState::new(1, 3, &TrainConfig::default(), 3);
+        let writing = Writing::start(dir.path().join("epoch-1"), &weights, &moments, state)
+            .expect("started");
+        // Training goes on changing its tensors in place at once.
+        tch::no_grad(|| {
+            let _ = weights[0].1.shallow_clone().fill_(9.0);
+            let _ = moments[0].1.shallow_clone().fill_(9.0);
+        });
+        writing.wait().expect("written");
+        let loaded = load(&dir.path().join("epoch-1")).expect("whole");
+        assert_eq!(Vec::<f32>::try_from(&loaded.weights["w"]).expect("w"), [1.0, 2.0, 3.0]);
+        assert_eq!(
+            Vec::<f32>::try_from(&loaded.tensors["optimizer.w.exp_avg"]).expect("m"),
+            [0.5; 3]
+        );
+        assert_eq!(loaded.state.step, 3);
+    }
+
+    #[test]
+    fn a_failed_write_is_reported_by_wait() {
+        let file = tempfile::NamedTempFile::new().expect("file");
+        // A directory cannot be made under a file.
+        let writing = Writing::start(
+            file.path().join("epoch-1"),
+            &[],
+            &[],
+            TrainState::new(1, 0, &TrainConfig::default(), 0),
+        )
+        .expect("started");
+        assert!(writing.wait().is_err());
     }
 }

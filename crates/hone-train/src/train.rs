@@ -276,6 +276,8 @@ struct EpochLoop<'a> {
     best_probs: Option<Vec<Vec<f32>>>,
     stopped_early: bool,
     started: Instant,
+    /// The checkpoint being written, and what to report once it is whole.
+    writing: Option<(resume::Writing, Checkpoint)>,
 }
 
 /// How the epochs ended.
@@ -320,6 +322,7 @@ impl<'a> EpochLoop<'a> {
             best_probs: None,
             stopped_early: false,
             started,
+            writing: None,
         })
     }
 
@@ -354,8 +357,26 @@ impl<'a> EpochLoop<'a> {
     }
 
     /// Epochs `first_epoch` to the last, each trained, scored and checkpointed, unless
-    /// early stopping ends training first.
+    /// early stopping ends training first. However they end, the checkpoint still
+    /// being written is waited for and reported (a stopped run resumes from it).
     fn run(
+        &mut self,
+        first_epoch: u32,
+        checkpoint_dir: Option<&Path>,
+        observer: &mut dyn TrainObserver,
+    ) -> Result<(), TrainError> {
+        let ran = self.run_epochs(first_epoch, checkpoint_dir, observer);
+        let written = self.settle_checkpoint(observer, true);
+        match (ran, written) {
+            (Err(e), Err(w)) => {
+                tracing::warn!(error = %w, "the last checkpoint was not written");
+                Err(e)
+            }
+            (ran, written) => ran.and(written),
+        }
+    }
+
+    fn run_epochs(
         &mut self,
         first_epoch: u32,
         checkpoint_dir: Option<&Path>,
@@ -406,19 +427,16 @@ impl<'a> EpochLoop<'a> {
             }
         }
         let mut loss_sum = 0.0;
-        for batch in self
-            .train_inputs
-            .batches(order, self.job.config.batch_size, Some(epoch))?
-        {
+        let inputs = self.train_inputs;
+        for batch in inputs.batches(order, self.job.config.batch_size, Some(epoch))? {
+            self.settle_checkpoint(observer, false)?;
             if observer.cancelled() {
                 return Err(TrainError::Cancelled);
             }
             let batch = batch?;
             let indices = batch.indices.as_slice();
             let learning_rate = self.schedule.at(self.step);
-            let logits = self
-                .train_inputs
-                .logits(self.network, &batch, true, self.job.device)?;
+            let logits = inputs.logits(self.network, &batch, true, self.job.device)?;
             let loss = self.job.objective.loss(
                 &logits,
                 &self.job.train.labels,
@@ -496,14 +514,15 @@ impl<'a> EpochLoop<'a> {
         Ok(metrics)
     }
 
-    /// Writes the checkpoint of the epoch just ended under `dir` (see
-    /// [`crate::resume`]) and reports it.
+    /// Starts writing the checkpoint of the epoch just ended under `dir` (see
+    /// [`crate::resume`]), once the previous one is whole; it is reported when whole.
     fn save_checkpoint(
-        &self,
+        &mut self,
         dir: &Path,
         metrics: EpochMetrics,
         observer: &mut dyn TrainObserver,
     ) -> Result<(), TrainError> {
+        self.settle_checkpoint(observer, true)?;
         let epoch = metrics.epoch;
         let dir = dir.join(format!("epoch-{epoch}"));
         let mut state = TrainState::new(epoch, self.step, self.job.config, self.job.train.len());
@@ -513,14 +532,33 @@ impl<'a> EpochLoop<'a> {
         state.optimizer_steps = self.optimizer.steps();
         let mut tensors = with_prefix(self.optimizer.state_tensors()?, "optimizer.");
         tensors.extend(with_prefix(self.best.saved_named(), "best."));
-        resume::save(&dir, &trainable(self.vs), &tensors, &state)?;
-        observer.on_checkpoint(&Checkpoint {
+        let report = Checkpoint {
             epoch,
             step: self.step,
             path: dir.join(resume::WEIGHTS_FILE),
-            dir,
+            dir: dir.clone(),
             metrics,
-        });
+        };
+        let writing = resume::Writing::start(dir, &trainable(self.vs), &tensors, state)?;
+        self.writing = Some((writing, report));
+        Ok(())
+    }
+
+    /// Reports the checkpoint being written once it is whole: at once if it is (or,
+    /// with `wait`, once it is); nothing when none is being written.
+    fn settle_checkpoint(
+        &mut self,
+        observer: &mut dyn TrainObserver,
+        wait: bool,
+    ) -> Result<(), TrainError> {
+        match &self.writing {
+            Some((writing, _)) if wait || writing.is_finished() => {}
+            _ => return Ok(()),
+        }
+        if let Some((writing, report)) = self.writing.take() {
+            writing.wait()?;
+            observer.on_checkpoint(&report);
+        }
         Ok(())
     }
 
