@@ -230,8 +230,8 @@ mod tests {
             Tensor::from_slice(&[0.5f32; 3]).set_requires_grad(true),
         )];
         let state = TrainState::new(1, 3, &TrainConfig::default(), 3);
-        let writing = Writing::start(dir.path().join("epoch-1"), &weights, &moments, state)
-            .expect("started");
+        let writing =
+            Writing::start(dir.path().join("epoch-1"), &weights, &moments, state).expect("started");
         // Training goes on changing its tensors in place at once.
         tch::no_grad(|| {
             let _ = weights[0].1.shallow_clone().fill_(9.0);
@@ -239,12 +239,29 @@ mod tests {
         });
         writing.wait().expect("written");
         let loaded = load(&dir.path().join("epoch-1")).expect("whole");
-        assert_eq!(Vec::<f32>::try_from(&loaded.weights["w"]).expect("w"), [1.0, 2.0, 3.0]);
+        assert_eq!(
+            Vec::<f32>::try_from(&loaded.weights["w"]).expect("w"),
+            [1.0, 2.0, 3.0]
+        );
         assert_eq!(
             Vec::<f32>::try_from(&loaded.tensors["optimizer.w.exp_avg"]).expect("m"),
             [0.5; 3]
         );
         assert_eq!(loaded.state.step, 3);
+    }
+
+    #[test]
+    fn a_snapshot_shares_no_storage_with_the_tensors_training_goes_on_changing() {
+        let live = vec![(
+            "w".to_owned(),
+            Tensor::from_slice(&[1.0f32, 2.0]).set_requires_grad(true),
+        )];
+        let copy = snapshot(&live).expect("snapshot");
+        tch::no_grad(|| {
+            let _ = live[0].1.shallow_clone().fill_(9.0);
+        });
+        assert_eq!(Vec::<f32>::try_from(&copy[0].1).expect("copy"), [1.0, 2.0]);
+        assert!(!copy[0].1.requires_grad());
     }
 
     #[test]

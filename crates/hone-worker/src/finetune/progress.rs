@@ -207,7 +207,15 @@ pub(super) struct Reporter<'a> {
     pub(super) tokens_per_epoch: Option<u64>,
     /// The project's feature cache cap (`feature_cache_max_bytes_per_project`).
     pub(super) feature_cache_max_bytes: u64,
+    /// The curves as each recent epoch ended (JSON of [`Curves`]), for its checkpoint:
+    /// it is written beside training and may be reported a few steps (or an epoch)
+    /// later, when the curves have gone on.
+    curves_at_epoch_end: Vec<(u32, Vec<u8>)>,
 }
+
+/// Epochs whose end-of-epoch curves are kept until their checkpoint is reported: the
+/// loop writes one checkpoint at a time, so a report is at most an epoch late.
+const CURVES_KEPT: usize = 3;
 
 impl<'a> Reporter<'a> {
     pub(super) fn new(
@@ -235,6 +243,7 @@ impl<'a> Reporter<'a> {
             examples_per_epoch: 0,
             modality: "unknown",
             tokens_per_epoch: None,
+            curves_at_epoch_end: Vec::new(),
         }
     }
 
@@ -302,7 +311,20 @@ impl<'a> Reporter<'a> {
                     data["validation_macro_f1"] = v.macro_f1.into();
                 }
                 self.event(NewEvent::metrics(message, data)).await;
+                let epoch = m.epoch;
                 self.epochs.push(m);
+                match serde_json::to_vec(&Curves {
+                    steps: &self.steps,
+                    epochs: &self.epochs,
+                }) {
+                    Ok(curves) => {
+                        if self.curves_at_epoch_end.len() >= CURVES_KEPT {
+                            self.curves_at_epoch_end.remove(0);
+                        }
+                        self.curves_at_epoch_end.push((epoch, curves));
+                    }
+                    Err(e) => tracing::warn!(error = %e, "cannot keep the curves"),
+                }
                 self.save_metrics().await;
             }
             Update::Notice(level, message) => {
@@ -375,16 +397,26 @@ impl<'a> Reporter<'a> {
         }
     }
 
-    /// Moves a checkpoint into the artifact store, with the curves so far (a resumed
-    /// attempt starts from them), and records it; a checkpoint that cannot be stored
-    /// costs a warning, not the job.
-    pub(super) async fn store_checkpoint(&self, c: Checkpoint) {
+    /// Moves a checkpoint into the artifact store, with the curves as its epoch ended
+    /// (a resumed attempt starts from them), and records it; a checkpoint that cannot
+    /// be stored costs a warning, not the job.
+    pub(super) async fn store_checkpoint(&mut self, c: Checkpoint) {
         let key = hone_store::checkpoints::storage_key(&self.job.id, self.attempt, c.epoch);
+        let at_end = self
+            .curves_at_epoch_end
+            .iter()
+            .position(|(epoch, _)| *epoch == c.epoch)
+            .map(|i| self.curves_at_epoch_end.remove(i).1);
+        self.curves_at_epoch_end
+            .retain(|(epoch, _)| *epoch > c.epoch);
         let stored = async {
-            let curves = serde_json::to_vec(&Curves {
-                steps: &self.steps,
-                epochs: &self.epochs,
-            })?;
+            let curves = match at_end {
+                Some(curves) => curves,
+                None => serde_json::to_vec(&Curves {
+                    steps: &self.steps,
+                    epochs: &self.epochs,
+                })?,
+            };
             tokio::fs::write(c.dir.join(CURVES_FILE), curves).await?;
             // All it stores (weights, training state, curves) counts in the usage.
             let bytes = hone_store::dir_bytes(&c.dir).await?;
