@@ -19,6 +19,11 @@
 //! `batch_norm_momentum`, 0.01 for TensorFlow's 0.99) and `train` uses and updates batch
 //! statistics. For transfer learning the layers up to a depth can be kept in inference
 //! mode while the rest trains ([`EfficientNet::set_frozen_depth`], [`layer_depth`]).
+//! At momentum 0.01 the running statistics of the trained layers lag far behind their
+//! weights (a few hundred fine-tuning steps move them by less than their weights
+//! moved), and a network evaluated on them can score far below what it learned; so
+//! training re-estimates them on the training images ([`EfficientNet::estimate_pass`],
+//! driven by [`crate::recalibrate`]).
 //!
 //! One architecture, one file (config, the blocks, the network and its layer depths),
 //! as [`crate::bert`] is; the operations it is made of (SAME-padded convolutions,
@@ -37,7 +42,7 @@ use crate::model_dir::{CONFIG_FILE, WEIGHTS_FILE};
 
 mod ops;
 
-use ops::{drop_connect, relu6, BatchNorm, Conv2dSame};
+use ops::{drop_connect, relu6, BatchNorm, Conv2dSame, Stats};
 
 /// config.json's `model_type` for this module.
 pub const ARCHITECTURE: &str = "efficientnet_lite";
@@ -461,21 +466,22 @@ impl MbConvBlock {
         &self.spec
     }
 
-    fn forward(&self, inputs: &Tensor, train: bool) -> Result<Tensor, TchError> {
+    /// `drops`: stochastic depth (training only).
+    fn forward(&self, inputs: &Tensor, stats: Stats, drops: bool) -> Result<Tensor, TchError> {
         let mut xs = match &self.expand {
-            Some((conv, bn)) => relu6(bn.forward(&conv.forward(inputs)?, train)?)?,
+            Some((conv, bn)) => relu6(bn.forward(&conv.forward(inputs)?, stats)?)?,
             None => inputs.shallow_clone(),
         };
         xs = relu6(
             self.bn1
-                .forward(&self.depthwise_conv.forward(&xs)?, train)?,
+                .forward(&self.depthwise_conv.forward(&xs)?, stats)?,
         )?;
-        xs = self.bn2.forward(&self.project_conv.forward(&xs)?, train)?;
+        xs = self.bn2.forward(&self.project_conv.forward(&xs)?, stats)?;
         if !self.spec.has_skip() {
             return Ok(xs);
         }
         let p = self.spec.drop_connect_rate;
-        if train && p > 0.0 {
+        if drops && p > 0.0 {
             xs = drop_connect(&xs, p)?;
         }
         xs.f_add(inputs)
@@ -499,6 +505,20 @@ pub fn layer_depth(name: &str, blocks: usize) -> usize {
             .map_or(blocks + 2, |i| i + 1),
         _ => blocks + 2,
     }
+}
+
+/// The kinds of forward pass, as each layer above the frozen depth runs them (frozen
+/// layers always run as in inference).
+#[derive(Debug, Clone, Copy, PartialEq)]
+enum Pass {
+    /// Running statistics, no stochastic depth.
+    Eval,
+    /// Batch statistics folded into the running ones at the config's momentum,
+    /// stochastic depth.
+    Train,
+    /// Batch statistics folded into the running ones with `weight`, no stochastic
+    /// depth ([`EfficientNet::estimate_pass`]).
+    Estimate { weight: f64 },
 }
 
 /// EfficientNet-Lite: stem, MBConv blocks, 1×1 head convolution, global average pool
@@ -605,8 +625,25 @@ impl EfficientNet {
         self.frozen_depth = depth;
     }
 
-    fn trains(&self, depth: usize, train: bool) -> bool {
-        train && self.frozen_depth.is_none_or(|frozen| depth > frozen)
+    fn trains(&self, depth: usize) -> bool {
+        self.frozen_depth.is_none_or(|frozen| depth > frozen)
+    }
+
+    /// Whether any BatchNorm is above the frozen depth, so that training changes what
+    /// it normalises: the head convolution's is the last one, at depth `blocks + 1`.
+    pub fn trains_batch_norm(&self) -> bool {
+        self.trains(self.blocks.len() + 1)
+    }
+
+    /// What a layer at `depth` does in a forward pass of kind `pass`: the statistics
+    /// its BatchNorms use, and whether it drops its residual branch.
+    fn layer_pass(&self, depth: usize, pass: Pass) -> (Stats, bool) {
+        match pass {
+            _ if !self.trains(depth) => (Stats::Running, false),
+            Pass::Eval => (Stats::Running, false),
+            Pass::Train => (Stats::Batch, true),
+            Pass::Estimate { weight } => (Stats::Estimate { weight }, false),
+        }
     }
 
     /// `(x - mean) / std` per channel, for RGB pixels in [0, 1] `[batch, 3, h, w]`.
@@ -627,6 +664,28 @@ impl EfficientNet {
     /// `[batch, 3, h, w]`: what a fine-tuning head, or a frozen-feature cache, reads.
     /// `train` enables batch statistics and stochastic depth outside the frozen layers.
     pub fn forward_features(&self, images: &Tensor, train: bool) -> Result<Tensor, TrainError> {
+        let pass = if train { Pass::Train } else { Pass::Eval };
+        self.features(images, pass)
+    }
+
+    /// One step of re-estimating the running statistics of the BatchNorms above the
+    /// frozen depth from normalised images `[batch, 3, h, w]`: each normalises with
+    /// the batch's statistics and folds them into its running ones with `weight`
+    /// (PyTorch's momentum; `batch / images so far` averages over the batches, see
+    /// [`crate::recalibrate`]). No block is dropped, so the statistics are those of the
+    /// network as it runs in inference; frozen layers keep theirs, since their inputs
+    /// do not change. Run it under `no_grad`.
+    pub fn estimate_pass(&self, images: &Tensor, weight: f64) -> Result<(), TrainError> {
+        if !(weight > 0.0 && weight <= 1.0) {
+            return Err(TrainError::InvalidInput(format!(
+                "a BatchNorm estimate's weight {weight} is not in (0, 1]"
+            )));
+        }
+        let _ = self.features(images, Pass::Estimate { weight })?;
+        Ok(())
+    }
+
+    fn features(&self, images: &Tensor, pass: Pass) -> Result<Tensor, TrainError> {
         let size = images.size();
         if size.len() != 4 || size[1] != IN_CHANNELS as i64 {
             return Err(TrainError::InvalidInput(format!(
@@ -634,13 +693,15 @@ impl EfficientNet {
             )));
         }
         let stem = self.conv_stem.forward(images)?;
-        let mut xs = relu6(self.bn0.forward(&stem, self.trains(0, train))?)?;
+        let (stats, _) = self.layer_pass(0, pass);
+        let mut xs = relu6(self.bn0.forward(&stem, stats)?)?;
         for (i, block) in self.blocks.iter().enumerate() {
-            xs = block.forward(&xs, self.trains(i + 1, train))?;
+            let (stats, drops) = self.layer_pass(i + 1, pass);
+            xs = block.forward(&xs, stats, drops)?;
         }
         let head = self.conv_head.forward(&xs)?;
-        let train_head = self.trains(self.blocks.len() + 1, train);
-        xs = relu6(self.bn1.forward(&head, train_head)?)?;
+        let (stats, _) = self.layer_pass(self.blocks.len() + 1, pass);
+        xs = relu6(self.bn1.forward(&head, stats)?)?;
         Ok(xs.f_adaptive_avg_pool2d([1, 1])?.f_flatten(1, -1)?)
     }
 

@@ -28,7 +28,7 @@
 //!    [`base_model`], the catalogue of base model directories.
 //! 3. Training and inference on those: the steps of a run (`checks`, `setup`,
 //!    `inputs`, `evaluate`, `schedule`, `early_stopping`, [`trainable`], [`optim`],
-//!    [`resume`], [`features`], [`feature_file`]), the loop that runs them
+//!    [`resume`], [`features`], [`feature_file`], [`recalibrate`]), the loop that runs them
 //!    ([`train`]), and serving ([`predict`]), which shares the network type and the
 //!    scoring with the loop rather than importing it; [`export`], the README and
 //!    preprocessing a model carries when it is downloaded, which says in Python what
@@ -59,6 +59,7 @@ pub mod objective;
 pub mod observer;
 pub mod optim;
 pub mod predict;
+pub mod recalibrate;
 pub mod resume;
 mod schedule;
 mod setup;

@@ -53,6 +53,7 @@ use crate::objective::{Objective, UNTUNED_THRESHOLD};
 pub use crate::observer::{Checkpoint, TrainObserver};
 pub use crate::optim::Optimizer;
 use crate::predict::Classifier;
+use crate::recalibrate::recalibrate;
 use crate::resume::{self, TrainState};
 use crate::schedule::LinearSchedule;
 use crate::setup::{
@@ -457,6 +458,7 @@ impl<'a> EpochLoop<'a> {
         loss_sum: f64,
         observer: &mut dyn TrainObserver,
     ) -> Result<EpochMetrics, TrainError> {
+        self.recalibrate(observer)?;
         let scored = match (self.job.validation, self.validation_inputs) {
             (Some(data), Some(inputs)) => Some(score(
                 self.network,
@@ -494,6 +496,24 @@ impl<'a> EpochLoop<'a> {
         observer.on_epoch(&metrics);
         self.history.push(metrics.clone());
         Ok(metrics)
+    }
+
+    /// An image run's BatchNorm statistics, estimated anew on the training images for
+    /// the epoch's weights (see [`crate::recalibrate`]), so that the epoch is scored,
+    /// checkpointed and kept with the statistics it will predict with.
+    fn recalibrate(&self, observer: &mut dyn TrainObserver) -> Result<(), TrainError> {
+        if let (Network::Image { model, .. }, Inputs::Images { set, .. }) =
+            (self.network, self.train_inputs)
+        {
+            recalibrate(
+                model.backbone(),
+                set,
+                self.job.config.batch_size.max(32),
+                self.job.device,
+                &|| observer.cancelled(),
+            )?;
+        }
+        Ok(())
     }
 
     /// Writes the checkpoint of the epoch just ended under `dir` (see

@@ -112,19 +112,38 @@ impl BatchNorm {
         })
     }
 
-    /// `train` normalises with the batch's statistics and updates the running ones.
-    pub(super) fn forward(&self, xs: &Tensor, train: bool) -> Result<Tensor, TchError> {
+    pub(super) fn forward(&self, xs: &Tensor, stats: Stats) -> Result<Tensor, TchError> {
+        let (train, momentum) = match stats {
+            Stats::Running => (false, self.momentum),
+            Stats::Batch => (true, self.momentum),
+            Stats::Estimate { weight } => (true, weight),
+        };
         xs.f_batch_norm(
             Some(&self.weight),
             Some(&self.bias),
             Some(&self.running_mean),
             Some(&self.running_var),
             train,
-            self.momentum,
+            momentum,
             self.eps,
             true,
         )
     }
+}
+
+/// Which statistics a [`BatchNorm`] normalises with, and what becomes of its running
+/// ones.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub(super) enum Stats {
+    /// The running statistics, left as they are: inference, and frozen layers.
+    Running,
+    /// The batch's, folded into the running ones at the layer's momentum: training.
+    Batch,
+    /// The batch's, folded into the running ones with `weight` (PyTorch's momentum):
+    /// re-estimating the running statistics batch by batch, where weight
+    /// `batch / images seen so far` makes them the average over every batch
+    /// (PyTorch's `momentum=None`), the first batch's replacing what was there.
+    Estimate { weight: f64 },
 }
 
 /// Drops the residual branch of whole samples with probability `p` and rescales the

@@ -8,6 +8,7 @@
 //! `vision` (scikit-learn's digits and Fashion-MNIST as scripts/setup installs them).
 
 mod base_models;
+mod batch_norm;
 mod common;
 mod efficientnet;
 mod image_training;
