@@ -40,6 +40,7 @@ pub use crate::error::TrainError;
 use crate::evaluate::{score, score_subset};
 pub use crate::features::{extract_features, extract_image_features, FeatureRun};
 use crate::frozen::FrozenSplits;
+use crate::head_fit::{describe, fit_heads, fits_heads};
 use crate::inputs::{grouped_by_length, Inputs, Split};
 pub use crate::job::TrainJob;
 pub use crate::metrics::{
@@ -235,14 +236,24 @@ pub fn fine_tune_with(
         frozen_parameters = frozen,
         "fine-tuning"
     );
-    let mut first_epoch = 1;
-    if let Some(dir) = resume_from {
-        let resumed = epochs
-            .resume(dir)
-            .map_err(|e| TrainError::Resume(e.to_string()))?;
-        first_epoch = resumed + 1;
+    let fitted = match features.as_ref() {
+        Some(f) if fits_heads(&config, &network) => Some(&f.train),
+        _ => None,
+    };
+    if let Some(features) = fitted {
+        // A fit takes seconds and is deterministic: a retry fits again rather than
+        // resuming.
+        epochs.fit_heads(features, checkpoint_dir, observer)?;
+    } else {
+        let mut first_epoch = 1;
+        if let Some(dir) = resume_from {
+            let resumed = epochs
+                .resume(dir)
+                .map_err(|e| TrainError::Resume(e.to_string()))?;
+            first_epoch = resumed + 1;
+        }
+        epochs.run(first_epoch, checkpoint_dir, observer)?;
     }
-    epochs.run(first_epoch, checkpoint_dir, observer)?;
     let outcome = epochs.finish(observer)?;
 
     let evaluation = final_evaluation(&job, &network, &train_inputs, &outcome)?;
@@ -383,6 +394,42 @@ impl<'a> EpochLoop<'a> {
                 ));
                 break;
             }
+        }
+        Ok(())
+    }
+
+    /// `feature_extraction` with [`crate::config::HeadSolver::Lbfgs`]: the heads fitted
+    /// on the training features (see [`crate::head_fit`]) in place of epochs, reported
+    /// as epoch 1 (its training loss, its validation scores, its checkpoint).
+    fn fit_heads(
+        &mut self,
+        features: &Tensor,
+        checkpoint_dir: Option<&Path>,
+        observer: &mut dyn TrainObserver,
+    ) -> Result<(), TrainError> {
+        let fits = fit_heads(
+            self.vs,
+            self.job.objective,
+            &self.job.train.labels,
+            features,
+            self.job.config,
+        )?;
+        let message = describe(&fits, self.job.objective);
+        tracing::info!("{message}");
+        observer.on_notice(&message);
+        let train = score(
+            self.network,
+            self.job.objective,
+            self.train_inputs,
+            &self.job.train.labels,
+            self.job.config.batch_size.max(32),
+            self.job.device,
+            &|| observer.cancelled(),
+        )?;
+        let loss_sum = train.loss * self.job.train.len() as f64;
+        let metrics = self.end_epoch(1, loss_sum, observer)?;
+        if let Some(dir) = checkpoint_dir {
+            self.save_checkpoint(dir, metrics, observer)?;
         }
         Ok(())
     }

@@ -11,6 +11,7 @@ mod base_models;
 mod batch_norm;
 mod common;
 mod efficientnet;
+mod head_fit;
 mod image_training;
 mod model;
 mod parity;
