@@ -198,6 +198,21 @@ pub enum HeadType {
     Mlp,
 }
 
+/// How `feature_extraction` fits a linear head on the frozen features.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, Serialize, Deserialize, ToSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum HeadSolver {
+    /// AdamW for `epochs` at `learning_rate`, as the other strategies train.
+    #[default]
+    #[serde(rename = "adamw")]
+    AdamW,
+    /// L-BFGS to convergence on L2-regularised logistic regression, the
+    /// regularisation chosen by 5-fold cross-validation on the training split (as
+    /// scikit-learn's `LogisticRegressionCV`): a tuned linear probe, one fit instead
+    /// of epochs. An `mlp` head stays on AdamW.
+    Lbfgs,
+}
+
 /// How token states become one vector per input.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, Serialize, Deserialize, ToSchema)]
 #[serde(rename_all = "snake_case")]
@@ -340,6 +355,13 @@ pub struct HyperparametersInput {
     /// faster. Every text is still seen once per epoch. Default `true`.
     #[schema(example = true)]
     pub group_by_length: Option<bool>,
+    /// `feature_extraction` (and `auto` when it chooses it), linear heads: `lbfgs`
+    /// fits the head to convergence as L2-regularised logistic regression with the
+    /// regularisation chosen by 5-fold cross-validation on the training split (a tuned
+    /// linear probe, reported as the job's one epoch: `epochs` is 1 and refused when
+    /// given with `feature_extraction`; `learning_rate` and the schedule do not
+    /// apply); `adamw` trains it for `epochs`. Default `adamw`.
+    pub head_solver: Option<HeadSolver>,
 }
 
 /// Hyperparameters with every default filled in and every bound checked; stored with
@@ -385,6 +407,10 @@ pub struct Hyperparameters {
     /// image jobs, and for every job stored before the field existed.
     #[serde(default)]
     pub group_by_length: bool,
+    /// How `feature_extraction` fits a linear head (see the request field); `adamw`
+    /// for every job stored before the field existed.
+    #[serde(default)]
+    pub head_solver: HeadSolver,
     /// The fields that took their default rather than a value from the request. An
     /// `auto` job re-derives these once it has chosen its strategy.
     #[serde(default)]
@@ -426,6 +452,7 @@ impl Hyperparameters {
             task_weights: BTreeMap::new(),
             augment: false,
             group_by_length: false,
+            head_solver: HeadSolver::AdamW,
             defaulted: Vec::new(),
         }
     }
@@ -515,6 +542,16 @@ impl HyperparametersInput {
     ) -> Result<Hyperparameters, ValidationError> {
         let d = Hyperparameters::defaults_for(method);
         let p = |name: &str| format!("hyperparameters.{name}");
+        let head_solver = self.head_solver.unwrap_or(d.head_solver);
+        if head_solver != HeadSolver::AdamW
+            && !matches!(method, MethodType::FeatureExtraction | MethodType::Auto)
+        {
+            return Err(ValidationError::new(
+                p("head_solver"),
+                "applies to feature_extraction (and auto) only: the other methods train the \
+                 backbone with the head",
+            ));
+        }
         // Only the method-dependent fields need remembering (see `rebased_on`).
         let mut defaulted = Vec::new();
         let epochs = openai::one_of(("epochs", self.epochs), ("n_epochs", self.n_epochs))?
@@ -536,6 +573,21 @@ impl HyperparametersInput {
                 "must be between 1 and 100",
             ));
         }
+        // A fitted head is one fit, reported as one epoch: a number of epochs asked
+        // for would be ignored, so it is refused by name.
+        let fitted = head_solver == HeadSolver::Lbfgs && method == MethodType::FeatureExtraction;
+        if fitted && !defaulted.iter().any(|f| f == "epochs") {
+            return Err(ValidationError::new(
+                p(if self.epochs.is_some() {
+                    "epochs"
+                } else {
+                    "n_epochs"
+                }),
+                "does not apply with head_solver lbfgs: the head is fitted to convergence \
+                 once (leave it out, or use head_solver adamw)",
+            ));
+        }
+        let epochs = if fitted { 1 } else { epochs };
         let batch_size = self
             .batch_size
             .and_then(AutoOr::value)
@@ -632,6 +684,7 @@ impl HyperparametersInput {
             task_weights,
             augment: false,
             group_by_length: false,
+            head_solver,
             defaulted,
         })
     }

@@ -5,6 +5,7 @@
 
 use serde::{Deserialize, Serialize};
 
+pub use hone_domain::job::HeadSolver;
 use hone_domain::job::{
     ClassWeights, HeadType, Hyperparameters, MonitorMetric, PoolingType as Pooling,
 };
@@ -49,6 +50,10 @@ pub struct TrainConfig {
     /// [`crate::inputs::grouped_by_length`]); off in checkpoints taken before it existed.
     #[serde(default)]
     pub group_by_length: bool,
+    /// `feature_extraction` with linear heads: how the heads are fitted on the frozen
+    /// features; AdamW in checkpoints taken before it existed.
+    #[serde(default)]
+    pub head_solver: HeadSolver,
 }
 
 fn augment_default() -> bool {
@@ -95,6 +100,7 @@ impl TrainConfig {
             monitor: hp.early_stopping_metric,
             augment: hp.augment,
             group_by_length: hp.group_by_length,
+            head_solver: hp.head_solver,
         }
     }
 }
@@ -124,6 +130,7 @@ impl Default for TrainConfig {
             // transformers' default; the API's is `true` for text (see
             // `HyperparametersInput::group_by_length`).
             group_by_length: false,
+            head_solver: HeadSolver::AdamW,
         }
     }
 }
@@ -160,6 +167,7 @@ mod tests {
             early_stopping_metric: MonitorMetric::MacroF1,
             augment: true,
             group_by_length: true,
+            head_solver: HeadSolver::Lbfgs,
             ..Hyperparameters::defaults_for(MethodType::FeatureExtraction)
         };
         let strategy = Strategy::Partial { frozen_layers: 2 };
@@ -184,6 +192,7 @@ mod tests {
                 monitor: MonitorMetric::MacroF1,
                 augment: true,
                 group_by_length: true,
+                head_solver: HeadSolver::Lbfgs,
             }
         );
     }

@@ -19,11 +19,15 @@
 //! `batch_norm_momentum`, 0.01 for TensorFlow's 0.99) and `train` uses and updates batch
 //! statistics. For transfer learning the layers up to a depth can be kept in inference
 //! mode while the rest trains ([`EfficientNet::set_frozen_depth`], [`layer_depth`]).
+//! At momentum 0.01 the running statistics of the trained layers lag far behind their
+//! weights (a few hundred fine-tuning steps move them by less than their weights
+//! moved), and a network evaluated on them can score far below what it learned; so
+//! training re-estimates them on the training images ([`EfficientNet::estimate_pass`],
+//! driven by [`crate::recalibrate`]).
 //!
 //! One architecture, one file (config, the blocks, the network and its layer depths),
-//! as [`crate::bert`] is; it is long because EfficientNet has more kinds of block
-//! (SAME-padded convolutions, BatchNorm, MBConv) than BERT, not because it holds
-//! anything else.
+//! as [`crate::bert`] is; the operations it is made of (SAME-padded convolutions,
+//! BatchNorm, ReLU6, stochastic depth) are in `efficientnet/ops.rs`.
 
 use std::path::Path;
 
@@ -33,8 +37,12 @@ use tch::nn::init::{FanInOut, NonLinearity, NormalOrUniform};
 use tch::{Device, TchError, Tensor};
 
 use crate::error::TrainError;
-use crate::layers::{dropout, Linear, WeightInit, NO_DECAY_GROUP};
+use crate::layers::{dropout, Linear, WeightInit};
 use crate::model_dir::{CONFIG_FILE, WEIGHTS_FILE};
+
+mod ops;
+
+use ops::{drop_connect, relu6, BatchNorm, Conv2dSame, Stats};
 
 /// config.json's `model_type` for this module.
 pub const ARCHITECTURE: &str = "efficientnet_lite";
@@ -377,117 +385,18 @@ impl Init {
     }
 }
 
-/// In place on a BatchNorm's output, as the reference's `ReLU6(inplace=True)`: no
-/// second activation-sized buffer. ATen's relu6 is hardtanh(0, 6), whose backward is
-/// one fused kernel; `clamp`'s backward is ge, le, and, where over the whole activation
-/// (10 % of a full fine-tuning step's time on Lite0, measured with perf).
-fn relu6(mut xs: Tensor) -> Result<Tensor, TchError> {
-    xs.f_relu6_()
-}
-
-/// TensorFlow's `"SAME"` padding along one axis: (before, after).
-fn same_padding(input: i64, kernel: i64, stride: i64) -> (i64, i64) {
-    let output = (input + stride - 1) / stride;
-    let total = ((output - 1) * stride + kernel - input).max(0);
-    (total / 2, total - total / 2)
-}
-
-/// A bias-free convolution with TensorFlow's `"SAME"` padding; `groups` equal to the
-/// channels makes it depthwise.
-#[derive(Debug)]
-struct Conv2dSame {
-    weight: Tensor,
-    kernel: i64,
-    stride: i64,
-    groups: i64,
-}
-
-impl Conv2dSame {
-    fn new(
-        vs: &nn::Path,
-        in_channels: usize,
-        out_channels: usize,
-        kernel: usize,
-        stride: usize,
-        groups: usize,
-        init: Init,
-    ) -> Result<Self, TchError> {
-        let (k, g) = (kernel as i64, groups as i64);
-        let weight = vs.f_var(
-            "weight",
-            &[out_channels as i64, in_channels as i64 / g, k, k],
-            init.conv(),
-        )?;
-        Ok(Self {
-            weight,
-            kernel: k,
-            stride: stride as i64,
-            groups: g,
-        })
-    }
-
-    fn forward(&self, xs: &Tensor) -> Result<Tensor, TchError> {
-        let size = xs.size();
-        let (h, w) = (size[size.len() - 2], size[size.len() - 1]);
-        let (top, bottom) = same_padding(h, self.kernel, self.stride);
-        let (left, right) = same_padding(w, self.kernel, self.stride);
-        let conv = |xs: &Tensor, padding: [i64; 2]| {
-            xs.f_conv2d(
-                &self.weight,
-                None::<Tensor>,
-                [self.stride, self.stride],
-                padding,
-                [1, 1],
-                self.groups,
-            )
-        };
-        if top == bottom && left == right {
-            conv(xs, [top, left])
-        } else {
-            conv(&xs.f_constant_pad_nd([left, right, top, bottom])?, [0, 0])
-        }
-    }
-}
-
-/// BatchNorm2d with its running statistics as untrained variables, so they are saved
-/// and loaded with the weights but never given to the optimizer.
-#[derive(Debug)]
-struct BatchNorm {
-    weight: Tensor,
-    bias: Tensor,
-    running_mean: Tensor,
-    running_var: Tensor,
-    momentum: f64,
-    eps: f64,
-}
-
-impl BatchNorm {
-    fn new(vs: &nn::Path, channels: usize, config: &EfficientNetConfig) -> Result<Self, TchError> {
-        let c = [channels as i64];
-        let params = vs.set_group(NO_DECAY_GROUP);
-        Ok(Self {
-            weight: params.f_ones("weight", &c)?,
-            bias: params.f_zeros("bias", &c)?,
-            running_mean: vs.f_zeros_no_train("running_mean", &c)?,
-            running_var: vs.f_ones_no_train("running_var", &c)?,
-            momentum: config.batch_norm_momentum,
-            eps: config.batch_norm_epsilon,
-        })
-    }
-
-    /// `train` normalises with the batch's statistics and updates the running ones.
-    fn forward(&self, xs: &Tensor, train: bool) -> Result<Tensor, TchError> {
-        xs.f_batch_norm(
-            Some(&self.weight),
-            Some(&self.bias),
-            Some(&self.running_mean),
-            Some(&self.running_var),
-            train,
-            self.momentum,
-            self.eps,
-            true,
-        )
-    }
+/// A BatchNorm of `channels` with the config's momentum and epsilon.
+fn batch_norm(
+    vs: &nn::Path,
+    channels: usize,
+    config: &EfficientNetConfig,
+) -> Result<BatchNorm, TchError> {
+    BatchNorm::new(
+        vs,
+        channels,
+        config.batch_norm_momentum,
+        config.batch_norm_epsilon,
+    )
 }
 
 /// Mobile inverted bottleneck without squeeze-and-excitation: 1×1 expansion (absent
@@ -520,9 +429,9 @@ impl MbConvBlock {
                     1,
                     1,
                     1,
-                    init,
+                    init.conv(),
                 )?,
-                BatchNorm::new(&vs.sub("_bn0"), inner, config)?,
+                batch_norm(&vs.sub("_bn0"), inner, config)?,
             ))
         } else {
             None
@@ -536,9 +445,9 @@ impl MbConvBlock {
                 spec.kernel_size,
                 spec.stride,
                 inner,
-                init,
+                init.conv(),
             )?,
-            bn1: BatchNorm::new(&vs.sub("_bn1"), inner, config)?,
+            bn1: batch_norm(&vs.sub("_bn1"), inner, config)?,
             project_conv: Conv2dSame::new(
                 &vs.sub("_project_conv"),
                 inner,
@@ -546,9 +455,9 @@ impl MbConvBlock {
                 1,
                 1,
                 1,
-                init,
+                init.conv(),
             )?,
-            bn2: BatchNorm::new(&vs.sub("_bn2"), spec.output_filters, config)?,
+            bn2: batch_norm(&vs.sub("_bn2"), spec.output_filters, config)?,
             spec,
         })
     }
@@ -557,36 +466,26 @@ impl MbConvBlock {
         &self.spec
     }
 
-    fn forward(&self, inputs: &Tensor, train: bool) -> Result<Tensor, TchError> {
+    /// `drops`: stochastic depth (training only).
+    fn forward(&self, inputs: &Tensor, stats: Stats, drops: bool) -> Result<Tensor, TchError> {
         let mut xs = match &self.expand {
-            Some((conv, bn)) => relu6(bn.forward(&conv.forward(inputs)?, train)?)?,
+            Some((conv, bn)) => relu6(bn.forward(&conv.forward(inputs)?, stats)?)?,
             None => inputs.shallow_clone(),
         };
         xs = relu6(
             self.bn1
-                .forward(&self.depthwise_conv.forward(&xs)?, train)?,
+                .forward(&self.depthwise_conv.forward(&xs)?, stats)?,
         )?;
-        xs = self.bn2.forward(&self.project_conv.forward(&xs)?, train)?;
+        xs = self.bn2.forward(&self.project_conv.forward(&xs)?, stats)?;
         if !self.spec.has_skip() {
             return Ok(xs);
         }
         let p = self.spec.drop_connect_rate;
-        if train && p > 0.0 {
+        if drops && p > 0.0 {
             xs = drop_connect(&xs, p)?;
         }
         xs.f_add(inputs)
     }
-}
-
-/// Drops the residual branch of whole samples with probability `p` and rescales the
-/// kept ones, as the reference's `drop_connect` does.
-fn drop_connect(xs: &Tensor, p: f64) -> Result<Tensor, TchError> {
-    let keep = 1.0 - p;
-    let batch = xs.size()[0];
-    let mask = Tensor::f_rand([batch, 1, 1, 1], (xs.kind(), xs.device()))?
-        .f_add_scalar(keep)?
-        .f_floor()?;
-    xs.f_div_scalar(keep)?.f_mul(&mask)
 }
 
 /// 0 for the stem, `i + 1` for block `i`, `blocks + 1` for the head convolution and
@@ -606,6 +505,20 @@ pub fn layer_depth(name: &str, blocks: usize) -> usize {
             .map_or(blocks + 2, |i| i + 1),
         _ => blocks + 2,
     }
+}
+
+/// The kinds of forward pass, as each layer above the frozen depth runs them (frozen
+/// layers always run as in inference).
+#[derive(Debug, Clone, Copy, PartialEq)]
+enum Pass {
+    /// Running statistics, no stochastic depth.
+    Eval,
+    /// Batch statistics folded into the running ones at the config's momentum,
+    /// stochastic depth.
+    Train,
+    /// Batch statistics folded into the running ones with `weight`, no stochastic
+    /// depth ([`EfficientNet::estimate_pass`]).
+    Estimate { weight: f64 },
 }
 
 /// EfficientNet-Lite: stem, MBConv blocks, 1×1 head convolution, global average pool
@@ -659,11 +572,19 @@ impl EfficientNet {
         let last = specs.last().map_or(stem, |b| b.output_filters);
         let head = config.head_channels();
         Ok(Self {
-            conv_stem: Conv2dSame::new(&vs.sub("_conv_stem"), IN_CHANNELS, stem, 3, 2, 1, init)?,
-            bn0: BatchNorm::new(&vs.sub("_bn0"), stem, config)?,
+            conv_stem: Conv2dSame::new(
+                &vs.sub("_conv_stem"),
+                IN_CHANNELS,
+                stem,
+                3,
+                2,
+                1,
+                init.conv(),
+            )?,
+            bn0: batch_norm(&vs.sub("_bn0"), stem, config)?,
             blocks,
-            conv_head: Conv2dSame::new(&vs.sub("_conv_head"), last, head, 1, 1, 1, init)?,
-            bn1: BatchNorm::new(&vs.sub("_bn1"), head, config)?,
+            conv_head: Conv2dSame::new(&vs.sub("_conv_head"), last, head, 1, 1, 1, init.conv())?,
+            bn1: batch_norm(&vs.sub("_bn1"), head, config)?,
             fc: None,
             config: config.clone(),
             frozen_depth: None,
@@ -704,8 +625,25 @@ impl EfficientNet {
         self.frozen_depth = depth;
     }
 
-    fn trains(&self, depth: usize, train: bool) -> bool {
-        train && self.frozen_depth.is_none_or(|frozen| depth > frozen)
+    fn trains(&self, depth: usize) -> bool {
+        self.frozen_depth.is_none_or(|frozen| depth > frozen)
+    }
+
+    /// Whether any BatchNorm is above the frozen depth, so that training changes what
+    /// it normalises: the head convolution's is the last one, at depth `blocks + 1`.
+    pub fn trains_batch_norm(&self) -> bool {
+        self.trains(self.blocks.len() + 1)
+    }
+
+    /// What a layer at `depth` does in a forward pass of kind `pass`: the statistics
+    /// its BatchNorms use, and whether it drops its residual branch.
+    fn layer_pass(&self, depth: usize, pass: Pass) -> (Stats, bool) {
+        match pass {
+            _ if !self.trains(depth) => (Stats::Running, false),
+            Pass::Eval => (Stats::Running, false),
+            Pass::Train => (Stats::Batch, true),
+            Pass::Estimate { weight } => (Stats::Estimate { weight }, false),
+        }
     }
 
     /// `(x - mean) / std` per channel, for RGB pixels in [0, 1] `[batch, 3, h, w]`.
@@ -726,6 +664,28 @@ impl EfficientNet {
     /// `[batch, 3, h, w]`: what a fine-tuning head, or a frozen-feature cache, reads.
     /// `train` enables batch statistics and stochastic depth outside the frozen layers.
     pub fn forward_features(&self, images: &Tensor, train: bool) -> Result<Tensor, TrainError> {
+        let pass = if train { Pass::Train } else { Pass::Eval };
+        self.features(images, pass)
+    }
+
+    /// One step of re-estimating the running statistics of the BatchNorms above the
+    /// frozen depth from normalised images `[batch, 3, h, w]`: each normalises with
+    /// the batch's statistics and folds them into its running ones with `weight`
+    /// (PyTorch's momentum; `batch / images so far` averages over the batches, see
+    /// [`crate::recalibrate`]). No block is dropped, so the statistics are those of the
+    /// network as it runs in inference; frozen layers keep theirs, since their inputs
+    /// do not change. Run it under `no_grad`.
+    pub fn estimate_pass(&self, images: &Tensor, weight: f64) -> Result<(), TrainError> {
+        if !(weight > 0.0 && weight <= 1.0) {
+            return Err(TrainError::InvalidInput(format!(
+                "a BatchNorm estimate's weight {weight} is not in (0, 1]"
+            )));
+        }
+        let _ = self.features(images, Pass::Estimate { weight })?;
+        Ok(())
+    }
+
+    fn features(&self, images: &Tensor, pass: Pass) -> Result<Tensor, TrainError> {
         let size = images.size();
         if size.len() != 4 || size[1] != IN_CHANNELS as i64 {
             return Err(TrainError::InvalidInput(format!(
@@ -733,13 +693,15 @@ impl EfficientNet {
             )));
         }
         let stem = self.conv_stem.forward(images)?;
-        let mut xs = relu6(self.bn0.forward(&stem, self.trains(0, train))?)?;
+        let (stats, _) = self.layer_pass(0, pass);
+        let mut xs = relu6(self.bn0.forward(&stem, stats)?)?;
         for (i, block) in self.blocks.iter().enumerate() {
-            xs = block.forward(&xs, self.trains(i + 1, train))?;
+            let (stats, drops) = self.layer_pass(i + 1, pass);
+            xs = block.forward(&xs, stats, drops)?;
         }
         let head = self.conv_head.forward(&xs)?;
-        let train_head = self.trains(self.blocks.len() + 1, train);
-        xs = relu6(self.bn1.forward(&head, train_head)?)?;
+        let (stats, _) = self.layer_pass(self.blocks.len() + 1, pass);
+        xs = relu6(self.bn1.forward(&head, stats)?)?;
         Ok(xs.f_adaptive_avg_pool2d([1, 1])?.f_flatten(1, -1)?)
     }
 
@@ -758,15 +720,6 @@ impl EfficientNet {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn same_padding_matches_tensorflow() {
-        // 224 → 112 with a 3×3 stride-2 kernel: one extra row at the bottom only.
-        assert_eq!(same_padding(224, 3, 2), (0, 1));
-        assert_eq!(same_padding(112, 3, 1), (1, 1));
-        assert_eq!(same_padding(28, 5, 2), (1, 2));
-        assert_eq!(same_padding(7, 1, 1), (0, 0));
-    }
 
     #[test]
     fn lite0_has_sixteen_blocks_and_fixed_stem_and_head() {

@@ -28,7 +28,9 @@
 //!    [`base_model`], the catalogue of base model directories.
 //! 3. Training and inference on those: the steps of a run (`checks`, `setup`,
 //!    `inputs`, `evaluate`, `schedule`, `early_stopping`, [`trainable`], [`optim`],
-//!    [`resume`], [`features`], [`feature_file`]), the loop that runs them
+//!    [`resume`], [`features`], [`feature_file`], [`recalibrate`], `head_fit` with
+//!    [`probe`] and [`lbfgs`], the linear probe a `feature_extraction` head can be
+//!    fitted as), the loop that runs them
 //!    ([`train`]), and serving ([`predict`]), which shares the network type and the
 //!    scoring with the loop rather than importing it; [`export`], the README and
 //!    preprocessing a model carries when it is downloaded, which says in Python what
@@ -48,9 +50,11 @@ pub mod export;
 pub mod feature_file;
 pub mod features;
 mod frozen;
+mod head_fit;
 mod inputs;
 pub mod job;
 pub mod layers;
+pub mod lbfgs;
 pub mod logme;
 pub mod metrics;
 pub mod model_dir;
@@ -59,6 +63,8 @@ pub mod objective;
 pub mod observer;
 pub mod optim;
 pub mod predict;
+pub mod probe;
+pub mod recalibrate;
 pub mod resume;
 mod schedule;
 mod setup;
@@ -75,7 +81,7 @@ pub use base_model::{
 };
 pub use bert::{BertConfig, BertModel};
 pub use classifier::{HeadType, Pooling, SequenceClassifier};
-pub use config::{EncoderInit, Strategy, TrainConfig};
+pub use config::{EncoderInit, HeadSolver, Strategy, TrainConfig};
 pub use data::{Features, TrainData};
 pub use efficientnet::{EfficientNet, EfficientNetConfig};
 pub use error::TrainError;

@@ -40,6 +40,7 @@ pub use crate::error::TrainError;
 use crate::evaluate::{score, score_subset};
 pub use crate::features::{extract_features, extract_image_features, FeatureRun};
 use crate::frozen::FrozenSplits;
+use crate::head_fit::{describe, fit_heads, fits_heads};
 use crate::inputs::{grouped_by_length, Inputs, Split};
 pub use crate::job::TrainJob;
 pub use crate::metrics::{
@@ -53,6 +54,7 @@ use crate::objective::{Objective, UNTUNED_THRESHOLD};
 pub use crate::observer::{Checkpoint, TrainObserver};
 pub use crate::optim::Optimizer;
 use crate::predict::Classifier;
+use crate::recalibrate::recalibrate;
 use crate::resume::{self, TrainState};
 use crate::schedule::LinearSchedule;
 use crate::setup::{
@@ -234,14 +236,24 @@ pub fn fine_tune_with(
         frozen_parameters = frozen,
         "fine-tuning"
     );
-    let mut first_epoch = 1;
-    if let Some(dir) = resume_from {
-        let resumed = epochs
-            .resume(dir)
-            .map_err(|e| TrainError::Resume(e.to_string()))?;
-        first_epoch = resumed + 1;
+    let fitted = match features.as_ref() {
+        Some(f) if fits_heads(&config, &network) => Some(&f.train),
+        _ => None,
+    };
+    if let Some(features) = fitted {
+        // A fit takes seconds and is deterministic: a retry fits again rather than
+        // resuming.
+        epochs.fit_heads(features, checkpoint_dir, observer)?;
+    } else {
+        let mut first_epoch = 1;
+        if let Some(dir) = resume_from {
+            let resumed = epochs
+                .resume(dir)
+                .map_err(|e| TrainError::Resume(e.to_string()))?;
+            first_epoch = resumed + 1;
+        }
+        epochs.run(first_epoch, checkpoint_dir, observer)?;
     }
-    epochs.run(first_epoch, checkpoint_dir, observer)?;
     let outcome = epochs.finish(observer)?;
 
     let evaluation = final_evaluation(&job, &network, &train_inputs, &outcome)?;
@@ -407,6 +419,42 @@ impl<'a> EpochLoop<'a> {
         Ok(())
     }
 
+    /// `feature_extraction` with [`crate::config::HeadSolver::Lbfgs`]: the heads fitted
+    /// on the training features (see [`crate::head_fit`]) in place of epochs, reported
+    /// as epoch 1 (its training loss, its validation scores, its checkpoint).
+    fn fit_heads(
+        &mut self,
+        features: &Tensor,
+        checkpoint_dir: Option<&Path>,
+        observer: &mut dyn TrainObserver,
+    ) -> Result<(), TrainError> {
+        let fits = fit_heads(
+            self.vs,
+            self.job.objective,
+            &self.job.train.labels,
+            features,
+            self.job.config,
+        )?;
+        let message = describe(&fits, self.job.objective);
+        tracing::info!("{message}");
+        observer.on_notice(&message);
+        let train = score(
+            self.network,
+            self.job.objective,
+            self.train_inputs,
+            &self.job.train.labels,
+            self.job.config.batch_size.max(32),
+            self.job.device,
+            &|| observer.cancelled(),
+        )?;
+        let loss_sum = train.loss * self.job.train.len() as f64;
+        let metrics = self.end_epoch(1, loss_sum, observer)?;
+        if let Some(dir) = checkpoint_dir {
+            self.save_checkpoint(dir, metrics, observer)?;
+        }
+        Ok(())
+    }
+
     /// One pass over the training data in the epoch's order, an optimizer step per
     /// batch; the sum of the batches' losses weighted by their sizes.
     fn train_epoch(
@@ -475,6 +523,7 @@ impl<'a> EpochLoop<'a> {
         loss_sum: f64,
         observer: &mut dyn TrainObserver,
     ) -> Result<EpochMetrics, TrainError> {
+        self.recalibrate(observer)?;
         let scored = match (self.job.validation, self.validation_inputs) {
             (Some(data), Some(inputs)) => Some(score(
                 self.network,
@@ -512,6 +561,24 @@ impl<'a> EpochLoop<'a> {
         observer.on_epoch(&metrics);
         self.history.push(metrics.clone());
         Ok(metrics)
+    }
+
+    /// An image run's BatchNorm statistics, estimated anew on the training images for
+    /// the epoch's weights (see [`crate::recalibrate`]), so that the epoch is scored,
+    /// checkpointed and kept with the statistics it will predict with.
+    fn recalibrate(&self, observer: &mut dyn TrainObserver) -> Result<(), TrainError> {
+        if let (Network::Image { model, .. }, Inputs::Images { set, .. }) =
+            (self.network, self.train_inputs)
+        {
+            recalibrate(
+                model.backbone(),
+                set,
+                self.job.config.batch_size.max(32),
+                self.job.device,
+                &|| observer.cancelled(),
+            )?;
+        }
+        Ok(())
     }
 
     /// Starts writing the checkpoint of the epoch just ended under `dir` (see

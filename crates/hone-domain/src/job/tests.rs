@@ -315,3 +315,66 @@ fn suffixes_are_path_safe() {
     assert!(validate_suffix("a/b").is_err());
     assert!(validate_suffix(&"x".repeat(41)).is_err());
 }
+
+#[test]
+fn the_head_solver_is_feature_extractions_and_adamw_unless_asked() {
+    let lbfgs: HyperparametersInput =
+        serde_json::from_value(serde_json::json!({"head_solver": "lbfgs"})).expect("input");
+    for method in [MethodType::FeatureExtraction, MethodType::Auto] {
+        let hp = lbfgs.validate(512, method).expect("valid");
+        assert_eq!(hp.head_solver, HeadSolver::Lbfgs);
+        let hp = lbfgs.validate_image(method).expect("valid");
+        assert_eq!(hp.head_solver, HeadSolver::Lbfgs);
+    }
+    for method in [MethodType::Full, MethodType::Partial] {
+        let err = lbfgs.validate(512, method).expect_err("not head-only");
+        assert_eq!(err.param, "hyperparameters.head_solver");
+    }
+    // `adamw`, spelled so, is the default and what jobs stored before the field read as.
+    let hp = HyperparametersInput::default()
+        .validate(512, MethodType::FeatureExtraction)
+        .expect("valid");
+    assert_eq!(hp.head_solver, HeadSolver::AdamW);
+    let mut stored = serde_json::to_value(&hp).expect("json");
+    assert_eq!(stored["head_solver"], "adamw");
+    stored
+        .as_object_mut()
+        .expect("object")
+        .remove("head_solver");
+    let back: Hyperparameters = serde_json::from_value(stored).expect("reads");
+    assert_eq!(back.head_solver, HeadSolver::AdamW);
+    let adamw: HyperparametersInput =
+        serde_json::from_value(serde_json::json!({"head_solver": "adamw"})).expect("input");
+    assert!(adamw.validate(512, MethodType::Full).is_ok());
+}
+
+#[test]
+fn a_fitted_head_is_one_epoch_and_refuses_a_number_of_them() {
+    let input = |v: serde_json::Value| -> HyperparametersInput {
+        serde_json::from_value(v).expect("input")
+    };
+    let hp = input(serde_json::json!({"head_solver": "lbfgs"}))
+        .validate(512, MethodType::FeatureExtraction)
+        .expect("valid");
+    assert_eq!(hp.epochs, 1);
+    for (body, param) in [
+        (
+            serde_json::json!({"head_solver": "lbfgs", "epochs": 5}),
+            "hyperparameters.epochs",
+        ),
+        (
+            serde_json::json!({"head_solver": "lbfgs", "n_epochs": 5}),
+            "hyperparameters.n_epochs",
+        ),
+    ] {
+        let err = input(body)
+            .validate_image(MethodType::FeatureExtraction)
+            .expect_err("epochs with a fitted head");
+        assert_eq!(err.param, param);
+    }
+    // `auto` may pick a strategy that trains for epochs: they stay.
+    let hp = input(serde_json::json!({"head_solver": "lbfgs", "epochs": 5}))
+        .validate(512, MethodType::Auto)
+        .expect("valid");
+    assert_eq!(hp.epochs, 5);
+}

@@ -8,8 +8,10 @@
 //! `vision` (scikit-learn's digits and Fashion-MNIST as scripts/setup installs them).
 
 mod base_models;
+mod batch_norm;
 mod common;
 mod efficientnet;
+mod head_fit;
 mod image_training;
 mod model;
 mod parity;
