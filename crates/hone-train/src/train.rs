@@ -452,7 +452,7 @@ impl<'a> EpochLoop<'a> {
         if let Some(dir) = checkpoint_dir {
             self.save_checkpoint(dir, metrics, observer)?;
         }
-        Ok(())
+        self.settle_checkpoint(observer, true)
     }
 
     /// One pass over the training data in the epoch's order, an optimizer step per
