@@ -370,6 +370,24 @@ impl TestServer {
         }
     }
 
+    /// The job's checkpoint list once it holds at most `at_most` (the worker prunes an
+    /// ended job's checkpoints just after the job reads its terminal status), or after
+    /// 10 s, whatever it holds then.
+    pub async fn checkpoints_pruned(&self, id: &str, at_most: usize) -> Value {
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+        loop {
+            let (status, list) = self
+                .get(&format!("/v1/fine_tuning/jobs/{id}/checkpoints"))
+                .await;
+            assert_eq!(status, 200, "{list}");
+            let count = list["data"].as_array().map_or(0, Vec::len);
+            if count <= at_most || tokio::time::Instant::now() >= deadline {
+                return list;
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+
     /// Files under the data directory that are not folders (what an upload left behind).
     pub fn stored_files(&self) -> Vec<PathBuf> {
         fn walk(dir: &std::path::Path, out: &mut Vec<PathBuf>) {
