@@ -6,7 +6,7 @@ use hone_domain::resources::{CheckpointMetrics, EpochPoint, JobCheckpoint};
 use hone_domain::{CheckpointId, JobId, ProjectId};
 use sqlx::types::Json;
 
-use crate::{Db, StoreError};
+use crate::{ArtifactStore, Db, StoreError};
 
 /// A checkpoint a worker has just stored.
 #[derive(Clone, Debug)]
@@ -240,11 +240,12 @@ impl Db {
     }
 
     /// The job has ended and resumes no more: its checkpoints stop being resume points
-    /// (before their optimizer state goes); returns their storage keys.
+    /// (before their optimizer state goes); returns their storage keys. Each key is
+    /// returned once, to whichever caller (the job's worker or the sweep) ends it first.
     pub async fn end_resumability(&self, job_id: &str) -> Result<Vec<String>, StoreError> {
         Ok(sqlx::query_scalar(
             "UPDATE fine_tuning_job_checkpoints SET resumable = false
-             WHERE job_id = $1 RETURNING storage_key",
+             WHERE job_id = $1 AND resumable RETURNING storage_key",
         )
         .bind(job_id)
         .fetch_all(&self.pool)
@@ -267,6 +268,32 @@ impl Db {
         .execute(&self.pool)
         .await?;
         Ok(())
+    }
+
+    /// Removes the optimizer state of the checkpoints stored under `keys` (ended
+    /// resumability first: [`Db::end_resumability`]) and shrinks their recorded size;
+    /// how many held some. A removal that fails leaves the file counted.
+    pub async fn drop_optimizer_state(
+        &self,
+        artifacts: &dyn ArtifactStore,
+        keys: &[String],
+    ) -> usize {
+        let mut dropped = 0;
+        for key in keys {
+            match artifacts.remove_from_dir(key, OPTIMIZER_STATE_FILE).await {
+                Ok(0) => {}
+                Ok(removed) => {
+                    dropped += 1;
+                    if let Err(e) = self.checkpoint_shrunk(key, removed).await {
+                        tracing::warn!(error = %e, key, "cannot record a checkpoint's new size");
+                    }
+                }
+                Err(e) => {
+                    tracing::warn!(error = %e, key, "cannot remove a checkpoint's optimizer state")
+                }
+            }
+        }
+        dropped
     }
 
     /// Forgets a job's checkpoints; how many there were. Their files all lie under
@@ -297,3 +324,6 @@ pub fn job_prefix(job_id: &str) -> String {
 
 /// The weights file inside a checkpoint's folder.
 pub const WEIGHTS_FILE: &str = "weights.safetensors";
+/// The optimizer's moments and the best epoch's weights inside a checkpoint's folder
+/// (hone-train's `resume::STATE_TENSORS_FILE`): what only resuming needs.
+pub const OPTIMIZER_STATE_FILE: &str = "state.safetensors";

@@ -4,7 +4,8 @@
 //! listing shows and no quota counts. At start-up (and once a day after) one process
 //! at a time (an advisory lock) lists the stored keys older than a grace period, longer
 //! than any write takes between its object and its row, and removes those without a
-//! row, then the scratch that dead writers left.
+//! row, then the scratch that dead writers left, then the optimizer state that ended
+//! jobs' checkpoints still hold.
 
 use std::collections::HashSet;
 use std::time::{Duration, SystemTime};
@@ -22,6 +23,8 @@ pub struct Swept {
     pub checkpoints: usize,
     pub features: usize,
     pub scratch: usize,
+    /// Kept checkpoints of ended jobs that lost their optimizer state here.
+    pub optimizer_states: usize,
 }
 
 /// The kinds of stored keys, how deep their keys are, and the query that gives the
@@ -112,6 +115,19 @@ impl Db {
             }
         }
         swept.scratch = artifacts.sweep_scratch(grace).await?;
+        // Ended jobs' checkpoints that still hold their optimizer state: kept from
+        // before it went at a job's end, or left by a worker stopped in between.
+        let ended: Vec<String> = sqlx::query_scalar(
+            "UPDATE fine_tuning_job_checkpoints c SET resumable = false
+             FROM fine_tuning_jobs j
+             WHERE j.id = c.job_id AND c.resumable AND c.created_at <= $1
+               AND j.status IN ('succeeded', 'failed', 'cancelled')
+             RETURNING c.storage_key",
+        )
+        .bind(chrono::DateTime::<chrono::Utc>::from(cutoff))
+        .fetch_all(&self.pool)
+        .await?;
+        swept.optimizer_states = self.drop_optimizer_state(artifacts, &ended).await;
         Ok(swept)
     }
 }

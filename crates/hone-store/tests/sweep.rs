@@ -1,6 +1,7 @@
 //! The orphan sweep against the real Postgres and a local artifact store: objects that
 //! no row names go once they are older than the grace period, everything a row names
-//! stays, one process sweeps at a time.
+//! stays, one process sweeps at a time, and ended jobs' checkpoints lose their
+//! optimizer state.
 
 use std::time::Duration;
 
@@ -66,7 +67,8 @@ async fn objects_no_row_names_go_after_the_grace_period_and_the_rest_stays() {
             models: 1,
             checkpoints: 1,
             features: 0,
-            scratch: 1
+            scratch: 1,
+            optimizer_states: 0,
         }
     );
     assert_eq!(
@@ -98,4 +100,92 @@ async fn objects_no_row_names_go_after_the_grace_period_and_the_rest_stays() {
             .expect("sweep"),
         None
     );
+}
+
+#[tokio::test]
+async fn ended_jobs_checkpoints_lose_their_optimizer_state_and_running_ones_keep_it() {
+    let f = fresh().await;
+    let root = tempfile::tempdir().expect("tmp");
+    let store = LocalArtifactStore::new(root.path()).await.expect("store");
+    let file = file(&f.db).await;
+    let dir = tempfile::tempdir().expect("tmp");
+    std::fs::write(dir.path().join("weights.safetensors"), b"weights").expect("write");
+    std::fs::write(dir.path().join("state.safetensors"), b"moments!!").expect("write");
+
+    // Two jobs, each with a resumable checkpoint; one then fails for good (as a job's
+    // worker stopped before it dropped the state would leave it), one still runs.
+    let mut keys = Vec::new();
+    for _ in 0..2 {
+        let id =
+            f.db.create_job(&common::new_job(&common::p(), &file, 3))
+                .await
+                .expect("job")
+                .id;
+        let claimed =
+            f.db.claim_job("w", Duration::from_secs(60))
+                .await
+                .expect("claim")
+                .expect("the job");
+        assert_eq!(claimed.job.id, id);
+        let key = hone_store::checkpoints::storage_key(&id, claimed.attempt, 1);
+        store.put_dir(&key, dir.path()).await.expect("checkpoint");
+        let checkpoint = hone_store::checkpoints::NewCheckpoint {
+            epoch: 1,
+            step: 5,
+            metrics: hone_domain::resources::EpochPoint {
+                epoch: 1,
+                train_loss: 0.5,
+                validation: None,
+            },
+            storage_key: key.clone(),
+            bytes: 16,
+            resumable: true,
+        };
+        assert!(f
+            .db
+            .put_checkpoint(&id, claimed.attempt, &checkpoint)
+            .await
+            .expect("row"));
+        keys.push((id, key));
+    }
+    let error = hone_domain::resources::JobError {
+        code: "training_failed".into(),
+        message: "it ended".into(),
+        param: None,
+    };
+    f.db.fail_job(&keys[0].0, 1, &error, false)
+        .await
+        .expect("ended");
+
+    let swept =
+        f.db.sweep_orphans(&store, Duration::ZERO)
+            .await
+            .expect("sweep")
+            .expect("the lock");
+    assert_eq!(swept.optimizer_states, 1, "{swept:?}");
+    assert_eq!(swept.checkpoints, 0, "rows name both: {swept:?}");
+    let (ended, running) = (&keys[0].1, &keys[1].1);
+    let local = store.local_dir(ended).await.expect("ended");
+    assert!(local.join("weights.safetensors").is_file());
+    assert!(!local.join("state.safetensors").exists());
+    let local = store.local_dir(running).await.expect("running");
+    assert!(local.join("state.safetensors").is_file());
+    let rows: Vec<(String, i64, bool)> = sqlx::query_as(
+        "SELECT storage_key, bytes, resumable FROM fine_tuning_job_checkpoints ORDER BY job_id = $1 DESC",
+    )
+    .bind(&keys[0].0)
+    .fetch_all(&f.db.pool)
+    .await
+    .expect("rows");
+    assert_eq!(
+        rows,
+        [(ended.clone(), 7, false), (running.clone(), 16, true)]
+    );
+    // Once is enough: a second sweep finds nothing to drop.
+    let again =
+        f.db.sweep_orphans(&store, Duration::ZERO)
+            .await
+            .expect("sweep")
+            .expect("the lock");
+    assert_eq!(again.optimizer_states, 0);
 }

@@ -107,31 +107,14 @@ async fn prune_checkpoints(db: &Db, artifacts: &Arc<dyn ArtifactStore>, job_id: 
 
 /// The job has ended: nothing resumes it, so the checkpoints it keeps lose their
 /// optimizer moments and best-epoch copy (`state.safetensors`, about twice the
-/// weights); their weights stay, to publish. A removal that fails leaves the file
-/// counted, and the checkpoint still not resumable.
+/// weights); their weights stay, to publish. What this misses (a worker stopped in
+/// between), the orphan sweep takes.
 async fn drop_optimizer_state(db: &Db, artifacts: &Arc<dyn ArtifactStore>, job_id: &str) {
-    let keys = match db.end_resumability(job_id).await {
-        Ok(keys) => keys,
-        Err(e) => {
-            tracing::warn!(error = %e, "cannot end the job's checkpoints' resumability");
-            return;
+    match db.end_resumability(job_id).await {
+        Ok(keys) => {
+            db.drop_optimizer_state(artifacts.as_ref(), &keys).await;
         }
-    };
-    for key in keys {
-        match artifacts
-            .remove_from_dir(&key, hone_train::resume::STATE_TENSORS_FILE)
-            .await
-        {
-            Ok(0) => {}
-            Ok(removed) => {
-                if let Err(e) = db.checkpoint_shrunk(&key, removed).await {
-                    tracing::warn!(error = %e, key, "cannot record a checkpoint's new size");
-                }
-            }
-            Err(e) => {
-                tracing::warn!(error = %e, key, "cannot remove a checkpoint's optimizer state")
-            }
-        }
+        Err(e) => tracing::warn!(error = %e, "cannot end the job's checkpoints' resumability"),
     }
 }
 
@@ -401,5 +384,20 @@ impl Drop for ScratchDir {
                 tracing::warn!(error = %e, dir = %self.0.display(), "cannot remove scratch files");
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn the_store_drops_the_file_training_keeps_its_optimizer_state_in() {
+        assert_eq!(
+            hone_store::checkpoints::OPTIMIZER_STATE_FILE,
+            hone_train::resume::STATE_TENSORS_FILE
+        );
+        assert_eq!(
+            hone_store::checkpoints::WEIGHTS_FILE,
+            hone_train::resume::WEIGHTS_FILE
+        );
     }
 }
