@@ -535,7 +535,8 @@ async fn pause_job(
     responses(
         (status = 200, description = "The job, `queued` (or still `running`)", body = FineTuningJob),
         (status = 404, description = "No such job", body = ErrorResponse),
-        (status = 409, description = "The job is not paused", body = ErrorResponse)))]
+        (status = 409, description = "The job is not paused", body = ErrorResponse),
+        (status = 429, description = "The project has `max_active_jobs` queued or running jobs; retry after `Retry-After` seconds", body = ErrorResponse)))]
 async fn resume_job(
     State(state): State<AppState>,
     project: Project,
@@ -545,7 +546,7 @@ async fn resume_job(
     Ok(Json(
         state
             .db
-            .resume_job(&project.id, id.as_str())
+            .resume_job(&project.id, id.as_str(), Some(project.max_active_jobs))
             .await
             .map_err(not_found_as(&raw))?,
     ))

@@ -59,17 +59,7 @@ impl Db {
             }
         }
         if let Some(limit) = max_active_jobs {
-            crate::projects::lock(&mut tx, &new.project).await?;
-            let active: i64 = sqlx::query_scalar(
-                "SELECT count(*) FROM fine_tuning_jobs
-                 WHERE project_id = $1 AND status IN ('validating_files', 'queued', 'running')",
-            )
-            .bind(new.project.as_str())
-            .fetch_one(&mut *tx)
-            .await?;
-            if active >= limit {
-                return Err(StoreError::Quota(crate::Quota::ActiveJobs { limit }));
-            }
+            below_active_limit(&mut tx, &new.project, limit).await?;
         }
         for file in std::iter::once(&new.training_file).chain(new.validation_file.as_ref()) {
             let found: Option<String> = sqlx::query_scalar(
@@ -224,7 +214,7 @@ impl Db {
         project: &ProjectId,
         id: &str,
     ) -> Result<FineTuningJob, StoreError> {
-        self.transition(project, id, |status, pause_requested| match status {
+        self.transition(project, id, None, |status, pause_requested| match status {
             JobStatus::Queued | JobStatus::ValidatingFiles => Ok(Some((
                 "status = 'paused', pause_requested = false",
                 "Job paused before it ran again; resume it to queue it",
@@ -245,33 +235,45 @@ impl Db {
 
     /// Resumes a paused job: it is queued again, and the attempt that claims it goes
     /// on from its last checkpoint. A running job whose pause has not taken effect
-    /// yet just keeps running. Any other job is a conflict.
+    /// yet just keeps running. Any other job is a conflict. With `max_active_jobs`, a
+    /// paused job is queued only while the project has fewer active jobs (counted as
+    /// a create counts them), else [`crate::Quota::ActiveJobs`].
     pub async fn resume_job(
         &self,
         project: &ProjectId,
         id: &str,
+        max_active_jobs: Option<i64>,
     ) -> Result<FineTuningJob, StoreError> {
-        self.transition(project, id, |status, pause_requested| match status {
-            JobStatus::Paused => Ok(Some((
-                "status = 'queued', scheduled_at = now(), pause_requested = false",
-                "Job resumed; queued to go on from its last checkpoint",
-            ))),
-            JobStatus::Running if pause_requested => Ok(Some((
-                "pause_requested = false",
-                "Pause withdrawn before it took effect; the job keeps running",
-            ))),
-            _ => Err(format!("job {id} is {}, not paused", status.as_str())),
-        })
+        let requeue_limit = max_active_jobs.map(|limit| (JobStatus::Paused, limit));
+        self.transition(
+            project,
+            id,
+            requeue_limit,
+            |status, pause_requested| match status {
+                JobStatus::Paused => Ok(Some((
+                    "status = 'queued', scheduled_at = now(), pause_requested = false",
+                    "Job resumed; queued to go on from its last checkpoint",
+                ))),
+                JobStatus::Running if pause_requested => Ok(Some((
+                    "pause_requested = false",
+                    "Pause withdrawn before it took effect; the job keeps running",
+                ))),
+                _ => Err(format!("job {id} is {}, not paused", status.as_str())),
+            },
+        )
         .await
     }
 
     /// With the job's row locked, `decide` sees its status and pause flag and names
     /// the change (`SET` clause, event message; `None`: nothing to do) or the conflict;
-    /// the job after it is returned.
+    /// the job after it is returned. With `active_limit` `(from, limit)`, a change of a
+    /// job in status `from` makes it active again, and is made only below the project's
+    /// limit of active jobs (the project locked after the job, in the same transaction).
     async fn transition(
         &self,
         project: &ProjectId,
         id: &str,
+        active_limit: Option<(JobStatus, i64)>,
         decide: impl FnOnce(JobStatus, bool) -> Result<Option<(&'static str, &'static str)>, String>,
     ) -> Result<FineTuningJob, StoreError> {
         let mut tx = self.pool.begin().await?;
@@ -290,6 +292,12 @@ impl Db {
         // until its connection is next used, and a claim would skip the job meanwhile.
         match decide(status, pause_requested) {
             Ok(Some((set, message))) => {
+                if let Some((_, limit)) = active_limit.filter(|(from, _)| *from == status) {
+                    if let Err(e) = below_active_limit(&mut tx, project, limit).await {
+                        tx.rollback().await?;
+                        return Err(e);
+                    }
+                }
                 sqlx::query(&format!("UPDATE fine_tuning_jobs SET {set} WHERE id = $1"))
                     .bind(id)
                     .execute(&mut *tx)
@@ -324,4 +332,26 @@ impl Db {
             Some(m) => Ok(m.map(|j| j.0)),
         }
     }
+}
+
+/// Refuses ([`crate::Quota::ActiveJobs`]) when `project` has `limit` active jobs
+/// (validating, queued or running) or more; locks the project first, so that two
+/// transactions adding active jobs cannot both pass.
+async fn below_active_limit(
+    tx: &mut sqlx::Transaction<'_, sqlx::Postgres>,
+    project: &ProjectId,
+    limit: i64,
+) -> Result<(), StoreError> {
+    crate::projects::lock(tx, project).await?;
+    let active: i64 = sqlx::query_scalar(
+        "SELECT count(*) FROM fine_tuning_jobs
+         WHERE project_id = $1 AND status IN ('validating_files', 'queued', 'running')",
+    )
+    .bind(project.as_str())
+    .fetch_one(&mut **tx)
+    .await?;
+    if active >= limit {
+        return Err(StoreError::Quota(crate::Quota::ActiveJobs { limit }));
+    }
+    Ok(())
 }

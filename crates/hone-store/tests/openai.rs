@@ -70,14 +70,45 @@ async fn a_queued_job_pauses_at_once_and_no_worker_claims_it_until_resumed() {
         f.db.pause_job(&p(), &id).await.expect("again").status,
         JobStatus::Paused
     );
-    let resumed = f.db.resume_job(&p(), &id).await.expect("resume");
+    let resumed = f.db.resume_job(&p(), &id, None).await.expect("resume");
     assert_eq!(resumed.status, JobStatus::Queued);
     assert!(matches!(
-        f.db.resume_job(&p(), &id).await,
+        f.db.resume_job(&p(), &id, None).await,
         Err(StoreError::Conflict(_))
     ));
     let claimed = f.db.claim_job("w", LEASE).await.expect("claim");
     assert_eq!(claimed.expect("claimable again").job.id, id);
+}
+
+#[tokio::test]
+async fn a_paused_job_resumes_only_below_the_projects_active_job_limit() {
+    let f = fresh().await;
+    let (paused, _) = queued(&f.db).await;
+    f.db.pause_job(&p(), &paused).await.expect("pause");
+    // Paused, it is not active: another job takes the project's only place.
+    let (other, _) = queued(&f.db).await;
+    let err =
+        f.db.resume_job(&p(), &paused, Some(1))
+            .await
+            .expect_err("the limit is reached");
+    assert!(
+        matches!(
+            err,
+            StoreError::Quota(hone_store::Quota::ActiveJobs { limit: 1 })
+        ),
+        "{err:?}"
+    );
+    assert_eq!(
+        f.db.get_job(&p(), &paused).await.expect("job").status,
+        JobStatus::Paused,
+        "nothing changed"
+    );
+    f.db.cancel_job(&p(), &other).await.expect("cancel");
+    let resumed =
+        f.db.resume_job(&p(), &paused, Some(1))
+            .await
+            .expect("a place is free");
+    assert_eq!(resumed.status, JobStatus::Queued);
 }
 
 #[tokio::test]
@@ -113,7 +144,7 @@ async fn a_running_job_is_paused_by_its_worker_without_spending_an_attempt() {
         .await
         .expect("fenced"));
 
-    f.db.resume_job(&p(), &id).await.expect("resume");
+    f.db.resume_job(&p(), &id, None).await.expect("resume");
     let again =
         f.db.claim_job("w", LEASE)
             .await
@@ -135,7 +166,7 @@ async fn a_pause_withdrawn_before_it_took_effect_sends_the_job_back_to_the_queue
     let f = fresh().await;
     let (id, attempt) = running(&f.db).await;
     f.db.pause_job(&p(), &id).await.expect("pause");
-    let running = f.db.resume_job(&p(), &id).await.expect("withdraw");
+    let running = f.db.resume_job(&p(), &id, None).await.expect("withdraw");
     assert_eq!(running.status, JobStatus::Running);
     // The worker had already stopped at its checkpoint: the job is not left paused.
     assert!(f.db.finish_paused(&id, attempt, None).await.expect("stop"));
