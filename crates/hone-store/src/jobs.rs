@@ -197,9 +197,12 @@ impl Db {
                 .await?;
             }
             _ => {
+                // Ended explicitly, as in `transition`: only dropped, the transaction
+                // would keep the row locked until its connection is next used.
+                tx.rollback().await?;
                 return Err(StoreError::Conflict(format!(
                     "job {id} has already finished with status {status}"
-                )))
+                )));
             }
         }
         tx.commit().await?;
