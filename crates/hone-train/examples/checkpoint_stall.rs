@@ -9,7 +9,8 @@
 //! Run it at two commits to compare (BENCHMARKS.md, "Checkpoints beside training"):
 //!
 //! ```text
-//! cargo run --release -p hone-train --example checkpoint_stall -- --threads 2
+//! cargo build -p hone-train --example checkpoint_stall --locked
+//! target/debug/examples/checkpoint_stall --threads 2 --examples 480 --epochs 3
 //! ```
 
 use std::path::PathBuf;
