@@ -120,3 +120,16 @@ pub fn new_job(project: &ProjectId, file: &str, max_attempts: i32) -> NewJob {
 pub async fn file(db: &Db) -> String {
     file_in(db, &p(), 10, None).await.expect("file")
 }
+
+/// A queued job of the default project on `file`; its id.
+pub async fn job(db: &Db, file: &str, max_attempts: i32) -> String {
+    db.create_job(&new_job(&p(), file, max_attempts))
+        .await
+        .expect("job")
+        .id
+}
+
+/// A job's status.
+pub async fn status(db: &Db, id: &str) -> hone_domain::job::JobStatus {
+    db.get_job(&p(), id).await.expect("job").status
+}
