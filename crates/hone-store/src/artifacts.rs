@@ -109,8 +109,8 @@ pub trait ArtifactStore: Send + Sync + std::fmt::Debug {
     /// Where the store is, for logs and messages (no credentials).
     fn describe(&self) -> String;
     /// The keys `depth` components deep under `prefix` (`files/<id>` is 2 deep), each
-    /// with when it was last written (the newest of the objects under it): what the
-    /// orphan sweep compares with the database's rows.
+    /// with when it was last written (the newest of the objects under it) and the bytes
+    /// stored under it: what the orphan sweep compares with the database's rows.
     async fn list_keys(&self, prefix: &str, depth: usize) -> std::io::Result<Vec<Listed>>;
     /// Removes scratch that a process which died mid-write left, older than `age`;
     /// how many entries went.
@@ -122,6 +122,8 @@ pub trait ArtifactStore: Send + Sync + std::fmt::Debug {
 pub struct Listed {
     pub key: String,
     pub modified: std::time::SystemTime,
+    /// The bytes of the object, or of every object under the key.
+    pub bytes: u64,
 }
 
 /// The bytes of the files under a local directory (what publishing it stores).

@@ -5,12 +5,14 @@
 //! at a time (an advisory lock) lists the stored keys older than a grace period, longer
 //! than any write takes between its object and its row, and removes those without a
 //! row, then the scratch that dead writers left, then the optimizer state that ended
-//! jobs' checkpoints still hold.
+//! jobs' checkpoints still hold. It also measures the published models that were
+//! recorded before models had a size (their rows say 0 bytes; a published model is
+//! never empty), so that the project's usage counts them.
 
 use std::collections::HashSet;
 use std::time::{Duration, SystemTime};
 
-use crate::{ArtifactStore, Db, StoreError};
+use crate::{ArtifactStore, Db, Listed, StoreError};
 
 /// Taken with `pg_try_advisory_lock` so that one process sweeps at a time.
 const SWEEP_LOCK: i64 = 0x686f_6e65_7377_6570; // "honeswep"
@@ -25,6 +27,8 @@ pub struct Swept {
     pub scratch: usize,
     /// Kept checkpoints of ended jobs that lost their optimizer state here.
     pub optimizer_states: usize,
+    /// Published models whose size was not yet recorded, measured here.
+    pub models_measured: usize,
 }
 
 /// The kinds of stored keys, how deep their keys are, and the query that gives the
@@ -86,9 +90,11 @@ impl Db {
             .unwrap_or(SystemTime::UNIX_EPOCH);
         let mut swept = Swept::default();
         for (prefix, depth, with_rows) in KINDS {
-            let old: Vec<String> = artifacts
-                .list_keys(prefix, depth)
-                .await?
+            let listed = artifacts.list_keys(prefix, depth).await?;
+            if prefix == "models" {
+                swept.models_measured = self.measure_models(&listed).await?;
+            }
+            let old: Vec<String> = listed
                 .into_iter()
                 .filter(|l| l.modified <= cutoff)
                 .map(|l| l.key)
@@ -129,5 +135,26 @@ impl Db {
         .await?;
         swept.optimizer_states = self.drop_optimizer_state(artifacts, &ended).await;
         Ok(swept)
+    }
+
+    /// Records the size of the listed models whose rows say 0 bytes (published before
+    /// models had a size); how many there were.
+    async fn measure_models(&self, listed: &[Listed]) -> Result<usize, StoreError> {
+        let (keys, bytes): (Vec<&str>, Vec<i64>) = listed
+            .iter()
+            .filter(|l| l.bytes > 0)
+            .map(|l| (l.key.as_str(), i64::try_from(l.bytes).unwrap_or(i64::MAX)))
+            .unzip();
+        let measured = sqlx::query(
+            "UPDATE models m SET bytes = v.bytes
+             FROM unnest($1::text[], $2::bigint[]) AS v(key, bytes)
+             WHERE m.storage_key = v.key AND m.bytes = 0",
+        )
+        .bind(&keys)
+        .bind(&bytes)
+        .execute(&self.pool)
+        .await?
+        .rows_affected();
+        Ok(usize::try_from(measured).unwrap_or(usize::MAX))
     }
 }

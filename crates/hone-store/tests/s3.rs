@@ -265,10 +265,14 @@ async fn keys_are_listed_at_their_depth_with_their_newest_write() {
         keys(store.list_keys("files", 2).await.expect("files")),
         ["files/f1"]
     );
-    assert_eq!(
-        keys(store.list_keys("models", 2).await.expect("models")),
-        ["models/m1"]
-    );
+    let models = store.list_keys("models", 2).await.expect("models");
+    // The directory's two files and the listing written beside them.
+    let listing = store
+        .read("models/m1/.hone-dir.json")
+        .await
+        .expect("listing");
+    assert_eq!(models[0].bytes, 2 + listing.len() as u64, "{models:?}");
+    assert_eq!(keys(models), ["models/m1"]);
     assert_eq!(
         keys(
             store

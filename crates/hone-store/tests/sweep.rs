@@ -1,7 +1,7 @@
 //! The orphan sweep against the real Postgres and a local artifact store: objects that
 //! no row names go once they are older than the grace period, everything a row names
-//! stays, one process sweeps at a time, and ended jobs' checkpoints lose their
-//! optimizer state.
+//! stays, one process sweeps at a time, ended jobs' checkpoints lose their
+//! optimizer state, and models recorded before models had a size are measured.
 
 use std::time::Duration;
 
@@ -69,6 +69,7 @@ async fn objects_no_row_names_go_after_the_grace_period_and_the_rest_stays() {
             features: 0,
             scratch: 1,
             optimizer_states: 0,
+            models_measured: 0,
         }
     );
     assert_eq!(
@@ -188,4 +189,57 @@ async fn ended_jobs_checkpoints_lose_their_optimizer_state_and_running_ones_keep
             .expect("sweep")
             .expect("the lock");
     assert_eq!(again.optimizer_states, 0);
+}
+
+#[tokio::test]
+async fn models_recorded_without_a_size_are_measured_and_counted_in_the_usage() {
+    let f = fresh().await;
+    let root = tempfile::tempdir().expect("tmp");
+    let store = LocalArtifactStore::new(root.path()).await.expect("store");
+    let file = file(&f.db).await;
+    let job = common::job(&f.db, &file, 3).await;
+    let dir = tempfile::tempdir().expect("tmp");
+    std::fs::write(dir.path().join("model.safetensors"), [0u8; 1000]).expect("write");
+    std::fs::create_dir(dir.path().join("tokenizer")).expect("mkdir");
+    std::fs::write(dir.path().join("tokenizer/vocab.txt"), b"a\nb\n").expect("write");
+    // Two models as rows from before the size column read them (0 bytes), and one
+    // recorded with its size, which the sweep leaves as it is.
+    let mut models = Vec::new();
+    for (name, bytes) in [("old", 0), ("older", 0), ("new", 7)] {
+        let key = format!("models/{name}");
+        store.put_dir(&key, dir.path()).await.expect("model");
+        let model = hone_store::models::NewModel {
+            id: format!("ft:m:{name}"),
+            job_id: job.clone(),
+            base_model: "m".into(),
+            storage_key: key,
+            task_type: hone_domain::dataset::TaskType::Classification,
+            labels: vec!["a".into(), "b".into()],
+            tasks: None,
+            checkpoint_epoch: None,
+            bytes,
+        };
+        let result = hone_domain::resources::JobResult::default();
+        assert!(f.db.add_model(&model, &result).await.expect("row"));
+        models.push(model.id);
+    }
+    let before = f.db.usage(&common::p()).await.expect("usage");
+    assert_eq!(before.model_bytes, 7);
+
+    let swept =
+        f.db.sweep_orphans(&store, Duration::from_secs(3600))
+            .await
+            .expect("sweep")
+            .expect("the lock");
+    assert_eq!(swept.models_measured, 2, "{swept:?}");
+    assert_eq!(swept.models, 0, "rows name them all: {swept:?}");
+    let on_disk = 1000 + 4;
+    let after = f.db.usage(&common::p()).await.expect("usage");
+    assert_eq!(after.model_bytes, 2 * on_disk + 7);
+    let again =
+        f.db.sweep_orphans(&store, Duration::from_secs(3600))
+            .await
+            .expect("sweep")
+            .expect("the lock");
+    assert_eq!(again.models_measured, 0);
 }

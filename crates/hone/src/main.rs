@@ -251,7 +251,7 @@ async fn sweep_loop(
             next_orphans += ORPHANS_EVERY;
             match db.sweep_orphans(artifacts.as_ref(), GRACE).await {
                 Ok(Some(swept)) if swept != Default::default() => {
-                    tracing::info!(?swept, "removed orphaned artifacts")
+                    tracing::info!(?swept, "the orphan sweep removed or measured artifacts")
                 }
                 Ok(_) => {}
                 Err(e) => tracing::warn!(error = %e, "the orphan sweep failed; next in a day"),

@@ -188,9 +188,15 @@ impl ArtifactStore for LocalArtifactStore {
                 let key = format!("{key}/{name}");
                 let meta = entry.metadata().await?;
                 if at + 1 >= depth || !meta.is_dir() {
+                    let bytes = if meta.is_dir() {
+                        super::dir_bytes(&entry.path()).await?
+                    } else {
+                        meta.len()
+                    };
                     out.push(Listed {
                         key,
                         modified: meta.modified()?,
+                        bytes,
                     });
                 } else {
                     todo.push((key, entry.path(), at + 1));

@@ -452,19 +452,22 @@ impl ArtifactStore for ObjectArtifactStore {
 
     async fn list_keys(&self, prefix: &str, depth: usize) -> std::io::Result<Vec<Listed>> {
         let prefix = object_path(prefix)?;
-        let mut newest = std::collections::BTreeMap::<String, std::time::SystemTime>::new();
+        let mut keys = std::collections::BTreeMap::<String, Listed>::new();
         let mut listed = self.store.list(Some(&prefix));
         while let Some(meta) = listed.next().await {
             let meta = meta.map_err(io_error)?;
             let key: Vec<&str> = meta.location.as_ref().split('/').take(depth).collect();
+            let key = key.join("/");
             let at = std::time::SystemTime::from(meta.last_modified);
-            let entry = newest.entry(key.join("/")).or_insert(at);
-            *entry = (*entry).max(at);
+            let entry = keys.entry(key.clone()).or_insert(Listed {
+                key,
+                modified: at,
+                bytes: 0,
+            });
+            entry.modified = entry.modified.max(at);
+            entry.bytes += meta.size;
         }
-        Ok(newest
-            .into_iter()
-            .map(|(key, modified)| Listed { key, modified })
-            .collect())
+        Ok(keys.into_values().collect())
     }
 
     async fn sweep_scratch(&self, _age: std::time::Duration) -> std::io::Result<usize> {
