@@ -4,6 +4,7 @@
 
 mod api;
 mod cli;
+mod commit;
 mod connections;
 mod docs;
 mod errors;
