@@ -19,6 +19,7 @@ pub mod auth;
 mod base_models;
 mod checkpoints;
 pub mod error;
+mod examples;
 mod extract;
 mod files;
 mod health;
@@ -138,8 +139,8 @@ pub fn routes() -> (Router<AppState>, utoipa::openapi::OpenApi) {
 }
 
 /// The OpenAPI document, as `/openapi.json` serves it.
-pub fn openapi() -> utoipa::openapi::OpenApi {
-    routes().1
+pub fn openapi() -> serde_json::Value {
+    examples::whole_requests(&routes().1)
 }
 
 /// The whole application: API routes, `/openapi.json`, Swagger UI at `/docs` and the
@@ -151,7 +152,7 @@ pub fn app(state: AppState, limits: RequestLimits) -> Router {
     let app = layers::api_routes(router.with_state(state), limits)
         .merge(
             SwaggerUi::new("/docs")
-                .url("/openapi.json", api)
+                .external_url_unchecked("/openapi.json", examples::whole_requests(&api))
                 // The online validator badge would call validator.swagger.io: docs stay offline.
                 .config(utoipa_swagger_ui::Config::default().validator_url("none")),
         )
