@@ -323,6 +323,18 @@ pub struct BertAttention {
 }
 
 impl BertAttention {
+    fn quantize_int8(&mut self) -> Result<(), TchError> {
+        for linear in [
+            &mut self.query,
+            &mut self.key,
+            &mut self.value,
+            &mut self.output,
+        ] {
+            linear.quantize_int8()?;
+        }
+        Ok(())
+    }
+
     fn new(vs: &nn::Path, config: &BertConfig, init: WeightInit) -> Result<Self, TchError> {
         let h = config.hidden_size;
         let this = vs.sub("self");
@@ -374,6 +386,12 @@ pub struct BertLayer {
 }
 
 impl BertLayer {
+    fn quantize_int8(&mut self) -> Result<(), TchError> {
+        self.attention.quantize_int8()?;
+        self.intermediate.quantize_int8()?;
+        self.output.quantize_int8()
+    }
+
     fn new(vs: &nn::Path, config: &BertConfig, init: WeightInit) -> Result<Self, TchError> {
         let (h, i) = (config.hidden_size, config.intermediate_size);
         Ok(Self {
@@ -442,6 +460,16 @@ impl BertModel {
 
     pub fn config(&self) -> &BertConfig {
         &self.config
+    }
+
+    /// Computes every Linear layer of the encoder (attention projections and
+    /// feed-forward, about 99 % of its FLOPs) in int8 from now on: CPU inference only
+    /// (see `int8.rs`). Embeddings and layer norms stay fp32.
+    pub fn quantize_int8(&mut self) -> Result<(), TrainError> {
+        for layer in &mut self.layers {
+            layer.quantize_int8()?;
+        }
+        Ok(())
     }
 
     /// Last hidden states `[batch, seq, hidden]`.

@@ -39,6 +39,12 @@ pub struct SequenceClassifier {
 }
 
 impl SequenceClassifier {
+    /// The encoder's Linear layers compute in int8 from now on (CPU inference only;
+    /// [`BertModel::quantize_int8`]); the heads stay fp32.
+    pub fn quantize_int8(&mut self) -> Result<(), TrainError> {
+        self.encoder.quantize_int8()
+    }
+
     /// Creates the variables of encoder and one head of `num_labels` outputs under `vs`.
     pub fn new(
         vs: &nn::Path,

@@ -8,6 +8,7 @@ use tch::nn::{self, Init};
 use tch::{TchError, Tensor};
 
 use crate::error::TrainError;
+use crate::int8::PackedLinear;
 
 /// Optimizer group of the variables AdamW must not decay (biases and LayerNorm
 /// parameters), as transformers' `Trainer` does; every other variable is in group 0.
@@ -50,6 +51,8 @@ pub(crate) fn dims(sizes: &[usize]) -> Vec<i64> {
 pub(crate) struct Linear {
     weight: Tensor,
     bias: Tensor,
+    /// The same weights in int8, for CPU inference, once [`Linear::quantize_int8`] ran.
+    int8: Option<PackedLinear>,
 }
 
 impl Linear {
@@ -65,11 +68,25 @@ impl Linear {
         let bias = vs
             .set_group(NO_DECAY_GROUP)
             .f_zeros("bias", &dims(&[out_dim]))?;
-        Ok(Self { weight, bias })
+        Ok(Self {
+            weight,
+            bias,
+            int8: None,
+        })
     }
 
     pub(crate) fn forward(&self, xs: &Tensor) -> Result<Tensor, TchError> {
-        xs.f_linear(&self.weight, Some(&self.bias))
+        match &self.int8 {
+            Some(int8) => int8.forward(xs),
+            None => xs.f_linear(&self.weight, Some(&self.bias)),
+        }
+    }
+
+    /// From now on computes in int8 (dynamic quantization, CPU only): for a model that
+    /// only serves, as its weights no longer train through this path.
+    pub(crate) fn quantize_int8(&mut self) -> Result<(), TchError> {
+        self.int8 = Some(PackedLinear::new(&self.weight, Some(&self.bias))?);
+        Ok(())
     }
 }
 

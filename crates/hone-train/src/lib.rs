@@ -21,7 +21,8 @@
 //!    files, [`ModelMeta`] and [`Manifest`]), [`config`], [`data`], [`job`],
 //!    [`metrics`] and [`observer`] (what a run is given and what it reports),
 //!    [`weights`] (loading safetensors by name), [`threads`] (libtorch's thread count
-//!    per OS thread) and [`layers`] (what both architectures are built of).
+//!    per OS thread), [`layers`] (what both architectures are built of) and `int8`
+//!    (libtorch's fbgemm int8 Linear, through `cpp/int8_linear.cpp`).
 //! 2. Architectures, one file each, built from the leaves: [`bert`] and
 //!    [`efficientnet`]; the classifiers on top of them, [`classifier`] (text) and
 //!    [`vision`] (images); their inputs, [`tokenize`] and [`vision_data`]; and
@@ -52,6 +53,7 @@ pub mod features;
 mod frozen;
 mod head_fit;
 mod inputs;
+mod int8;
 pub mod job;
 pub mod layers;
 pub mod lbfgs;

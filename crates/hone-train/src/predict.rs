@@ -200,6 +200,25 @@ impl Classifier {
         self.network.modality()
     }
 
+    /// Serves with the encoder's Linear layers in int8 from now on (dynamic
+    /// quantization through libtorch's fbgemm kernels; see `int8.rs`): text models on
+    /// the CPU only. The predictions change by the quantization error, so measure a
+    /// model's accuracy both ways ([`Classifier::evaluate`]) before serving it so.
+    pub fn quantize_int8(&mut self) -> Result<(), TrainError> {
+        if self.device != Device::Cpu {
+            return Err(TrainError::InvalidInput(format!(
+                "int8 quantization runs on the CPU, not on {:?}",
+                self.device
+            )));
+        }
+        match &mut self.network {
+            Network::Text { model, .. } => model.quantize_int8(),
+            Network::Image { .. } => Err(TrainError::InvalidInput(
+                "int8 quantization is for text models (an image model's convolutions have no int8 path here)".into(),
+            )),
+        }
+    }
+
     /// The text classifier; `None` for an image model.
     pub fn model(&self) -> Option<&SequenceClassifier> {
         match &self.network {

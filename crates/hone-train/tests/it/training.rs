@@ -197,6 +197,45 @@ fn save_then_load_predicts_the_same() {
 }
 
 #[test]
+fn an_int8_model_predicts_what_the_fp32_one_does_within_quantization_error() {
+    let _lock = torch_lock();
+    let base = tiny_base_model(4, Naming::Plain);
+    let model = fine_tune(
+        job(base.path(), 9, toy_data(48, 5), Some(toy_data(16, 6))),
+        &mut Recorder::default(),
+    )
+    .expect("train");
+    let out = tempfile::tempdir().expect("tempdir");
+    let published = out.path().join("ft-model");
+    model.save(&published).expect("save");
+    let fp32 = Classifier::load(&published, Device::Cpu).expect("load");
+    let mut int8 = Classifier::load(&published, Device::Cpu).expect("load");
+    int8.quantize_int8().expect("quantize");
+
+    let texts: Vec<String> = (0..12)
+        .map(|i| format!("text number {i} with words"))
+        .collect();
+    let (a, b) = (
+        fp32.predict(&texts, 4).expect("fp32"),
+        int8.predict(&texts, 4).expect("int8"),
+    );
+    let mut largest = 0.0f32;
+    for (a, b) in a.iter().zip(&b) {
+        for ((_, pa), (_, pb)) in class(a).scores.iter().zip(&class(b).scores) {
+            largest = largest.max((pa - pb).abs());
+        }
+    }
+    assert!(largest < 0.05, "probabilities moved by {largest}");
+    assert!(largest > 0.0, "the int8 path ran (it cannot be exact)");
+    // Evaluation goes through the same layers: the accuracy change is measurable.
+    let (ea, eb) = (
+        fp32.evaluate(&toy_data(16, 6), 5).expect("fp32"),
+        int8.evaluate(&toy_data(16, 6), 5).expect("int8"),
+    );
+    assert!((ea.loss - eb.loss).abs() < 0.05, "{ea:?} vs {eb:?}");
+}
+
+#[test]
 fn from_scratch_baseline_trains_without_the_checkpoint() {
     let _lock = torch_lock();
     let base = tiny_base_model(6, Naming::Plain);
