@@ -335,6 +335,7 @@ fn publish_and_load(
         tasks: Vec::new(),
         threshold: None,
         max_seq_len: args.seq_len,
+        quantization: None,
     }
     .write(dir)?;
     Ok(Classifier::load(dir, device)?)

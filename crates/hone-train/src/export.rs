@@ -248,6 +248,7 @@ mod tests {
                 Modality::Text => 64,
                 Modality::Image => 0,
             },
+            quantization: None,
         }
     }
 

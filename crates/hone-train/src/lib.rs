@@ -32,7 +32,8 @@
 //!    [`resume`], [`features`], [`feature_file`], [`recalibrate`], `head_fit` with
 //!    [`probe`] and [`lbfgs`], the linear probe a `feature_extraction` head can be
 //!    fitted as), the loop that runs them
-//!    ([`train`]), and serving ([`predict`]), which shares the network type and the
+//!    ([`train`]), and serving ([`predict`], and [`quantize`], which marks a published
+//!    model to be served in int8 with what that changes on its validation data), which shares the network type and the
 //!    scoring with the loop rather than importing it; [`export`], the README and
 //!    preprocessing a model carries when it is downloaded, which says in Python what
 //!    [`predict`] does.
@@ -66,6 +67,7 @@ pub mod observer;
 pub mod optim;
 pub mod predict;
 pub mod probe;
+pub mod quantize;
 pub mod recalibrate;
 pub mod resume;
 mod schedule;

@@ -19,6 +19,7 @@ use hone_domain::job::{HeadType, Hyperparameters, Method, PoolingType as Pooling
 use hone_domain::resources::JobResult;
 
 use crate::error::TrainError;
+use crate::metrics::EvalMetrics;
 use crate::objective::{Objective, TaskSpec};
 
 /// Weights file of base and published models.
@@ -75,6 +76,33 @@ pub struct ModelMeta {
     pub threshold: Option<f32>,
     /// Tokens per text; 0 for an image model, whose input size is config.json's.
     pub max_seq_len: usize,
+    /// Served other than in fp32 (a text model on the CPU); absent: fp32.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub quantization: Option<Quantization>,
+}
+
+/// How a model is served when not in fp32, and what that changes.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Quantization {
+    #[serde(rename = "type")]
+    pub kind: QuantizationType,
+    /// The validation data's metrics both ways, when the job had validation data.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub validation: Option<QuantizedEval>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum QuantizationType {
+    /// The encoder's Linear layers in int8 (dynamic quantization, fbgemm), on the CPU.
+    Int8,
+}
+
+/// One evaluation of the same weights in fp32 and quantized.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct QuantizedEval {
+    pub fp32: EvalMetrics,
+    pub quantized: EvalMetrics,
 }
 
 impl ModelMeta {

@@ -17,7 +17,7 @@ use crate::error::TrainError;
 use crate::evaluate::evaluate_data;
 use crate::layers::WeightInit;
 use crate::metrics::EvalMetrics;
-use crate::model_dir::{ModelMeta, CONFIG_FILE, MODEL_META_FILE, WEIGHTS_FILE};
+use crate::model_dir::{ModelMeta, QuantizationType, CONFIG_FILE, MODEL_META_FILE, WEIGHTS_FILE};
 use crate::network::Network;
 use crate::objective::{Objective, UNTUNED_THRESHOLD};
 use crate::tokenize::{collate, Encoded, TextTokenizer};
@@ -148,13 +148,19 @@ impl Classifier {
             }
         };
         load_safetensors(&vs, &dir.join(WEIGHTS_FILE), &|_| false)?;
-        Ok(Self {
+        let quantization = meta.quantization.as_ref().map(|q| q.kind);
+        let mut classifier = Self {
             vs,
             network,
             meta,
             objective,
             device,
-        })
+        };
+        // On a GPU a quantized model serves in fp32: its int8 kernels are the CPU's.
+        if quantization == Some(QuantizationType::Int8) && device == Device::Cpu {
+            classifier.quantize_int8()?;
+        }
+        Ok(classifier)
     }
 
     pub(crate) fn from_parts(

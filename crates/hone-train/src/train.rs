@@ -718,6 +718,7 @@ fn model_meta(
             Modality::Text => job.config.max_seq_len,
             Modality::Image => 0,
         },
+        quantization: None,
     }
 }
 

@@ -301,6 +301,16 @@ fn a_saved_image_model_loads_and_predicts_as_the_trained_one() {
 
     let loaded = Classifier::load(out.path(), Device::Cpu).expect("load");
     assert_eq!(loaded.modality(), Modality::Image);
+    // int8 is for text models: refused, and the model left as it was.
+    let refused = hone_train::quantize::quantize_published(out.path(), None, 4);
+    assert!(
+        matches!(&refused, Err(TrainError::InvalidInput(m)) if m.contains("text models")),
+        "{refused:?}"
+    );
+    assert!(hone_train::model_dir::ModelMeta::read(out.path())
+        .expect("meta")
+        .quantization
+        .is_none());
     let inputs = pngs(&sample(&all, CLASSES, 3, 20));
     let ours = probabilities(
         &model

@@ -233,6 +233,31 @@ fn an_int8_model_predicts_what_the_fp32_one_does_within_quantization_error() {
         int8.evaluate(&toy_data(16, 6), 5).expect("int8"),
     );
     assert!((ea.loss - eb.loss).abs() < 0.05, "{ea:?} vs {eb:?}");
+
+    // Marked for int8 with what it changes on the validation data, the model loads
+    // quantized from then on.
+    let recorded = hone_train::quantize::quantize_published(&published, Some(&toy_data(16, 6)), 5)
+        .expect("quantize");
+    let validation = recorded.validation.expect("validation");
+    assert_eq!(validation.fp32, ea);
+    assert_eq!(validation.quantized, eb);
+    let reloaded = Classifier::load(&published, Device::Cpu).expect("load");
+    assert_eq!(
+        reloaded.meta().quantization.as_ref().map(|q| q.kind),
+        Some(hone_train::model_dir::QuantizationType::Int8)
+    );
+    let again = reloaded.predict(&texts, 4).expect("int8 again");
+    for (b, c) in b.iter().zip(&again) {
+        assert_eq!(
+            class(b).scores,
+            class(c).scores,
+            "loads quantized, deterministically"
+        );
+    }
+    assert!(
+        hone_train::quantize::quantize_published(&published, None, 5).is_err(),
+        "once"
+    );
 }
 
 #[test]
