@@ -13,6 +13,7 @@ mod fuzz;
 mod image_files;
 mod image_predict;
 mod images;
+mod int8;
 mod isolation;
 mod keys;
 mod kill;

@@ -120,6 +120,21 @@ pub struct JobResult {
     /// `result_files`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub result_file: Option<String>,
+    /// With `hyperparameters.quantization`: how the model serves, and what that
+    /// changes on the validation data.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub quantization: Option<QuantizationReport>,
+}
+
+/// What serving the published model quantized changes, measured by the job.
+#[derive(Clone, Debug, Serialize, Deserialize, ToSchema, PartialEq)]
+pub struct QuantizationReport {
+    #[serde(rename = "type")]
+    pub kind: crate::job::Quantization,
+    /// The validation metrics of the published weights in fp32, and quantized as the
+    /// model serves; absent without validation data.
+    pub validation_fp32: Option<EvalReport>,
+    pub validation_quantized: Option<EvalReport>,
 }
 
 /// The final evaluation of a published model.

@@ -167,5 +167,7 @@ pub fn apply_checkpoint(
     if meta.task_type == TaskType::MultiLabel {
         meta.threshold = threshold.or(meta.threshold);
     }
+    // The job measured int8 on its final weights, not these: a checkpoint serves fp32.
+    meta.quantization = None;
     meta.write(out_dir)
 }

@@ -378,3 +378,39 @@ fn a_fitted_head_is_one_epoch_and_refuses_a_number_of_them() {
         .expect("valid");
     assert_eq!(hp.epochs, 5);
 }
+
+#[test]
+fn int8_serving_is_for_text_models_and_fp32_unless_asked() {
+    let int8: HyperparametersInput =
+        serde_json::from_value(serde_json::json!({"quantization": "int8"})).expect("input");
+    let hp = int8.validate(512, MethodType::Full).expect("text");
+    assert_eq!(hp.quantization, Quantization::Int8);
+    let err = int8
+        .validate_image(MethodType::Full)
+        .expect_err("images have no int8 path");
+    assert_eq!(err.param, "hyperparameters.quantization");
+    let none: HyperparametersInput =
+        serde_json::from_value(serde_json::json!({"quantization": "none"})).expect("input");
+    assert_eq!(
+        none.validate_image(MethodType::Full)
+            .expect("none is fine")
+            .quantization,
+        Quantization::None
+    );
+    let hp = HyperparametersInput::default()
+        .validate(512, MethodType::Full)
+        .expect("defaults");
+    assert_eq!(hp.quantization, Quantization::None);
+    // Jobs stored before the field existed read as fp32.
+    let mut stored = serde_json::to_value(&hp).expect("json");
+    stored
+        .as_object_mut()
+        .expect("object")
+        .remove("quantization");
+    let back: Hyperparameters = serde_json::from_value(stored).expect("reads");
+    assert_eq!(back.quantization, Quantization::None);
+    assert!(serde_json::from_value::<HyperparametersInput>(
+        serde_json::json!({"quantization": "int4"})
+    )
+    .is_err());
+}

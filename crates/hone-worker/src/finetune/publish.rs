@@ -6,13 +6,13 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use hone_domain::dataset::TaskType;
-use hone_domain::job::Method;
-use hone_domain::resources::{EvaluationReport, JobResult};
+use hone_domain::job::{Method, Quantization};
+use hone_domain::resources::{EvaluationReport, JobResult, QuantizationReport};
 use hone_domain::ModelId;
 use hone_store::models::NewModel;
 use hone_store::queue::ClaimedJob;
 use hone_store::{ArtifactStore, Db, StoreError};
-use hone_train::model_dir::MANIFEST_VERSION;
+use hone_train::model_dir::{QuantizationType, MANIFEST_VERSION};
 use hone_train::{Manifest, Objective, Report};
 
 use super::failure::{transient, user, Failure};
@@ -95,6 +95,13 @@ pub(super) fn job_result(
             .tokens_per_epoch
             .map(|t| t * u64::from(output.epochs_run)),
         result_file: None,
+        quantization: output.quantization.map(|q| QuantizationReport {
+            kind: match q.kind {
+                QuantizationType::Int8 => Quantization::Int8,
+            },
+            validation_fp32: q.validation.as_ref().map(|v| eval_report(&v.fp32)),
+            validation_quantized: q.validation.as_ref().map(|v| eval_report(&v.quantized)),
+        }),
     }
 }
 

@@ -6,7 +6,9 @@
 use std::path::PathBuf;
 use std::sync::Arc;
 
-use hone_domain::job::{choose_method, AutoEvidence, Hyperparameters, Method, MethodType};
+use hone_domain::job::{
+    choose_method, AutoEvidence, Hyperparameters, Method, MethodType, Quantization,
+};
 use hone_domain::resources::{EventLevel, Transferability};
 use hone_train::train::{
     fine_tune, fine_tune_with, Checkpoint, EncoderInit, EpochMetrics, Evaluation, Features,
@@ -101,6 +103,8 @@ pub(super) struct ThreadOutput {
     pub(super) kept: Option<EpochMetrics>,
     pub(super) epochs_run: u32,
     pub(super) evaluation: Option<Evaluation>,
+    /// How the published model serves when not in fp32, with what that changes.
+    pub(super) quantization: Option<hone_train::model_dir::Quantization>,
 }
 
 /// Training examples the transferability estimate scores: LogME is cheap, the
@@ -178,11 +182,21 @@ fn run_training(
         _ => None,
     };
     let model = run.train(strategy, &hp, features)?;
-    model.save(&run.input.out_dir.join("model"))?;
+    let published = run.input.out_dir.join("model");
+    model.save(&published)?;
+    let quantization = match hp.quantization {
+        Quantization::None => None,
+        Quantization::Int8 => Some(hone_train::quantize::quantize_published(
+            &published,
+            run.validation.as_ref(),
+            hp.batch_size as usize,
+        )?),
+    };
     Ok(ThreadOutput {
         kept: model.final_metrics().cloned(),
         epochs_run: model.history().len() as u32,
         evaluation: model.evaluation().cloned(),
+        quantization,
     })
 }
 
