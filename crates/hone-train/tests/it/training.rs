@@ -90,9 +90,9 @@ fn cancellation_stops_at_a_step_boundary() {
     assert!(recorder.epochs.is_empty());
 }
 
-#[test]
-fn save_then_load_predicts_the_same() {
-    let _lock = torch_lock();
+/// A tiny model trained with validation data (toy data, seed 9) and saved as
+/// `ft-model` in the returned folder.
+fn trained_and_saved() -> (hone_train::train::TrainedModel, tempfile::TempDir) {
     let base = tiny_base_model(4, Naming::Plain);
     let model = fine_tune(
         job(base.path(), 9, toy_data(48, 5), Some(toy_data(16, 6))),
@@ -100,8 +100,15 @@ fn save_then_load_predicts_the_same() {
     )
     .expect("train");
     let out = tempfile::tempdir().expect("tempdir");
+    model.save(&out.path().join("ft-model")).expect("save");
+    (model, out)
+}
+
+#[test]
+fn save_then_load_predicts_the_same() {
+    let _lock = torch_lock();
+    let (model, out) = trained_and_saved();
     let published = out.path().join("ft-model");
-    model.save(&published).expect("save");
 
     for name in [
         "model.safetensors",
@@ -199,15 +206,8 @@ fn save_then_load_predicts_the_same() {
 #[test]
 fn an_int8_model_predicts_what_the_fp32_one_does_within_quantization_error() {
     let _lock = torch_lock();
-    let base = tiny_base_model(4, Naming::Plain);
-    let model = fine_tune(
-        job(base.path(), 9, toy_data(48, 5), Some(toy_data(16, 6))),
-        &mut Recorder::default(),
-    )
-    .expect("train");
-    let out = tempfile::tempdir().expect("tempdir");
+    let (model, out) = trained_and_saved();
     let published = out.path().join("ft-model");
-    model.save(&published).expect("save");
     let fp32 = Classifier::load(&published, Device::Cpu).expect("load");
     let mut int8 = Classifier::load(&published, Device::Cpu).expect("load");
     int8.quantize_int8().expect("quantize");
