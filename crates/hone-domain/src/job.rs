@@ -4,12 +4,17 @@ use serde::{Deserialize, Serialize};
 use utoipa::ToSchema;
 
 mod auto;
+mod auto_search;
 mod hyperparameters;
 mod openai;
 
 pub use auto::{
-    choose_method, AutoEvidence, AUTO_LONG_TOKENS, AUTO_MIN_CLASS_EXAMPLES, AUTO_PARTIAL_BELOW,
-    AUTO_PROBE_GOOD_ENOUGH,
+    choose_method, data_summary, prior_choice, AutoEvidence, AUTO_LONG_TOKENS,
+    AUTO_MIN_CLASS_EXAMPLES, AUTO_PARTIAL_BELOW, AUTO_PROBE_GOOD_ENOUGH,
+};
+pub use auto_search::{
+    choose_by_trials, costlier_candidates, plan_trials, Candidate, CandidateTrial, SearchSettings,
+    AUTO_DEFAULT_BUDGET, AUTO_MAX_BUDGET, AUTO_TIE_MARGIN,
 };
 pub use hyperparameters::{Hyperparameters, HyperparametersInput};
 pub use openai::{
@@ -81,7 +86,9 @@ pub enum MethodType {
     /// (the features are cached for later jobs on the same file and base model) and only
     /// the head trains. By far the fastest; best when data is scarce.
     FeatureExtraction,
-    /// The server picks one of the others from the data and a quick probe, and says why.
+    /// The server picks one of the others: the head alone on frozen features as the
+    /// floor, short trials of costlier strategies within `auto_budget`, the best
+    /// validation score winning; `method.chosen` lists every candidate and says why.
     Auto,
 }
 
@@ -138,6 +145,12 @@ pub struct ChosenMethod {
     pub frozen_layers: Option<u32>,
     /// The evidence, in words and numbers.
     pub reason: String,
+    /// Every candidate the search considered, cheapest first (the head alone on the
+    /// frozen features first): its trial's validation macro-F1 and time, or why it was
+    /// not tried. Empty when the data decided without trials (too few examples a
+    /// class, no validation data), and for jobs chosen before trials existed.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub candidates: Vec<CandidateTrial>,
 }
 
 impl Method {

@@ -9,6 +9,7 @@ use utoipa::ToSchema;
 use super::openai::{self, AutoOr};
 use super::{
     ClassWeights, HeadSolver, HeadType, MethodType, MonitorMetric, PoolingType, ValidationError,
+    AUTO_DEFAULT_BUDGET, AUTO_MAX_BUDGET,
 };
 
 /// Hyperparameters as a user sends them: every one optional. OpenAI's names
@@ -93,8 +94,27 @@ pub struct HyperparametersInput {
     /// regularisation chosen by 5-fold cross-validation on the training split (a tuned
     /// linear probe, reported as the job's one epoch: `epochs` is 1 and refused when
     /// given with `feature_extraction`; `learning_rate` and the schedule do not
-    /// apply); `adamw` trains it for `epochs`. Default `adamw`.
+    /// apply); `adamw` trains it for `epochs`. Default `adamw`; `lbfgs` for `auto`,
+    /// whose floor is the head alone.
     pub head_solver: Option<HeadSolver>,
+    /// `auto` only: what its search by trial may spend, as a multiple of the training
+    /// of the candidate it considers (0–10). The head alone on the frozen features is
+    /// always fitted; `partial` (at one or two depths) and then `full` each get a trial
+    /// of half their epochs when that trial, with the trials before it, costs at most
+    /// `auto_budget` times the candidate's own training. 0 tries nothing beyond the
+    /// head alone. Default 1: `auto` then costs at most about twice the training of
+    /// the costliest strategy it tries.
+    #[schema(example = 1.0)]
+    pub auto_budget: Option<f64>,
+    /// Final fit: once training has chosen its epochs on the validation data (the best
+    /// epoch), train again from the start on the training and validation data
+    /// together for that many epochs, and publish that model. Its reported validation
+    /// metrics are the first run's (the refit has no held-out data left). Worth it when
+    /// the validation data are a large share of all the data and the first run's
+    /// choice is stable; with a few examples a class, the validation split is all the
+    /// evidence there is. Default `false`.
+    #[schema(example = false)]
+    pub refit_on_validation: Option<bool>,
 }
 
 /// Hyperparameters with every default filled in and every bound checked; stored with
@@ -144,6 +164,14 @@ pub struct Hyperparameters {
     /// for every job stored before the field existed.
     #[serde(default)]
     pub head_solver: HeadSolver,
+    /// `auto`'s search budget (see the request field); 1 for jobs stored before it
+    /// existed.
+    #[serde(default = "one")]
+    pub auto_budget: f64,
+    /// Train again on training + validation data for the chosen epochs (see the
+    /// request field); `false` for jobs stored before it existed.
+    #[serde(default)]
+    pub refit_on_validation: bool,
     /// The fields that took their default rather than a value from the request. An
     /// `auto` job re-derives these once it has chosen its strategy.
     #[serde(default)]
@@ -185,7 +213,15 @@ impl Hyperparameters {
             task_weights: BTreeMap::new(),
             augment: false,
             group_by_length: false,
-            head_solver: HeadSolver::AdamW,
+            // `auto`'s floor is the head alone: fitted as a tuned linear probe, so
+            // that its trials are measured against the best a frozen encoder gives.
+            head_solver: if method == MethodType::Auto {
+                HeadSolver::Lbfgs
+            } else {
+                HeadSolver::AdamW
+            },
+            auto_budget: AUTO_DEFAULT_BUDGET,
+            refit_on_validation: false,
             defaulted: Vec::new(),
         }
     }
@@ -207,6 +243,13 @@ impl Hyperparameters {
             }
         }
         out.learning_rate_multiplier = out.learning_rate / d.learning_rate;
+        // A fitted head is one fit, reported as one epoch.
+        if method == MethodType::FeatureExtraction
+            && out.head_solver == HeadSolver::Lbfgs
+            && out.head == HeadType::Linear
+        {
+            out.epochs = 1;
+        }
         out
     }
 
@@ -396,6 +439,19 @@ impl HyperparametersInput {
                 format!("is {w}; must be greater than 0 and at most 100"),
             ));
         }
+        let auto_budget = self.auto_budget.unwrap_or(d.auto_budget);
+        if self.auto_budget.is_some() && method != MethodType::Auto {
+            return Err(ValidationError::new(
+                p("auto_budget"),
+                "applies to `auto` only: it caps the search for a strategy",
+            ));
+        }
+        if !(0.0..=AUTO_MAX_BUDGET).contains(&auto_budget) {
+            return Err(ValidationError::new(
+                p("auto_budget"),
+                format!("must be between 0 and {AUTO_MAX_BUDGET}"),
+            ));
+        }
         Ok(Hyperparameters {
             epochs,
             batch_size,
@@ -418,6 +474,8 @@ impl HyperparametersInput {
             augment: false,
             group_by_length: false,
             head_solver,
+            auto_budget,
+            refit_on_validation: self.refit_on_validation.unwrap_or(d.refit_on_validation),
             defaulted,
         })
     }

@@ -1,17 +1,16 @@
 //! The training thread: the whole tch side of a job (token counts, features and the
 //! transferability estimate, `auto`'s choice, training, saving) on a dedicated OS thread,
-//! so libtorch never runs on the async runtime. The only file of the worker that touches
+//! so libtorch never runs on the async runtime. The only module of the worker that touches
 //! tensors; it reports through [`Update`] messages and owns nothing of the database.
 
 use std::path::PathBuf;
 use std::sync::Arc;
 
-use hone_domain::job::{choose_method, AutoEvidence, Hyperparameters, Method, MethodType};
+use hone_domain::job::{prior_choice, AutoEvidence, Hyperparameters, Method, MethodType};
 use hone_domain::resources::{EventLevel, Transferability};
 use hone_train::train::{
-    fine_tune, fine_tune_with, Checkpoint, EncoderInit, EpochMetrics, Evaluation, Features,
-    StepProgress, Strategy, TrainConfig, TrainData, TrainError, TrainJob, TrainObserver,
-    TrainedModel,
+    fine_tune_with, Checkpoint, EncoderInit, EpochMetrics, Evaluation, Features, StepProgress,
+    Strategy, TrainConfig, TrainData, TrainError, TrainJob, TrainObserver, TrainedModel,
 };
 use hone_train::{FeatureRun, Objective};
 use rand::rngs::StdRng;
@@ -25,6 +24,9 @@ use super::prepare::Validation;
 use super::progress::{Reporter, Update};
 use super::targets::class_evidence;
 use crate::StopFlags;
+
+mod refit;
+mod search;
 
 struct Observer {
     tx: mpsc::UnboundedSender<Update>,
@@ -101,6 +103,9 @@ pub(super) struct ThreadOutput {
     pub(super) kept: Option<EpochMetrics>,
     pub(super) epochs_run: u32,
     pub(super) evaluation: Option<Evaluation>,
+    /// The examples a final fit trained on (training and validation data together),
+    /// when there was one.
+    pub(super) refit_examples: Option<u64>,
 }
 
 /// Training examples the transferability estimate scores: LogME is cheap, the
@@ -177,12 +182,22 @@ fn run_training(
         (Strategy::FeatureExtraction, Some(f)) => Some(run.split_features(f)?),
         _ => None,
     };
+    let refit_features = features.as_ref().map(|f| Features {
+        train: f.train.shallow_clone(),
+        validation: f.validation.as_ref().map(Tensor::shallow_clone),
+    });
     let model = run.train(strategy, &hp, features)?;
-    model.save(&run.input.out_dir.join("model"))?;
+    let model_dir = run.input.out_dir.join("model");
+    let refit = run.refit(strategy, &hp, &model, refit_features.as_ref())?;
+    match &refit {
+        Some(r) => refit::save_refit(&r.model, &model, &model_dir)?,
+        None => model.save(&model_dir)?,
+    }
     Ok(ThreadOutput {
         kept: model.final_metrics().cloned(),
         epochs_run: model.history().len() as u32,
         evaluation: model.evaluation().cloned(),
+        refit_examples: refit.map(|r| r.examples as u64),
     })
 }
 
@@ -402,8 +417,9 @@ impl<'a> Run<'a> {
     }
 
     /// The strategy and hyperparameters to train with: the job's own, or for `auto`
-    /// the choice made from the data and a quick probe on the frozen features (sent to
-    /// the reporter, which records it).
+    /// the choice made from the data (the prior) or by trial (`search.rs`), sent to
+    /// the reporter, which records it. A resumed `auto` job has its choice stored and
+    /// does not search again.
     fn resolve_method(
         &self,
         file_features: Option<&Tensor>,
@@ -416,26 +432,19 @@ impl<'a> Run<'a> {
         }
         let features =
             file_features.ok_or_else(|| TrainError::InvalidInput("auto needs features".into()))?;
-        let probe_hp = hp.rebased_on(MethodType::FeatureExtraction);
-        let probe = fine_tune(
-            self.job_for(
-                Strategy::FeatureExtraction,
-                &probe_hp,
-                Some(self.split_features(features)?),
-                false,
-                false,
-            ),
-            &mut self.observer(true),
-        )?;
         let (classes, smallest_class) = class_evidence(&self.input.objective, &self.train.labels);
-        let chosen = choose_method(&AutoEvidence {
+        let mut evidence = AutoEvidence {
             examples: self.train.len(),
             classes,
             smallest_class,
             mean_tokens,
-            probe_macro_f1: probe.evaluation().map(|e| e.validation.macro_f1()),
+            probe_macro_f1: None,
             model_layers: self.base.num_layers as u32,
-        });
+        };
+        let chosen = match prior_choice(&evidence, self.validation.is_some()) {
+            Some(chosen) => chosen,
+            None => self.search(features, &mut evidence)?,
+        };
         let hp = hp.rebased_on(chosen.kind);
         let strategy = strategy_of((chosen.kind, chosen.frozen_layers));
         self.send(Update::Chosen(chosen, hp.epochs));
@@ -567,3 +576,6 @@ fn strategy_of((kind, frozen): (MethodType, Option<u32>)) -> Strategy {
         MethodType::Full | MethodType::Auto => Strategy::Full,
     }
 }
+
+#[cfg(test)]
+mod tests;
