@@ -113,19 +113,24 @@ pub fn choose_method(e: &AutoEvidence) -> ChosenMethod {
 }
 
 #[cfg(test)]
-mod tests {
+pub(super) mod tests {
     use super::*;
 
-    #[test]
-    fn auto_follows_the_data() {
-        let base = AutoEvidence {
+    /// 500 examples of a 2-class text task, a probe at 0.8, a 6-layer model.
+    pub(in crate::job) fn evidence() -> AutoEvidence {
+        AutoEvidence {
             examples: 500,
             classes: 2,
             smallest_class: 200,
             mean_tokens: 30.0,
             probe_macro_f1: Some(0.8),
             model_layers: 6,
-        };
+        }
+    }
+
+    #[test]
+    fn auto_follows_the_data() {
+        let base = evidence();
         let choose = |e: AutoEvidence| {
             let c = choose_method(&e);
             (c.kind, c.frozen_layers)
@@ -161,12 +166,8 @@ mod tests {
     #[test]
     fn the_prior_decides_only_without_evidence_to_try() {
         let base = AutoEvidence {
-            examples: 500,
-            classes: 2,
-            smallest_class: 200,
-            mean_tokens: 30.0,
             probe_macro_f1: None,
-            model_layers: 6,
+            ..evidence()
         };
         assert_eq!(prior_choice(&base, true), None);
         let blind = prior_choice(&base, false).expect("no validation data");

@@ -251,18 +251,8 @@ pub fn choose_by_trials(
 
 #[cfg(test)]
 mod tests {
+    use super::super::auto::tests::evidence;
     use super::*;
-
-    fn evidence() -> AutoEvidence {
-        AutoEvidence {
-            examples: 500,
-            classes: 2,
-            smallest_class: 200,
-            mean_tokens: 30.0,
-            probe_macro_f1: Some(0.8),
-            model_layers: 6,
-        }
-    }
 
     fn settings(budget: f64) -> SearchSettings {
         SearchSettings {
