@@ -212,7 +212,10 @@ async fn every_strategy_transfers_minilm_to_rotten_tomatoes() {
         3,
         "{auto_messages:#?}"
     );
-    eprintln!("auto: {}\ncandidates: {}", chosen["reason"], chosen["candidates"]);
+    eprintln!(
+        "auto: {}\ncandidates: {}",
+        chosen["reason"], chosen["candidates"]
+    );
     let auto_accuracy =
         held_out_accuracy(&s, auto["fine_tuned_model"].as_str().expect("model"), &test).await;
     eprintln!(

@@ -117,16 +117,22 @@ fn input(
 
 /// Runs the thread to its end: what it handed back, and what it reported.
 fn run(kind: MethodType, hyperparameters: serde_json::Value) -> (ThreadOutput, Vec<Update>) {
+    run_as(kind, hyperparameters, None)
+}
+
+/// [`run`] for a job whose `auto` choice is already stored (`chosen`).
+fn run_as(
+    kind: MethodType,
+    hyperparameters: serde_json::Value,
+    chosen: Option<ChosenMethod>,
+) -> (ThreadOutput, Vec<Update>) {
     let base = tiny_base_model();
     let out = tempfile::tempdir().expect("tempdir");
     let (tx, mut rx) = mpsc::unbounded_channel();
     let flags = Arc::new(StopFlags::default());
-    let output = run_training(
-        input(base.path(), out.path(), kind, hyperparameters),
-        &tx,
-        &flags,
-    )
-    .expect("training");
+    let mut input = input(base.path(), out.path(), kind, hyperparameters);
+    input.method.chosen = chosen;
+    let output = run_training(input, &tx, &flags).expect("training");
     assert!(out.path().join("model/model.safetensors").is_file());
     let mut updates = Vec::new();
     while let Ok(u) = rx.try_recv() {
@@ -202,6 +208,29 @@ fn auto_tries_its_candidates_records_them_and_repeats_itself() {
     // The same seed, the same search.
     let (_, again) = run(MethodType::Auto, serde_json::json!({}));
     assert_eq!(timeless(chosen(&again)), timeless(first));
+}
+
+#[test]
+fn a_job_that_has_chosen_does_not_search_again() {
+    let _lock = torch_lock();
+    // As a resumed attempt finds an auto job: its choice stored with the job.
+    let stored = ChosenMethod {
+        kind: MethodType::Partial,
+        frozen_layers: Some(1),
+        reason: "chosen by an earlier attempt".into(),
+        candidates: Vec::new(),
+    };
+    let (output, updates) = run_as(MethodType::Auto, serde_json::json!({}), Some(stored));
+    assert!(
+        !updates.iter().any(|u| matches!(u, Update::Chosen(..))),
+        "chose again"
+    );
+    let told = notices(&updates);
+    assert!(
+        !told.iter().any(|m| m.starts_with("auto tried")),
+        "{told:#?}"
+    );
+    assert_eq!(output.epochs_run, 3, "partial's epochs");
 }
 
 #[test]
