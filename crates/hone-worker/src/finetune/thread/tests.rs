@@ -25,13 +25,9 @@ const FILLER: &[&str] = &[
 fn tiny_base_model() -> TempDir {
     let fixture = Path::new(env!("CARGO_MANIFEST_DIR")).join("../hone-train/tests/fixtures/tiny");
     let dir = tempfile::tempdir().expect("tempdir");
-    for name in [
-        "config.json",
-        "tokenizer.json",
-        "vocab.txt",
-        "tokenizer_config.json",
-    ] {
-        std::fs::copy(fixture.join(name), dir.path().join(name)).expect("copy fixture");
+    for entry in std::fs::read_dir(&fixture).expect("the tiny fixture") {
+        let path = entry.expect("a fixture file").path();
+        std::fs::copy(&path, dir.path().join(path.file_name().expect("a name"))).expect("copy");
     }
     let config = hone_train::BertConfig::from_file(&fixture.join("config.json")).expect("config");
     tch::manual_seed(3);
