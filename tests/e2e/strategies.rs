@@ -108,17 +108,26 @@ async fn every_strategy_transfers_minilm_to_rotten_tomatoes() {
     );
     assert_eq!(metrics["evaluation"], result["evaluation"]);
 
-    // The same data and base model again: the features come from the cache.
+    // The same data and base model again: the features come from the cache. With a
+    // final fit, the published head trained on the validation rows too.
     let again = train(
         &s,
         &file,
         json!({"type": "feature_extraction"}),
-        json!({"epochs": 2}),
+        json!({"epochs": 2, "refit_on_validation": true}),
     )
     .await;
     let again_messages = messages(&s, &again).await;
     assert!(
         again_messages.iter().any(|m| m.contains("cached features")),
+        "{again_messages:#?}"
+    );
+    assert_eq!(again["result"]["trained_examples"], 128, "{again}");
+    assert_eq!(again["result"]["evaluation"]["validation"]["examples"], 26);
+    assert!(
+        again_messages
+            .iter()
+            .any(|m| m.starts_with("Final fit") && m.contains("on 128 training and validation")),
         "{again_messages:#?}"
     );
     assert!(
@@ -162,10 +171,50 @@ async fn every_strategy_transfers_minilm_to_rotten_tomatoes() {
     );
     let reason = chosen["reason"].as_str().expect("reason");
     assert!(reason.contains("102 training examples"), "{reason}");
+    // By trial: the head alone, partial with 3 of 6 layers frozen, full, each scored
+    // on the validation split and timed; the events tell each trial.
+    let candidates = chosen["candidates"].as_array().expect("candidates");
+    let tried: Vec<(&str, Option<u64>)> = candidates
+        .iter()
+        .map(|c| {
+            (
+                c["type"].as_str().unwrap_or(""),
+                c["frozen_layers"].as_u64(),
+            )
+        })
+        .collect();
+    assert_eq!(
+        tried,
+        [
+            ("feature_extraction", None),
+            ("partial", Some(3)),
+            ("full", None)
+        ],
+        "{chosen}"
+    );
+    for c in candidates {
+        assert!(
+            c["validation_macro_f1"].as_f64().is_some() && c["seconds"].as_f64().is_some(),
+            "{c}"
+        );
+    }
+    assert!(reason.contains("by trial"), "{reason}");
     let auto_messages = messages(&s, &auto).await;
     assert!(
         auto_messages.iter().any(|m| m.starts_with("auto chose")),
         "{auto_messages:#?}"
+    );
+    assert_eq!(
+        auto_messages
+            .iter()
+            .filter(|m| m.starts_with("auto tried"))
+            .count(),
+        3,
+        "{auto_messages:#?}"
+    );
+    eprintln!(
+        "auto: {}\ncandidates: {}",
+        chosen["reason"], chosen["candidates"]
     );
     let auto_accuracy =
         held_out_accuracy(&s, auto["fine_tuned_model"].as_str().expect("model"), &test).await;

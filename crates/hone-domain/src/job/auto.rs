@@ -1,8 +1,8 @@
-//! The `auto` method's policy: which transfer strategy a job runs, chosen from the
-//! training data and a quick probe, with its reason in words and numbers. It changes
-//! when measurements move its thresholds, for reasons that have nothing to do with a
-//! job's states or the validation of its recipe, so it lives apart from them. What it
-//! decides, [`super::ChosenMethod`], stays with [`super::Method`], which stores it.
+//! The `auto` method's prior: what the data decide before any trial. Too few examples
+//! a class keeps the encoder frozen without trying anything else; without validation
+//! data there is nothing to score a trial on, and rules of thumb decide. Otherwise
+//! the search by trial decides (`auto_search.rs`). What it decides,
+//! [`super::ChosenMethod`], stays with [`super::Method`], which stores it.
 
 use super::{ChosenMethod, MethodType};
 
@@ -30,8 +30,8 @@ pub const AUTO_PARTIAL_BELOW: usize = 2000;
 /// Inputs this long make every step of full fine-tuning expensive.
 pub const AUTO_LONG_TOKENS: f64 = 256.0;
 
-/// The strategy `auto` runs, with its reason in words and numbers.
-pub fn choose_method(e: &AutoEvidence) -> ChosenMethod {
+/// The training data and the probe in words, the start of every reason.
+pub fn data_summary(e: &AutoEvidence) -> String {
     let probe = e.probe_macro_f1.map_or(String::new(), |f| {
         format!("; a linear probe on frozen features reaches macro-F1 {f:.3}")
     });
@@ -41,10 +41,34 @@ pub fn choose_method(e: &AutoEvidence) -> ChosenMethod {
     } else {
         String::new()
     };
-    let data = format!(
+    format!(
         "{} training examples in {} classes, {} in the smallest{tokens}{probe}",
         e.examples, e.classes, e.smallest_class
-    );
+    )
+}
+
+/// The choice the data make before any trial, if they make one: too few examples in
+/// the smallest class (only a head trains), or no validation data to score trials on
+/// (the rules of [`choose_method`]). `None`: the search by trial decides.
+pub fn prior_choice(e: &AutoEvidence, has_validation: bool) -> Option<ChosenMethod> {
+    if e.smallest_class < AUTO_MIN_CLASS_EXAMPLES {
+        return Some(choose_method(e));
+    }
+    if !has_validation {
+        let mut chosen = choose_method(e);
+        chosen.reason = format!(
+            "{} (no validation data to try candidates on, so rules of thumb decide)",
+            chosen.reason
+        );
+        return Some(chosen);
+    }
+    None
+}
+
+/// The strategy `auto` runs by rules of thumb alone, with its reason in words and
+/// numbers: the prior when trials cannot decide.
+pub fn choose_method(e: &AutoEvidence) -> ChosenMethod {
+    let data = data_summary(e);
     let half = e.model_layers / 2;
     let (kind, frozen_layers, why) = if e.smallest_class < AUTO_MIN_CLASS_EXAMPLES {
         (
@@ -84,23 +108,29 @@ pub fn choose_method(e: &AutoEvidence) -> ChosenMethod {
         kind,
         frozen_layers,
         reason: format!("{}: {data}; {why}", kind.as_str()),
+        candidates: Vec::new(),
     }
 }
 
 #[cfg(test)]
-mod tests {
+pub(super) mod tests {
     use super::*;
 
-    #[test]
-    fn auto_follows_the_data() {
-        let base = AutoEvidence {
+    /// 500 examples of a 2-class text task, a probe at 0.8, a 6-layer model.
+    pub(in crate::job) fn evidence() -> AutoEvidence {
+        AutoEvidence {
             examples: 500,
             classes: 2,
             smallest_class: 200,
             mean_tokens: 30.0,
             probe_macro_f1: Some(0.8),
             model_layers: 6,
-        };
+        }
+    }
+
+    #[test]
+    fn auto_follows_the_data() {
+        let base = evidence();
         let choose = |e: AutoEvidence| {
             let c = choose_method(&e);
             (c.kind, c.frozen_layers)
@@ -131,5 +161,28 @@ mod tests {
             reason.contains("500 training examples") && reason.contains("0.800"),
             "{reason}"
         );
+    }
+
+    #[test]
+    fn the_prior_decides_only_without_evidence_to_try() {
+        let base = AutoEvidence {
+            probe_macro_f1: None,
+            ..evidence()
+        };
+        assert_eq!(prior_choice(&base, true), None);
+        let blind = prior_choice(&base, false).expect("no validation data");
+        assert_eq!(blind.kind, MethodType::Partial);
+        assert!(
+            blind.reason.contains("no validation data"),
+            "{}",
+            blind.reason
+        );
+        let tiny = AutoEvidence {
+            smallest_class: 10,
+            ..base
+        };
+        let head = prior_choice(&tiny, true).expect("too few a class");
+        assert_eq!(head.kind, MethodType::FeatureExtraction);
+        assert!(head.candidates.is_empty());
     }
 }

@@ -389,6 +389,7 @@ mod tests {
             kind: MethodType::FeatureExtraction,
             frozen_layers: None,
             reason: "feature_extraction: 12 examples".into(),
+            candidates: Vec::new(),
         };
         let (supervised, _) =
             request(serde_json::json!({"method": {"type": "supervised"}})).expect("valid");

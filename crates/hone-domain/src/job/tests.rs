@@ -116,8 +116,11 @@ fn defaults_fill_missing_fields() {
 
 #[test]
 fn auto_adopts_the_defaults_of_its_choice_but_keeps_what_the_user_set() {
+    // A head trained with AdamW keeps the epochs asked for (a fitted one, auto's
+    // default, is one fit: see `auto_fits_its_floor_and_takes_a_search_budget`).
     let hp = HyperparametersInput {
         epochs: Some(4),
+        head_solver: Some(HeadSolver::AdamW),
         ..Default::default()
     }
     .validate(512, MethodType::Auto)
@@ -184,6 +187,7 @@ fn methods_check_frozen_layers_against_the_model() {
             kind: MethodType::Full,
             frozen_layers: None,
             reason: "x".into(),
+            candidates: Vec::new(),
         }),
         ..Method::default()
     };
@@ -413,4 +417,56 @@ fn int8_serving_is_for_text_models_and_fp32_unless_asked() {
         serde_json::json!({"quantization": "int4"})
     )
     .is_err());
+}
+
+#[test]
+fn auto_fits_its_floor_and_takes_a_search_budget() {
+    let input = |v: serde_json::Value| -> HyperparametersInput {
+        serde_json::from_value(v).expect("input")
+    };
+    // The head alone, auto's floor, is fitted as a tuned probe unless told otherwise;
+    // chosen, it is one fit.
+    let hp = HyperparametersInput::default()
+        .validate(512, MethodType::Auto)
+        .expect("valid");
+    assert_eq!(hp.head_solver, HeadSolver::Lbfgs);
+    assert_eq!(hp.auto_budget, AUTO_DEFAULT_BUDGET);
+    assert!(!hp.refit_on_validation);
+    assert_eq!(hp.rebased_on(MethodType::FeatureExtraction).epochs, 1);
+    assert_eq!(hp.rebased_on(MethodType::Partial).epochs, 3);
+    let adamw = input(serde_json::json!({"head_solver": "adamw"}))
+        .validate(512, MethodType::Auto)
+        .expect("valid");
+    assert_eq!(adamw.rebased_on(MethodType::FeatureExtraction).epochs, 10);
+
+    let hp = input(serde_json::json!({"auto_budget": 0.5, "refit_on_validation": true}))
+        .validate_image(MethodType::Auto)
+        .expect("valid");
+    assert_eq!((hp.auto_budget, hp.refit_on_validation), (0.5, true));
+    for (body, method) in [
+        (serde_json::json!({"auto_budget": -0.1}), MethodType::Auto),
+        (serde_json::json!({"auto_budget": 10.5}), MethodType::Auto),
+        (serde_json::json!({"auto_budget": 1.0}), MethodType::Full),
+    ] {
+        let err = input(body).validate(512, method).expect_err("refused");
+        assert_eq!(err.param, "hyperparameters.auto_budget");
+    }
+    // Every method may refit.
+    let full = input(serde_json::json!({"refit_on_validation": true}))
+        .validate(512, MethodType::Full)
+        .expect("valid");
+    assert!(full.refit_on_validation);
+
+    // Jobs stored before the fields existed read with the defaults.
+    let mut stored = serde_json::to_value(&hp).expect("json");
+    let fields = stored.as_object_mut().expect("object");
+    fields.remove("auto_budget");
+    fields.remove("refit_on_validation");
+    let back: Hyperparameters = serde_json::from_value(stored).expect("reads");
+    assert_eq!((back.auto_budget, back.refit_on_validation), (1.0, false));
+    let chosen: ChosenMethod = serde_json::from_value(serde_json::json!({
+        "type": "partial", "frozen_layers": 3, "reason": "stored before trials"
+    }))
+    .expect("reads");
+    assert!(chosen.candidates.is_empty());
 }

@@ -206,7 +206,7 @@ fn save_then_load_predicts_the_same() {
 #[test]
 fn an_int8_model_predicts_what_the_fp32_one_does_within_quantization_error() {
     let _lock = torch_lock();
-    let (model, out) = trained_and_saved();
+    let (_trained, out) = trained_and_saved();
     let published = out.path().join("ft-model");
     let fp32 = Classifier::load(&published, Device::Cpu).expect("load");
     let mut int8 = Classifier::load(&published, Device::Cpu).expect("load");

@@ -232,6 +232,7 @@ async fn train_and_publish(
     };
     let started = Instant::now();
     let output = thread::train(input, &job.id, &mut reporter, flags).await?;
+    let trained_examples = output.refit_examples.unwrap_or(trained_examples);
     let result = publish::job_result(output, trained_examples, started.elapsed(), &mut reporter);
     warn_if_overfitting(&reporter, &result).await;
     publish::publish(

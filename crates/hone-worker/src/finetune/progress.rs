@@ -382,8 +382,15 @@ impl<'a> Reporter<'a> {
             Update::Chosen(chosen, epochs) => {
                 self.total_epochs = epochs;
                 let hp = self.job.hyperparameters.rebased_on(chosen.kind);
-                self.event(NewEvent::info(format!("auto chose {}", chosen.reason)))
-                    .await;
+                let message = format!("auto chose {}", chosen.reason);
+                // The candidates tried, with their scores and times, as data too.
+                let event = if chosen.candidates.is_empty() {
+                    NewEvent::info(message)
+                } else {
+                    let data = serde_json::json!({ "candidates": &chosen.candidates });
+                    NewEvent::metrics(message, data)
+                };
+                self.event(event).await;
                 let method = self.job.method.clone().with_choice(chosen);
                 if let Err(e) = self
                     .db

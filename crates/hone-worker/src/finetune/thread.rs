@@ -1,19 +1,18 @@
 //! The training thread: the whole tch side of a job (token counts, features and the
 //! transferability estimate, `auto`'s choice, training, saving) on a dedicated OS thread,
-//! so libtorch never runs on the async runtime. The only file of the worker that touches
+//! so libtorch never runs on the async runtime. The only module of the worker that touches
 //! tensors; it reports through [`Update`] messages and owns nothing of the database.
 
 use std::path::PathBuf;
 use std::sync::Arc;
 
 use hone_domain::job::{
-    choose_method, AutoEvidence, Hyperparameters, Method, MethodType, Quantization,
+    prior_choice, AutoEvidence, Hyperparameters, Method, MethodType, Quantization,
 };
 use hone_domain::resources::{EventLevel, Transferability};
 use hone_train::train::{
-    fine_tune, fine_tune_with, Checkpoint, EncoderInit, EpochMetrics, Evaluation, Features,
-    StepProgress, Strategy, TrainConfig, TrainData, TrainError, TrainJob, TrainObserver,
-    TrainedModel,
+    fine_tune_with, Checkpoint, EncoderInit, EpochMetrics, Evaluation, Features, StepProgress,
+    Strategy, TrainConfig, TrainData, TrainError, TrainJob, TrainObserver, TrainedModel,
 };
 use hone_train::{FeatureRun, Objective};
 use rand::rngs::StdRng;
@@ -27,6 +26,9 @@ use super::prepare::Validation;
 use super::progress::{Reporter, Update};
 use super::targets::class_evidence;
 use crate::StopFlags;
+
+mod refit;
+mod search;
 
 struct Observer {
     tx: mpsc::UnboundedSender<Update>,
@@ -105,6 +107,9 @@ pub(super) struct ThreadOutput {
     pub(super) evaluation: Option<Evaluation>,
     /// How the published model serves when not in fp32, with what that changes.
     pub(super) quantization: Option<hone_train::model_dir::Quantization>,
+    /// The examples a final fit trained on (training and validation data together),
+    /// when there was one.
+    pub(super) refit_examples: Option<u64>,
 }
 
 /// Training examples the transferability estimate scores: LogME is cheap, the
@@ -181,13 +186,23 @@ fn run_training(
         (Strategy::FeatureExtraction, Some(f)) => Some(run.split_features(f)?),
         _ => None,
     };
+    let refit_features = features.as_ref().map(|f| Features {
+        train: f.train.shallow_clone(),
+        validation: f.validation.as_ref().map(Tensor::shallow_clone),
+    });
     let model = run.train(strategy, &hp, features)?;
-    let published = run.input.out_dir.join("model");
-    model.save(&published)?;
+    let model_dir = run.input.out_dir.join("model");
+    let refit = run.refit(strategy, &hp, &model, refit_features.as_ref())?;
+    match &refit {
+        Some(r) => refit::save_refit(&r.model, &model, &model_dir)?,
+        None => model.save(&model_dir)?,
+    }
+    // Measured on the validation data, which a final fit trained on too: the change
+    // int8 makes is still what it reports.
     let quantization = match hp.quantization {
         Quantization::None => None,
         Quantization::Int8 => Some(hone_train::quantize::quantize_published(
-            &published,
+            &model_dir,
             run.validation.as_ref(),
             hp.batch_size as usize,
         )?),
@@ -197,6 +212,7 @@ fn run_training(
         epochs_run: model.history().len() as u32,
         evaluation: model.evaluation().cloned(),
         quantization,
+        refit_examples: refit.map(|r| r.examples as u64),
     })
 }
 
@@ -416,8 +432,9 @@ impl<'a> Run<'a> {
     }
 
     /// The strategy and hyperparameters to train with: the job's own, or for `auto`
-    /// the choice made from the data and a quick probe on the frozen features (sent to
-    /// the reporter, which records it).
+    /// the choice made from the data (the prior) or by trial (`search.rs`), sent to
+    /// the reporter, which records it. A resumed `auto` job has its choice stored and
+    /// does not search again.
     fn resolve_method(
         &self,
         file_features: Option<&Tensor>,
@@ -430,26 +447,19 @@ impl<'a> Run<'a> {
         }
         let features =
             file_features.ok_or_else(|| TrainError::InvalidInput("auto needs features".into()))?;
-        let probe_hp = hp.rebased_on(MethodType::FeatureExtraction);
-        let probe = fine_tune(
-            self.job_for(
-                Strategy::FeatureExtraction,
-                &probe_hp,
-                Some(self.split_features(features)?),
-                false,
-                false,
-            ),
-            &mut self.observer(true),
-        )?;
         let (classes, smallest_class) = class_evidence(&self.input.objective, &self.train.labels);
-        let chosen = choose_method(&AutoEvidence {
+        let mut evidence = AutoEvidence {
             examples: self.train.len(),
             classes,
             smallest_class,
             mean_tokens,
-            probe_macro_f1: probe.evaluation().map(|e| e.validation.macro_f1()),
+            probe_macro_f1: None,
             model_layers: self.base.num_layers as u32,
-        });
+        };
+        let chosen = match prior_choice(&evidence, self.validation.is_some()) {
+            Some(chosen) => chosen,
+            None => self.search(features, &mut evidence)?,
+        };
         let hp = hp.rebased_on(chosen.kind);
         let strategy = strategy_of((chosen.kind, chosen.frozen_layers));
         self.send(Update::Chosen(chosen, hp.epochs));
@@ -581,3 +591,6 @@ fn strategy_of((kind, frozen): (MethodType, Option<u32>)) -> Strategy {
         MethodType::Full | MethodType::Auto => Strategy::Full,
     }
 }
+
+#[cfg(test)]
+mod tests;
