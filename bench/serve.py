@@ -246,12 +246,15 @@ def check_same_model(servers, model_id, key, bodies, tolerance, flips=0.0) -> di
                 seen += 1
                 if a["label"] != b["label"]:
                     differ += 1
-                    if differ > flips * seen:
+                    if flips == 0.0:
                         sys.exit(f"serve: {name} says {a['label']!r}, hone {b['label']!r} "
                                  f"for {text!r}; not the same model, nothing measured")
                 diff = max(abs(a["scores"][k] - b["scores"][k]) for k in b["scores"])
                 worst[name] = max(worst[name], diff)
         flipped[name] = differ / max(seen, 1)
+        if flipped[name] > flips:
+            sys.exit(f"serve: {name}'s labels differ from hone's on {flipped[name]:.1%} of "
+                     f"the texts (> {flips:.0%}); nothing measured")
         if worst[name] > tolerance:
             sys.exit(f"serve: {name}'s scores differ from hone's by up to "
                      f"{worst[name]:.2e} (> {tolerance}); nothing measured")
