@@ -43,6 +43,24 @@ struct JobResult {
     best_epoch: Option<u32>,
     stopped_early: bool,
     evaluation: Option<Evaluation>,
+    quantization: Option<Quantization>,
+}
+
+/// How the model serves when not in fp32, and what that changed on validation data.
+#[derive(Deserialize, Default)]
+#[serde(default)]
+struct Quantization {
+    #[serde(rename = "type")]
+    kind: String,
+    validation_fp32: Option<Brief>,
+    validation_quantized: Option<Brief>,
+}
+
+#[derive(Deserialize, Default)]
+#[serde(default)]
+struct Brief {
+    accuracy: f64,
+    macro_f1: f64,
 }
 
 #[derive(Deserialize, Default)]
@@ -128,6 +146,9 @@ pub fn lines(raw: &Value) -> Vec<String> {
         return out;
     };
     out.push(training_line(result, job.method.as_ref()));
+    if let Some(q) = &result.quantization {
+        out.push(quantization_line(q));
+    }
     let Some(evaluation) = &result.evaluation else {
         return out;
     };
@@ -177,6 +198,19 @@ fn training_line(result: &JobResult, method: Option<&Method>) -> String {
         parts.push("stopped early".to_owned());
     }
     format!("Training: {}", parts.join(", "))
+}
+
+fn quantization_line(q: &Quantization) -> String {
+    match (&q.validation_fp32, &q.validation_quantized) {
+        (Some(a), Some(b)) => format!(
+            "Served in {}: validation accuracy {:.3} (fp32 {:.3}), macro-F1 {:.3} (fp32 {:.3})",
+            q.kind, b.accuracy, a.accuracy, b.macro_f1, a.macro_f1
+        ),
+        _ => format!(
+            "Served in {} (no validation data to compare with fp32)",
+            q.kind
+        ),
+    }
 }
 
 fn report_lines(out: &mut Vec<String>, title: &str, r: &Report) {
@@ -245,6 +279,28 @@ mod tests {
         ] {
             assert!(text.contains(expected), "{expected:?} in\n{text}");
         }
+        assert!(!text.contains("Served in"), "{text}");
+    }
+
+    #[test]
+    fn an_int8_job_says_what_int8_changed() {
+        let job = json!({"id": "ftjob-3", "status": "succeeded",
+            "result": {"epochs_run": 1, "quantization": {"type": "int8",
+                "validation_fp32": {"loss": 0.6, "accuracy": 0.654, "macro_f1": 0.652, "examples": 52},
+                "validation_quantized": {"loss": 0.61, "accuracy": 0.673, "macro_f1": 0.672, "examples": 52}}}});
+        let text = lines(&job).join("\n");
+        assert!(
+            text.contains(
+                "Served in int8: validation accuracy 0.673 (fp32 0.654), macro-F1 0.672 (fp32 0.652)"
+            ),
+            "{text}"
+        );
+        let without = json!({"id": "ftjob-4", "status": "succeeded",
+            "result": {"quantization": {"type": "int8", "validation_fp32": null,
+                "validation_quantized": null}}});
+        assert!(lines(&without)
+            .join("\n")
+            .contains("Served in int8 (no validation data to compare with fp32)"));
     }
 
     #[test]
