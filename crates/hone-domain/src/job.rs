@@ -6,6 +6,7 @@ use utoipa::ToSchema;
 mod auto;
 mod auto_search;
 mod hyperparameters;
+mod learning_rate;
 mod openai;
 
 pub use auto::{
@@ -16,7 +17,11 @@ pub use auto_search::{
     choose_by_trials, costlier_candidates, plan_trials, Candidate, CandidateTrial, SearchSettings,
     AUTO_DEFAULT_BUDGET, AUTO_MAX_BUDGET, AUTO_TIE_MARGIN,
 };
-pub use hyperparameters::{Hyperparameters, HyperparametersInput};
+pub use hyperparameters::{Hyperparameters, HyperparametersInput, MAX_LEARNING_RATE};
+pub use learning_rate::{
+    choose_learning_rate, learning_rate_grid, trial_epochs, LearningRateSearch, LearningRateTrial,
+    LEARNING_RATE_FACTORS,
+};
 pub use openai::{
     base_model_of, check_integrations, AutoOr, MethodInput, MethodInputType, RequestedMethod,
     SupervisedInput,

@@ -124,6 +124,10 @@ pub struct JobResult {
     /// changes on the validation data.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub quantization: Option<QuantizationReport>,
+    /// With `"learning_rate": "auto"`: the rates tried, their validation scores, and the
+    /// one the job trained with.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub learning_rate_search: Option<crate::job::LearningRateSearch>,
 }
 
 /// What serving the published model quantized changes, measured by the job.

@@ -12,6 +12,9 @@ use super::{
     ValidationError, AUTO_DEFAULT_BUDGET, AUTO_MAX_BUDGET,
 };
 
+/// The highest learning rate a job may have (or its search try).
+pub const MAX_LEARNING_RATE: f64 = 0.1;
+
 /// Hyperparameters as a user sends them: every one optional. OpenAI's names
 /// (`n_epochs`, `learning_rate_multiplier`) and `"auto"` values are accepted beside
 /// hone's; giving both names of one setting with different values is refused.
@@ -28,9 +31,14 @@ pub struct HyperparametersInput {
     #[schema(schema_with = auto_or_integer)]
     pub batch_size: Option<AutoOr<u32>>,
     /// Peak learning rate of AdamW (0 < lr ≤ 0.1). Default 5e-5; 1e-3 for
-    /// `feature_extraction`, where only the new head trains.
-    #[schema(example = 5e-5)]
-    pub learning_rate: Option<f64>,
+    /// `feature_extraction`, where only the new head trains. `"auto"` (`partial`,
+    /// `full`, or `auto` when it chooses one of them): the job tries a small grid around
+    /// the method's default (⅓×, 1×, 3×, 10×), each for a third of the epochs (at least
+    /// one), keeps the rate with the best validation macro-F1 (a tie within 0.01 goes
+    /// to the one nearest the default) and reports them all in
+    /// `result.learning_rate_search`; without validation data it keeps the default.
+    #[schema(schema_with = auto_or_number)]
+    pub learning_rate: Option<AutoOr<f64>>,
     /// OpenAI's way to set the learning rate: a factor (0 < m ≤ 100) on the default
     /// learning rate of the method that runs (for `auto`, of the method it chooses), or
     /// `"auto"` for 1. With `learning_rate` too, the two must agree.
@@ -129,6 +137,11 @@ pub struct Hyperparameters {
     pub epochs: u32,
     pub batch_size: u32,
     pub learning_rate: f64,
+    /// `learning_rate` was `"auto"`: the rate is searched before training (see the
+    /// request field); `learning_rate` holds the method's default until then. `false`
+    /// for every job stored before the field existed.
+    #[serde(default)]
+    pub learning_rate_search: bool,
     /// `learning_rate` over the default learning rate of the method that runs
     /// (OpenAI's `learning_rate_multiplier`); it is what an `auto` job keeps when it
     /// adopts the defaults of its choice.
@@ -207,6 +220,7 @@ impl Hyperparameters {
             epochs: if head_only { 10 } else { 3 },
             batch_size: 16,
             learning_rate: if head_only { 1e-3 } else { 5e-5 },
+            learning_rate_search: false,
             learning_rate_multiplier: 1.0,
             warmup_ratio: 0.1,
             weight_decay: 0.01,
@@ -352,8 +366,18 @@ impl HyperparametersInput {
                 d.epochs
             });
         let (learning_rate, learning_rate_multiplier) = self.resolve_learning_rate(&d)?;
-        if self.learning_rate.is_none() {
+        let learning_rate_search = self.learning_rate == Some(AutoOr::Auto);
+        // A searched rate is centred on the default of the method that runs.
+        if self.learning_rate.and_then(AutoOr::value).is_none() {
             defaulted.push("learning_rate".to_owned());
+        }
+        if learning_rate_search && method == MethodType::FeatureExtraction {
+            return Err(ValidationError::new(
+                p("learning_rate"),
+                "\"auto\" searches the rate of a method that trains the encoder (partial, \
+                 full, or auto when it chooses one); a feature_extraction head has its own \
+                 default",
+            ));
         }
         if !(1..=100).contains(&epochs) {
             return Err(ValidationError::new(
@@ -390,7 +414,7 @@ impl HyperparametersInput {
                 "must be between 1 and 512",
             ));
         }
-        if !(learning_rate > 0.0 && learning_rate <= 0.1) {
+        if !(learning_rate > 0.0 && learning_rate <= MAX_LEARNING_RATE) {
             return Err(ValidationError::new(
                 p("learning_rate"),
                 "must be greater than 0 and at most 0.1",
@@ -472,6 +496,7 @@ impl HyperparametersInput {
             epochs,
             batch_size,
             learning_rate,
+            learning_rate_search,
             learning_rate_multiplier,
             warmup_ratio,
             weight_decay,
@@ -513,7 +538,15 @@ impl HyperparametersInput {
             Some(AutoOr::Auto) | None => None,
         };
         match (self.learning_rate, multiplier) {
-            (Some(lr), Some(m)) if (lr - d.learning_rate * m).abs() > 1e-9 * lr.abs() => {
+            (Some(AutoOr::Auto), Some(_)) => Err(ValidationError::new(
+                "hyperparameters.learning_rate_multiplier",
+                "cannot be given with learning_rate \"auto\" (the search picks the rate); \
+                 give one of them",
+            )),
+            (Some(AutoOr::Auto), None) => Ok((d.learning_rate, 1.0)),
+            (Some(AutoOr::Value(lr)), Some(m))
+                if (lr - d.learning_rate * m).abs() > 1e-9 * lr.abs() =>
+            {
                 Err(ValidationError::new(
                     "hyperparameters.learning_rate_multiplier",
                     format!(
@@ -522,7 +555,7 @@ impl HyperparametersInput {
                     ),
                 ))
             }
-            (Some(lr), _) => Ok((lr, lr / d.learning_rate)),
+            (Some(AutoOr::Value(lr)), _) => Ok((lr, lr / d.learning_rate)),
             (None, m) => {
                 let m = m.unwrap_or(1.0);
                 Ok((d.learning_rate * m, m))

@@ -10,7 +10,8 @@ use utoipa::ToSchema;
 
 use super::{ChosenMethod, HyperparametersInput, Method, MethodType, ValidationError};
 
-/// A hyperparameter OpenAI lets be `"auto"`: the server's default.
+/// A hyperparameter that may be `"auto"`: the server decides (its default; for
+/// `learning_rate`, a search).
 #[derive(Clone, Copy, Debug, PartialEq)]
 pub enum AutoOr<T> {
     Auto,

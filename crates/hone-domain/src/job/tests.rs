@@ -229,14 +229,14 @@ fn each_bound_names_its_field() {
         ),
         (
             HyperparametersInput {
-                learning_rate: Some(0.0),
+                learning_rate: Some(AutoOr::Value(0.0)),
                 ..Default::default()
             },
             "hyperparameters.learning_rate",
         ),
         (
             HyperparametersInput {
-                learning_rate: Some(f64::NAN),
+                learning_rate: Some(AutoOr::Value(f64::NAN)),
                 ..Default::default()
             },
             "hyperparameters.learning_rate",
@@ -469,4 +469,42 @@ fn auto_fits_its_floor_and_takes_a_search_budget() {
     }))
     .expect("reads");
     assert!(chosen.candidates.is_empty());
+}
+
+#[test]
+fn learning_rate_auto_searches_for_methods_that_train_the_encoder() {
+    let input = |v: serde_json::Value| -> HyperparametersInput {
+        serde_json::from_value(v).expect("input")
+    };
+    let auto = input(serde_json::json!({"learning_rate": "auto"}));
+    for method in [MethodType::Full, MethodType::Partial, MethodType::Auto] {
+        let hp = auto.validate(512, method).expect("valid");
+        assert!(hp.learning_rate_search, "{method:?}");
+        assert!(hp.defaulted.iter().any(|f| f == "learning_rate"));
+    }
+    let full = auto.validate(512, MethodType::Full).expect("valid");
+    assert_eq!(full.learning_rate, 5e-5, "centred on the method's default");
+    let err = auto
+        .validate(512, MethodType::FeatureExtraction)
+        .expect_err("a head has its own default");
+    assert_eq!(err.param, "hyperparameters.learning_rate");
+    let err = input(serde_json::json!({"learning_rate": "auto", "learning_rate_multiplier": 2}))
+        .validate(512, MethodType::Full)
+        .expect_err("one or the other");
+    assert_eq!(err.param, "hyperparameters.learning_rate_multiplier");
+    // A number is a number, and OpenAI's multiplier "auto" is the default, not a search.
+    let fixed =
+        input(serde_json::json!({"learning_rate": 1e-4, "learning_rate_multiplier": "auto"}))
+            .validate(512, MethodType::Full)
+            .expect("valid");
+    assert!(!fixed.learning_rate_search);
+    assert_eq!(fixed.learning_rate, 1e-4);
+    // Jobs stored before the field existed do not search.
+    let mut stored = serde_json::to_value(&fixed).expect("json");
+    stored
+        .as_object_mut()
+        .expect("object")
+        .remove("learning_rate_search");
+    let back: Hyperparameters = serde_json::from_value(stored).expect("reads");
+    assert!(!back.learning_rate_search);
 }

@@ -102,6 +102,7 @@ pub(super) fn job_result(
             validation_fp32: q.validation.as_ref().map(|v| eval_report(&v.fp32)),
             validation_quantized: q.validation.as_ref().map(|v| eval_report(&v.quantized)),
         }),
+        learning_rate_search: output.learning_rate_search,
     }
 }
 

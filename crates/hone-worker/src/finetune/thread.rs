@@ -27,6 +27,7 @@ use super::progress::{Reporter, Update};
 use super::targets::class_evidence;
 use crate::StopFlags;
 
+mod learning_rate;
 mod refit;
 mod search;
 
@@ -110,6 +111,8 @@ pub(super) struct ThreadOutput {
     /// The examples a final fit trained on (training and validation data together),
     /// when there was one.
     pub(super) refit_examples: Option<u64>,
+    /// With `"learning_rate": "auto"`: the rates tried and the one kept.
+    pub(super) learning_rate_search: Option<hone_domain::job::LearningRateSearch>,
 }
 
 /// Training examples the transferability estimate scores: LogME is cheap, the
@@ -182,6 +185,7 @@ fn run_training(
         return Err(TrainError::Cancelled);
     }
     let (strategy, hp) = run.resolve_method(file_features.as_ref(), mean_tokens)?;
+    let (hp, learning_rate_search) = run.search_learning_rate(strategy, hp)?;
     let features = match (strategy, &file_features) {
         (Strategy::FeatureExtraction, Some(f)) => Some(run.split_features(f)?),
         _ => None,
@@ -213,6 +217,7 @@ fn run_training(
         evaluation: model.evaluation().cloned(),
         quantization,
         refit_examples: refit.map(|r| r.examples as u64),
+        learning_rate_search,
     })
 }
 

@@ -101,6 +101,6 @@ impl Run<'_> {
 
 /// Macro-F1 of the run's kept epoch on the validation data (for multi-task runs, the
 /// mean of the tasks').
-fn validation_macro_f1(model: &TrainedModel) -> Option<f64> {
+pub(super) fn validation_macro_f1(model: &TrainedModel) -> Option<f64> {
     model.evaluation().map(|e| e.validation.macro_f1())
 }

@@ -270,6 +270,65 @@ fn a_final_fit_trains_on_the_validation_rows_too() {
     assert_eq!(plain.refit_examples, None);
 }
 
+#[test]
+fn learning_rate_auto_tries_its_grid_trains_at_the_best_and_repeats_itself() {
+    let _lock = torch_lock();
+    let hp = serde_json::json!({"epochs": 3, "learning_rate": "auto"});
+    let (output, updates) = run(MethodType::Full, hp.clone());
+    let search = output.learning_rate_search.expect("a search");
+    let rates: Vec<f64> = search.trials.iter().map(|t| t.learning_rate).collect();
+    assert_eq!(
+        rates,
+        hone_domain::job::learning_rate_grid(5e-5, 0.1),
+        "{search:#?}"
+    );
+    assert!(
+        search.trials.iter().all(|t| t.epochs == 1
+            && t.seconds > 0.0
+            && t.validation_macro_f1
+                .is_some_and(|s| (0.0..=1.0).contains(&s))),
+        "{search:#?}"
+    );
+    let best = search
+        .trials
+        .iter()
+        .filter_map(|t| t.validation_macro_f1)
+        .fold(0.0, f64::max);
+    let kept = search
+        .trials
+        .iter()
+        .find(|t| t.learning_rate == search.chosen)
+        .expect("the chosen rate was tried");
+    assert!(
+        kept.validation_macro_f1
+            .is_some_and(|s| s >= best - hone_domain::job::AUTO_TIE_MARGIN),
+        "{search:#?}"
+    );
+    // The job then trains its own epochs at that rate.
+    assert_eq!(output.epochs_run, 3);
+    let told = notices(&updates);
+    assert_eq!(
+        told.iter()
+            .filter(|m| m.starts_with("learning_rate \"auto\" tried"))
+            .count(),
+        4,
+        "{told:#?}"
+    );
+    assert!(
+        told.iter()
+            .any(|m| m.starts_with("learning_rate \"auto\" chose")),
+        "{told:#?}"
+    );
+    // The same seed, the same rate; and a job with a rate of its own does not search.
+    let (again, _) = run(MethodType::Full, hp);
+    assert_eq!(
+        again.learning_rate_search.map(|s| s.chosen),
+        Some(search.chosen)
+    );
+    let (fixed, _) = run(MethodType::Full, serde_json::json!({"epochs": 1}));
+    assert!(fixed.learning_rate_search.is_none());
+}
+
 /// libtorch's random generator is global: tests that train hold this lock, so seeded
 /// runs in parallel test threads cannot draw each other's numbers.
 fn torch_lock() -> std::sync::MutexGuard<'static, ()> {

@@ -1,0 +1,84 @@
+//! `"learning_rate": "auto"`, the worker's half: before a `partial` or `full` run
+//! trains, a short quiet run at each rate of `hone_domain::job::learning_rate_grid`,
+//! scored on the validation data and told to the job as an event; the rate is
+//! `choose_learning_rate`'s. The runs are seeded as the job is, so an attempt that
+//! starts again (after a crash) searches to the same rate and resumes its checkpoint.
+
+use std::time::Instant;
+
+use hone_domain::job::{
+    choose_learning_rate, learning_rate_grid, trial_epochs, Hyperparameters, LearningRateSearch,
+    LearningRateTrial, MAX_LEARNING_RATE,
+};
+use hone_domain::resources::EventLevel;
+use hone_train::train::{fine_tune, Strategy, TrainError};
+
+use super::search::validation_macro_f1;
+use super::{Run, Update};
+
+impl Run<'_> {
+    /// `hp` with the searched rate when the job asked for a search and trains the
+    /// encoder, and what the search found; `hp` as it is otherwise.
+    pub(super) fn search_learning_rate(
+        &self,
+        strategy: Strategy,
+        mut hp: Hyperparameters,
+    ) -> Result<(Hyperparameters, Option<LearningRateSearch>), TrainError> {
+        if !hp.learning_rate_search || strategy == Strategy::FeatureExtraction {
+            return Ok((hp, None));
+        }
+        let default = hp.learning_rate;
+        if self.validation.is_none() {
+            self.send(Update::Notice(
+                EventLevel::Warn,
+                format!(
+                    "learning_rate \"auto\": there is no validation data to compare rates on, so the job trains at the default {default:.1e}"
+                ),
+            ));
+            return Ok((hp, None));
+        }
+        let epochs = trial_epochs(hp.epochs);
+        let mut trials = Vec::new();
+        for rate in learning_rate_grid(default, MAX_LEARNING_RATE) {
+            if self.cancelled() {
+                return Err(TrainError::Cancelled);
+            }
+            let mut trial_hp = hp.clone();
+            trial_hp.learning_rate = rate;
+            trial_hp.epochs = epochs;
+            let started = Instant::now();
+            let model = fine_tune(
+                self.job_for(strategy, &trial_hp, None, false, false),
+                &mut self.observer(true),
+            )?;
+            let trial = LearningRateTrial {
+                learning_rate: rate,
+                epochs,
+                validation_macro_f1: validation_macro_f1(&model),
+                seconds: started.elapsed().as_secs_f64(),
+            };
+            let score = trial
+                .validation_macro_f1
+                .map_or("no validation score".to_owned(), |s| {
+                    format!("validation macro-F1 {s:.3}")
+                });
+            self.send(Update::Notice(
+                EventLevel::Info,
+                format!(
+                    "learning_rate \"auto\" tried {rate:.1e} for {epochs} epoch{}: {score}, in {:.1} s",
+                    if epochs == 1 { "" } else { "s" },
+                    trial.seconds
+                ),
+            ));
+            trials.push(trial);
+        }
+        let search = choose_learning_rate(default, trials);
+        self.send(Update::Notice(
+            EventLevel::Info,
+            format!("learning_rate \"auto\" chose {}", search.reason),
+        ));
+        hp.learning_rate_multiplier *= search.chosen / default;
+        hp.learning_rate = search.chosen;
+        Ok((hp, Some(search)))
+    }
+}
