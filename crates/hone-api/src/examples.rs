@@ -55,11 +55,11 @@ fn drop_composable_examples(doc: &mut Value) {
     let mut exemplified = BTreeSet::new();
     let mut elsewhere = BTreeSet::new();
     if let Some(paths) = doc.get("paths").and_then(Value::as_object) {
-        for operation in paths.values().filter_map(Value::as_object).flat_map(|ops| {
-            ops.values()
-                .filter_map(Value::as_object)
-                .collect::<Vec<_>>()
-        }) {
+        let operations = paths
+            .values()
+            .filter_map(Value::as_object)
+            .flat_map(|ops| ops.values().filter_map(Value::as_object));
+        for operation in operations {
             for (key, part) in operation {
                 if key != "requestBody" {
                     refs(part, &mut elsewhere);

@@ -25,15 +25,19 @@ pub fn quantize_published(
             "the model is already quantized".into(),
         ));
     }
-    let fp32 = Classifier::load(dir, Device::Cpu)?;
-    let mut int8 = Classifier::load(dir, Device::Cpu)?;
-    int8.quantize_int8()?;
-    let validation = match validation.filter(|v| !v.is_empty()) {
-        Some(data) => Some(QuantizedEval {
-            fp32: fp32.evaluate(data, batch_size)?,
-            quantized: int8.evaluate(data, batch_size)?,
+    // One load: scored in fp32 first, then quantized in place and scored again.
+    let mut model = Classifier::load(dir, Device::Cpu)?;
+    let validation = validation.filter(|v| !v.is_empty());
+    let fp32 = validation
+        .map(|data| model.evaluate(data, batch_size))
+        .transpose()?;
+    model.quantize_int8()?;
+    let validation = match (validation, fp32) {
+        (Some(data), Some(fp32)) => Some(QuantizedEval {
+            fp32,
+            quantized: model.evaluate(data, batch_size)?,
         }),
-        None => None,
+        _ => None,
     };
     let quantization = Quantization {
         kind: QuantizationType::Int8,

@@ -4,16 +4,13 @@
 //! `choose_learning_rate`'s. The runs are seeded as the job is, so an attempt that
 //! starts again (after a crash) searches to the same rate and resumes its checkpoint.
 
-use std::time::Instant;
-
 use hone_domain::job::{
     choose_learning_rate, learning_rate_grid, trial_epochs, Hyperparameters, LearningRateSearch,
     LearningRateTrial, MAX_LEARNING_RATE,
 };
 use hone_domain::resources::EventLevel;
-use hone_train::train::{fine_tune, Strategy, TrainError};
+use hone_train::train::{Strategy, TrainError};
 
-use super::search::validation_macro_f1;
 use super::{Run, Update};
 
 impl Run<'_> {
@@ -46,16 +43,12 @@ impl Run<'_> {
             let mut trial_hp = hp.clone();
             trial_hp.learning_rate = rate;
             trial_hp.epochs = epochs;
-            let started = Instant::now();
-            let model = fine_tune(
-                self.job_for(strategy, &trial_hp, None, false, false),
-                &mut self.observer(true),
-            )?;
+            let (validation_macro_f1, seconds) = self.trial(strategy, &trial_hp)?;
             let trial = LearningRateTrial {
                 learning_rate: rate,
                 epochs,
-                validation_macro_f1: validation_macro_f1(&model),
-                seconds: started.elapsed().as_secs_f64(),
+                validation_macro_f1,
+                seconds,
             };
             let score = trial
                 .validation_macro_f1

@@ -8,7 +8,7 @@ use std::time::Instant;
 
 use hone_domain::job::{
     choose_by_trials, plan_trials, AutoEvidence, Candidate, CandidateTrial, ChosenMethod,
-    MethodType, SearchSettings,
+    Hyperparameters, MethodType, SearchSettings,
 };
 use hone_domain::resources::EventLevel;
 use hone_train::train::{fine_tune, Strategy, TrainError, TrainedModel};
@@ -61,22 +61,28 @@ impl Run<'_> {
             let c = trial.candidate;
             let mut trial_hp = hp.rebased_on(c.kind);
             trial_hp.epochs = trial.epochs.unwrap_or(1);
-            let started = Instant::now();
-            let model = fine_tune(
-                self.job_for(
-                    strategy_of((c.kind, c.frozen_layers)),
-                    &trial_hp,
-                    None,
-                    false,
-                    false,
-                ),
-                &mut self.observer(true),
-            )?;
-            trial.validation_macro_f1 = validation_macro_f1(&model);
-            trial.seconds = Some(started.elapsed().as_secs_f64());
+            let (score, seconds) = self.trial(strategy_of((c.kind, c.frozen_layers)), &trial_hp)?;
+            trial.validation_macro_f1 = score;
+            trial.seconds = Some(seconds);
             self.tell_trial(trial);
         }
         Ok(choose_by_trials(evidence, floor, trials))
+    }
+
+    /// A short quiet run of `strategy` with `hp` (no checkpoints, nothing cached): its
+    /// validation macro-F1 and its seconds. What `auto`'s candidates and the
+    /// learning-rate search are scored by.
+    pub(super) fn trial(
+        &self,
+        strategy: Strategy,
+        hp: &Hyperparameters,
+    ) -> Result<(Option<f64>, f64), TrainError> {
+        let started = Instant::now();
+        let model = fine_tune(
+            self.job_for(strategy, hp, None, false, false),
+            &mut self.observer(true),
+        )?;
+        Ok((validation_macro_f1(&model), started.elapsed().as_secs_f64()))
     }
 
     /// One event per candidate tried, as it ends, so a long search shows its progress.
@@ -101,6 +107,6 @@ impl Run<'_> {
 
 /// Macro-F1 of the run's kept epoch on the validation data (for multi-task runs, the
 /// mean of the tasks').
-pub(super) fn validation_macro_f1(model: &TrainedModel) -> Option<f64> {
+fn validation_macro_f1(model: &TrainedModel) -> Option<f64> {
     model.evaluation().map(|e| e.validation.macro_f1())
 }
