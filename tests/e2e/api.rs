@@ -392,6 +392,25 @@ async fn a_job_trains_publishes_and_predicts() {
         assert_eq!(p["score"], scores[p["label"].as_str().expect("label")]);
     }
 
+    // A text may also come as a training row holds it, `{"text": …}`; the answers
+    // are the same as for the strings.
+    let (status, objects) = s
+        .post_json(
+            &format!("/v1/models/{model}/predict"),
+            &json!({"inputs": [{"text": "a joy, brilliant"}, "dull and boring", {"text": ""}]}),
+        )
+        .await;
+    assert_eq!(status, 200, "{objects}");
+    assert_eq!(objects["predictions"], out["predictions"]);
+    let (status, err) = s
+        .post_json(
+            &format!("/v1/models/{model}/predict"),
+            &json!({"inputs": [{"text": "fine", "label": "positive"}]}),
+        )
+        .await;
+    assert_eq!(status, 400, "an unknown field is refused: {err}");
+    assert_eq!(err["error"]["param"], "inputs[0]", "{err}");
+
     let (status, err) = s
         .post_json(
             &format!("/v1/models/{model}/predict"),

@@ -43,19 +43,30 @@ struct DeletedModel {
 #[derive(Debug, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct PredictRequest {
-    /// Texts to classify; for a model trained on text pairs, pairs as
+    /// Texts to classify, each a string or `{"text": …}` (a training file's row
+    /// without its label); for a model trained on text pairs, pairs as
     /// `{"text": …, "text_pair": …}` (every input, in the same request).
     #[schema(example = json!(["A gripping, beautifully acted film.", "Two hours I will never get back."]), min_items = 1)]
     pub inputs: Vec<PredictInput>,
 }
 
-/// One input: a text, a text pair, or an image.
+/// One input: a text (a string, or an object with `text` alone), a text pair, or an
+/// image.
 #[derive(Debug, Deserialize, ToSchema)]
 #[serde(untagged)]
 pub enum PredictInput {
     Text(String),
     Pair(TextPair),
+    TextObject(TextInput),
     Image(ImageInput),
+}
+
+/// A text as the rows of a training file hold it.
+#[derive(Debug, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct TextInput {
+    #[schema(example = "A gripping, beautifully acted film.")]
+    pub text: String,
 }
 
 #[derive(Debug, Deserialize, ToSchema)]
@@ -154,7 +165,7 @@ fn bounded_inputs(bytes: &[u8], max: usize) -> Result<Vec<PredictInput>, ApiErro
         }
     };
     let holds_nul = |input: &PredictInput| match input {
-        PredictInput::Text(t) => t.contains('\0'),
+        PredictInput::Text(t) | PredictInput::TextObject(TextInput { text: t }) => t.contains('\0'),
         PredictInput::Pair(p) => p.text.contains('\0') || p.text_pair.contains('\0'),
         PredictInput::Image(i) => i.image.contains('\0'),
     };
@@ -578,7 +589,7 @@ async fn checked_images(state: &AppState, raw: Vec<RawImage>) -> Result<Vec<Vec<
 fn json_inputs(state: &AppState, inputs: Vec<PredictInput>) -> Result<Unchecked, ApiError> {
     check_count(state, inputs.len())?;
     let kind = |input: &PredictInput| match input {
-        PredictInput::Text(_) => 0,
+        PredictInput::Text(_) | PredictInput::TextObject(_) => 0,
         PredictInput::Pair(_) => 1,
         PredictInput::Image(_) => 2,
     };
@@ -592,7 +603,9 @@ fn json_inputs(state: &AppState, inputs: Vec<PredictInput>) -> Result<Unchecked,
     }
     let max_chars = state.settings.max_predict_chars;
     let too_long = |input: &PredictInput| match input {
-        PredictInput::Text(t) => t.chars().count() > max_chars,
+        PredictInput::Text(t) | PredictInput::TextObject(TextInput { text: t }) => {
+            t.chars().count() > max_chars
+        }
         PredictInput::Pair(p) => p.text.chars().count() + p.text_pair.chars().count() > max_chars,
         PredictInput::Image(_) => false,
     };
@@ -608,7 +621,9 @@ fn json_inputs(state: &AppState, inputs: Vec<PredictInput>) -> Result<Unchecked,
     let mut images = Vec::new();
     for input in inputs {
         match input {
-            PredictInput::Text(t) => texts.push(t),
+            PredictInput::Text(t) | PredictInput::TextObject(TextInput { text: t }) => {
+                texts.push(t)
+            }
             PredictInput::Pair(p) => {
                 texts.push(p.text);
                 pairs.push(p.text_pair);
