@@ -148,6 +148,7 @@ pub enum EncoderInit {
 
 #[cfg(test)]
 mod tests {
+    use hone_domain::dataset::Modality;
     use hone_domain::job::MethodType;
 
     use super::*;
@@ -168,7 +169,7 @@ mod tests {
             augment: true,
             group_by_length: true,
             head_solver: HeadSolver::Lbfgs,
-            ..Hyperparameters::defaults_for(MethodType::FeatureExtraction)
+            ..Hyperparameters::defaults_for(MethodType::FeatureExtraction, Modality::Text)
         };
         let strategy = Strategy::Partial { frozen_layers: 2 };
         assert_eq!(

@@ -11,9 +11,25 @@ use super::{
     ClassWeights, HeadSolver, HeadType, MethodType, MonitorMetric, PoolingType, Quantization,
     ValidationError, AUTO_DEFAULT_BUDGET, AUTO_MAX_BUDGET,
 };
+use crate::dataset::Modality;
 
 /// The highest learning rate a job may have (or its search try).
 pub const MAX_LEARNING_RATE: f64 = 0.1;
+
+/// The default rate of a text model that trains its encoder: transformers' default
+/// for fine-tuning.
+pub const TEXT_FINE_TUNE_LEARNING_RATE: f64 = 5e-5;
+
+/// The default rate of an image model that trains its backbone. A convolutional
+/// network fine-tuned on a few hundred images moves little at a transformer's 5e-5:
+/// on Fashion-MNIST (20 a class, EfficientNet-Lite0, `full`, 3 epochs) hone's own
+/// learning-rate search chose 5e-4 and held-out accuracy rose from 0.154 to 0.574, and
+/// plain PyTorch on a 10-class task of 30 a class scored 0.93–0.98 at 3e-4 (full and
+/// partial, with augmentation) against 0.37–0.79 at 1e-4 (issue 19; BENCHMARKS.md).
+pub const IMAGE_FINE_TUNE_LEARNING_RATE: f64 = 3e-4;
+
+/// The default rate of a new head trained alone on frozen features.
+pub const HEAD_LEARNING_RATE: f64 = 1e-3;
 
 /// Hyperparameters as a user sends them: every one optional. OpenAI's names
 /// (`n_epochs`, `learning_rate_multiplier`) and `"auto"` values are accepted beside
@@ -30,8 +46,9 @@ pub struct HyperparametersInput {
     /// Examples per optimisation step (1–512), or `"auto"`. Default 16.
     #[schema(schema_with = auto_or_integer)]
     pub batch_size: Option<AutoOr<u32>>,
-    /// Peak learning rate of AdamW (0 < lr ≤ 0.1). Default 5e-5; 1e-3 for
-    /// `feature_extraction`, where only the new head trains. `"auto"` (`partial`,
+    /// Peak learning rate of AdamW (0 < lr ≤ 0.1). Default 5e-5 for a text base
+    /// model, 3e-4 for an image one; 1e-3 for `feature_extraction`, where only the new
+    /// head trains. `"auto"` (`partial`,
     /// `full`, or `auto` when it chooses one of them): the job tries a small grid around
     /// the method's default (⅓×, 1×, 3×, 10×), each for a third of the epochs (at least
     /// one), keeps the rate with the best validation macro-F1 (a tie within 0.01 goes
@@ -102,8 +119,9 @@ pub struct HyperparametersInput {
     /// regularisation chosen by 5-fold cross-validation on the training split (a tuned
     /// linear probe, reported as the job's one epoch: `epochs` is 1 and refused when
     /// given with `feature_extraction`; `learning_rate` and the schedule do not
-    /// apply); `adamw` trains it for `epochs`. Default `adamw`; `lbfgs` for `auto`,
-    /// whose floor is the head alone.
+    /// apply); `adamw` trains it for `epochs`. Default `lbfgs`, unless the request
+    /// sets `epochs` (`n_epochs`), `learning_rate` or `learning_rate_multiplier`,
+    /// which only `adamw` uses, or an `mlp` head, which always trains with `adamw`.
     pub head_solver: Option<HeadSolver>,
     /// Text models: `int8` serves the published model with its encoder's Linear layers
     /// in int8 on the CPU (about 1.5–1.7× faster predictions); the job evaluates the
@@ -198,6 +216,11 @@ pub struct Hyperparameters {
     /// `auto` job re-derives these once it has chosen its strategy.
     #[serde(default)]
     pub defaulted: Vec<String>,
+    /// The kind of base model whose defaults filled the fields the request left out
+    /// (they differ in the learning rate); `text` for every job stored before image
+    /// models had defaults of their own.
+    #[serde(default)]
+    pub modality: Modality,
 }
 
 fn one() -> f64 {
@@ -206,20 +229,25 @@ fn one() -> f64 {
 
 impl Default for Hyperparameters {
     fn default() -> Self {
-        Self::defaults_for(MethodType::Full)
+        Self::defaults_for(MethodType::Full, Modality::Text)
     }
 }
 
 impl Hyperparameters {
-    /// The recipe for a strategy when the user states nothing: transformers' defaults
-    /// for fine-tuning, and for a head alone the higher rate and longer schedule that a
-    /// freshly initialised linear model needs.
-    pub fn defaults_for(method: MethodType) -> Self {
+    /// The recipe for a strategy on a kind of base model when the user states nothing:
+    /// transformers' defaults for fine-tuning a text model, a higher rate for an image
+    /// model's backbone, and for a head alone the higher rate and longer schedule that
+    /// a freshly initialised linear model needs.
+    pub fn defaults_for(method: MethodType, modality: Modality) -> Self {
         let head_only = method.head_only();
         Self {
             epochs: if head_only { 10 } else { 3 },
             batch_size: 16,
-            learning_rate: if head_only { 1e-3 } else { 5e-5 },
+            learning_rate: match (head_only, modality) {
+                (true, _) => HEAD_LEARNING_RATE,
+                (false, Modality::Text) => TEXT_FINE_TUNE_LEARNING_RATE,
+                (false, Modality::Image) => IMAGE_FINE_TUNE_LEARNING_RATE,
+            },
             learning_rate_search: false,
             learning_rate_multiplier: 1.0,
             warmup_ratio: 0.1,
@@ -236,9 +264,11 @@ impl Hyperparameters {
             task_weights: BTreeMap::new(),
             augment: false,
             group_by_length: false,
-            // `auto`'s floor is the head alone: fitted as a tuned linear probe, so
-            // that its trials are measured against the best a frozen encoder gives.
-            head_solver: if method == MethodType::Auto {
+            // A head alone is fitted as a tuned linear probe: on the quality benchmark
+            // it scored 5 to 11 points above 10 AdamW epochs at 1e-3 on every text
+            // task (BENCHMARKS.md, "Transfer quality"), and `auto`'s trials are
+            // measured against it as their floor.
+            head_solver: if head_only || method == MethodType::Auto {
                 HeadSolver::Lbfgs
             } else {
                 HeadSolver::AdamW
@@ -247,6 +277,7 @@ impl Hyperparameters {
             refit_on_validation: false,
             quantization: Quantization::None,
             defaulted: Vec::new(),
+            modality,
         }
     }
 
@@ -255,7 +286,7 @@ impl Hyperparameters {
     /// rate given as a multiplier scales the new default; one given outright stays,
     /// and its multiplier is now relative to the new default.
     pub fn rebased_on(&self, method: MethodType) -> Self {
-        let d = Self::defaults_for(method);
+        let d = Self::defaults_for(method, self.modality);
         let mut out = self.clone();
         for field in &self.defaulted {
             match field.as_str() {
@@ -307,7 +338,7 @@ impl HyperparametersInput {
                 "applies to image base models only",
             ));
         }
-        let mut hp = self.validate_common(model_max_len, method)?;
+        let mut hp = self.validate_common(model_max_len, method, Modality::Text)?;
         hp.group_by_length = self.group_by_length.unwrap_or(true);
         hp.quantization = self.quantization.unwrap_or_default();
         Ok(hp)
@@ -335,7 +366,7 @@ impl HyperparametersInput {
                  convolutions have no int8 path)",
             ));
         }
-        let mut hp = self.validate_common(u32::MAX, method)?;
+        let mut hp = self.validate_common(u32::MAX, method, Modality::Image)?;
         hp.max_seq_len = 0;
         hp.augment = self.augment.unwrap_or(true);
         Ok(hp)
@@ -345,10 +376,17 @@ impl HyperparametersInput {
         &self,
         model_max_len: u32,
         method: MethodType,
+        modality: Modality,
     ) -> Result<Hyperparameters, ValidationError> {
-        let d = Hyperparameters::defaults_for(method);
+        let d = Hyperparameters::defaults_for(method, modality);
         let p = |name: &str| format!("hyperparameters.{name}");
-        let head_solver = self.head_solver.unwrap_or(d.head_solver);
+        // `auto`'s epochs and rate are for the strategy it chooses, not its floor.
+        let scheduled = method == MethodType::FeatureExtraction && self.asks_for_a_schedule();
+        let head_solver = self.head_solver.unwrap_or(if scheduled {
+            HeadSolver::AdamW
+        } else {
+            d.head_solver
+        });
         if head_solver != HeadSolver::AdamW
             && !matches!(method, MethodType::FeatureExtraction | MethodType::Auto)
         {
@@ -519,11 +557,26 @@ impl HyperparametersInput {
             refit_on_validation: self.refit_on_validation.unwrap_or(d.refit_on_validation),
             quantization: Quantization::None,
             defaulted,
+            modality,
         })
     }
 }
 
 impl HyperparametersInput {
+    /// Whether the request sets what only a head trained over epochs uses (their
+    /// number, a learning rate) or an `mlp` head: a `feature_extraction` head then
+    /// defaults to AdamW rather than to the fitted probe.
+    fn asks_for_a_schedule(&self) -> bool {
+        self.epochs.is_some()
+            || self.n_epochs.and_then(AutoOr::value).is_some()
+            || self.learning_rate.and_then(AutoOr::value).is_some()
+            || self
+                .learning_rate_multiplier
+                .and_then(AutoOr::value)
+                .is_some()
+            || self.head == Some(HeadType::Mlp)
+    }
+
     /// The learning rate and its multiplier on `d`'s default, from `learning_rate`,
     /// `learning_rate_multiplier`, both (when they agree) or neither.
     fn resolve_learning_rate(&self, d: &Hyperparameters) -> Result<(f64, f64), ValidationError> {
@@ -550,7 +603,8 @@ impl HyperparametersInput {
                 Err(ValidationError::new(
                     "hyperparameters.learning_rate_multiplier",
                     format!(
-                        "is {m}, which makes a learning rate of {}, but                          hyperparameters.learning_rate is {lr}; give one of them",
+                        "is {m}, which makes a learning rate of {}, but \
+                         hyperparameters.learning_rate is {lr}; give one of them",
                         d.learning_rate * m
                     ),
                 ))

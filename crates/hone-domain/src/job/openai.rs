@@ -265,7 +265,9 @@ mod tests {
         }))
         .validate(512, MethodType::FeatureExtraction)
         .expect("valid");
-        assert_eq!((auto.epochs, auto.batch_size), (10, 8));
+        // `"auto"` asks for nothing: the head is the fitted probe, one fit.
+        assert_eq!((auto.epochs, auto.batch_size), (1, 8));
+        assert_eq!(auto.head_solver, crate::job::HeadSolver::Lbfgs);
         assert_eq!(auto.learning_rate, 1e-3);
         assert_eq!(auto.learning_rate_multiplier, 1.0);
 

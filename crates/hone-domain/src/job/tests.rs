@@ -111,7 +111,8 @@ fn defaults_fill_missing_fields() {
     let head = HyperparametersInput::default()
         .validate(512, MethodType::FeatureExtraction)
         .expect("valid");
-    assert_eq!((head.epochs, head.learning_rate), (10, 1e-3));
+    // A head alone is fitted once, as a tuned linear probe.
+    assert_eq!((head.epochs, head.head_solver), (1, HeadSolver::Lbfgs));
 }
 
 #[test]
@@ -129,6 +130,54 @@ fn auto_adopts_the_defaults_of_its_choice_but_keeps_what_the_user_set() {
     assert_eq!(rebased.epochs, 4);
     assert_eq!(rebased.learning_rate, 1e-3);
     assert_eq!(hp.rebased_on(MethodType::Full).learning_rate, 5e-5);
+}
+
+#[test]
+fn image_models_default_to_a_higher_rate_for_their_backbone() {
+    let image = |method| {
+        HyperparametersInput::default()
+            .validate_image(method)
+            .expect("defaults are valid")
+    };
+    let full = image(MethodType::Full);
+    assert_eq!(full.modality, crate::dataset::Modality::Image);
+    assert_eq!(full.learning_rate, IMAGE_FINE_TUNE_LEARNING_RATE);
+    assert_eq!(image(MethodType::Partial).learning_rate, 3e-4);
+    // A head alone is a head alone, whatever feeds it.
+    assert_eq!(image(MethodType::FeatureExtraction).learning_rate, 1e-3);
+    // auto adopts the image defaults of its choice, and a multiplier scales them.
+    let auto = image(MethodType::Auto);
+    assert_eq!(auto.rebased_on(MethodType::Partial).learning_rate, 3e-4);
+    let doubled = HyperparametersInput {
+        learning_rate_multiplier: Some(AutoOr::Value(2.0)),
+        ..HyperparametersInput::default()
+    }
+    .validate_image(MethodType::Auto)
+    .expect("valid");
+    assert!((doubled.rebased_on(MethodType::Full).learning_rate - 6e-4).abs() < 1e-12);
+    // A rate given outright stays, on images as on text.
+    let given = HyperparametersInput {
+        learning_rate: Some(AutoOr::Value(1e-4)),
+        ..HyperparametersInput::default()
+    }
+    .validate_image(MethodType::Full)
+    .expect("valid");
+    assert_eq!(given.learning_rate, 1e-4);
+    // Text keeps transformers' default, and a job stored before the field existed
+    // reads back as text.
+    let text = HyperparametersInput::default()
+        .validate(512, MethodType::Full)
+        .expect("valid");
+    assert_eq!(
+        (text.modality, text.learning_rate),
+        (crate::dataset::Modality::Text, 5e-5)
+    );
+    let old: Hyperparameters = serde_json::from_value(serde_json::json!({
+        "epochs": 3, "batch_size": 16, "learning_rate": 5e-5, "warmup_ratio": 0.1,
+        "weight_decay": 0.01, "max_seq_len": 0, "defaulted": ["learning_rate"]
+    }))
+    .expect("old row");
+    assert_eq!(old.rebased_on(MethodType::Full).learning_rate, 5e-5);
 }
 
 #[test]
@@ -321,7 +370,7 @@ fn suffixes_are_path_safe() {
 }
 
 #[test]
-fn the_head_solver_is_feature_extractions_and_adamw_unless_asked() {
+fn the_head_solver_is_feature_extractions_and_a_fitted_probe_unless_a_schedule_is_asked() {
     let lbfgs: HyperparametersInput =
         serde_json::from_value(serde_json::json!({"head_solver": "lbfgs"})).expect("input");
     for method in [MethodType::FeatureExtraction, MethodType::Auto] {
@@ -334,19 +383,43 @@ fn the_head_solver_is_feature_extractions_and_adamw_unless_asked() {
         let err = lbfgs.validate(512, method).expect_err("not head-only");
         assert_eq!(err.param, "hyperparameters.head_solver");
     }
-    // `adamw`, spelled so, is the default and what jobs stored before the field read as.
+    // The fitted probe is the default, for text and images; jobs stored before the
+    // field existed read as `adamw`, spelled so.
     let hp = HyperparametersInput::default()
         .validate(512, MethodType::FeatureExtraction)
         .expect("valid");
-    assert_eq!(hp.head_solver, HeadSolver::AdamW);
+    assert_eq!(hp.head_solver, HeadSolver::Lbfgs);
+    let image = HyperparametersInput::default()
+        .validate_image(MethodType::FeatureExtraction)
+        .expect("valid");
+    assert_eq!(image.head_solver, HeadSolver::Lbfgs);
     let mut stored = serde_json::to_value(&hp).expect("json");
-    assert_eq!(stored["head_solver"], "adamw");
+    assert_eq!(stored["head_solver"], "lbfgs");
     stored
         .as_object_mut()
         .expect("object")
         .remove("head_solver");
     let back: Hyperparameters = serde_json::from_value(stored).expect("reads");
     assert_eq!(back.head_solver, HeadSolver::AdamW);
+    // What only a head trained over epochs uses, or an `mlp` head, makes it `adamw`,
+    // with the epochs asked for; `auto`'s epochs are its choice's, and its floor stays
+    // fitted.
+    for body in [
+        serde_json::json!({"epochs": 4}),
+        serde_json::json!({"n_epochs": 4}),
+        serde_json::json!({"learning_rate": 1e-2}),
+        serde_json::json!({"learning_rate_multiplier": 2}),
+        serde_json::json!({"head": "mlp"}),
+    ] {
+        let input: HyperparametersInput = serde_json::from_value(body.clone()).expect("input");
+        let hp = input
+            .validate(512, MethodType::FeatureExtraction)
+            .expect("valid");
+        assert_eq!(hp.head_solver, HeadSolver::AdamW, "{body}");
+        assert_ne!(hp.epochs, 1, "{body}");
+        let auto = input.validate(512, MethodType::Auto).expect("valid");
+        assert_eq!(auto.head_solver, HeadSolver::Lbfgs, "{body}");
+    }
     let adamw: HyperparametersInput =
         serde_json::from_value(serde_json::json!({"head_solver": "adamw"})).expect("input");
     assert!(adamw.validate(512, MethodType::Full).is_ok());
