@@ -143,7 +143,10 @@ pub struct HyperparametersInput {
     /// metrics are the first run's (the refit has no held-out data left). Worth it when
     /// the validation data are a large share of all the data and the first run's
     /// choice is stable; with a few examples a class, the validation split is all the
-    /// evidence there is. Default `false`.
+    /// evidence there is. Default `true` for a fitted probe (`feature_extraction` with
+    /// `head_solver` `lbfgs` and a linear head, or `auto`'s choice of it), which
+    /// chooses its regularisation by cross-validation on the data it fits and has no
+    /// epochs to choose, so the validation data only report; `false` otherwise.
     #[schema(example = false)]
     pub refit_on_validation: Option<bool>,
 }
@@ -294,6 +297,7 @@ impl Hyperparameters {
                 "learning_rate" => {
                     out.learning_rate = d.learning_rate * self.learning_rate_multiplier
                 }
+                "refit_on_validation" => out.refit_on_validation = out.fits_a_probe(method),
                 _ => {}
             }
         }
@@ -306,6 +310,30 @@ impl Hyperparameters {
             out.epochs = 1;
         }
         out
+    }
+
+    /// Whether the published head is a fitted probe: `feature_extraction` with a linear
+    /// head and `head_solver` `lbfgs`. Its regularisation is chosen by cross-validation
+    /// on the data it fits, not on the validation data, so the final fit on training
+    /// and validation data together costs that choice nothing.
+    pub fn fits_a_probe(&self, method: MethodType) -> bool {
+        method == MethodType::FeatureExtraction
+            && self.head_solver == HeadSolver::Lbfgs
+            && self.head == HeadType::Linear
+    }
+
+    /// `refit_on_validation` as asked, or its default for `method`: on for a fitted
+    /// probe, off otherwise. A default is remembered, so that `auto` re-derives it
+    /// for its choice.
+    fn with_refit(mut self, asked: Option<bool>, method: MethodType) -> Self {
+        match asked {
+            Some(refit) => self.refit_on_validation = refit,
+            None => {
+                self.refit_on_validation = self.fits_a_probe(method);
+                self.defaulted.push("refit_on_validation".to_owned());
+            }
+        }
+        self
     }
 
     /// The weight of `task`'s loss in a multi-task job.
@@ -554,11 +582,12 @@ impl HyperparametersInput {
             group_by_length: false,
             head_solver,
             auto_budget,
-            refit_on_validation: self.refit_on_validation.unwrap_or(d.refit_on_validation),
+            refit_on_validation: false,
             quantization: Quantization::None,
             defaulted,
             modality,
-        })
+        }
+        .with_refit(self.refit_on_validation, method))
     }
 }
 

@@ -99,7 +99,11 @@ fn defaults_fill_missing_fields() {
     assert_eq!(
         hp,
         Hyperparameters {
-            defaulted: vec!["epochs".into(), "learning_rate".into()],
+            defaulted: vec![
+                "epochs".into(),
+                "learning_rate".into(),
+                "refit_on_validation".into()
+            ],
             group_by_length: true,
             ..Hyperparameters::default()
         }
@@ -111,8 +115,64 @@ fn defaults_fill_missing_fields() {
     let head = HyperparametersInput::default()
         .validate(512, MethodType::FeatureExtraction)
         .expect("valid");
-    // A head alone is fitted once, as a tuned linear probe.
+    // A head alone is fitted once, as a tuned linear probe, and fitted again on the
+    // validation data too.
     assert_eq!((head.epochs, head.head_solver), (1, HeadSolver::Lbfgs));
+    assert!(head.refit_on_validation);
+}
+
+#[test]
+fn a_fitted_probe_refits_on_the_validation_data_unless_told_not_to() {
+    let input = |v: serde_json::Value| -> HyperparametersInput {
+        serde_json::from_value(v).expect("input")
+    };
+    let fe = |v| {
+        input(v)
+            .validate(512, MethodType::FeatureExtraction)
+            .expect("valid")
+    };
+    assert!(fe(serde_json::json!({})).refit_on_validation);
+    assert!(!fe(serde_json::json!({"refit_on_validation": false})).refit_on_validation);
+    // A head trained over epochs chose its epoch on the validation data.
+    assert!(!fe(serde_json::json!({"epochs": 5})).refit_on_validation);
+    assert!(!fe(serde_json::json!({"head": "mlp"})).refit_on_validation);
+    for method in [MethodType::Full, MethodType::Partial] {
+        let hp = input(serde_json::json!({}))
+            .validate(512, method)
+            .expect("valid");
+        assert!(!hp.refit_on_validation, "{method:?}");
+    }
+    // `auto` re-derives the default for its choice, and keeps what was asked.
+    let auto = input(serde_json::json!({}))
+        .validate(512, MethodType::Auto)
+        .expect("valid");
+    assert!(
+        auto.rebased_on(MethodType::FeatureExtraction)
+            .refit_on_validation
+    );
+    assert!(!auto.rebased_on(MethodType::Full).refit_on_validation);
+    let asked = input(serde_json::json!({"refit_on_validation": true}))
+        .validate(512, MethodType::Auto)
+        .expect("valid");
+    assert!(asked.rebased_on(MethodType::Full).refit_on_validation);
+    let off = input(serde_json::json!({"refit_on_validation": false}))
+        .validate_image(MethodType::Auto)
+        .expect("valid");
+    assert!(
+        !off.rebased_on(MethodType::FeatureExtraction)
+            .refit_on_validation
+    );
+    // Jobs stored before the default read as they ran.
+    let old: Hyperparameters = serde_json::from_value(serde_json::json!({
+        "epochs": 1, "batch_size": 16, "learning_rate": 1e-3, "warmup_ratio": 0.1,
+        "weight_decay": 0.01, "max_seq_len": 128, "head_solver": "lbfgs",
+        "defaulted": ["epochs", "learning_rate"]
+    }))
+    .expect("old row");
+    assert!(
+        !old.rebased_on(MethodType::FeatureExtraction)
+            .refit_on_validation
+    );
 }
 
 #[test]
