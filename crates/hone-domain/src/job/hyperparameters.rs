@@ -303,10 +303,7 @@ impl Hyperparameters {
         }
         out.learning_rate_multiplier = out.learning_rate / d.learning_rate;
         // A fitted head is one fit, reported as one epoch.
-        if method == MethodType::FeatureExtraction
-            && out.head_solver == HeadSolver::Lbfgs
-            && out.head == HeadType::Linear
-        {
+        if out.fits_a_probe(method) {
             out.epochs = 1;
         }
         out

@@ -2,6 +2,21 @@
 
 use super::*;
 
+/// A request's hyperparameters from their JSON.
+fn input(v: serde_json::Value) -> HyperparametersInput {
+    serde_json::from_value(v).expect("input")
+}
+
+/// `hp` as a job stored before `fields` existed reads back.
+fn stored_without(hp: &Hyperparameters, fields: &[&str]) -> Hyperparameters {
+    let mut stored = serde_json::to_value(hp).expect("json");
+    let object = stored.as_object_mut().expect("object");
+    for field in fields {
+        object.remove(*field);
+    }
+    serde_json::from_value(stored).expect("reads")
+}
+
 #[test]
 fn image_models_refuse_text_fields_and_take_augment() {
     let hp = HyperparametersInput::default()
@@ -55,9 +70,7 @@ fn image_models_refuse_text_fields_and_take_augment() {
         .validate(512, MethodType::Full)
         .expect("valid");
     assert!(!text.augment);
-    let mut stored = serde_json::to_value(Hyperparameters::default()).expect("json");
-    stored.as_object_mut().expect("object").remove("augment");
-    let back: Hyperparameters = serde_json::from_value(stored).expect("reads");
+    let back = stored_without(&Hyperparameters::default(), &["augment"]);
     assert!(!back.augment);
 }
 
@@ -82,12 +95,7 @@ fn text_jobs_group_by_length_unless_told_not_to() {
     assert!(!image.group_by_length);
     // A job stored before the field existed keeps its random batches, so its
     // checkpoints resume as they were taken.
-    let mut stored = serde_json::to_value(&text).expect("json");
-    stored
-        .as_object_mut()
-        .expect("object")
-        .remove("group_by_length");
-    let back: Hyperparameters = serde_json::from_value(stored).expect("reads");
+    let back = stored_without(&text, &["group_by_length"]);
     assert!(!back.group_by_length);
 }
 
@@ -123,9 +131,6 @@ fn defaults_fill_missing_fields() {
 
 #[test]
 fn a_fitted_probe_refits_on_the_validation_data_unless_told_not_to() {
-    let input = |v: serde_json::Value| -> HyperparametersInput {
-        serde_json::from_value(v).expect("input")
-    };
     let fe = |v| {
         input(v)
             .validate(512, MethodType::FeatureExtraction)
@@ -453,13 +458,9 @@ fn the_head_solver_is_feature_extractions_and_a_fitted_probe_unless_a_schedule_i
         .validate_image(MethodType::FeatureExtraction)
         .expect("valid");
     assert_eq!(image.head_solver, HeadSolver::Lbfgs);
-    let mut stored = serde_json::to_value(&hp).expect("json");
+    let stored = serde_json::to_value(&hp).expect("json");
     assert_eq!(stored["head_solver"], "lbfgs");
-    stored
-        .as_object_mut()
-        .expect("object")
-        .remove("head_solver");
-    let back: Hyperparameters = serde_json::from_value(stored).expect("reads");
+    let back = stored_without(&hp, &["head_solver"]);
     assert_eq!(back.head_solver, HeadSolver::AdamW);
     // What only a head trained over epochs uses, or an `mlp` head, makes it `adamw`,
     // with the epochs asked for; `auto`'s epochs are its choice's, and its floor stays
@@ -487,9 +488,6 @@ fn the_head_solver_is_feature_extractions_and_a_fitted_probe_unless_a_schedule_i
 
 #[test]
 fn a_fitted_head_is_one_epoch_and_refuses_a_number_of_them() {
-    let input = |v: serde_json::Value| -> HyperparametersInput {
-        serde_json::from_value(v).expect("input")
-    };
     let hp = input(serde_json::json!({"head_solver": "lbfgs"}))
         .validate(512, MethodType::FeatureExtraction)
         .expect("valid");
@@ -539,12 +537,7 @@ fn int8_serving_is_for_text_models_and_fp32_unless_asked() {
         .expect("defaults");
     assert_eq!(hp.quantization, Quantization::None);
     // Jobs stored before the field existed read as fp32.
-    let mut stored = serde_json::to_value(&hp).expect("json");
-    stored
-        .as_object_mut()
-        .expect("object")
-        .remove("quantization");
-    let back: Hyperparameters = serde_json::from_value(stored).expect("reads");
+    let back = stored_without(&hp, &["quantization"]);
     assert_eq!(back.quantization, Quantization::None);
     assert!(serde_json::from_value::<HyperparametersInput>(
         serde_json::json!({"quantization": "int4"})
@@ -554,9 +547,6 @@ fn int8_serving_is_for_text_models_and_fp32_unless_asked() {
 
 #[test]
 fn auto_fits_its_floor_and_takes_a_search_budget() {
-    let input = |v: serde_json::Value| -> HyperparametersInput {
-        serde_json::from_value(v).expect("input")
-    };
     // The head alone, auto's floor, is fitted as a tuned probe unless told otherwise;
     // chosen, it is one fit.
     let hp = HyperparametersInput::default()
@@ -591,11 +581,7 @@ fn auto_fits_its_floor_and_takes_a_search_budget() {
     assert!(full.refit_on_validation);
 
     // Jobs stored before the fields existed read with the defaults.
-    let mut stored = serde_json::to_value(&hp).expect("json");
-    let fields = stored.as_object_mut().expect("object");
-    fields.remove("auto_budget");
-    fields.remove("refit_on_validation");
-    let back: Hyperparameters = serde_json::from_value(stored).expect("reads");
+    let back = stored_without(&hp, &["auto_budget", "refit_on_validation"]);
     assert_eq!((back.auto_budget, back.refit_on_validation), (1.0, false));
     let chosen: ChosenMethod = serde_json::from_value(serde_json::json!({
         "type": "partial", "frozen_layers": 3, "reason": "stored before trials"
@@ -606,9 +592,6 @@ fn auto_fits_its_floor_and_takes_a_search_budget() {
 
 #[test]
 fn learning_rate_auto_searches_for_methods_that_train_the_encoder() {
-    let input = |v: serde_json::Value| -> HyperparametersInput {
-        serde_json::from_value(v).expect("input")
-    };
     let auto = input(serde_json::json!({"learning_rate": "auto"}));
     for method in [MethodType::Full, MethodType::Partial, MethodType::Auto] {
         let hp = auto.validate(512, method).expect("valid");
@@ -633,11 +616,6 @@ fn learning_rate_auto_searches_for_methods_that_train_the_encoder() {
     assert!(!fixed.learning_rate_search);
     assert_eq!(fixed.learning_rate, 1e-4);
     // Jobs stored before the field existed do not search.
-    let mut stored = serde_json::to_value(&fixed).expect("json");
-    stored
-        .as_object_mut()
-        .expect("object")
-        .remove("learning_rate_search");
-    let back: Hyperparameters = serde_json::from_value(stored).expect("reads");
+    let back = stored_without(&fixed, &["learning_rate_search"]);
     assert!(!back.learning_rate_search);
 }
