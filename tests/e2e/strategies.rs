@@ -135,6 +135,23 @@ async fn every_strategy_transfers_minilm_to_rotten_tomatoes() {
         "the first job cannot have hit the cache"
     );
 
+    // An AdamW head on the default epochs: 10, raised to the 15 that make at least
+    // 100 steps of ceil(102 / 16) = 7; the job shows the count it trains.
+    let sized = train(
+        &s,
+        &file,
+        json!({"type": "feature_extraction"}),
+        json!({"learning_rate": 1e-3}),
+    )
+    .await;
+    assert_eq!(sized["hyperparameters"]["epochs"], 15, "{sized}");
+    assert_eq!(sized["result"]["epochs_run"], 15, "{sized}");
+    let sized_messages = messages(&s, &sized).await;
+    assert!(
+        sized_messages.iter().any(|m| m.contains("for 15 epochs")),
+        "{sized_messages:#?}"
+    );
+
     // Partial: the bottom half frozen.
     let partial = train(
         &s,

@@ -14,12 +14,12 @@ pub use auto::{
     AUTO_MIN_CLASS_EXAMPLES, AUTO_PARTIAL_BELOW, AUTO_PROBE_GOOD_ENOUGH,
 };
 pub use auto_search::{
-    choose_by_trials, costlier_candidates, plan_trials, Candidate, CandidateTrial, SearchSettings,
-    AUTO_DEFAULT_BUDGET, AUTO_MAX_BUDGET, AUTO_TIE_MARGIN,
+    choose_by_trials, costlier_candidates, plan_trials, tie_margin, Candidate, CandidateTrial,
+    SearchSettings, AUTO_DEFAULT_BUDGET, AUTO_MAX_BUDGET, AUTO_TIE_MARGIN,
 };
 pub use hyperparameters::{
     Hyperparameters, HyperparametersInput, HEAD_LEARNING_RATE, IMAGE_FINE_TUNE_LEARNING_RATE,
-    MAX_LEARNING_RATE, TEXT_FINE_TUNE_LEARNING_RATE,
+    MAX_DEFAULT_EPOCHS, MAX_LEARNING_RATE, MIN_DEFAULT_STEPS, TEXT_FINE_TUNE_LEARNING_RATE,
 };
 pub use learning_rate::{
     choose_learning_rate, learning_rate_grid, trial_epochs, LearningRateSearch, LearningRateTrial,

@@ -288,6 +288,7 @@ fn choose(
         mean_tokens: 0.0,
         probe_macro_f1,
         model_layers: inspect_base_model(model_dir)?.num_layers as u32,
+        validation_examples: data.validation.len(),
     });
     let strategy = match (chosen.kind, chosen.frozen_layers) {
         (MethodType::Full, _) => Strategy::Full,

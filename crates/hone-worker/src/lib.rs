@@ -285,7 +285,10 @@ async fn heartbeat_loop(
                 flags.paused.store(pause_requested, Ordering::Relaxed);
             }
             Ok(Lease::Lost) => {
-                tracing::warn!(job.id = %job_id, "lease lost; stopping the job");
+                // Also what a job that just ended reads before this loop is stopped:
+                // the attempt says so only if it was still training
+                // (`finish_stopped`).
+                tracing::debug!(job.id = %job_id, "lease lost");
                 flags.lease_lost.store(true, Ordering::Relaxed);
                 return;
             }

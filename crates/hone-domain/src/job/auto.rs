@@ -18,6 +18,8 @@ pub struct AutoEvidence {
     /// encoder's features (the `feature_extraction` recipe), when there was validation data.
     pub probe_macro_f1: Option<f64>,
     pub model_layers: u32,
+    /// Examples the trials are scored on (0 without validation data).
+    pub validation_examples: usize,
 }
 
 /// Below this many examples in the smallest class, updating the encoder overfits more
@@ -125,6 +127,7 @@ pub(super) mod tests {
             mean_tokens: 30.0,
             probe_macro_f1: Some(0.8),
             model_layers: 6,
+            validation_examples: 100_000,
         }
     }
 

@@ -31,13 +31,27 @@ pub const IMAGE_FINE_TUNE_LEARNING_RATE: f64 = 3e-4;
 /// The default rate of a new head trained alone on frozen features.
 pub const HEAD_LEARNING_RATE: f64 = 1e-3;
 
+/// The fewest optimisation steps a default training takes: on a few hundred
+/// examples, 3 epochs at batch 16 are 20 to 40 steps, which left hone's `full` 4.6 to
+/// 21 points below a plain PyTorch fine-tune on every text task of the quality
+/// benchmark; sized, every `partial` and `full` row of it rose, by 3 to 40 points
+/// (BENCHMARKS.md, "Transfer quality: epochs sized for the data"). The best epoch by
+/// validation loss is published whatever the count, so more epochs cost time, not the
+/// model.
+pub const MIN_DEFAULT_STEPS: u32 = 100;
+/// The most epochs [`MIN_DEFAULT_STEPS`] adds.
+pub const MAX_DEFAULT_EPOCHS: u32 = 20;
+
 /// Hyperparameters as a user sends them: every one optional. OpenAI's names
 /// (`n_epochs`, `learning_rate_multiplier`) and `"auto"` values are accepted beside
 /// hone's; giving both names of one setting with different values is refused.
 #[derive(Clone, Debug, Default, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct HyperparametersInput {
-    /// Passes over the training data (1–100). Default 3; 10 for `feature_extraction`.
+    /// Passes over the training data (1–100). Default 3 (10 for a `feature_extraction`
+    /// head trained with AdamW), raised on a small training set until training takes
+    /// at least 100 optimisation steps, to at most 20 epochs; the job's
+    /// `hyperparameters.epochs` shows the count once it runs.
     #[schema(example = 3)]
     pub epochs: Option<u32>,
     /// OpenAI's name for `epochs`; `"auto"` is the default.
@@ -331,6 +345,28 @@ impl Hyperparameters {
             }
         }
         self
+    }
+
+    /// These hyperparameters for a training set of `examples` (what remains after the
+    /// validation split): a backbone trained with the default `epochs` (`partial`,
+    /// `full`, or a head trained with AdamW) gets at least [`MIN_DEFAULT_STEPS`]
+    /// optimisation steps, in as many epochs as that takes up to
+    /// [`MAX_DEFAULT_EPOCHS`], and never fewer epochs than the default. A fitted probe
+    /// has no epochs, and `epochs` given by the request are kept.
+    pub fn sized_for(&self, method: MethodType, examples: usize) -> Self {
+        let mut out = self.clone();
+        if !self.defaulted.iter().any(|f| f == "epochs")
+            || self.fits_a_probe(method)
+            || method == MethodType::Auto
+        {
+            return out;
+        }
+        let per_epoch = examples.div_ceil(self.batch_size.max(1) as usize).max(1) as u32;
+        let floor = Self::defaults_for(method, self.modality).epochs;
+        out.epochs = MIN_DEFAULT_STEPS
+            .div_ceil(per_epoch)
+            .clamp(floor, MAX_DEFAULT_EPOCHS.max(floor));
+        out
     }
 
     /// The weight of `task`'s loss in a multi-task job.

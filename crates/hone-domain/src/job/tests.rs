@@ -619,3 +619,68 @@ fn learning_rate_auto_searches_for_methods_that_train_the_encoder() {
     let back = stored_without(&fixed, &["learning_rate_search"]);
     assert!(!back.learning_rate_search);
 }
+
+#[test]
+fn default_epochs_grow_on_a_small_training_set_to_a_floor_of_steps() {
+    let full = |v| input(v).validate(512, MethodType::Full).expect("valid");
+    let defaults = full(serde_json::json!({}));
+    assert_eq!(defaults.epochs, 3);
+    // 102 rows at batch 16 are 7 steps an epoch: 15 epochs reach 100 steps.
+    assert_eq!(defaults.sized_for(MethodType::Full, 102).epochs, 15);
+    assert_eq!(defaults.sized_for(MethodType::Partial, 102).epochs, 15);
+    // Batch 8: 13 steps an epoch, 8 epochs.
+    let batch8 = full(serde_json::json!({"batch_size": 8}));
+    assert_eq!(batch8.sized_for(MethodType::Full, 102).epochs, 8);
+    // Two steps an epoch stop at the cap; a large set keeps the default.
+    assert_eq!(
+        defaults.sized_for(MethodType::Full, 26).epochs,
+        MAX_DEFAULT_EPOCHS
+    );
+    assert_eq!(defaults.sized_for(MethodType::Full, 5_000).epochs, 3);
+    assert_eq!(
+        defaults
+            .sized_for(MethodType::Full, 16 * MIN_DEFAULT_STEPS as usize / 3)
+            .epochs,
+        3
+    );
+    // Sizing twice (a resumed attempt) gives the same count.
+    let once = defaults.sized_for(MethodType::Full, 102);
+    assert_eq!(once.sized_for(MethodType::Full, 102), once);
+    // Epochs the request set are kept, `n_epochs: "auto"` is the default.
+    let asked = full(serde_json::json!({"epochs": 2}));
+    assert_eq!(asked.sized_for(MethodType::Full, 102).epochs, 2);
+    let openai = full(serde_json::json!({"n_epochs": "auto"}));
+    assert_eq!(openai.sized_for(MethodType::Full, 102).epochs, 15);
+    // A fitted probe has one fit; an AdamW head starts from its own default of 10.
+    let probe = input(serde_json::json!({}))
+        .validate(512, MethodType::FeatureExtraction)
+        .expect("valid");
+    assert_eq!(
+        probe.sized_for(MethodType::FeatureExtraction, 102).epochs,
+        probe.epochs
+    );
+    let adamw = input(serde_json::json!({"learning_rate": 1e-3}))
+        .validate(512, MethodType::FeatureExtraction)
+        .expect("valid");
+    assert_eq!(adamw.epochs, 10);
+    assert_eq!(
+        adamw.sized_for(MethodType::FeatureExtraction, 102).epochs,
+        15
+    );
+    assert_eq!(
+        adamw.sized_for(MethodType::FeatureExtraction, 400).epochs,
+        10
+    );
+    // `auto` is sized once it has chosen, through the recipe of its choice.
+    let auto = input(serde_json::json!({}))
+        .validate(512, MethodType::Auto)
+        .expect("valid");
+    assert_eq!(auto.sized_for(MethodType::Auto, 102), auto);
+    let chosen = auto.rebased_on(MethodType::Full);
+    assert_eq!(chosen.sized_for(MethodType::Full, 102).epochs, 15);
+    let probe = auto.rebased_on(MethodType::FeatureExtraction);
+    assert_eq!(
+        probe.sized_for(MethodType::FeatureExtraction, 102).epochs,
+        1
+    );
+}

@@ -137,7 +137,8 @@ async fn finish_stopped(
     flags: &StopFlags,
 ) -> Result<&'static str, hone_store::StoreError> {
     if flags.lease_lost.load(Ordering::Relaxed) {
-        return Ok("lost_lease"); // another worker owns the job now
+        tracing::warn!(job.id = %job_id, "lease lost: another worker owns the job now; stopped it");
+        return Ok("lost_lease");
     }
     if flags.timed_out.load(Ordering::Relaxed) && !flags.cancelled.load(Ordering::Relaxed) {
         // Past its time: failed for good (another attempt would run as long), its
@@ -190,6 +191,7 @@ async fn train_and_publish(
     prepared: Prepared,
     flags: &Arc<StopFlags>,
 ) -> Result<(), Failure> {
+    let claimed = &sized_for_its_data(db, claimed, prepared.train_rows.len()).await?;
     let job = &claimed.job;
     let attempt = claimed.attempt;
     let out_dir = settings.scratch_dir.join(format!("{}-{attempt}", job.id));
@@ -239,6 +241,27 @@ async fn train_and_publish(
         db, artifacts, claimed, &reporter, &objective, &result, &out_dir,
     )
     .await
+}
+
+/// The job with its default epochs sized for its training rows
+/// ([`hone_domain::job::Hyperparameters::sized_for`]), stored when they changed so that
+/// the job shows what trains. `auto` sizes the recipe of its choice once it has one.
+async fn sized_for_its_data(
+    db: &Db,
+    claimed: &ClaimedJob,
+    train_rows: usize,
+) -> Result<ClaimedJob, Failure> {
+    let mut sized = claimed.clone();
+    let job = &mut sized.job;
+    job.hyperparameters = job
+        .hyperparameters
+        .sized_for(job.method.effective().0, train_rows);
+    if job.hyperparameters != claimed.job.hyperparameters {
+        db.set_method(&job.id, claimed.attempt, &job.method, &job.hyperparameters)
+            .await
+            .map_err(|e| transient("storage_error", e.to_string()))?;
+    }
+    Ok(sized)
 }
 
 /// The job's first event: what trains, on what, how long.

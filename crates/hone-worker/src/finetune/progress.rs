@@ -7,7 +7,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use hone_domain::data_report::{DataReport, DataReportBuilder};
-use hone_domain::job::{ChosenMethod, Method};
+use hone_domain::job::{ChosenMethod, Hyperparameters, Method};
 use hone_domain::resources::{
     EpochPoint, EvalReport, EventLevel, FineTuningJob, JobProgress, Transferability,
 };
@@ -30,8 +30,8 @@ pub(super) enum Update {
     Transferability(Transferability),
     /// An epoch's weights were written; store them as the job's checkpoint.
     Checkpoint(Checkpoint),
-    /// `auto` chose; progress now counts this many epochs.
-    Chosen(ChosenMethod, u32),
+    /// `auto` chose, and will train with these hyperparameters.
+    Chosen(ChosenMethod, Box<Hyperparameters>),
 }
 
 /// The reporter's curves, saved with each checkpoint.
@@ -379,9 +379,8 @@ impl<'a> Reporter<'a> {
                 }
                 self.transferability = Some(t);
             }
-            Update::Chosen(chosen, epochs) => {
-                self.total_epochs = epochs;
-                let hp = self.job.hyperparameters.rebased_on(chosen.kind);
+            Update::Chosen(chosen, hp) => {
+                self.total_epochs = hp.epochs;
                 let message = format!("auto chose {}", chosen.reason);
                 // The candidates tried, with their scores and times, as data too.
                 let event = if chosen.candidates.is_empty() {

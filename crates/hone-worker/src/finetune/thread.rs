@@ -460,15 +460,23 @@ impl<'a> Run<'a> {
             mean_tokens,
             probe_macro_f1: None,
             model_layers: self.base.num_layers as u32,
+            validation_examples: self.validation.as_ref().map_or(0, TrainData::len),
         };
         let chosen = match prior_choice(&evidence, self.validation.is_some()) {
             Some(chosen) => chosen,
             None => self.search(features, &mut evidence)?,
         };
-        let hp = hp.rebased_on(chosen.kind);
+        let hp = self.recipe_for(&hp, chosen.kind);
         let strategy = strategy_of((chosen.kind, chosen.frozen_layers));
-        self.send(Update::Chosen(chosen, hp.epochs));
+        self.send(Update::Chosen(chosen, Box::new(hp.clone())));
         Ok((strategy, hp))
+    }
+
+    /// `auto`'s hyperparameters for a strategy it tries or chooses: that strategy's
+    /// defaults where the request left a field out, its epochs sized for the training
+    /// rows.
+    fn recipe_for(&self, hp: &Hyperparameters, kind: MethodType) -> Hyperparameters {
+        hp.rebased_on(kind).sized_for(kind, self.train.len())
     }
 
     /// Trains, from the earlier attempt's checkpoint when there is one; a checkpoint

@@ -50,7 +50,7 @@ impl Run<'_> {
         evidence.probe_macro_f1 = floor.validation_macro_f1;
         let settings = SearchSettings {
             budget: hp.auto_budget,
-            epochs: hp.rebased_on(MethodType::Full).epochs,
+            epochs: self.recipe_for(hp, MethodType::Full).epochs,
             model_layers: evidence.model_layers,
         };
         let mut trials = plan_trials(&settings, floor.validation_macro_f1.unwrap_or(0.0));
@@ -59,7 +59,7 @@ impl Run<'_> {
                 return Err(TrainError::Cancelled);
             }
             let c = trial.candidate;
-            let mut trial_hp = hp.rebased_on(c.kind);
+            let mut trial_hp = self.recipe_for(hp, c.kind);
             trial_hp.epochs = trial.epochs.unwrap_or(1);
             let (score, seconds) = self.trial(strategy_of((c.kind, c.frozen_layers)), &trial_hp)?;
             trial.validation_macro_f1 = score;
