@@ -32,9 +32,9 @@
 //! how sure a model is, and on a few examples several `C` tie; scikit-learn's first
 //! maximum then takes the strongest regularisation, whose probabilities sit near the
 //! class frequencies. Here a tie goes to the lower held-out log-loss, so that the
-//! probabilities `predict` reports stay calibrated. Past [`CV_EXAMPLES`] rows the folds are drawn from a seeded
-//! sample of that many; the final fit uses every training row. Label smoothing does not
-//! apply to this fit.
+//! probabilities `predict` reports stay calibrated. Past [`CV_EXAMPLES`] rows the
+//! folds are drawn from a seeded sample of that many; the final fit uses every
+//! training row. Label smoothing does not apply to this fit.
 
 use rand::rngs::StdRng;
 use rand::seq::SliceRandom;
