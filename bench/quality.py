@@ -327,24 +327,43 @@ def hone_side(binary, plan, methods):
 # ---------------------------------------------------------------- plain PyTorch
 
 
-def pytorch_side(plan, threads):
+def probe(features, labels, test_features, scoring=None, fold_seed=0):
+    """scikit-learn's LogisticRegressionCV on frozen features (10 values of C, 5-fold
+    stratified CV, fewer folds when a class has fewer examples, at least 2), C scored by
+    `scoring` (None: accuracy) on folds shuffled by `fold_seed`; the test predictions."""
     import numpy as np
-    import torch
-    from sklearn.linear_model import LogisticRegressionCV
     from sklearn.exceptions import ConvergenceWarning
+    from sklearn.linear_model import LogisticRegressionCV
     from sklearn.model_selection import StratifiedKFold
 
     warnings.filterwarnings("ignore", category=ConvergenceWarning)
+    labels = list(labels)
+    folds = max(2, min(5, min(labels.count(c) for c in set(labels))))
+    clf = LogisticRegressionCV(Cs=10, cv=StratifiedKFold(folds, shuffle=True, random_state=fold_seed),
+                               max_iter=2000, scoring=scoring, n_jobs=1)
+    clf.fit(np.asarray(features), labels)
+    return list(clf.predict(np.asarray(test_features)))
+
+
+def train_epochs(torch, optimizer, n, epochs, batch, loss_of, schedule=None):
+    """A plain PyTorch loop: each epoch a fresh permutation of the `n` examples, in
+    batches of `batch`; `loss_of(indices)` is a batch's loss."""
+    for _ in range(epochs):
+        order = torch.randperm(n).tolist()
+        for i in range(0, len(order), batch):
+            loss = loss_of(order[i:i + batch])
+            optimizer.zero_grad()
+            loss.backward()
+            optimizer.step()
+            if schedule is not None:
+                schedule.step()
+
+
+def pytorch_side(plan, threads):
+    import torch
 
     torch.set_num_threads(threads)
     text_model = image_model = None
-
-    def probe(features, labels, test_features):
-        folds = max(2, min(5, min(labels.count(c) for c in set(labels))))
-        clf = LogisticRegressionCV(Cs=10, cv=StratifiedKFold(folds, shuffle=True, random_state=0),
-                                   max_iter=2000, n_jobs=1)
-        clf.fit(np.asarray(features), labels)
-        return list(clf.predict(np.asarray(test_features)))
 
     for row in plan:
         labels = sorted({y for _, y in row["train"]})
@@ -405,17 +424,13 @@ class TextModel:
         schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: max(0.0, 1 - s / steps))
         target = torch.tensor([labels.index(y) for y in ys])
         encoder.train()
-        for _ in range(epochs):
-            order = torch.randperm(len(texts)).tolist()
-            for i in range(0, len(order), batch):
-                idx = order[i:i + batch]
-                enc = self.encode([texts[j] for j in idx])
-                logits = head(self.pool(encoder(**enc).last_hidden_state, enc["attention_mask"]))
-                loss = torch.nn.functional.cross_entropy(logits, target[idx])
-                optimizer.zero_grad()
-                loss.backward()
-                optimizer.step()
-                schedule.step()
+
+        def loss_of(idx):
+            enc = self.encode([texts[j] for j in idx])
+            logits = head(self.pool(encoder(**enc).last_hidden_state, enc["attention_mask"]))
+            return torch.nn.functional.cross_entropy(logits, target[idx])
+
+        train_epochs(torch, optimizer, len(texts), epochs, batch, loss_of, schedule)
         encoder.eval()
         out = []
         with torch.inference_mode():
@@ -470,15 +485,8 @@ class ImageModel:
         optimizer = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=0.01)
         target = torch.tensor([labels.index(y) for y in ys])
         model.train()
-        for _ in range(epochs):
-            order = torch.randperm(len(xs)).tolist()
-            for i in range(0, len(order), batch):
-                idx = order[i:i + batch]
-                loss = torch.nn.functional.cross_entropy(
-                    model(self.images([xs[j] for j in idx], self.train_tf)), target[idx])
-                optimizer.zero_grad()
-                loss.backward()
-                optimizer.step()
+        train_epochs(torch, optimizer, len(xs), epochs, batch, lambda idx: torch.nn.functional.cross_entropy(
+            model(self.images([xs[j] for j in idx], self.train_tf)), target[idx]))
         model.eval()
         out = []
         with torch.inference_mode():
