@@ -15,7 +15,7 @@ pub use auto::{
 };
 pub use auto_search::{
     choose_by_trials, costlier_candidates, plan_trials, tie_margin, Candidate, CandidateTrial,
-    SearchSettings, AUTO_DEFAULT_BUDGET, AUTO_MAX_BUDGET, AUTO_TIE_MARGIN,
+    SearchSettings, TrialBar, AUTO_DEFAULT_BUDGET, AUTO_MAX_BUDGET, AUTO_TIE_MARGIN,
 };
 pub use hyperparameters::{
     Hyperparameters, HyperparametersInput, HEAD_LEARNING_RATE, IMAGE_FINE_TUNE_LEARNING_RATE,

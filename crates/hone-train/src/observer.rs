@@ -21,6 +21,12 @@ pub trait TrainObserver {
     fn cancelled(&self) -> bool;
     /// Something the user should know about the run (early stopping, the epoch kept).
     fn on_notice(&mut self, _message: &str) {}
+    /// Asked after every epoch but the last, once its metrics are reported: a reason
+    /// ends training there, as early stopping does (the best epoch so far is kept).
+    /// What `auto` uses to end a trial that cannot catch up with a better candidate.
+    fn stop_after(&mut self, _metrics: &EpochMetrics) -> Option<String> {
+        None
+    }
     /// A checkpoint was written (only with [`TrainJob::checkpoint_dir`]). It is written
     /// beside training, so it may be reported a few steps into the next epoch; it is
     /// whole on disk by then, and before training returns, however it ends.

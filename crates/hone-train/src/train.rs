@@ -403,6 +403,12 @@ impl<'a> EpochLoop<'a> {
         for epoch in first_epoch..=config.epochs {
             let loss_sum = self.train_epoch(epoch, observer)?;
             let metrics = self.end_epoch(epoch, loss_sum, observer)?;
+            // Asked before the checkpoint takes the metrics.
+            let told_to_stop = if epoch < config.epochs {
+                observer.stop_after(&metrics)
+            } else {
+                None
+            };
             if let Some(dir) = checkpoint_dir {
                 self.save_checkpoint(dir, metrics, observer)?;
             }
@@ -413,6 +419,11 @@ impl<'a> EpochLoop<'a> {
                     monitor_name(config.monitor),
                     config.early_stopping_patience
                 ));
+                break;
+            }
+            if let Some(why) = told_to_stop {
+                self.stopped_early = true;
+                observer.on_notice(&format!("stopped after epoch {epoch}: {why}"));
                 break;
             }
         }

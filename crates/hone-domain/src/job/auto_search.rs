@@ -4,7 +4,9 @@
 //! (`partial` at one or two depths, then `full`) each get a short trial, a fraction
 //! of their epochs, while the budget allows; the best validation score wins, and a
 //! score within [`tie_margin`] of the best (one standard error of it on the validation
-//! data, at least [`AUTO_TIE_MARGIN`]) goes to the cheaper strategy. Pure:
+//! data, at least [`AUTO_TIE_MARGIN`]) goes to the cheaper strategy. A trial that
+//! falls far behind the best candidate before it ends at half its epochs
+//! ([`TrialBar`]). Pure:
 //! the worker runs the trials and hands their scores in; what is decided here, and
 //! why, is stored with the job as [`ChosenMethod::candidates`].
 
@@ -88,6 +90,10 @@ pub struct CandidateTrial {
     /// Why it was not tried.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub skipped: Option<String>,
+    /// Why the trial ended before its planned epochs (see [`TrialBar`]); `epochs` is
+    /// then what it trained.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub stopped: Option<String>,
 }
 
 /// What the search is allowed: its budget, and the epochs the costlier strategies
@@ -168,6 +174,7 @@ pub fn plan_trials(settings: &SearchSettings, floor_score: f64) -> Vec<Candidate
                 seconds: None,
                 cost,
                 skipped,
+                stopped: None,
             }
         })
         .collect()
@@ -185,6 +192,70 @@ pub fn tie_margin(best: f64, validation_examples: usize) -> f64 {
     let s = best.clamp(0.0, 1.0);
     let standard_error = (s * (1.0 - s) / validation_examples.max(1) as f64).sqrt();
     AUTO_TIE_MARGIN.max(standard_error)
+}
+
+/// What a trial must keep up with: the best validation score of the cheaper
+/// candidates already scored (the floor first). A costlier candidate wins only by more
+/// than the [`tie_margin`] over it, so a trial that, from half its epochs on, still
+/// scores more than the margin *below* it would have to gain over twice the margin in
+/// what is left of a run whose learning rate is already decaying; it ends there, as
+/// early stopping does, and keeps its best epoch and score. The trials that lose cost
+/// about half of what they did; the ones that keep up run to the end.
+#[derive(Clone, Debug, PartialEq)]
+pub struct TrialBar {
+    /// The score to keep up with.
+    pub best: f64,
+    /// Who scored it, in words.
+    pub by: String,
+    /// The tie margin at that score on the validation data.
+    pub margin: f64,
+    /// The trial's planned epochs.
+    pub trial_epochs: u32,
+}
+
+impl TrialBar {
+    /// The bar for the next trial: the best of `scored` (the floor and the trials done,
+    /// cheapest first), on `validation_examples`.
+    pub fn new(
+        scored: &[CandidateTrial],
+        validation_examples: usize,
+        model_layers: u32,
+        trial_epochs: u32,
+    ) -> Option<Self> {
+        let (best, by) = scored
+            .iter()
+            .filter_map(|c| c.validation_macro_f1.map(|s| (s, c)))
+            .fold(
+                None,
+                |acc: Option<(f64, &CandidateTrial)>, (s, c)| match acc {
+                    Some((b, _)) if b >= s => acc,
+                    _ => Some((s, c)),
+                },
+            )?;
+        Some(Self {
+            best,
+            by: by.candidate.describe(model_layers),
+            margin: tie_margin(best, validation_examples),
+            trial_epochs,
+        })
+    }
+
+    /// Why the trial stops after `epoch`, its best validation score so far being
+    /// `best_so_far`; `None` to go on. Never before half its epochs, nor after its last.
+    pub fn stops(&self, epoch: u32, best_so_far: f64) -> Option<String> {
+        let halfway = epoch * 2 >= self.trial_epochs;
+        let behind = best_so_far < self.best - self.margin;
+        (halfway && epoch < self.trial_epochs && behind).then(|| {
+            format!(
+                "its best validation macro-F1 in {epoch} of {} epochs, {best_so_far:.3}, is \
+                 more than {} below the best candidate before it ({} {:.3})",
+                self.trial_epochs,
+                round3(self.margin),
+                self.by,
+                self.best
+            )
+        })
+    }
 }
 
 /// The winner of the search: `floor` (the head alone, scored) and the costlier
@@ -216,7 +287,14 @@ pub fn choose_by_trials(
     let others: Vec<String> = scored
         .iter()
         .filter(|(c, _)| Some(c.candidate) != winner.map(|w| w.0))
-        .map(|(c, s)| format!("{} {s:.3}", c.candidate.describe(layers)))
+        .map(|(c, s)| {
+            let stopped = if c.stopped.is_some() {
+                " (stopped early)"
+            } else {
+                ""
+            };
+            format!("{} {s:.3}{stopped}", c.candidate.describe(layers))
+        })
         .collect();
     let against = if others.is_empty() {
         "no other candidate was tried".to_owned()
@@ -293,6 +371,7 @@ mod tests {
             seconds: Some(0.5),
             cost: 0.0,
             skipped: None,
+            stopped: None,
         }
     }
 
@@ -437,6 +516,75 @@ mod tests {
         // A floor at the top leaves nothing to gain.
         let perfect = plan_trials(&settings(AUTO_MAX_BUDGET), 0.995);
         assert!(perfect.iter().all(|c| c.skipped.is_some()));
+    }
+
+    #[test]
+    fn a_trial_far_behind_the_best_so_far_stops_from_half_its_epochs() {
+        // The head scored 0.805 on 26 validation examples: a margin of 0.078.
+        let bar = TrialBar::new(&[floor(0.805)], 26, 6, 7).expect("a scored floor");
+        assert_eq!(bar.by, "feature_extraction");
+        assert!((bar.margin - tie_margin(0.805, 26)).abs() < 1e-12);
+        // Far behind, but before half of its 7 epochs: it goes on.
+        assert_eq!(bar.stops(3, 0.5), None);
+        // From half on, more than the margin behind: it stops, and says why.
+        let why = bar.stops(4, 0.70).expect("behind by 0.105");
+        assert_eq!(
+            why,
+            "its best validation macro-F1 in 4 of 7 epochs, 0.700, is more than 0.078 below \
+             the best candidate before it (feature_extraction 0.805)"
+        );
+        // Within the margin it may still win: it goes on.
+        assert_eq!(bar.stops(4, 0.73), None);
+        // Its last epoch is never cut short.
+        assert_eq!(bar.stops(7, 0.1), None);
+        // Two epochs: judged after the first.
+        let two = TrialBar::new(&[floor(0.9)], 100, 17, 2).expect("scored");
+        assert!(two.stops(1, 0.6).is_some());
+        // A one-epoch trial always runs its epoch.
+        let one = TrialBar::new(&[floor(0.9)], 100, 17, 1).expect("scored");
+        assert_eq!(one.stops(1, 0.0), None);
+    }
+
+    #[test]
+    fn the_bar_is_the_best_candidate_scored_before() {
+        let plan = plan_trials(&settings(AUTO_DEFAULT_BUDGET), 0.7);
+        let done = [floor(0.7), scored(plan, &[0.85]).remove(0)];
+        let bar = TrialBar::new(&done, 1_000, 6, 3).expect("scored");
+        assert_eq!(
+            (bar.best, bar.by.as_str()),
+            (0.85, "partial (3 of 6 layers frozen)")
+        );
+        // Nothing scored (no validation data): no bar, nothing stops.
+        let unscored = CandidateTrial {
+            validation_macro_f1: None,
+            ..floor(0.0)
+        };
+        assert_eq!(TrialBar::new(&[unscored], 0, 6, 3), None);
+    }
+
+    #[test]
+    fn a_stopped_trial_loses_and_is_recorded_as_stopped() {
+        let mut trials = scored(
+            plan_trials(&settings(AUTO_DEFAULT_BUDGET), 0.8),
+            &[0.6, 0.805],
+        );
+        trials[0].stopped = Some("its best validation macro-F1 in 1 of 2 epochs, 0.600, …".into());
+        trials[0].epochs = Some(1);
+        let chosen = choose_by_trials(&evidence(), floor(0.8), trials);
+        assert_eq!(chosen.kind, MethodType::FeatureExtraction, "{chosen:?}");
+        assert!(
+            chosen
+                .reason
+                .contains("partial (3 of 6 layers frozen) 0.600 (stopped early)"),
+            "{}",
+            chosen.reason
+        );
+        let json = serde_json::to_value(&chosen.candidates).expect("json");
+        assert_eq!(json[1]["epochs"], 1);
+        assert!(json[1]["stopped"].is_string(), "{json}");
+        assert!(json[2].get("stopped").is_none(), "{json}");
+        let back: Vec<CandidateTrial> = serde_json::from_value(json).expect("read back");
+        assert_eq!(back, chosen.candidates);
     }
 
     #[test]

@@ -211,6 +211,10 @@ pub struct Recorder {
     pub epochs: Vec<EpochMetrics>,
     pub notices: Vec<String>,
     pub cancel_after: Option<u64>,
+    /// Tell training to stop after this epoch ([`TrainObserver::stop_after`]).
+    pub stop_after: Option<u32>,
+    /// The epochs `stop_after` was asked about.
+    pub asked_to_stop: Vec<u32>,
 }
 
 impl TrainObserver for Recorder {
@@ -226,5 +230,9 @@ impl TrainObserver for Recorder {
     fn cancelled(&self) -> bool {
         self.cancel_after
             .is_some_and(|n| self.steps.len() as u64 >= n)
+    }
+    fn stop_after(&mut self, m: &EpochMetrics) -> Option<String> {
+        self.asked_to_stop.push(m.epoch);
+        (self.stop_after == Some(m.epoch)).then(|| "the test says so".to_owned())
     }
 }

@@ -316,6 +316,43 @@ fn early_stopping_keeps_the_best_epoch() {
 }
 
 #[test]
+fn an_observer_can_end_a_run_after_an_epoch() {
+    let _lock = torch_lock();
+    let base = tiny_base_model(16, Naming::Plain);
+    let run = |stop_after: Option<u32>| {
+        let mut j = job(base.path(), Strategy::Full, Some(toy_data(24, 7)));
+        j.train = toy_data(48, 8);
+        j.config.epochs = 4;
+        let mut recorder = Recorder {
+            stop_after,
+            ..Recorder::default()
+        };
+        let model = fine_tune(j, &mut recorder).expect("train");
+        (model, recorder)
+    };
+    let (model, recorder) = run(Some(2));
+    assert_eq!(recorder.epochs.len(), 2);
+    assert_eq!(recorder.asked_to_stop, [1, 2]);
+    assert!(
+        recorder
+            .notices
+            .iter()
+            .any(|n| n == "stopped after epoch 2: the test says so"),
+        "{:?}",
+        recorder.notices
+    );
+    let evaluation = model.evaluation().expect("evaluation");
+    assert!(evaluation.stopped_early);
+    assert!(evaluation.best_epoch <= 2);
+    assert_eq!(model.history().len(), 2);
+    // Never asked after the last epoch, which ends the run anyway.
+    let (model, recorder) = run(Some(4));
+    assert_eq!(recorder.epochs.len(), 4);
+    assert_eq!(recorder.asked_to_stop, [1, 2, 3]);
+    assert!(!model.evaluation().expect("evaluation").stopped_early);
+}
+
+#[test]
 fn options_change_the_run_and_are_checked() {
     let _lock = torch_lock();
     let base = tiny_base_model(15, Naming::Plain);

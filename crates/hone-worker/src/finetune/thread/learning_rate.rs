@@ -43,12 +43,12 @@ impl Run<'_> {
             let mut trial_hp = hp.clone();
             trial_hp.learning_rate = rate;
             trial_hp.epochs = epochs;
-            let (validation_macro_f1, seconds) = self.trial(strategy, &trial_hp)?;
+            let run = self.trial(strategy, &trial_hp, None)?;
             let trial = LearningRateTrial {
                 learning_rate: rate,
                 epochs,
-                validation_macro_f1,
-                seconds,
+                validation_macro_f1: run.validation_macro_f1,
+                seconds: run.seconds,
             };
             let score = trial
                 .validation_macro_f1
