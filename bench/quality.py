@@ -204,6 +204,16 @@ def split(kind, pool, test, sizes, seed=0):
     return trains, test
 
 
+def draw(name, per_class):
+    """One row's data as this script draws it: (kind, base model, training examples,
+    test examples). Both 16 and `per_class` are drawn, as main() does, because the
+    larger set's order depends on the smaller one's being drawn first."""
+    kind, pool, test = DATASETS[name]()
+    trains, test = split(kind, pool, test, sorted({16, per_class}))
+    base = "all-MiniLM-L6-v2" if kind == "text" else "efficientnet-lite0"
+    return kind, base, trains[per_class], test
+
+
 def scores(truth, predicted):
     labels = sorted(set(truth))
     accuracy = sum(t == p for t, p in zip(truth, predicted)) / len(truth)

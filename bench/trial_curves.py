@@ -58,12 +58,8 @@ def main():
         for spec in args.rows.split(","):
             name, per_class, epochs = spec.split(":")
             per_class, epochs = int(per_class), int(epochs)
-            kind, pool, test = q.DATASETS[name]()
-            # Both sizes, as bench/quality.py draws them: the larger set's order
-            # depends on the smaller one's being drawn first.
-            trains, test = q.split(kind, pool, test, sorted({16, per_class}))
-            base = "all-MiniLM-L6-v2" if kind == "text" else "efficientnet-lite0"
-            file_id = hone.upload(kind, trains[per_class])
+            kind, base, train, test = q.draw(name, per_class)
+            file_id = hone.upload(kind, train)
             candidates = [("feature_extraction", None)] + (
                 [("partial", 3), ("full", None)] if kind == "text"
                 else [("partial", 12), ("partial", 8), ("full", None)])

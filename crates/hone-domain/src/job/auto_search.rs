@@ -222,19 +222,26 @@ impl TrialBar {
         model_layers: u32,
         trial_epochs: u32,
     ) -> Option<Self> {
-        let (best, by) = scored
+        let scores = scored
             .iter()
-            .filter_map(|c| c.validation_macro_f1.map(|s| (s, c)))
-            .fold(
-                None,
-                |acc: Option<(f64, &CandidateTrial)>, (s, c)| match acc {
-                    Some((b, _)) if b >= s => acc,
-                    _ => Some((s, c)),
-                },
-            )?;
+            .filter_map(|c| Some((c.validation_macro_f1?, c.candidate.describe(model_layers))));
+        Self::best_of(scores, validation_examples, trial_epochs)
+    }
+
+    /// The bar of the best of `scored` (a score and who scored it, in words), the
+    /// first of equals; `None` when nothing was scored.
+    pub fn best_of(
+        scored: impl IntoIterator<Item = (f64, String)>,
+        validation_examples: usize,
+        trial_epochs: u32,
+    ) -> Option<Self> {
+        let (best, by) = scored.into_iter().fold(None, |acc, (s, by)| match acc {
+            Some((b, _)) if b >= s => acc,
+            _ => Some((s, by)),
+        })?;
         Some(Self {
             best,
-            by: by.candidate.describe(model_layers),
+            by,
             margin: tie_margin(best, validation_examples),
             trial_epochs,
         })
@@ -248,7 +255,7 @@ impl TrialBar {
         (halfway && epoch < self.trial_epochs && behind).then(|| {
             format!(
                 "its best validation macro-F1 in {epoch} of {} epochs, {best_so_far:.3}, is \
-                 more than {} below the best candidate before it ({} {:.3})",
+                 more than {} below the best before it ({} {:.3})",
                 self.trial_epochs,
                 round3(self.margin),
                 self.by,
@@ -531,7 +538,7 @@ mod tests {
         assert_eq!(
             why,
             "its best validation macro-F1 in 4 of 7 epochs, 0.700, is more than 0.078 below \
-             the best candidate before it (feature_extraction 0.805)"
+             the best before it (feature_extraction 0.805)"
         );
         // Within the margin it may still win: it goes on.
         assert_eq!(bar.stops(4, 0.73), None);
@@ -554,6 +561,11 @@ mod tests {
             (bar.best, bar.by.as_str()),
             (0.85, "partial (3 of 6 layers frozen)")
         );
+        // The learning-rate search's bar: the best rate so far, the first of equals.
+        let rates = [(0.4, "1.7e-5"), (0.7, "5.0e-5"), (0.7, "1.5e-4")];
+        let bar = TrialBar::best_of(rates.map(|(s, r)| (s, r.to_owned())), 26, 4).expect("scored");
+        assert_eq!((bar.best, bar.by.as_str()), (0.7, "5.0e-5"));
+        assert!(bar.stops(2, 0.5).is_some() && bar.stops(2, 0.65).is_none());
         // Nothing scored (no validation data): no bar, nothing stops.
         let unscored = CandidateTrial {
             validation_macro_f1: None,

@@ -301,7 +301,7 @@ fn learning_rate_auto_tries_its_grid_trains_at_the_best_and_repeats_itself() {
         .expect("the chosen rate was tried");
     assert!(
         kept.validation_macro_f1
-            .is_some_and(|s| s >= best - hone_domain::job::AUTO_TIE_MARGIN),
+            .is_some_and(|s| s >= best - hone_domain::job::tie_margin(best, 20)),
         "{search:#?}"
     );
     // The job then trains its own epochs at that rate.
