@@ -216,14 +216,14 @@ pub struct TrialBar {
 impl TrialBar {
     /// The bar for the next trial: the best of `scored` (the floor and the trials done,
     /// cheapest first), on `validation_examples`.
-    pub fn new(
-        scored: &[CandidateTrial],
+    pub fn new<'a>(
+        scored: impl IntoIterator<Item = &'a CandidateTrial>,
         validation_examples: usize,
         model_layers: u32,
         trial_epochs: u32,
     ) -> Option<Self> {
         let scores = scored
-            .iter()
+            .into_iter()
             .filter_map(|c| Some((c.validation_macro_f1?, c.candidate.describe(model_layers))));
         Self::best_of(scores, validation_examples, trial_epochs)
     }

@@ -264,6 +264,11 @@ impl<'a> Run<'a> {
         })
     }
 
+    /// Examples the validation data holds (0 without): what trials are scored on.
+    fn validation_examples(&self) -> usize {
+        self.validation.as_ref().map_or(0, TrainData::len)
+    }
+
     fn send(&self, update: Update) {
         let _ = self.tx.send(update);
     }
@@ -460,7 +465,7 @@ impl<'a> Run<'a> {
             mean_tokens,
             probe_macro_f1: None,
             model_layers: self.base.num_layers as u32,
-            validation_examples: self.validation.as_ref().map_or(0, TrainData::len),
+            validation_examples: self.validation_examples(),
         };
         let chosen = match prior_choice(&evidence, self.validation.is_some()) {
             Some(chosen) => chosen,

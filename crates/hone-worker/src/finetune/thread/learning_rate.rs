@@ -10,8 +10,9 @@ use hone_domain::job::{
     LearningRateTrial, TrialBar, MAX_LEARNING_RATE,
 };
 use hone_domain::resources::EventLevel;
-use hone_train::train::{Strategy, TrainData, TrainError};
+use hone_train::train::{Strategy, TrainError};
 
+use super::search::stopped_early;
 use super::{Run, Update};
 
 impl Run<'_> {
@@ -36,7 +37,7 @@ impl Run<'_> {
             return Ok((hp, None));
         }
         let epochs = trial_epochs(hp.epochs);
-        let validation_examples = self.validation.as_ref().map_or(0, TrainData::len);
+        let validation_examples = self.validation_examples();
         let mut trials = Vec::new();
         for rate in learning_rate_grid(default, MAX_LEARNING_RATE) {
             if self.cancelled() {
@@ -66,10 +67,7 @@ impl Run<'_> {
                 .map_or("no validation score".to_owned(), |s| {
                     format!("validation macro-F1 {s:.3}")
                 });
-            let stopped = trial
-                .stopped
-                .as_ref()
-                .map_or(String::new(), |why| format!("; stopped early: {why}"));
+            let stopped = stopped_early(trial.stopped.as_deref());
             self.send(Update::Notice(
                 EventLevel::Info,
                 format!(

@@ -67,11 +67,8 @@ impl Run<'_> {
             let mut trial_hp = self.recipe_for(hp, c.kind);
             trial_hp.epochs = trials[i].epochs.unwrap_or(1);
             // The floor and the trials before this one, cheapest first.
-            let done: Vec<CandidateTrial> = std::iter::once(floor.clone())
-                .chain(trials[..i].iter().cloned())
-                .collect();
             let bar = TrialBar::new(
-                &done,
+                std::iter::once(&floor).chain(&trials[..i]),
                 evidence.validation_examples,
                 evidence.model_layers,
                 trial_hp.epochs,
@@ -125,10 +122,7 @@ impl Run<'_> {
                 format!("validation macro-F1 {s:.3}")
             });
         let epochs = trial.epochs.unwrap_or(0);
-        let stopped = trial
-            .stopped
-            .as_ref()
-            .map_or(String::new(), |why| format!("; stopped early: {why}"));
+        let stopped = stopped_early(trial.stopped.as_deref());
         self.send(Update::Notice(
             EventLevel::Info,
             format!(
@@ -139,6 +133,11 @@ impl Run<'_> {
             ),
         ));
     }
+}
+
+/// How an event about a trial ends when its bar stopped it: "; stopped early: why".
+pub(super) fn stopped_early(why: Option<&str>) -> String {
+    why.map_or(String::new(), |why| format!("; stopped early: {why}"))
 }
 
 /// What a trial measured.
